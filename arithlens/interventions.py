@@ -1,0 +1,352 @@
+"""Interventions: side-effect-free, composable edits of heads and FFN neurons.
+
+An intervention describes *what* to change (a head's output, some FFN neurons'
+coefficient scores); :meth:`LensModel.intervened` turns it into forward hooks that exist
+only inside a ``with`` block and are removed on exit, also when the body raised. No
+parameter is ever written, so after any analysis the model is bit-identical.
+
+* :class:`ZeroHead` — the paper's head intervention: the head's output ``z`` is zero,
+  which equals zeroing that head's columns of ``W_O`` (its parameters, §3.2). Query-head
+  granularity: on GQA models one query head is ablated, not its shared KV group.
+* :class:`MeanHead` — the head's output replaced by its mean over reference data
+  (Zhang et al.'s mean ablation).
+* :class:`ZeroNeurons`, :class:`KeepNeurons`, :class:`ScaleNeurons` — FFN neurons'
+  coefficient scores ``m_k`` (``blocks.L.mlp.hook_post``) zeroed, all others of some
+  layers zeroed, or scaled.
+* :class:`CaseNeurons` — a different neuron set per case (the per-case top-K sets of
+  Table 5), zeroed or kept.
+
+Interventions combine with ``+`` and apply to every position by default
+(``position="last"`` for the final position only).
+
+Example::
+
+    from arithlens import load_model
+    from arithlens.interventions import ZeroHead, ZeroNeurons
+
+    model = load_model()
+    with model.intervened(ZeroHead(17, 2) + ZeroNeurons(25, [7, 164])):
+        run = model.run(["3+5="], cache=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+
+if TYPE_CHECKING:
+    from arithlens.models import Hook, LensModel
+
+Position = Literal["all", "last"]
+_POSITIONS = ("all", "last")
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def post_hook(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def _check_position(position: str) -> str:
+    if position not in _POSITIONS:
+        raise ValueError(f"position {position!r} is not one of {_POSITIONS}")
+    return position
+
+
+def _where(act: torch.Tensor, position: str) -> torch.Tensor:
+    """The view of ``act`` ([batch, pos, ...]) an intervention writes to."""
+    return act if position == "all" else act[:, -1:]
+
+
+class Intervention:
+    """Base class: subclasses return their hooks for a model."""
+
+    position: str = "all"
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        raise NotImplementedError
+
+    def __add__(self, other: Any) -> "Interventions":
+        return Interventions([self]) + other
+
+    def describe(self) -> str:
+        return repr(self)
+
+
+class Interventions(Intervention):
+    """Several interventions applied together."""
+
+    def __init__(self, items: Iterable[Intervention]):
+        self.items = list(items)
+
+    def __add__(self, other: Any) -> "Interventions":
+        more = other.items if isinstance(other, Interventions) else [other]
+        return Interventions(self.items + list(more))
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        return [h for item in self.items for h in item.hooks(model)]
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(i) for i in self.items) or "Interventions([])"
+
+
+def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
+    """Flatten interventions (nested sequences allowed) into validated hooks."""
+    hooks: list[Hook] = []
+    for item in interventions:
+        if item is None:
+            continue
+        if isinstance(item, Intervention):
+            hooks.extend(item.hooks(model))
+        elif isinstance(item, (list, tuple)):
+            hooks.extend(as_hooks(model, item))
+        else:
+            raise ValueError(f"{item!r} is not an intervention (see arithlens.interventions)")
+    return hooks
+
+
+# ---------------------------------------------------------------------------- heads
+@dataclass(frozen=True)
+class ZeroHead(Intervention):
+    """Zero the output ``z`` of query head ``head`` in ``layer``."""
+
+    layer: int
+    head: int
+    position: str = "all"
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        model.check_head(self.layer, self.head)
+        position, head = _check_position(self.position), self.head
+
+        def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any) -> torch.Tensor:
+            _where(z, position)[:, :, head] = 0.0
+            return z
+
+        return [(z_hook(self.layer), fn)]
+
+    def __repr__(self) -> str:
+        return f"ZeroHead({self.layer}.{self.head})"
+
+
+@dataclass
+class HeadMeans:
+    """Mean head outputs ``z`` of one layer over reference cases.
+
+    ``by_length[n]`` is the per-position mean over the reference cases of length ``n``
+    (``[pos, head, d_head]``: prompts of one template align position by position);
+    ``last`` is the mean at the last position over all of them (``[head, d_head]``).
+    """
+
+    layer: int
+    by_length: dict[int, Float[torch.Tensor, "pos head d_head"]]
+    last: Float[torch.Tensor, "head d_head"]
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model: "LensModel", reference: Any, layers: Sequence[int]) -> dict[int, "HeadMeans"]:
+        ids, _ = model._cases(reference)
+        sums: dict[int, dict[int, torch.Tensor]] = {L: {} for L in layers}
+        counts: dict[int, int] = {}
+        captured: dict[int, torch.Tensor] = {}
+
+        def grab(z: torch.Tensor, hook: Any) -> None:
+            captured[int(hook.name.split(".")[1])] = z.detach().float().sum(0).cpu()
+
+        with model.hooked([(z_hook(L), grab) for L in layers]):
+            for _, tokens in model.batches(ids):
+                model.bridge(tokens, stop_at_layer=max(layers) + 1)
+                n = tokens.shape[1]
+                counts[n] = counts.get(n, 0) + tokens.shape[0]
+                for L in layers:
+                    sums[L][n] = sums[L].get(n, 0) + captured[L]
+        total = sum(counts.values())
+        out = {}
+        for L in layers:
+            by_len = {n: s / counts[n] for n, s in sums[L].items()}
+            last = sum(s[-1] for s in sums[L].values()) / total
+            out[L] = cls(L, by_len, last)
+        return out
+
+    def for_length(self, n: int, position: str) -> torch.Tensor:
+        """Replacement for a ``[batch, n, head, d_head]`` activation's chosen positions."""
+        if n in self.by_length:
+            mean = self.by_length[n]
+            return mean if position == "all" else mean[-1:]
+        if position == "last":
+            return self.last[None]
+        raise ValueError(
+            f"mean ablation at all positions needs reference prompts of the same length as "
+            f"the prompt ({n} tokens); the reference has lengths {sorted(self.by_length)}. "
+            "Use position='last' or a reference built from the same templates."
+        )
+
+
+@dataclass(frozen=True)
+class MeanHead(Intervention):
+    """Replace head ``head``'s output by its mean over ``reference`` data.
+
+    ``reference`` is a dataset / list of prompts (means are computed on first use) or a
+    :class:`HeadMeans` of that layer.
+    """
+
+    layer: int
+    head: int
+    reference: Any = field(repr=False)
+    position: str = "all"
+
+    def means(self, model: "LensModel") -> HeadMeans:
+        if isinstance(self.reference, HeadMeans):
+            return self.reference
+        # Frozen dataclass: cache the computed means on the instance all the same.
+        cached = self.__dict__.get("_means")
+        if cached is None:
+            cached = HeadMeans.compute(model, self.reference, [self.layer])[self.layer]
+            object.__setattr__(self, "_means", cached)
+        return cached
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        model.check_head(self.layer, self.head)
+        position, head, means = _check_position(self.position), self.head, self.means(model)
+
+        def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any) -> torch.Tensor:
+            mean = means.for_length(z.shape[1], position)[:, head].to(z)
+            _where(z, position)[:, :, head] = mean
+            return z
+
+        return [(z_hook(self.layer), fn)]
+
+    def __repr__(self) -> str:
+        return f"MeanHead({self.layer}.{self.head})"
+
+
+# ---------------------------------------------------------------------------- neurons
+def _neurons_by_layer(model: "LensModel", layers: Any, neurons: Any) -> dict[int, torch.Tensor]:
+    """Normalise the ways of naming neurons into ``{layer: index tensor}``."""
+    if isinstance(neurons, dict):
+        return {model.check_layer(int(L)): model.check_neurons(int(L), idx) for L, idx in neurons.items()}
+    layer_list = [layers] if isinstance(layers, int) else list(layers)
+    items = list(neurons)
+    if items and isinstance(items[0], (tuple, list)):
+        grouped: dict[int, list[int]] = {L: [] for L in layer_list}
+        for L, n in items:
+            if int(L) in grouped:
+                grouped[int(L)].append(int(n))
+        return {model.check_layer(L): model.check_neurons(L, idx) for L, idx in grouped.items()}
+    return {model.check_layer(L): model.check_neurons(L, items) for L in layer_list}
+
+
+@dataclass(frozen=True)
+class ScaleNeurons(Intervention):
+    """Multiply the coefficient scores of ``neurons`` in ``layer`` by ``factor``."""
+
+    layer: int
+    neurons: Any
+    factor: float = 0.0
+    position: str = "all"
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        idx = model.check_neurons(self.layer, self.neurons).to(model.device)
+        position, factor = _check_position(self.position), float(self.factor)
+
+        def fn(post: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> torch.Tensor:
+            view = _where(post, position)
+            view[..., idx] = view[..., idx] * factor
+            return post
+
+        return [(post_hook(self.layer), fn)]
+
+
+@dataclass(frozen=True)
+class ZeroNeurons(ScaleNeurons):
+    """Zero the coefficient scores of ``neurons`` in ``layer`` (the paper's "mask")."""
+
+    factor: float = 0.0
+
+    def __repr__(self) -> str:
+        n = torch.as_tensor(self.neurons).numel()
+        return f"ZeroNeurons(layer {self.layer}, {n} neurons)"
+
+
+@dataclass(frozen=True)
+class KeepNeurons(Intervention):
+    """Zero every neuron of ``layers`` except ``neurons`` (the paper's "keep").
+
+    ``neurons``: indices kept in every layer, ``(layer, neuron)`` pairs, or a
+    ``{layer: indices}`` dict.
+    """
+
+    layers: Any
+    neurons: Any
+    position: str = "all"
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        position = _check_position(self.position)
+        hooks = []
+        for layer, idx in _neurons_by_layer(model, self.layers, self.neurons).items():
+            keep = torch.zeros(model.d_mlp, device=model.device)
+            keep[idx.to(model.device)] = 1.0
+
+            def fn(post: torch.Tensor, hook: Any, keep: torch.Tensor = keep) -> torch.Tensor:
+                view = _where(post, position)
+                view.mul_(keep.to(post.dtype))
+                return post
+
+            hooks.append((post_hook(layer), fn))
+        return hooks
+
+    def __repr__(self) -> str:
+        return f"KeepNeurons(layers {self.layers})"
+
+
+@dataclass(frozen=True)
+class CaseNeurons(Intervention):
+    """A different neuron set per case: ``mask[case, layer, neuron]`` is True for the set.
+
+    ``mode="zero"`` zeroes each case's set; ``mode="keep"`` zeroes every other neuron of
+    ``layers``. Rows are matched through :attr:`LensModel.rows`, so the intervention
+    must be used on the dataset the mask was built for, in a :meth:`LensModel.run`.
+    """
+
+    mask: Bool[torch.Tensor, "case layer d_mlp"] = field(repr=False)
+    layers: Sequence[int] | None = None
+    mode: Literal["zero", "keep"] = "zero"
+    position: str = "all"
+
+    def hooks(self, model: "LensModel") -> list["Hook"]:
+        if self.mode not in ("zero", "keep"):
+            raise ValueError(f"mode {self.mode!r} is not 'zero' or 'keep'")
+        if self.mask.ndim != 3 or tuple(self.mask.shape[1:]) != (model.n_layers, model.d_mlp):
+            raise ValueError(
+                f"mask shape {tuple(self.mask.shape)} must be [cases, {model.n_layers}, {model.d_mlp}]"
+            )
+        position = _check_position(self.position)
+        if self.layers is not None:
+            layers = [model.check_layer(int(L)) for L in self.layers]
+        else:
+            layers = [L for L in range(model.n_layers) if bool(self.mask[:, L].any())]
+        mask, keep = self.mask, self.mode == "keep"
+
+        def make(layer: int):
+            def fn(post: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> torch.Tensor:
+                if model.rows is None:
+                    raise RuntimeError("CaseNeurons needs LensModel.run (it matches rows to cases)")
+                chosen = mask[model.rows, layer].to(post.device)
+                factor = (chosen if keep else ~chosen).to(post.dtype)[:, None, :]
+                view = _where(post, position)
+                view.mul_(factor)
+                return post
+
+            return fn
+
+        return [(post_hook(L), make(L)) for L in layers]

