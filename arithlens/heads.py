@@ -153,7 +153,7 @@ def _table(
     if group_by:
         for values, part in cases.groupby(list(group_by), sort=False, dropna=False):
             values = values if isinstance(values, tuple) else (values,)
-            groups.append((dict(zip(group_by, values)), torch.as_tensor(part.index.to_numpy())))
+            groups.append((dict(zip(group_by, values)), torch.tensor(part.index.to_list(), dtype=torch.long)))
     layer = torch.tensor([h[0] for h in heads])
     head = torch.tensor([h[1] for h in heads])
     frames = []

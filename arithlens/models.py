@@ -393,10 +393,14 @@ class LensModel:
         store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in names}
         captured: dict[str, torch.Tensor] = {}
 
-        def grab(act: torch.Tensor, hook: Any) -> None:
-            captured[hook.name] = act[:, -1].detach().float().cpu()
+        def grabber(name: str) -> Callable:
+            # Keyed by the requested name: hook.name is the canonical one, not the alias.
+            def grab(act: torch.Tensor, hook: Any) -> None:
+                captured[name] = act[:, -1].detach().float().cpu()
 
-        grab_hooks = [(n, grab) for n in names]
+            return grab
+
+        grab_hooks = [(n, grabber(n)) for n in names]
         with self.intervened(*interventions), self.hooked(grab_hooks):
             for rows, tokens in self.batches(ids, batch_size):
                 with self.on_rows(rows):

@@ -328,3 +328,12 @@ def test_smollm2_default_accuracy_is_in_the_measured_range(smollm2):
     cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[1], forms=["numeral"])
     acc = smollm2.run(cases).correct.float().mean().item()
     assert 0.45 <= acc <= 0.7
+
+
+def test_run_keeps_last_position_activations_by_requested_name(tiny):
+    names = ["blocks.0.hook_resid_pre", "blocks.1.mlp.hook_post", "blocks.2.hook_resid_mid"]
+    run = tiny.run(PROMPTS, names=names, cache=False)
+    for name in names:
+        assert run.last[name].shape[0] == len(PROMPTS)
+    _, cache = tiny.bridge.run_with_cache(torch.tensor([tiny.encode(PROMPTS[1])]))
+    torch.testing.assert_close(run.last["blocks.1.mlp.hook_post"][1], cache["blocks.1.mlp.hook_post"][0, -1])
