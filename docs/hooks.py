@@ -1,0 +1,98 @@
+"""mkdocs hooks: ship plotly.js with the site, and fail the strict build on missing docstrings.
+
+* **plotly.js.** The tutorial notebooks are stored without the 4 MB plotly.js bundle that
+  plotly's ``notebook`` renderer embeds in the first figure output (tests/test_notebooks.py
+  strips it); the theme override (docs/overrides/main.html) loads
+  ``javascripts/plotly.min.js`` in every page's head instead, and :func:`on_post_build`
+  copies that file from the installed plotly package, so the built site works offline and
+  the file is never committed.
+* **Docstrings.** :func:`on_pre_build` loads the documented modules with griffe and logs a
+  warning — which ``mkdocs build --strict`` turns into a failure — for every public
+  module-level class or function, and every public ``run`` method, without a docstring.
+  ``BASELINE`` lists the gaps that existed when the check was introduced; remove an entry
+  once its docstring is written (a documented baseline entry is reported at INFO level).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+log = logging.getLogger("mkdocs.plugins.arithlens.docstrings")
+
+# Modules with an API reference page (docs/api/*.md).
+DOCUMENTED = (
+    "arithlens.models", "arithlens.data", "arithlens.evaluate", "arithlens.interventions",
+    "arithlens.heads", "arithlens.results", "arithlens.report", "arithlens.pipeline",
+    "arithlens.testing", "arithlens.cna", "arithlens.circuits",
+)  # fmt: skip
+
+BASELINE = {
+    "arithlens.report.Report",
+    "arithlens.interventions.z_hook",
+    "arithlens.interventions.post_hook",
+    "arithlens.results.percent",
+    "arithlens.pipeline.summary_table",
+    "arithlens.cna.vo_transform.neuron_name",
+    "arithlens.cna.mask_keep.relative_decrease",
+    "arithlens.cna.mask_keep.MaskKeep.run",
+    "arithlens.cna.importance.check_target",
+    "arithlens.cna.importance.check_k",
+    "arithlens.cna.importance.check_ks",
+    "arithlens.cna.importance.token_lists",
+    "arithlens.circuits.precise_sft.n_params",
+    "arithlens.circuits.mean_ablation.mlp_out_hook",
+    "arithlens.circuits.path_patching.node_label",
+    "arithlens.circuits.mlp_probe.MLPProbe.run",
+    "arithlens.circuits.end_attention.EndAttention.run",
+}
+
+
+def missing_docstrings(module: object) -> list[str]:
+    """Paths of public classes, functions and ``run`` methods without a docstring."""
+    missing: list[str] = []
+
+    def walk(obj) -> None:
+        for name, member in obj.members.items():
+            if name.startswith("_") or member.is_alias:
+                continue
+            if member.is_module:
+                if not name.endswith(("cli", "report")) or member.path == "arithlens.report":
+                    walk(member)
+            elif member.is_class or member.is_function:
+                if not member.docstring:
+                    missing.append(member.path)
+                if member.is_class:
+                    run = member.members.get("run")
+                    if run is not None and not run.is_alias and run.is_function and not run.docstring:
+                        missing.append(run.path)
+
+    walk(module)
+    return missing
+
+
+def on_pre_build(config, **kwargs) -> None:
+    import griffe
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found: list[str] = []
+    for name in DOCUMENTED:
+        found += missing_docstrings(griffe.load(name, search_paths=[root]))
+    for path in sorted(set(found)):
+        if path in BASELINE:
+            continue
+        log.warning(f"missing docstring: {path} (public API; write one, Google style)")
+    for path in sorted(BASELINE - set(found)):
+        log.info(f"docstring baseline: {path} is documented now; remove it from BASELINE in docs/hooks.py")
+
+
+def on_post_build(config, **kwargs) -> None:
+    import plotly
+
+    source = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"plotly.min.js not found in the plotly package at {source}")
+    target = os.path.join(config["site_dir"], "javascripts", "plotly.min.js")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(source, target)

@@ -1,0 +1,114 @@
+"""Precise SFT (Zhang et al. §4.3): only the key components train; the user's model never changes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_untouched, params_snapshot
+
+from arithlens import data
+from arithlens.circuits import PreciseSFT, general_text, perplexity
+from arithlens.circuits.path_patching import MLP
+from arithlens.circuits.precise_sft import _answer_loss, _canonical, component_masks, n_params
+
+TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
+
+
+def snapshot(model):
+    with torch.no_grad():
+        model.bridge(torch.tensor([model.encode("1+1=")]))
+    return params_snapshot(model), model.torch_hook_count()
+
+
+def _param(bridge, suffix):
+    return next(p for n, p in bridge.named_parameters() if _canonical(n).endswith(suffix))
+
+
+def test_component_masks_select_head_slices_and_whole_mlps(tiny):
+    d, group = tiny.d_head, tiny.n_heads // tiny.n_kv_heads
+    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [(1, 3), (2, MLP)]).items()}
+    q = masks["model.layers.1.self_attn.q_proj.weight"]
+    assert q[3 * d : 4 * d].all() and q.sum() == d * tiny.d_model
+    g = 3 // group
+    for kv in ("k", "v"):
+        m = masks[f"model.layers.1.self_attn.{kv}_proj.weight"]
+        assert m[g * d : (g + 1) * d].all() and m.sum() == d * tiny.d_model
+    o = masks["model.layers.1.self_attn.o_proj.weight"]
+    assert o[:, 3 * d : 4 * d].all() and o.sum() == d * tiny.d_model
+    for proj in ("gate", "up", "down"):
+        assert masks[f"model.layers.2.mlp.{proj}_proj.weight"].all()
+    assert not any("layers.0" in k for k in masks)
+    # two heads of one KV group share (count once) its K/V slice
+    shared = n_params(component_masks(tiny, tiny.bridge, [(1, 0), (1, 1)]))
+    assert shared == 2 * 2 * d * tiny.d_model + 2 * d * tiny.d_model
+
+
+def test_answer_loss_counts_answer_tokens_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    tokens = torch.randint(0, 11, (2, 6))
+    starts = [3, 5]
+    terms = []
+    for b, s in enumerate(starts):
+        for t in range(s, 6):  # answer tokens t, predicted at position t - 1
+            terms.append(float(F.cross_entropy(logits[b, t - 1][None], tokens[b, t][None])))
+    assert float(_answer_loss(logits, tokens, starts)) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_perplexity_equals_brute_force(tiny):
+    ids = tiny.encode(TEXT)
+    nll = 0.0
+    with torch.no_grad():
+        for s in range(0, len(ids) - 1, 16):
+            chunk = ids[s : s + 17]
+            logp = tiny.bridge(torch.tensor([chunk[:-1]]))[0].log_softmax(-1)
+            nll -= sum(float(logp[i, chunk[i + 1]]) for i in range(len(chunk) - 1))
+    assert perplexity(tiny, TEXT, window=16) == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
+    assert len(general_text().splitlines()) >= 50
+
+
+def test_precise_sft_trains_only_key_components(tiny):
+    train, test = data.lora_split(tiny.tokenizer, n_train=40, n_test=8)
+    snap, n_hooks = snapshot(tiny)
+    key = [(1, 3), (2, MLP)]
+    sft = PreciseSFT(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
+    result = sft.run(tiny, train, test, text=TEXT)
+    assert_untouched(tiny, snap, n_hooks)
+    assert result.df["variant"].tolist() == ["original", "precise", "full", "random"]
+    rows = result.df.set_index("variant")
+    masks = component_masks(tiny, tiny.bridge, key)
+    assert rows.loc["precise", "n_params"] == n_params(masks)
+    assert rows.loc["random", "n_params"] == rows.loc["precise", "n_params"]
+    assert rows.loc["full", "n_params"] == sum(p.numel() for p in tiny.bridge.parameters())
+    assert not set(result.random_nodes) & set(key)
+    assert sum(1 for _, h in result.random_nodes if h == MLP) == 1
+    original = dict(tiny.bridge.named_parameters())
+    trained = dict(result.models["precise"].bridge.named_parameters())
+    changed = 0
+    for name, before in original.items():
+        after = trained[name]
+        mask = masks.get(name)
+        if mask is None:
+            assert torch.equal(after, before), f"{name} is frozen but changed"
+        else:
+            assert torch.equal(after[~mask], before[~mask]), f"frozen entries of {name} changed"
+            changed += int((after[mask] != before[mask]).sum())
+    assert changed > 0.5 * n_params(masks)
+    full = dict(result.models["full"].bridge.named_parameters())
+    assert sum(not torch.equal(full[n], original[n]) for n in original) > len(original) // 2
+    assert all(len(c) == 3 for c in result.losses.values())
+    assert result.models["precise"].predict(["1+2="])  # a usable LensModel
+    assert not any(p.requires_grad for p in result.models["precise"].bridge.parameters())
+    result.plot()
+
+
+def test_precise_sft_bad_input(tiny):
+    with pytest.raises(ValueError, match="variants"):
+        PreciseSFT(variants=["lora"])
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        PreciseSFT(steps=0)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        PreciseSFT(lr=0)
+    with pytest.raises(ValueError, match="layer 3 is out of range"):
+        PreciseSFT(nodes=[(3, MLP)]).key_nodes(tiny)
