@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-	@if [ -f mkdocs.yml ]; then $(VENV)/bin/mkdocs build --strict -q; fi
+	@if [ -f mkdocs.yml ]; then NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/head_sweep.py

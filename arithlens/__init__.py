@@ -14,8 +14,19 @@ Example::
     result.top(5)
 """
 
+from arithlens.evaluate import Evaluation, evaluate
+from arithlens.heads import HeadAblation, HeadAblationResult
 from arithlens.models import LensModel, Run, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["LensModel", "Run", "load_model", "__version__"]
+__all__ = [
+    "Evaluation",
+    "HeadAblation",
+    "HeadAblationResult",
+    "LensModel",
+    "Run",
+    "evaluate",
+    "load_model",
+    "__version__",
+]

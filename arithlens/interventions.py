@@ -45,10 +45,12 @@ _POSITIONS = ("all", "last")
 
 
 def z_hook(layer: int) -> str:
+    """Hook name of layer ``layer``'s per-head attention output ``z``."""
     return f"blocks.{layer}.attn.hook_z"
 
 
 def post_hook(layer: int) -> str:
+    """Hook name of layer ``layer``'s FFN coefficient scores ``m_k``."""
     return f"blocks.{layer}.mlp.hook_post"
 
 

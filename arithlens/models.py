@@ -215,6 +215,10 @@ class LensModel:
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)
+        # The bridge attaches some torch hooks of its own on its first forward; doing it
+        # now makes "no hooks left behind" checks meaningful from the start.
+        with torch.no_grad():
+            bridge(torch.zeros(1, 1, dtype=torch.long, device=bridge.W_U.device))
         return cls(bridge, tokenizer, name=name)
 
     # ------------------------------------------------------------------ shape facts

@@ -27,8 +27,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
 # Modules contributing report sections through ``sections(ctx) -> list[Section]``.
 REPORT_MODULES = ("arithlens.cna.report", "arithlens.cna.vo_report", "arithlens.circuits.report")
 
@@ -48,16 +46,15 @@ class RunContext:
 
 
 def _versions() -> str:
-    import torch
-    import transformer_lens
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    import arithlens
-
-    return (
-        f"arithlens {arithlens.__version__}, transformer-lens {transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?'}, "
-        f"transformers {transformers.__version__}, torch {torch.__version__}, python {platform.python_version()}"
-    )
+    parts = []
+    for dist in ("arithlens", "transformer-lens", "transformers", "torch", "plotly", "pandas"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return ", ".join(parts) + f", python {platform.python_version()}"
 
 
 def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = False, device: str | None = None) -> str:
@@ -134,7 +131,8 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
         try:
             sections.extend(module.sections(ctx))
         except Exception as err:  # one failing analysis must not lose the whole report
-            sections.append(Section(f"{name}: failed", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"))
+            traceback.print_exc()
+            sections.append(Section(f"{name}: failed", f"This section could not be computed: {type(err).__name__}: {err}"))
         timings[f"{name.split('.')[-2]}.{name.split('.')[-1]} (s)"] = time.perf_counter() - t0
 
     meta = {
@@ -168,6 +166,3 @@ def _heads_reading(heads: Any, top_head: tuple[int, int]) -> str:
         + ("a few heads carry the arithmetic, as in the paper." if ratio >= 10 else "the effect is spread over many heads on this model.")
     )
 
-
-def summary_table(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    return frame[[c for c in columns if c in frame]]

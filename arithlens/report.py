@@ -46,21 +46,36 @@ class Section:
 
 @dataclass
 class Report:
+    """A report: a title, run metadata (model, data, configuration, versions, timings) and sections."""
+
     title: str
     meta: dict[str, Any] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
 
     def add(self, *sections: Section) -> "Report":
+        """Append sections; returns the report for chaining."""
         self.sections.extend(sections)
         return self
 
+    def _anchors(self) -> list[str]:
+        """Section anchors, made unique (two sections may share a title)."""
+        seen: dict[str, int] = {}
+        anchors = []
+        for s in self.sections:
+            n = seen.get(s.anchor, 0)
+            seen[s.anchor] = n + 1
+            anchors.append(s.anchor if n == 0 else f"{s.anchor}-{n + 1}")
+        return anchors
+
     def to_html(self) -> str:
+        """The report as one HTML document with plotly.js embedded once."""
         from plotly.offline import get_plotlyjs
 
-        toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in self.sections)
+        anchors = self._anchors()
+        toc = "".join(f'<li><a href="#{a}">{html.escape(s.title)}</a></li>' for s, a in zip(self.sections, anchors))
         body = []
-        for s in self.sections:
-            part = [f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>']
+        for s, anchor in zip(self.sections, anchors):
+            part = [f'<section id="{anchor}"><h2>{html.escape(s.title)}</h2>']
             if s.reading:
                 part.append(f'<p class="reading">{html.escape(s.reading)}</p>')
             if s.figure is not None:
@@ -92,6 +107,7 @@ th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }} th {{ 
 </body></html>"""
 
     def write(self, path: str) -> str:
+        """Write the self-contained HTML file and return its path."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(self.to_html())

@@ -43,4 +43,5 @@ def case_frame(data: Any, model: Any) -> pd.DataFrame:
 
 
 def percent(x: float) -> float:
+    """A fraction as a percentage rounded to one decimal, as the papers' tables print it."""
     return round(100.0 * float(x), 1)

@@ -107,6 +107,7 @@ class EndAttention:
 
     @torch.no_grad()
     def run(self, model: Any, data: Any, patching: PathPatchingResult | None = None) -> EndAttentionResult:
+        """Average END-position attention of the key heads to operand A, operand B, the operator and other tokens."""
         from arithlens.models import load_model
 
         model = load_model(model)

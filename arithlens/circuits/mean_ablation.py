@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 
 def mlp_out_hook(layer: int) -> str:
+    """Hook name of layer ``layer``'s MLP output."""
     return f"blocks.{layer}.hook_mlp_out"
 
 

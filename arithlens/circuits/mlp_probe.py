@@ -86,6 +86,7 @@ class MLPProbe:
 
     @torch.no_grad()
     def run(self, model: Any, data: Any) -> MLPProbeResult:
+        """Cosine of MLP_in, MLP_out and their normalised difference with W_U[A], W_U[B], W_U[C], per layer."""
         from arithlens.models import load_model
 
         model = load_model(model)

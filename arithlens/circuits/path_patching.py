@@ -76,6 +76,7 @@ POSITIONS = ("end", "all")
 
 
 def node_label(node: Node) -> str:
+    """``'L.H'`` for a head, ``'L.mlp'`` for an MLP."""
     return f"{node[0]}.{node[1]}"
 
 

@@ -126,6 +126,7 @@ def component_masks(model: Any, bridge: torch.nn.Module, nodes: Sequence[Node]) 
 
 
 def n_params(masks: dict[str, torch.Tensor]) -> int:
+    """Number of trainable entries selected by gradient masks."""
     return int(sum(int(m.sum()) for m in masks.values()))
 
 

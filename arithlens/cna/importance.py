@@ -66,18 +66,21 @@ _MODES = ("exact", "fast")
 
 # ---------------------------------------------------------------------------- validation
 def check_target(target: str) -> str:
+    """Validate ``target``: ``'prediction'`` or ``'answer'``."""
     if target not in _TARGETS:
         raise ValueError(f"target {target!r} is not one of {_TARGETS}")
     return target
 
 
 def check_k(k: Any, name: str = "k") -> int:
+    """Validate a positive integer ``k``."""
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"{name}={k!r} must be a positive integer")
     return int(k)
 
 
 def check_ks(ks: Any) -> tuple[int, ...]:
+    """Validate a non-empty sequence of positive integers."""
     ks = (ks,) if isinstance(ks, int) else tuple(ks)
     if not ks:
         raise ValueError("ks is empty: give at least one K, e.g. (99, 50, 30, 20, 10)")
@@ -401,6 +404,7 @@ def neuron_top_token_ids(model: Any, neurons: Sequence[tuple[int, int]], k: int 
 
 
 def token_lists(model: Any, ids: Int[torch.Tensor, "n k"]) -> list[str]:
+    """Each row of token ids as a printable list of token strings."""
     strs = vocab_strings(model)
     return ["[" + ", ".join(repr(strs[int(t)]) for t in row) + "]" for row in ids]
 

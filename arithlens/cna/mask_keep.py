@@ -64,6 +64,7 @@ def coef_decrease(
 
 
 def relative_decrease(base: float, value: float) -> float:
+    """Decrease from ``base`` to ``value`` in percent of ``base`` (NaN when ``base`` is 0)."""
     return float("nan") if base <= 0 else 100.0 * (base - value) / base
 
 
@@ -150,6 +151,7 @@ class MaskKeep:
 
     @torch.no_grad()
     def run(self, model: Any, data: Any) -> MaskKeepResult:
+        """Compute Table 5 (mask, keep, coef for every K) on ``data``."""
         from arithlens.models import load_model
 
         model = load_model(model)

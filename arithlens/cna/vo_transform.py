@@ -104,6 +104,7 @@ def ov_matrix(model: Any, layer: int) -> Float[torch.Tensor, "d_model d_model"]:
 
 
 def neuron_name(layer: int, neuron: int) -> str:
+    """The paper's neuron name ``L_k`` (layer, index)."""
     return f"{layer}_{neuron}"
 
 
