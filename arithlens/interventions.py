@@ -142,30 +142,39 @@ class ZeroHead(Intervention):
 
 
 @dataclass
-class HeadMeans:
-    """Mean head outputs ``z`` of one layer over reference cases.
+class ActivationMeans:
+    """Mean of one layer's activation at a hook over reference cases.
 
     ``by_length[n]`` is the per-position mean over the reference cases of length ``n``
-    (``[pos, head, d_head]``: prompts of one template align position by position);
-    ``last`` is the mean at the last position over all of them (``[head, d_head]``).
+    (``[pos, ...]``: prompts of one template align position by position); ``last`` is
+    the mean at the last position over all of them. Subclasses name the hook.
     """
 
     layer: int
-    by_length: dict[int, Float[torch.Tensor, "pos head d_head"]]
-    last: Float[torch.Tensor, "head d_head"]
+    by_length: dict[int, torch.Tensor]
+    last: torch.Tensor
+
+    @staticmethod
+    def hook_name(layer: int) -> str:  # pragma: no cover - subclasses define it
+        """The hook whose activation is averaged."""
+        raise NotImplementedError
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, model: "LensModel", reference: Any, layers: Sequence[int]) -> dict[int, "HeadMeans"]:
+    def compute(cls, model: "LensModel", reference: Any, layers: Sequence[int]) -> dict[int, Any]:
+        """Means of every layer in ``layers`` over ``reference`` (a dataset or prompts)."""
         ids, _ = model._cases(reference)
         sums: dict[int, dict[int, torch.Tensor]] = {L: {} for L in layers}
         counts: dict[int, int] = {}
         captured: dict[int, torch.Tensor] = {}
 
-        def grab(z: torch.Tensor, hook: Any) -> None:
-            captured[int(hook.name.split(".")[1])] = z.detach().float().sum(0).cpu()
+        def grab(layer: int):
+            def fn(act: torch.Tensor, hook: Any) -> None:
+                captured[layer] = act.detach().float().sum(0).cpu()
 
-        with model.hooked([(z_hook(L), grab) for L in layers]):
+            return fn
+
+        with model.hooked([(cls.hook_name(L), grab(L)) for L in layers]):
             for _, tokens in model.batches(ids):
                 model.bridge(tokens, stop_at_layer=max(layers) + 1)
                 n = tokens.shape[1]
@@ -173,15 +182,13 @@ class HeadMeans:
                 for L in layers:
                     sums[L][n] = sums[L].get(n, 0) + captured[L]
         total = sum(counts.values())
-        out = {}
-        for L in layers:
-            by_len = {n: s / counts[n] for n, s in sums[L].items()}
-            last = sum(s[-1] for s in sums[L].values()) / total
-            out[L] = cls(L, by_len, last)
-        return out
+        return {
+            L: cls(L, {n: s / counts[n] for n, s in sums[L].items()}, sum(s[-1] for s in sums[L].values()) / total)
+            for L in layers
+        }
 
     def for_length(self, n: int, position: str) -> torch.Tensor:
-        """Replacement for a ``[batch, n, head, d_head]`` activation's chosen positions."""
+        """Replacement for a ``[batch, n, ...]`` activation's chosen positions."""
         if n in self.by_length:
             mean = self.by_length[n]
             return mean if position == "all" else mean[-1:]
@@ -194,8 +201,38 @@ class HeadMeans:
         )
 
 
+@dataclass
+class HeadMeans(ActivationMeans):
+    """Mean head outputs ``z`` of one layer: ``[pos, head, d_head]`` per length, ``[head, d_head]`` last."""
+
+    by_length: dict[int, Float[torch.Tensor, "pos head d_head"]]
+    last: Float[torch.Tensor, "head d_head"]
+
+    @staticmethod
+    def hook_name(layer: int) -> str:
+        """``blocks.L.attn.hook_z``."""
+        return z_hook(layer)
+
+
+class _UsesMeans:
+    """Shared by mean-ablation interventions: means from ``reference``, computed once."""
+
+    means_class: type[ActivationMeans] = ActivationMeans
+
+    def means(self, model: "LensModel") -> Any:
+        """The :class:`ActivationMeans` of this layer (computed on first use)."""
+        if isinstance(self.reference, ActivationMeans):
+            return self.reference
+        # Frozen dataclass: cache the computed means on the instance all the same.
+        cached = self.__dict__.get("_means")
+        if cached is None:
+            cached = self.means_class.compute(model, self.reference, [self.layer])[self.layer]
+            object.__setattr__(self, "_means", cached)
+        return cached
+
+
 @dataclass(frozen=True)
-class MeanHead(Intervention):
+class MeanHead(_UsesMeans, Intervention):
     """Replace head ``head``'s output by its mean over ``reference`` data.
 
     ``reference`` is a dataset / list of prompts (means are computed on first use) or a
@@ -207,15 +244,7 @@ class MeanHead(Intervention):
     reference: Any = field(repr=False)
     position: str = "all"
 
-    def means(self, model: "LensModel") -> HeadMeans:
-        if isinstance(self.reference, HeadMeans):
-            return self.reference
-        # Frozen dataclass: cache the computed means on the instance all the same.
-        cached = self.__dict__.get("_means")
-        if cached is None:
-            cached = HeadMeans.compute(model, self.reference, [self.layer])[self.layer]
-            object.__setattr__(self, "_means", cached)
-        return cached
+    means_class = HeadMeans
 
     def hooks(self, model: "LensModel") -> list["Hook"]:
         model.check_head(self.layer, self.head)

@@ -119,16 +119,40 @@ def load_model(
             "directory, a hub name like 'org/name', or None for the embedded default"
         )
     try:
-        tok = AutoTokenizer.from_pretrained(spec)
-        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation="eager")
+        try:  # a model already in the local Hugging Face cache needs no network
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+            hf = AutoModelForCausalLM.from_pretrained(
+                spec, dtype=dtype, attn_implementation="eager", local_files_only=True
+            )
+        except OSError:
+            if not _hub_reachable():
+                # Fail at once rather than after the hub client's minute of retries.
+                raise OSError("the Hugging Face hub is unreachable") from None
+            tok = AutoTokenizer.from_pretrained(spec)
+            hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation="eager")
     except Exception as err:  # hub errors come as OSError, HTTP or connection errors
         raise ValueError(
             f"could not load {spec!r} from the Hugging Face hub: this machine may have no hub "
-            f"access ({type(err).__name__}). Pass a local path instead: a .gguf file or a "
+            f"access ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}). Pass a local path instead: a .gguf file or a "
             "directory written by save_pretrained, or model=None for the embedded "
             "SmolLM2-135M-Instruct"
         ) from err
     return LensModel.from_hf(hf, tok, name=spec, device=device)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _from_gguf(directory, gguf, hub_name, name, device, dtype) -> "LensModel":

@@ -82,7 +82,7 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
     t0 = time.perf_counter()
     sweep_set = dataset.filter(template=4, form="numeral")
     if quick:
-        sweep_set = _per_op_sample(sweep_set, 12)
+        sweep_set = _per_op_sample(sweep_set, 25)
     heads = HeadAblation(progress=True).run(lens, sweep_set)
     heads.df.to_csv(out_dir / "heads.csv", index=False)
     timings["head sweep (s)"] = time.perf_counter() - t0
@@ -159,10 +159,15 @@ def _heads_reading(heads: Any, top_head: tuple[int, int]) -> str:
     all_rows = heads.df[heads.df["op"] == "all"] if "op" in heads.df else heads.df
     top = all_rows.sort_values("accuracy_drop", ascending=False).iloc[0]
     ratio = heads.median_ratio()
+    median = float(all_rows["accuracy_drop"].median())
+    if median <= 0:
+        spread = f"the median head's drop is {median:.1%}, so the top drop exceeds it by far more than 10x: "
+    else:
+        spread = f"the largest drop is {ratio:.1f}x the median head's: "
     return (
         f"Zero-ablating head {int(top['layer'])}.{int(top['head'])} lowers accuracy most over all ops "
         f"({top['accuracy_drop']:.1%} absolute); the top '+' head is {top_head[0]}.{top_head[1]}. "
-        f"The largest drop is {ratio:.1f}x the median head's: "
+        + spread
         + ("a few heads carry the arithmetic, as in the paper." if ratio >= 10 else "the effect is spread over many heads on this model.")
     )
 

@@ -47,7 +47,7 @@ from jaxtyping import Float
 
 from arithlens.circuits.counterfactual import CounterfactualPairs, as_pairs
 from arithlens.circuits.path_patching import MLP, Node, PathPatching, PathPatchingResult, check_nodes, node_label
-from arithlens.interventions import HeadMeans, Intervention, _check_position, _where, z_hook
+from arithlens.interventions import ActivationMeans, HeadMeans, Intervention, _check_position, _UsesMeans, _where, z_hook
 from arithlens.results import Result
 
 if TYPE_CHECKING:
@@ -60,72 +60,31 @@ def mlp_out_hook(layer: int) -> str:
 
 
 @dataclass
-class MLPMeans:
+class MLPMeans(ActivationMeans):
     """Mean MLP outputs of one layer over reference cases (the MLP twin of :class:`HeadMeans`).
 
     ``by_length[n]``: per-position mean over the reference prompts of ``n`` tokens,
     ``[pos, d_model]``; ``last``: last-position mean over all of them, ``[d_model]``.
     """
 
-    layer: int
     by_length: dict[int, Float[torch.Tensor, "pos d_model"]]
     last: Float[torch.Tensor, "d_model"]
 
-    @classmethod
-    @torch.no_grad()
-    def compute(cls, model: "LensModel", reference: Any, layers: Sequence[int]) -> dict[int, "MLPMeans"]:
-        ids, _ = model._cases(reference)
-        sums: dict[int, dict[int, torch.Tensor]] = {L: {} for L in layers}
-        counts: dict[int, int] = {}
-        captured: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int):
-            def fn(out: torch.Tensor, hook: Any) -> None:
-                captured[layer] = out.detach().float().sum(0).cpu()
-
-            return fn
-
-        with model.hooked([(mlp_out_hook(L), grab(L)) for L in layers]):
-            for _, tokens in model.batches(ids):
-                model.bridge(tokens, stop_at_layer=max(layers) + 1)
-                n = tokens.shape[1]
-                counts[n] = counts.get(n, 0) + tokens.shape[0]
-                for L in layers:
-                    sums[L][n] = sums[L].get(n, 0) + captured[L]
-        total = sum(counts.values())
-        return {
-            L: cls(L, {n: s / counts[n] for n, s in sums[L].items()}, sum(s[-1] for s in sums[L].values()) / total)
-            for L in layers
-        }
-
-    def for_length(self, n: int, position: str) -> torch.Tensor:
-        if n in self.by_length:
-            mean = self.by_length[n]
-            return mean if position == "all" else mean[-1:]
-        if position == "last":
-            return self.last[None]
-        raise ValueError(
-            f"mean ablation at all positions needs reference prompts of {n} tokens; the "
-            f"reference has lengths {sorted(self.by_length)}. Use position='last'."
-        )
+    @staticmethod
+    def hook_name(layer: int) -> str:
+        """``blocks.L.hook_mlp_out``."""
+        return mlp_out_hook(layer)
 
 
 @dataclass(frozen=True)
-class MeanMLP(Intervention):
+class MeanMLP(_UsesMeans, Intervention):
     """Replace layer ``layer``'s MLP output by its mean over ``reference`` data."""
 
     layer: int
     reference: Any = field(repr=False)
     position: str = "all"
 
-    def means(self, model: "LensModel") -> MLPMeans:
-        if isinstance(self.reference, MLPMeans):
-            return self.reference
-        cached = self.__dict__.get("_means")
-        if cached is None:
-            cached = MLPMeans.compute(model, self.reference, [self.layer])[self.layer]
-            object.__setattr__(self, "_means", cached)
-        return cached
+    means_class = MLPMeans
 
     def hooks(self, model: "LensModel") -> list["Hook"]:
         model.check_layer(self.layer)
