@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import string
 import tempfile
 from functools import lru_cache
@@ -39,6 +41,7 @@ def _tokenizer_dir() -> str:
     )
     # TransformerBridge re-loads the tokenizer from ``name_or_path``; a saved copy gives it one.
     path = tempfile.mkdtemp(prefix="arithlens-chartok-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # one per process; leave /tmp clean
     tok.save_pretrained(path)
     return path
 

@@ -29,6 +29,11 @@ def params_snapshot(model):
     return {k: v.detach().clone() for k, v in model.bridge.state_dict().items()}
 
 
+def model_state(model):
+    """``(params_snapshot, torch-hook count)``: what :func:`assert_untouched` compares against."""
+    return params_snapshot(model), model.torch_hook_count()
+
+
 def assert_untouched(model, snapshot, torch_hooks_before):
     state = model.bridge.state_dict()
     assert state.keys() == snapshot.keys()

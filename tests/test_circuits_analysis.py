@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_untouched, params_snapshot
+from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.circuits import Counterfactual, EndAttention, Knockout, MeanMLP, MLPProbe, PathPatching
@@ -11,12 +11,6 @@ from arithlens.circuits.end_attention import ROLES
 from arithlens.circuits.mean_ablation import MeanNodes, MLPMeans
 from arithlens.circuits.path_patching import MLP
 from arithlens.interventions import HeadMeans
-
-
-def snapshot(model):
-    with torch.no_grad():
-        model.bridge(torch.tensor([model.encode("1+1=")]))
-    return params_snapshot(model), model.torch_hook_count()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,7 @@ def test_mean_nodes_equals_explicit_replacement(tiny, pairs):
 
 def test_knockout_conditions(tiny, pairs):
     patching = PathPatching(progress=False).run(tiny, pairs)
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     result = Knockout(top_n=3, n_random=2, progress=False).run(tiny, pairs, patching)
     assert_untouched(tiny, snap, n_hooks)
     key = patching.top(3)
@@ -120,7 +114,7 @@ def test_knockout_bad_input(tiny, pairs):
 # ------------------------------------------------------------------------- attention
 def test_end_attention_equals_brute_force(tiny, cases):
     heads = [(0, 1), (2, 3)]
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     result = EndAttention(heads=heads).run(tiny, cases)
     assert_untouched(tiny, snap, n_hooks)
     for k, (L, h) in enumerate(heads):
@@ -149,7 +143,7 @@ def test_end_attention_bad_input(tiny, cases):
 
 # ------------------------------------------------------------------------------ probe
 def test_mlp_probe_equals_brute_force(tiny, cases):
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     result = MLPProbe().run(tiny, cases)
     assert_untouched(tiny, snap, n_hooks)
     W_U = tiny.bridge.W_U

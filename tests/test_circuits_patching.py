@@ -4,19 +4,12 @@ import math
 
 import pytest
 import torch
-from conftest import assert_untouched, params_snapshot
+from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.circuits import Counterfactual, PathPatching
 from arithlens.circuits.counterfactual import locate, token_roles
 from arithlens.circuits.path_patching import MLP
-
-
-def snapshot(model):
-    """Parameters and torch-hook count, after one forward (the bridge adds its own hooks lazily)."""
-    with torch.no_grad():
-        model.bridge(torch.tensor([model.encode("1+1=")]))
-    return params_snapshot(model), model.torch_hook_count()
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +146,7 @@ def _check_against(model, pairs, result, naive, n_pairs=3):
 
 # --------------------------------------------------------------------------- patching
 def test_path_patching_equals_literal_algorithm_1(tiny, pairs):
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     result = PathPatching(progress=False, batch_size=4).run(tiny, pairs)
     assert_untouched(tiny, snap, n_hooks)
     assert len(result.df) == tiny.n_layers * (tiny.n_heads + 1)
@@ -166,7 +159,7 @@ def test_path_patching_equals_literal_algorithm_1(tiny, pairs):
 @pytest.mark.parametrize("position", ["end", "all"])
 def test_activation_patching_equals_naive_loop(tiny, cases, position):
     pairs = Counterfactual().run(tiny, [c for c in cases if c.template == 3])
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     result = PathPatching(method="activation", position=position, progress=False, max_rows=7).run(tiny, pairs)
     assert_untouched(tiny, snap, n_hooks)
     naive = lambda m, ref, cf, t, n, **kw: _naive_activation_logit(m, ref, cf, t, n, position == "all", **kw)  # noqa: E731
@@ -212,7 +205,7 @@ def test_smollm2_patching_few_pairs(smollm2):
     cases = data.arithmetic(smollm2.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=3)
     pairs = Counterfactual().run(smollm2, cases)
     assert set(pairs.df["replacement"]) == {"nothing"}
-    snap, n_hooks = snapshot(smollm2)
+    snap, n_hooks = model_state(smollm2)
     result = PathPatching(progress=False).run(smollm2, pairs)
     assert_untouched(smollm2, snap, n_hooks)
     assert len(result.df) == 30 * 10 and result.df["effect"].notna().all()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_untouched, params_snapshot
+from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.circuits import PreciseSFT, general_text, perplexity
@@ -13,12 +13,6 @@ from arithlens.circuits.path_patching import MLP
 from arithlens.circuits.precise_sft import _answer_loss, _canonical, component_masks, n_params
 
 TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
-
-
-def snapshot(model):
-    with torch.no_grad():
-        model.bridge(torch.tensor([model.encode("1+1=")]))
-    return params_snapshot(model), model.torch_hook_count()
 
 
 def _param(bridge, suffix):
@@ -70,7 +64,7 @@ def test_perplexity_equals_brute_force(tiny):
 
 def test_precise_sft_trains_only_key_components(tiny):
     train, test = data.lora_split(tiny.tokenizer, n_train=40, n_test=8)
-    snap, n_hooks = snapshot(tiny)
+    snap, n_hooks = model_state(tiny)
     key = [(1, 3), (2, MLP)]
     sft = PreciseSFT(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
     result = sft.run(tiny, train, test, text=TEXT)

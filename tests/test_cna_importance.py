@@ -113,7 +113,10 @@ def test_aggregates_and_frames(tiny):
     top = res.top(3, case=1)
     assert top["importance"].iloc[0] == pytest.approx(float(res.importance[1].max()), abs=1e-6)
     assert isinstance(res.top_tokens[0], str) and len(res.per_case(2)) == 2 * len(PROMPTS)
-    assert res.plot() is not None
+    assert len(res.plot().data[0].y) == len(df)  # 192 neurons: under the default cap
+    capped = res.plot(max_points=20).data[0].y
+    largest = df["importance"].abs().nlargest(20)
+    assert sorted(abs(v) for v in capped) == pytest.approx(sorted(largest))
 
 
 def test_fast_mode_rescores_exactly(tiny):

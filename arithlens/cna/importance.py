@@ -505,16 +505,25 @@ class ImportanceResult(Result):
             ignore_index=True,
         )
 
-    def plot(self, n_label: int = 10, **kwargs: Any) -> Any:
-        """Every neuron's mean importance against its layer; the top ``n_label`` labelled."""
+    def plot(self, n_label: int = 10, max_points: int | None = 5000, **kwargs: Any) -> Any:
+        """Neurons' mean importance against their layer; the top ``n_label`` labelled.
+
+        ``max_points`` keeps the neurons with the largest ``|importance|`` (the rest sit in
+        the band around 0, and 46,080 points would make a notebook megabytes long);
+        ``None`` plots every neuron.
+        """
         import plotly.graph_objects as go
 
         df = self.df
         top = df.head(n_label)
+        span = max(1, int(df["neuron"].max()))  # spreads a layer's neurons across its x slot
+        shown = len(df) if max_points is None else min(len(df), int(max_points))
+        if shown < len(df):
+            df = df.loc[df["importance"].abs().nlargest(shown).index]
         fig = go.Figure()
         fig.add_trace(
             go.Scattergl(
-                x=df["layer"] + (df["neuron"] / max(1, df["neuron"].max()) - 0.5) * 0.8,
+                x=df["layer"] + (df["neuron"] / span - 0.5) * 0.8,
                 y=df["importance"],
                 mode="markers",
                 marker={"size": 3, "color": df["importance"], "colorscale": "RdBu_r", "cmid": 0},
@@ -525,7 +534,7 @@ class ImportanceResult(Result):
         )
         fig.add_trace(
             go.Scatter(
-                x=top["layer"] + (top["neuron"] / max(1, df["neuron"].max()) - 0.5) * 0.8,
+                x=top["layer"] + (top["neuron"] / span - 0.5) * 0.8,
                 y=top["importance"],
                 mode="markers+text",
                 text=[f"{L}_{n}" for L, n in zip(top["layer"], top["neuron"])],
@@ -536,7 +545,8 @@ class ImportanceResult(Result):
         )
         target = self.w_str[0] if len(set(self.w_str)) == 1 and self.w_str else "w"
         fig.update_layout(
-            title=f"FFN neuron importance: Δ log p({target!r}) ({self.n_cases} case{'s' * (self.n_cases != 1)})",
+            title=f"FFN neuron importance: Δ log p({target!r}) ({self.n_cases} case{'s' * (self.n_cases != 1)}"
+            + (f"; the {shown:,} largest |importance| of {len(self.df):,} neurons)" if shown < len(self.df) else ")"),
             xaxis_title="layer",
             yaxis_title="importance (nats)",
             **kwargs,

@@ -46,6 +46,7 @@ from jaxtyping import Float
 from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeResult
 from arithlens.cna.importance import check_head_arg, check_k, collect, layer_scores, token_lists
 from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
+from arithlens.cna.vo_transform import head_ov
 from arithlens.interventions import ZeroHead
 from arithlens.results import Result
 
@@ -105,18 +106,14 @@ def shallow_scores(
 ) -> Float[torch.Tensor, "layer pos d_mlp"]:
     """Feature-enhancing score of every shallow neuron at every earlier position (module doc)."""
     dev = model.device
-    W_V = model.bridge.W_V.detach().float()  # [layer, kv_head, d_model, d_head]
-    W_O = model.bridge.W_O.detach().float()  # [layer, head, d_head, d_model]
     W_out = model.bridge.W_out.detach().float()
-    group = model.n_heads // model.n_kv_heads
     n_pos = pos_acts["post"].shape[1] - 1  # earlier positions only
     key = key.to(dev)
     # E[l'][p] = Σ_h A[l',h,last,p]/σ1[l',p] · W_V W_O key: each attention layer's carried direction.
     E = torch.zeros(model.n_layers, n_pos, model.d_model, device=dev)
     for lp in range(root_layer + 1):
-        ov = torch.einsum("hdm,m->hd", W_O[lp], key)  # [head, d_head]
-        Wv = einops.repeat(W_V[lp], "g m d -> (g r) m d", r=group)  # query head -> its KV head
-        e = torch.einsum("hmd,hd->hm", Wv, ov)  # [head, d_model]
+        W_V, W_O = head_ov(model, lp)
+        e = einops.einsum(W_V, W_O, key, "head m dh, head dh n, n -> head m")
         weight = pos_acts["attn"][lp, :, :n_pos].to(dev) / pos_acts["ln1"][lp, :n_pos].to(dev)  # [head, pos]
         E[lp] = torch.einsum("hp,hm->pm", weight, e)
     out = torch.zeros(len(layers), n_pos, model.d_mlp)
@@ -131,14 +128,11 @@ def transformed_vector(
     model: Any, pos_acts: dict[str, torch.Tensor], layer: int, neuron: int, position: int, root_layer: int
 ) -> Float[torch.Tensor, "d_model"]:
     """``T(l, k, p)``: the neuron's subvalue carried to the last position by attention layers ``l+1 … l_root``."""
-    W_V = model.bridge.W_V.detach().float()
-    W_O = model.bridge.W_O.detach().float()
-    group = model.n_heads // model.n_kv_heads
-    fc2 = model.bridge.W_out[layer, neuron].detach().float()
+    fc2 = model.bridge.blocks[layer].mlp.W_out[neuron].detach().float()
     total = torch.zeros(model.d_model, device=fc2.device)
     for lp in range(layer + 1, root_layer + 1):
-        Wv = einops.repeat(W_V[lp], "g m d -> (g r) m d", r=group)
-        heads = torch.einsum("m,hmd,hdn->hn", fc2, Wv, W_O[lp])  # [head, d_model]
+        W_V, W_O = head_ov(model, lp)
+        heads = einops.einsum(fc2, W_V, W_O, "m, head m dh, head dh n -> head n")
         weight = pos_acts["attn"][lp, :, position].to(fc2) / pos_acts["ln1"][lp, position].to(fc2)
         total += torch.einsum("h,hn->n", weight, heads)
     return total * float(pos_acts["post"][layer, position, neuron])

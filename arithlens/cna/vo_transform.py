@@ -91,15 +91,20 @@ def _check_int(value: Any, name: str, low: int = 0) -> int:
 
 
 # ---------------------------------------------------------------------------- the transform
-def ov_matrix(model: Any, layer: int) -> Float[torch.Tensor, "d_model d_model"]:
-    """``Σ_h W_V[layer, kv(h)] @ W_O[layer, h]``: attention layer ``layer``'s summed OV circuit."""
+def head_ov(model: Any, layer: int) -> tuple[Float[torch.Tensor, "head d_model d_head"], Float[torch.Tensor, "head d_head d_model"]]:
+    """``W_V`` and ``W_O`` of attention layer ``layer``, one ``W_V`` per *query* head (GQA expanded)."""
     model.check_layer(layer)
     # Per-block accessors: the bridge's stacked W_V / W_O rebuild every layer on access.
-    W_V = model.bridge.blocks[layer].attn.W_V.detach()  # [kv_head, d_model, d_head]
-    W_O = model.bridge.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
-    group = model.n_heads // W_V.shape[0]
+    W_V = model.bridge.blocks[layer].attn.W_V.detach().float()  # [kv_head, d_model, d_head]
+    W_O = model.bridge.blocks[layer].attn.W_O.detach().float()  # [head, d_head, d_model]
     # Query head h reads KV head h // group (HF's repeat_kv order).
-    W_V = einops.repeat(W_V, "kv d dh -> (kv g) d dh", g=group)
+    W_V = einops.repeat(W_V, "kv d dh -> (kv g) d dh", g=W_O.shape[0] // W_V.shape[0])
+    return W_V, W_O
+
+
+def ov_matrix(model: Any, layer: int) -> Float[torch.Tensor, "d_model d_model"]:
+    """``Σ_h W_V[layer, kv(h)] @ W_O[layer, h]``: attention layer ``layer``'s summed OV circuit."""
+    W_V, W_O = head_ov(model, layer)
     return einops.einsum(W_V, W_O, "head d dh, head dh e -> d e")
 
 
