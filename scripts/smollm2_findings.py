@@ -39,9 +39,9 @@ def heads(model, out: Path) -> None:
     ds = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"])
     res = HeadAblation(progress=False).run(model, ds)
     res.df.to_csv(out / "heads.csv", index=False)
-    cols = ["layer", "head", "baseline_accuracy", "accuracy", "accuracy_drop", "relative_drop", "logprob_drop"]
-    print(res.df[res.df.op == "+"].sort_values("accuracy_drop", ascending=False)[cols].head(5).to_string(index=False))
     plus = res.df[res.df.op == "+"]
+    cols = ["layer", "head", "baseline_accuracy", "accuracy", "accuracy_drop", "relative_drop", "logprob_drop"]
+    print(plus.sort_values("accuracy_drop", ascending=False)[cols].head(5).to_string(index=False))
     print("median head's accuracy drop:", plus.accuracy_drop.median(), "| top / median:", res.median_ratio("+"))
     print("log-prob drop, top / median:", plus.logprob_drop.max() / plus.logprob_drop.median())
     by_type = res.by("op", "case_type").query("op != 'all'")
