@@ -27,11 +27,11 @@ OUT = ROOT / "notebooks"
 SETUP = """\
 import warnings
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+
 import plotly.io as pio
 import arithlens
 from arithlens import data
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
 # Figures are interactive both in JupyterLab (plotly's own mime type) and in the
 # rendered HTML of the docs site (the "notebook" HTML output).
