@@ -10,7 +10,9 @@ interactive plotly figures without re-running the model.
 
 The 4 MB plotly.js bundle that plotly's ``notebook`` renderer embeds in the first figure
 output is dropped from the stored copy; the site loads plotly.js once per page instead
-(``docs/overrides/main.html``, ``docs/hooks.py``).
+(``docs/overrides/main.html``, ``docs/hooks.py``). Figure div ids and per-cell timestamps
+are made deterministic, so re-running the tests changes a stored copy only where an
+output really changed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 import time
 
@@ -89,6 +92,21 @@ def strip_plotlyjs(nb) -> int:
     return removed
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stable_figure_ids(nb, prefix: str) -> None:
+    """Replace plotly's random div ids by ``prefix-N``, so a re-run's diff shows only real changes."""
+    ids: dict[str, str] = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            html = o.get("data", {}).get("text/html")
+            if html is None:
+                continue
+            text = "".join(html) if isinstance(html, list) else html
+            o["data"]["text/html"] = _UUID.sub(lambda m: ids.setdefault(m.group(0), f"{prefix}-fig-{len(ids)}"), text)
+
+
 def execute(path: pathlib.Path, kernel_name: str):
     import nbformat
     from nbclient import NotebookClient
@@ -105,6 +123,7 @@ def execute(path: pathlib.Path, kernel_name: str):
     client.execute()
     seconds = time.perf_counter() - start
     strip_plotlyjs(nb)
+    stable_figure_ids(nb, f"nb{path.stem[:2]}")
     for cell in nb.cells:
         cell.metadata.pop("execution", None)  # per-cell timestamps: churn in every re-run's diff
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -135,6 +154,19 @@ def test_strip_plotlyjs_keeps_figures():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[bundle, figure])])
     assert strip_plotlyjs(nb) == 1
     assert nb.cells[0].outputs == [figure]
+
+
+def test_stable_figure_ids_rename_consistently():
+    import nbformat
+
+    a, b = "0a1b2c3d-0000-4000-8000-00000000000a", "0a1b2c3d-0000-4000-8000-00000000000b"
+    html = f'<div id="{a}"></div><script>getElementById("{a}")</script><div id="{b}"></div>'
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "fig", outputs=[nbformat.v4.new_output("display_data", data={"text/html": html})])])
+    stable_figure_ids(nb, "nb01")
+    assert nb.cells[0].outputs[0]["data"]["text/html"] == (
+        '<div id="nb01-fig-0"></div><script>getElementById("nb01-fig-0")</script><div id="nb01-fig-1"></div>'
+    )
 
 
 @pytest.mark.smollm2
