@@ -60,7 +60,8 @@ def table5(model, out: Path, head=(0, 8), n: int = 40) -> None:
     mk = MaskKeep(head=head, mode="fast").run(model, sub)
     mk.df.to_csv(out / "table5.csv", index=False)
     print(mk.table().to_string())
-    dag = PredictionEnhancingDAG(head=head).run(model, sub, scores=mk.cna.importance_change)
+    # The DAG runs on the cases MaskKeep scored (its rows), as the report does.
+    dag = PredictionEnhancingDAG(head=head).run(model, [sub[i] for i in mk.rows], scores=mk.cna.importance_change)
     dag.df.to_csv(out / "table6.csv", index=False)
     print(dag.table().to_string())
 

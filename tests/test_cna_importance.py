@@ -157,6 +157,10 @@ def test_comparative_intervention_matches_brute_force(tiny):
     )  # fmt: skip
     agg = res.aggregate(k=5)
     assert agg["n_top"].sum() == 10 and len(res.table4(2)) == 4
+    row = agg.iloc[0]  # the mean over cases of each score, per neuron
+    L = res.layers.index(int(row["layer"]))
+    assert row["coef_change"] == pytest.approx(float(res.coef_change[:, L, int(row["neuron"])].mean()), abs=1e-6)
+    assert agg["importance_change"].is_monotonic_decreasing and set(agg["n_cases"]) == {2}
     one = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, "3+5=")
     assert "case" not in one.df.columns
     assert one.plot() is not None

@@ -107,30 +107,28 @@ class ComparativeResult(Result):
     def coef_change(self) -> Float[torch.Tensor, "case layer d_mlp"]:
         return self.coef - self.coef_other
 
-    def case_frame(self, case: int) -> pd.DataFrame:
-        """All neurons of one case, sorted by ``importance_change`` descending."""
-        if not 0 <= case < self.n_cases:
-            raise ValueError(f"case {case} is out of range: there are {self.n_cases} cases")
+    def _frame(self, per_neuron: Any, **extra: Any) -> pd.DataFrame:
+        """One row per neuron: each score tensor reduced to ``[layer, d_mlp]`` by ``per_neuron``,
+        plus ``extra`` columns, sorted by ``importance_change`` descending."""
         L, N = len(self.layers), self.importance.shape[-1]
-
-        def flat(t: torch.Tensor) -> Any:
-            return einops.rearrange(t[case], "l n -> (l n)").numpy()
-
+        names = ("importance", "importance_other", "importance_change", "coef", "coef_other", "coef_change")
         df = pd.DataFrame(
             {
                 "layer": einops.repeat(torch.tensor(self.layers), "l -> (l n)", n=N).numpy(),
                 "neuron": einops.repeat(torch.arange(N), "n -> (l n)", l=L).numpy(),
-                "importance": flat(self.importance),
-                "importance_other": flat(self.importance_other),
-                "importance_change": flat(self.importance_change),
-                "coef": flat(self.coef),
-                "coef_other": flat(self.coef_other),
-                "coef_change": flat(self.coef_change),
+                **{name: einops.rearrange(per_neuron(getattr(self, name)), "l n -> (l n)").numpy() for name in names},
+                **extra,
             }
         )
         if self.top_tokens is not None:
             df["top_tokens"] = self.top_tokens
         return df.sort_values("importance_change", ascending=False, kind="stable").reset_index(drop=True)
+
+    def case_frame(self, case: int) -> pd.DataFrame:
+        """All neurons of one case, sorted by ``importance_change`` descending."""
+        if not 0 <= case < self.n_cases:
+            raise ValueError(f"case {case} is out of range: there are {self.n_cases} cases")
+        return self._frame(lambda t: t[case])
 
     def top(self, k: int = 10, case: int | None = None) -> pd.DataFrame:
         """The ``k`` neurons with the largest importance change (of a case, or on average)."""
@@ -151,28 +149,8 @@ class ComparativeResult(Result):
         """Per neuron over cases: mean of every column, and ``n_top`` — in how many cases
         the neuron is among the top-``k`` (default ``top_k``) by importance change."""
         k = self.top_k if k is None else check_k(k)
-        L, N = len(self.layers), self.importance.shape[-1]
-
-        def mean(t: torch.Tensor) -> Any:
-            return einops.rearrange(t.mean(0), "l n -> (l n)").numpy()
-
-        df = pd.DataFrame(
-            {
-                "layer": einops.repeat(torch.tensor(self.layers), "l -> (l n)", n=N).numpy(),
-                "neuron": einops.repeat(torch.arange(N), "n -> (l n)", l=L).numpy(),
-                "importance": mean(self.importance),
-                "importance_other": mean(self.importance_other),
-                "importance_change": mean(self.importance_change),
-                "coef": mean(self.coef),
-                "coef_other": mean(self.coef_other),
-                "coef_change": mean(self.coef_change),
-                "n_top": einops.rearrange(self.top_mask(k).sum(0), "l n -> (l n)").numpy(),
-                "n_cases": self.n_cases,
-            }
-        )
-        if self.top_tokens is not None:
-            df["top_tokens"] = self.top_tokens
-        return df.sort_values("importance_change", ascending=False, kind="stable").reset_index(drop=True)
+        n_top = einops.rearrange(self.top_mask(k).sum(0), "l n -> (l n)").numpy()
+        return self._frame(lambda t: t.mean(0), n_top=n_top, n_cases=self.n_cases)
 
     def table4(self, k: int = 3, case: int = 0, labels: tuple[str, str] = ("ori", "inv")) -> pd.DataFrame:
         """Table 4's layout: two rows per top neuron (``FFNv`` "L_k", ``mdl``, ``imp``, ``coef``, ``top tokens``)."""

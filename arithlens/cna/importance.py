@@ -516,28 +516,35 @@ class ImportanceResult(Result):
 
         df = self.df
         top = df.head(n_label)
-        span = max(1, int(df["neuron"].max()))  # spreads a layer's neurons across its x slot
+        span = max(1, int(df["neuron"].max()))
+
+        def xpos(d: pd.DataFrame) -> Any:  # a layer's neurons spread across its x slot
+            return d["layer"] + (d["neuron"] / span - 0.5) * 0.8
+
+        def names(d: pd.DataFrame) -> list[str]:
+            return [f"{L}_{n}" for L, n in zip(d["layer"], d["neuron"])]
+
         shown = len(df) if max_points is None else min(len(df), int(max_points))
         if shown < len(df):
             df = df.loc[df["importance"].abs().nlargest(shown).index]
         fig = go.Figure()
         fig.add_trace(
             go.Scattergl(
-                x=df["layer"] + (df["neuron"] / span - 0.5) * 0.8,
+                x=xpos(df),
                 y=df["importance"],
                 mode="markers",
                 marker={"size": 3, "color": df["importance"], "colorscale": "RdBu_r", "cmid": 0},
-                text=[f"{L}_{n}" for L, n in zip(df["layer"], df["neuron"])],
+                text=names(df),
                 hovertemplate="%{text}<br>importance %{y:.3f}<extra></extra>",
                 name="neurons",
             )
         )
         fig.add_trace(
             go.Scatter(
-                x=top["layer"] + (top["neuron"] / span - 0.5) * 0.8,
+                x=xpos(top),
                 y=top["importance"],
                 mode="markers+text",
-                text=[f"{L}_{n}" for L, n in zip(top["layer"], top["neuron"])],
+                text=names(top),
                 textposition="top center",
                 marker={"size": 8, "color": "black"},
                 name=f"top {n_label}",
