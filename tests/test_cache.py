@@ -1,0 +1,184 @@
+"""The activation cache: one forward pass, memoized only when clean, bounded, reused by analyses."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from conftest import assert_untouched, model_state
+
+from arithlens import data, names
+from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.evaluate import evaluate
+from arithlens.interventions import MeanHead, ZeroHead
+
+PROMPTS = ["3+5=", "2+4=", "12+3=", "7+1="]
+SAME_LENGTH = ["3+5=", "2+4=", "7+1="]  # one batch: one embedding call per pass
+
+
+@contextlib.contextmanager
+def forward_counter(model):
+    """Counts full forward passes: calls of the bridge's embedding module."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+
+    handle = model.bridge.embed.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _ablating_head(model, prompts):
+    """A head whose zero-ablation changes at least one prediction (so the test can fail)."""
+    clean = model.cache(prompts, memo=False).predictions
+    for L in range(model.n_layers):
+        for H in range(model.n_heads):
+            if not torch.equal(model.cache(prompts, interventions=[ZeroHead(L, H)]).predictions, clean):
+                return ZeroHead(L, H)
+    pytest.skip("no head changes a prediction of the tiny model")
+
+
+def test_cache_matches_a_plain_forward_pass(tiny):
+    cache = tiny.cache(PROMPTS, names=[names.resid_mid(1), names.post(2)], memo=False)
+    for i, p in enumerate(PROMPTS):
+        tokens = torch.tensor([tiny.encode(p)])
+        logp = tiny.bridge(tokens)[0, -1].log_softmax(-1)
+        assert int(cache.predictions[i]) == int(logp.argmax())
+        assert float(cache.prediction_logprob[i]) == pytest.approx(float(logp.max()), abs=1e-5)
+        _, acts = tiny.bridge.run_with_cache(tokens, names_filter=[names.resid_mid(1), names.post(2)])
+        assert torch.allclose(cache.last(names.resid_mid(1))[i], acts[names.resid_mid(1)][0, -1], atol=1e-6)
+        assert torch.allclose(cache.last(names.post(2))[i], acts[names.post(2)][0, -1], atol=1e-6)
+
+
+def test_all_positions_agree_with_last(tiny):
+    last = tiny.cache(PROMPTS, names=[names.resid_mid(1)], memo=False)
+    every = tiny.cache(PROMPTS, names=[names.resid_mid(1)], positions="all", memo=False)
+    assert torch.allclose(every.last(names.resid_mid(1)), last.last(names.resid_mid(1)))
+    assert [t.shape[0] for t in every.per_position(names.resid_mid(1))] == [len(tiny.encode(p)) for p in PROMPTS]
+    assert torch.equal(every.final_scale, last.final_scale)
+    with pytest.raises(ValueError, match="positions='all'"):
+        last.per_position(names.resid_mid(1))
+
+
+def test_intervened_evaluate_is_never_the_memoized_clean_run(tiny):
+    """Regression: the memo looked only at `interventions=`, not at hooks attached."""
+    tiny.clear_cache()
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=12)
+    head = _ablating_head(tiny, cases)
+    clean = tiny.cache(cases, memo=False).predictions.tolist()
+    ablated = tiny.cache(cases, interventions=[head]).predictions.tolist()
+    tiny.clear_cache()
+    # Ablated first: the memo must not store the ablated pass as clean.
+    with tiny.intervened(head):
+        inside = evaluate(tiny, cases, full_answer=False)
+    assert inside.cases["predicted_token"].tolist() == ablated
+    assert evaluate(tiny, cases, full_answer=False).cases["predicted_token"].tolist() == clean
+    # Clean first: the memoized clean pass must not answer inside the block.
+    with tiny.intervened(head):
+        assert evaluate(tiny, cases, full_answer=False).cases["predicted_token"].tolist() == ablated
+    assert evaluate(tiny, cases, full_answer=False).cases["predicted_token"].tolist() == clean
+
+
+def test_memo_serves_clean_passes_only(tiny):
+    tiny.clear_cache()
+    with forward_counter(tiny) as calls:
+        first = tiny.cache(SAME_LENGTH)
+        again = tiny.cache(SAME_LENGTH)
+        assert again is first and calls["n"] == 1
+        widened = tiny.cache(SAME_LENGTH, names=[names.resid_pre(0)])  # needs a hook it lacks
+        assert calls["n"] == 2 and widened.has([names.resid_pre(0)])
+        assert tiny.cache(SAME_LENGTH) is widened  # the widened entry replaced the first
+        inter = tiny.cache(SAME_LENGTH, interventions=[ZeroHead(0, 0)])
+        assert not inter.clean and inter.interventions == "ZeroHead(0.0)"
+        assert tiny.cache(SAME_LENGTH) is widened
+        assert calls["n"] == 3
+
+
+def test_memo_is_bounded_and_clearable(tiny):
+    tiny.clear_cache()
+    old = tiny._memo.max_entries
+    tiny._memo.max_entries = 2
+    try:
+        for p in SAME_LENGTH[:3]:
+            tiny.cache([p])
+        assert len(tiny._memo) == 2
+        with forward_counter(tiny) as calls:
+            tiny.cache([SAME_LENGTH[0]])  # evicted first, so it runs again
+            assert calls["n"] == 1
+        tiny.clear_cache()
+        assert len(tiny._memo) == 0
+    finally:
+        tiny._memo.max_entries = old
+
+
+def test_an_analysis_given_a_cache_runs_no_clean_pass(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=6)
+    cache = tiny.cache(cases, memo=False)
+    with forward_counter(tiny) as calls:
+        ev = evaluate(tiny, cases, cache=cache, full_answer=False)
+    assert calls["n"] == 0
+    assert ev.cases["predicted_token"].tolist() == cache.predictions.tolist()
+
+
+def test_ensure_cache_rejects_a_cache_of_other_data_or_missing_hooks(tiny):
+    cache = tiny.cache(PROMPTS, names=[names.resid_mid(0)], memo=False)
+    with pytest.raises(ValueError, match="other cases"):
+        ensure_cache(tiny, PROMPTS[:2], cache)
+    with pytest.raises(ValueError, match="lacks 1 hook"):
+        ensure_cache(tiny, PROMPTS, cache, names=[names.post(1)])
+    with pytest.raises(ValueError, match="positions='all'"):
+        ensure_cache(tiny, PROMPTS, cache, names=[names.resid_mid(0)], positions="all")
+    ablated = tiny.cache(PROMPTS, interventions=[ZeroHead(0, 0)])
+    with pytest.raises(ValueError, match="clean forward pass"):
+        ensure_cache(tiny, PROMPTS, ablated)
+    with pytest.raises(ValueError, match="not an ActivationCache"):
+        ensure_cache(tiny, PROMPTS, {"predictions": 1})
+    assert ensure_cache(tiny, PROMPTS, cache, names=[names.resid_mid(0)]) is cache
+
+
+def test_cache_rows_and_correct_under(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=20)
+    cache = tiny.cache(cases, memo=False)
+    sub = cache.rows([3, 1])
+    assert sub.input_ids == [cache.input_ids[3], cache.input_ids[1]]
+    assert torch.equal(sub.predictions, cache.predictions[[3, 1]])
+    n_right = int(cache.correct.sum())
+    if n_right == 0:
+        with pytest.raises(ValueError, match="answers none"):
+            cases.correct_under(cache)
+    else:
+        right = cases.correct_under(cache)
+        assert len(right) == n_right
+    with pytest.raises(ValueError, match="other cases"):
+        cases[:3].correct_under(cache)
+
+
+def test_mean_ablation_means_are_per_model():
+    from arithlens.testing import tiny_llama
+
+    a, b = tiny_llama(seed=0), tiny_llama(seed=1)
+    head = MeanHead(1, 0, reference=PROMPTS)
+    on_a = head.means(a).last
+    on_b = head.means(b).last
+    assert not torch.allclose(on_a, on_b)
+    _, acts = b.bridge.run_with_cache(torch.tensor([b.encode(p) for p in PROMPTS[:2] + PROMPTS[3:]]), names_filter=[names.z(1)])
+    # The reference prompts of length 4 give the per-position mean at that length.
+    assert torch.allclose(head.means(b).by_length[4], acts[names.z(1)].mean(0), atol=1e-6)
+
+
+def test_caching_leaves_the_model_untouched(tiny):
+    snapshot, n_hooks = model_state(tiny)
+    tiny.cache(PROMPTS, names=[names.z(0), names.pattern(1)], positions="all", interventions=[ZeroHead(1, 1)])
+    with pytest.raises(ValueError):
+        tiny.cache(PROMPTS, names=["blocks.0.not_a_hook"])
+    assert_untouched(tiny, snapshot, n_hooks)
+
+
+def test_cache_type_and_repr(tiny):
+    cache = tiny.cache(PROMPTS[:2], memo=False)
+    assert isinstance(cache, ActivationCache) and len(cache) == 2
+    assert "2 cases" in repr(cache) and "clean" in repr(cache)
