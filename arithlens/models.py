@@ -92,10 +92,12 @@ class LensModel:
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)
-        # The bridge attaches some torch hooks of its own on its first forward; doing it
-        # now makes "no hooks left behind" checks meaningful from the start.
+        # The bridge attaches some torch hooks of its own on its first forward and its first
+        # run_with_cache; doing both now makes "no hooks left behind" checks meaningful.
         with torch.no_grad():
-            bridge(torch.zeros(1, 1, dtype=torch.long, device=bridge.W_U.device))
+            probe = torch.zeros(1, 1, dtype=torch.long, device=bridge.W_U.device)
+            bridge(probe)
+            bridge.run_with_cache(probe, names_filter=["blocks.0.hook_resid_pre"], return_cache_object=False)
         return cls(bridge, tokenizer, name=name)
 
     # ------------------------------------------------------------------ shape facts

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,7 +92,8 @@ def layer_of(hook_name: str) -> int:
     return int(parts[1])
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class Node:
     """A model component: attention head `layer.head`, or the MLP of `layer` (`head=None`).
 
@@ -126,6 +128,15 @@ class Node:
     def __str__(self) -> str:
         return self.name
 
+    def _key(self) -> tuple[int, int, int]:
+        # Within a layer its heads come first, then its MLP (the order of computation).
+        return (self.layer, 1 if self.head is None else 0, -1 if self.head is None else self.head)
+
+    def __lt__(self, other: "Node") -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self._key() < other._key()
+
     def check(self, model: Any) -> "Node":
         """Raise `ValueError` unless this component exists in `model`."""
         validate.integer(self.layer, "layer", low=0, high=model.n_layers - 1)
@@ -135,7 +146,7 @@ class Node:
 
     @classmethod
     def parse(cls, value: Any) -> "Node":
-        """A `Node`, `"L.H"`, `"mlpL"` / `"MLP L"`, a `(layer, head)` pair or `(layer, None)`."""
+        """A `Node`, `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
         if isinstance(value, Node):
             return value
         if isinstance(value, str):
@@ -143,11 +154,15 @@ class Node:
             low = text.lower().replace(" ", "")
             if low.startswith("mlp") and low[3:].isdigit():
                 return cls(int(low[3:]))
+            if low.endswith(".mlp") and low[:-4].isdigit():
+                return cls(int(low[:-4]))
             parts = text.split(".")
             if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
                 return cls(int(parts[0]), int(parts[1]))
             raise ValueError(f"component {value!r} is not of the form 'LAYER.HEAD' (e.g. '17.2') or 'MLP LAYER'")
         if isinstance(value, (tuple, list)) and len(value) == 2:
             layer, head = value
+            if isinstance(head, str) and head.lower() == "mlp":
+                head = None
             return cls(validate.integer(layer, "layer"), None if head is None else validate.integer(head, "head"))
         raise ValueError(f"component {value!r} must be a Node, 'LAYER.HEAD', 'MLP LAYER' or a (layer, head) pair")

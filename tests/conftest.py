@@ -41,3 +41,24 @@ def assert_untouched(model, snapshot, torch_hooks_before):
         assert torch.equal(state[k], v), f"parameter {k} changed"
     assert not model.has_hooks(), "an analysis left a hook on the model"
     assert model.torch_hook_count() == torch_hooks_before
+
+
+class forward_counter:
+    """Counts full forward passes: calls of the bridge's embedding module (restarts skip it)."""
+
+    def __init__(self, model):
+        self.model, self.n = model, 0
+
+    def __enter__(self):
+        def hook(module, args, output):
+            self.n += 1
+
+        self.handle = self.model.bridge.embed.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        return False
+
+    def __getitem__(self, key):  # calls["n"], as the earlier dict-based counter read
+        return self.n

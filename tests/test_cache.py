@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from conftest import assert_untouched, model_state
+from conftest import assert_untouched, forward_counter, model_state
 
 from arithlens import data, names
 from arithlens.cache import ActivationCache, ensure_cache
@@ -15,21 +13,6 @@ from arithlens.interventions import MeanHead, ZeroHead
 
 PROMPTS = ["3+5=", "2+4=", "12+3=", "7+1="]
 SAME_LENGTH = ["3+5=", "2+4=", "7+1="]  # one batch: one embedding call per pass
-
-
-@contextlib.contextmanager
-def forward_counter(model):
-    """Counts full forward passes: calls of the bridge's embedding module."""
-    calls = {"n": 0}
-
-    def hook(module, args, output):
-        calls["n"] += 1
-
-    handle = model.bridge.embed.register_forward_hook(hook)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _ablating_head(model, prompts):
