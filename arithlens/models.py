@@ -135,7 +135,9 @@ class LensModel:
 
     @property
     def device(self) -> torch.device:
-        return self.bridge.W_U.device
+        """Where inputs go: the embedding's device (on a model split across devices, the first)."""
+        cfg_device = getattr(self.cfg, "device", None)
+        return torch.device(cfg_device) if cfg_device is not None else self.bridge.W_U.device
 
     def check_layer(self, layer: Any, name: str = "layer") -> int:
         """`layer` as an int, or `ValueError` unless it is one of this model's layers."""
