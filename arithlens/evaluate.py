@@ -1,13 +1,13 @@
 """Evaluation: first-token and greedy full-answer accuracy of a model on a dataset.
 
-:func:`evaluate` runs every case once (batched, equal-length prompts together, never
+[`evaluate`][arithlens.evaluate.evaluate] runs every case once (batched, equal-length prompts together, never
 padded) and reports, per case, the token the model predicts next, whether it is the
 target token, the target's log-probability and, optionally, whether greedy decoding
-reproduces the whole answer. :class:`Evaluation` aggregates by op / digits / template /
+reproduces the whole answer. [`Evaluation`][arithlens.evaluate.Evaluation] aggregates by op / digits / template /
 form / case type.
 
-Example::
-
+Example:
+    ```python
     import arithlens
     from arithlens import data
     model = arithlens.load_model()
@@ -15,6 +15,7 @@ Example::
     ev = arithlens.evaluate(model, cases)
     ev.df            # accuracy per op, digits, template, form
     ev.plot()
+    ```
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ GROUP_COLUMNS = ("op", "digits", "template", "form")
 
 @dataclass
 class Evaluation(Result):
-    """Per-group accuracy (``df``) and per-case outcomes (``cases``)."""
+    """Per-group accuracy (`df`) and per-case outcomes (`cases`)."""
 
     cases: pd.DataFrame
     group_by: tuple[str, ...]
@@ -44,7 +45,7 @@ class Evaluation(Result):
         return float(scored.astype(float).mean()) if len(scored) else float("nan")
 
     def summary(self, by: Sequence[str] | str = GROUP_COLUMNS) -> pd.DataFrame:
-        """Accuracy grouped by other columns, e.g. ``summary("case_type")``."""
+        """Accuracy grouped by other columns, e.g. `summary("case_type")`."""
         return _aggregate(self.cases, (by,) if isinstance(by, str) else tuple(by))
 
     def plot(self, **kwargs: Any) -> Any:
@@ -92,7 +93,7 @@ def evaluate(
     batch_size: int | None = None,
     cache: Any = None,
 ) -> Evaluation:
-    """Evaluate ``model`` on ``data`` (a dataset from :mod:`arithlens.data` or prompts).
+    """Evaluate `model` on `data` (a dataset from [`arithlens.data`][arithlens.data] or prompts).
 
     Args:
         full_answer: Also decode greedily for as many tokens as each answer has and

@@ -1,32 +1,33 @@
 """Interventions: side-effect-free, composable edits of heads and FFN neurons.
 
 An intervention describes *what* to change (a head's output, some FFN neurons'
-coefficient scores); :meth:`LensModel.intervened` turns it into forward hooks that exist
-only inside a ``with`` block and are removed on exit, also when the body raised. No
+coefficient scores); `LensModel.intervened` turns it into forward hooks that exist
+only inside a `with` block and are removed on exit, also when the body raised. No
 parameter is ever written, so after any analysis the model is bit-identical.
 
-* :class:`ZeroHead` — the paper's head intervention: the head's output ``z`` is zero,
-  which equals zeroing that head's columns of ``W_O`` (its parameters, §3.2). Query-head
+* [`ZeroHead`][arithlens.interventions.ZeroHead] — the paper's head intervention: the head's output `z` is zero,
+  which equals zeroing that head's columns of `W_O` (its parameters, §3.2). Query-head
   granularity: on GQA models one query head is ablated, not its shared KV group.
-* :class:`MeanHead` — the head's output replaced by its mean over reference data
+* [`MeanHead`][arithlens.interventions.MeanHead] — the head's output replaced by its mean over reference data
   (Zhang et al.'s mean ablation).
-* :class:`ZeroNeurons`, :class:`KeepNeurons`, :class:`ScaleNeurons` — FFN neurons'
-  coefficient scores ``m_k`` (``blocks.L.mlp.hook_post``) zeroed, all others of some
+* [`ZeroNeurons`][arithlens.interventions.ZeroNeurons], [`KeepNeurons`][arithlens.interventions.KeepNeurons], [`ScaleNeurons`][arithlens.interventions.ScaleNeurons] — FFN neurons'
+  coefficient scores `m_k` (`blocks.L.mlp.hook_post`) zeroed, all others of some
   layers zeroed, or scaled.
-* :class:`CaseNeurons` — a different neuron set per case (the per-case top-K sets of
+* [`CaseNeurons`][arithlens.interventions.CaseNeurons] — a different neuron set per case (the per-case top-K sets of
   Table 5), zeroed or kept.
 
-Interventions combine with ``+`` and apply to every position by default
-(``position="last"`` for the final position only).
+Interventions combine with `+` and apply to every position by default
+(`position="last"` for the final position only).
 
-Example::
-
+Example:
+    ```python
     from arithlens import load_model
     from arithlens.interventions import ZeroHead, ZeroNeurons
 
     model = load_model()
     with model.intervened(ZeroHead(17, 2) + ZeroNeurons(25, [7, 164])):
         run = model.run(["3+5="], cache=False)
+    ```
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _check_position(position: str) -> str:
 
 
 def _where(act: torch.Tensor, position: str) -> torch.Tensor:
-    """The view of ``act`` ([batch, pos, ...]) an intervention writes to."""
+    """The view of `act` ([batch, pos, ...]) an intervention writes to."""
     return act if position == "all" else act[:, -1:]
 
 
@@ -157,8 +158,8 @@ class ZeroHead(Intervention):
 class ActivationMeans:
     """Mean of one layer's activation at a hook over reference cases.
 
-    ``by_length[n]`` is the per-position mean over the reference cases of length ``n``
-    (``[pos, ...]``: prompts of one template align position by position); ``last`` is
+    `by_length[n]` is the per-position mean over the reference cases of length `n`
+    (`[pos, ...]`: prompts of one template align position by position); `last` is
     the mean at the last position over all of them. Subclasses name the hook.
     """
 
@@ -178,7 +179,7 @@ class ActivationMeans:
         return {int(L): got[(cls, int(L))] for L in layers}
 
     def for_length(self, n: int, position: str) -> torch.Tensor:
-        """Replacement for a ``[batch, n, ...]`` activation's chosen positions."""
+        """Replacement for a `[batch, n, ...]` activation's chosen positions."""
         if n in self.by_length:
             mean = self.by_length[n]
             return mean if position == "all" else mean[-1:]
@@ -193,14 +194,14 @@ class ActivationMeans:
 
 @dataclass
 class HeadMeans(ActivationMeans):
-    """Mean head outputs ``z`` of one layer: ``[pos, head, d_head]`` per length, ``[head, d_head]`` last."""
+    """Mean head outputs `z` of one layer: `[pos, head, d_head]` per length, `[head, d_head]` last."""
 
     by_length: dict[int, Float[torch.Tensor, "pos head d_head"]]
     last: Float[torch.Tensor, "head d_head"]
 
     @staticmethod
     def hook_name(layer: int) -> str:
-        """``blocks.L.attn.hook_z``."""
+        """`blocks.L.attn.hook_z`."""
         return z_hook(layer)
 
 
@@ -268,10 +269,10 @@ class _UsesMeans:
 
 @dataclass(frozen=True)
 class MeanHead(_UsesMeans, Intervention):
-    """Replace head ``head``'s output by its mean over ``reference`` data.
+    """Replace head `head`'s output by its mean over `reference` data.
 
-    ``reference`` is a dataset / list of prompts (means are computed on first use) or a
-    :class:`HeadMeans` of that layer.
+    `reference` is a dataset / list of prompts (means are computed on first use) or a
+    [`HeadMeans`][arithlens.interventions.HeadMeans] of that layer.
     """
 
     layer: int
@@ -303,7 +304,7 @@ class MeanHead(_UsesMeans, Intervention):
 
 # ---------------------------------------------------------------------------- neurons
 def _neurons_by_layer(model: "LensModel", layers: Any, neurons: Any) -> dict[int, torch.Tensor]:
-    """Normalise the ways of naming neurons into ``{layer: index tensor}``."""
+    """Normalise the ways of naming neurons into `{layer: index tensor}`."""
     if isinstance(neurons, dict):
         return {model.check_layer(L): model.check_neurons(L, idx) for L, idx in neurons.items()}
     layer_list = [model.check_layer(L, "layers item") for L in validate.int_sequence(layers, "layers")]
@@ -328,7 +329,7 @@ def _neurons_by_layer(model: "LensModel", layers: Any, neurons: Any) -> dict[int
 
 @dataclass(frozen=True)
 class ScaleNeurons(Intervention):
-    """Multiply the coefficient scores of ``neurons`` in ``layer`` by ``factor``."""
+    """Multiply the coefficient scores of `neurons` in `layer` by `factor`."""
 
     layer: int
     neurons: Any
@@ -355,7 +356,7 @@ class ScaleNeurons(Intervention):
 
 @dataclass(frozen=True)
 class ZeroNeurons(ScaleNeurons):
-    """Zero the coefficient scores of ``neurons`` in ``layer`` (the paper's "mask")."""
+    """Zero the coefficient scores of `neurons` in `layer` (the paper's "mask")."""
 
     factor: float = 0.0
 
@@ -366,10 +367,10 @@ class ZeroNeurons(ScaleNeurons):
 
 @dataclass(frozen=True)
 class KeepNeurons(Intervention):
-    """Zero every neuron of ``layers`` except ``neurons`` (the paper's "keep").
+    """Zero every neuron of `layers` except `neurons` (the paper's "keep").
 
-    ``neurons``: indices kept in every layer, ``(layer, neuron)`` pairs, or a
-    ``{layer: indices}`` dict.
+    `neurons`: indices kept in every layer, `(layer, neuron)` pairs, or a
+    `{layer: indices}` dict.
     """
 
     layers: Any
@@ -397,11 +398,11 @@ class KeepNeurons(Intervention):
 
 @dataclass(frozen=True)
 class CaseNeurons(Intervention):
-    """A different neuron set per case: ``mask[case, layer, neuron]`` is True for the set.
+    """A different neuron set per case: `mask[case, layer, neuron]` is True for the set.
 
-    ``mode="zero"`` zeroes each case's set; ``mode="keep"`` zeroes every other neuron of
-    ``layers``. Rows are matched through :attr:`LensModel.rows`, so the intervention
-    must be used on the dataset the mask was built for, in a :meth:`LensModel.run`.
+    `mode="zero"` zeroes each case's set; `mode="keep"` zeroes every other neuron of
+    `layers`. Rows are matched through `LensModel.rows`, so the intervention
+    must be used on the dataset the mask was built for, in a `LensModel.run`.
     """
 
     mask: Bool[torch.Tensor, "case layer d_mlp"] = field(repr=False)

@@ -1,6 +1,6 @@
 """The model every analysis takes: [`LensModel`][arithlens.models.LensModel].
 
-A `LensModel` (made by [`load_model`][arithlens.load_model]) holds the bridge (in
+A [`LensModel`][arithlens.models.LensModel] (made by [`load_model`][arithlens.load_model]) holds the bridge (in
 compatibility mode, so hook names, weight accessors and numerics are HookedTransformer's)
 and the model's own tokenizer, and runs datasets in batches of equal-length prompts: no
 padding ever enters a forward pass, so a batched prediction is the prediction of that
@@ -11,12 +11,12 @@ analyses read (see [`arithlens.cache`][arithlens.cache]); analyses given that ca
 clean forward pass of their own.
 
 Example:
-    ```python
+    ``python
     import arithlens
     model = arithlens.load_model()            # SmolLM2-135M-Instruct, offline
     cache = model.cache(["3+5=", "2+2="])
     [model.decode([t]) for t in cache.predictions.tolist()]
-    ```
+    ``
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class LensModel:
     """A TransformerBridge plus its tokenizer: the model every arithlens analysis takes.
 
     Attributes:
-        bridge: The ``TransformerBridge`` in compatibility mode.
-        tokenizer: The model's own tokenizer; prompts are encoded with ``tokenizer.encode``.
+        bridge: The `TransformerBridge` in compatibility mode.
+        tokenizer: The model's own tokenizer; prompts are encoded with `tokenizer.encode`.
         name: A display name.
     """
 
@@ -80,7 +80,7 @@ class LensModel:
         bridge_name: str | None = None,
         device: str | None = None,
     ) -> "LensModel":
-        """Wrap a Hugging Face causal LM with ``TransformerBridge.boot_transformers``."""
+        """Wrap a Hugging Face causal LM with `TransformerBridge.boot_transformers`."""
         from transformer_lens.model_bridge import TransformerBridge
 
         hf_model = hf_model.eval()
@@ -155,7 +155,7 @@ class LensModel:
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> list[int]:
-        """Token ids exactly as the tokenizer encodes ``text`` (no BOS added on top)."""
+        """Token ids exactly as the tokenizer encodes `text` (no BOS added on top)."""
         return list(self.tokenizer.encode(text))
 
     def decode(self, ids: Sequence[int] | int) -> str:
@@ -188,7 +188,7 @@ class LensModel:
     def batches(
         self, input_ids: Sequence[Sequence[int]], batch_size: int | None = None
     ) -> Iterator[tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]]:
-        """Yield ``(rows, tokens)``: equal-length prompts stacked, never padded."""
+        """Yield `(rows, tokens)`: equal-length prompts stacked, never padded."""
         batch_size = validate.optional_positive_int(batch_size, "batch_size") or self.batch_size
         by_len: dict[int, list[int]] = {}
         for i, ids in enumerate(input_ids):
@@ -233,7 +233,7 @@ class LensModel:
 
     @contextlib.contextmanager
     def intervened(self, *interventions: Any) -> Iterator["LensModel"]:
-        """Apply interventions (see :mod:`arithlens.interventions`) inside the context."""
+        """Apply interventions (see [`arithlens.interventions`][arithlens.interventions]) inside the context."""
         from arithlens.interventions import as_hooks
 
         with self.hooked(as_hooks(self, interventions)):

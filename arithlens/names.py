@@ -7,11 +7,11 @@ functions, so a renamed hook is changed in one place. `Position` is the one opti
 everywhere a result lists components.
 
 Example:
-    ```python
+    ``python
     from arithlens import names
     names.resid_mid(3)            # 'blocks.3.hook_resid_mid'
     names.Node.parse("17.2")      # Node(layer=17, head=2)
-    ```
+    ``
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def mlp_in(layer: int) -> str:
 
 
 def z(layer: int) -> str:
-    """Per-head attention output `z` of block `layer`, `[batch, pos, head, d_head]`."""
+    """Per-head attention output [`z`][arithlens.names.z] of block `layer`, `[batch, pos, head, d_head]`."""
     return f"blocks.{layer}.attn.hook_z"
 
 
@@ -146,7 +146,7 @@ class Node:
 
     @classmethod
     def parse(cls, value: Any) -> "Node":
-        """A `Node`, `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
+        """A [`Node`][arithlens.names.Node], `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
         if isinstance(value, Node):
             return value
         if isinstance(value, str):

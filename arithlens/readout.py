@@ -17,7 +17,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
   folding) it does, and this is the ranking the model itself would produce.
 
 Example:
-    ```python
+    ``python
     import arithlens
     from arithlens import readout
 
@@ -26,7 +26,7 @@ Example:
     x = cache.last("blocks.29.hook_resid_post")
     readout.frozen_logits(model, x, cache.final_scale).argmax(-1)   # the model's prediction
     readout.top_tokens(model, model.bridge.W_out[20, :3], k=5)        # three neurons' top tokens
-    ```
+    ``
 """
 
 from __future__ import annotations

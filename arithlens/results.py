@@ -1,9 +1,9 @@
 """The shape every analysis returns: a tidy DataFrame and a plotly figure.
 
-Each analysis's result is a dataclass deriving from :class:`Result`: ``.df`` is a tidy
-``pandas.DataFrame`` (one row per observation, columns named ``layer``, ``head``,
-``neuron``, ``op``, ``accuracy_drop``, …), ``.plot()`` returns a
-``plotly.graph_objects.Figure``, and ``.to_csv(path)`` writes ``.df``. In Jupyter a result
+Each analysis's result is a dataclass deriving from [`Result`][arithlens.results.Result]: `.df` is a tidy
+`pandas.DataFrame` (one row per observation, columns named `layer`, `head`,
+`neuron`, `op`, `accuracy_drop`, …), `.plot()` returns a
+`plotly.graph_objects.Figure`, and `.to_csv(path)` writes `.df`. In Jupyter a result
 renders as its table.
 """
 

@@ -1,16 +1,17 @@
 """Tiny, offline models for tests and examples.
 
-:func:`char_tokenizer` builds a character-level Hugging Face tokenizer (one token per
-character, so "is 8" gives ``'i'``, ``'s'``, ``' '``, ``'8'``: the bare-whitespace
-behaviour of SmolLM2's tokenizer), and :func:`tiny_llama` a randomly initialised Llama
-with grouped-query attention wrapped as a :class:`~arithlens.models.LensModel`. Both
+[`char_tokenizer`][arithlens.testing.char_tokenizer] builds a character-level Hugging Face tokenizer (one token per
+character, so "is 8" gives `'i'`, `'s'`, `' '`, `'8'`: the bare-whitespace
+behaviour of SmolLM2's tokenizer), and [`tiny_llama`][arithlens.testing.tiny_llama] a randomly initialised Llama
+with grouped-query attention wrapped as a [`LensModel`][arithlens.models.LensModel]. Both
 build in well under a second and never touch the network.
 
-Example::
-
+Example:
+    ```python
     from arithlens.testing import tiny_llama
     model = tiny_llama(n_layers=2)
     model.predict(["3+5="])
+    ```
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _tokenizer_dir() -> str:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
-    # TransformerBridge re-loads the tokenizer from ``name_or_path``; a saved copy gives it one.
+    # TransformerBridge re-loads the tokenizer from `name_or_path`; a saved copy gives it one.
     path = tempfile.mkdtemp(prefix="arithlens-chartok-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)  # one per process; leave /tmp clean
     tok.save_pretrained(path)
@@ -47,7 +48,7 @@ def _tokenizer_dir() -> str:
 
 
 def char_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` (no BOS added by ``encode``)."""
+    """A character-level `PreTrainedTokenizerFast` (no BOS added by `encode`)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(_tokenizer_dir())
@@ -61,7 +62,7 @@ def tiny_llama_hf(
     d_mlp: int = 64,
     seed: int = 0,
 ):
-    """The Hugging Face model and tokenizer behind :func:`tiny_llama`."""
+    """The Hugging Face model and tokenizer behind [`tiny_llama`][arithlens.testing.tiny_llama]."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = char_tokenizer()
@@ -93,7 +94,7 @@ def tiny_llama(
     seed: int = 0,
     device: str | None = None,
 ):
-    """A random GQA Llama on the character tokenizer, as a :class:`LensModel`."""
+    """A random GQA Llama on the character tokenizer, as a `LensModel`."""
     from arithlens.models import LensModel
 
     hf, tok = tiny_llama_hf(n_layers, d_model, n_heads, n_kv_heads, d_mlp, seed)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +10,10 @@ from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.circuits import PreciseSFT, general_text, perplexity
-from arithlens.circuits.path_patching import MLP
-from arithlens.circuits.precise_sft import _answer_loss, _canonical, component_masks, n_params
+from arithlens.circuits.components import _canonical, component_masks, n_params
+from arithlens.circuits.precise_sft import _answer_loss
+from arithlens.names import Node
+from arithlens.validate import NonFiniteError
 
 TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
 
@@ -21,7 +24,7 @@ def _param(bridge, suffix):
 
 def test_component_masks_select_head_slices_and_whole_mlps(tiny):
     d, group = tiny.d_head, tiny.n_heads // tiny.n_kv_heads
-    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [(1, 3), (2, MLP)]).items()}
+    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [Node(1, 3), Node(2)]).items()}
     q = masks["model.layers.1.self_attn.q_proj.weight"]
     assert q[3 * d : 4 * d].all() and q.sum() == d * tiny.d_model
     g = 3 // group
@@ -34,7 +37,7 @@ def test_component_masks_select_head_slices_and_whole_mlps(tiny):
         assert masks[f"model.layers.2.mlp.{proj}_proj.weight"].all()
     assert not any("layers.0" in k for k in masks)
     # two heads of one KV group share (count once) its K/V slice
-    shared = n_params(component_masks(tiny, tiny.bridge, [(1, 0), (1, 1)]))
+    shared = n_params(component_masks(tiny, tiny.bridge, ["1.0", (1, 1)]))
     assert shared == 2 * 2 * d * tiny.d_model + 2 * d * tiny.d_model
 
 
@@ -64,8 +67,9 @@ def test_perplexity_equals_brute_force(tiny):
 
 def test_precise_sft_trains_only_key_components(tiny):
     train, test = data.lora_split(tiny.tokenizer, n_train=40, n_test=8)
+    tiny.cache(test, memo=False)  # the bridge adds torch hooks of its own on its first run_with_cache
     snap, n_hooks = model_state(tiny)
-    key = [(1, 3), (2, MLP)]
+    key = [Node(1, 3), Node(2)]
     sft = PreciseSFT(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
     result = sft.run(tiny, train, test, text=TEXT)
     assert_untouched(tiny, snap, n_hooks)
@@ -76,7 +80,7 @@ def test_precise_sft_trains_only_key_components(tiny):
     assert rows.loc["random", "n_params"] == rows.loc["precise", "n_params"]
     assert rows.loc["full", "n_params"] == sum(p.numel() for p in tiny.bridge.parameters())
     assert not set(result.random_nodes) & set(key)
-    assert sum(1 for _, h in result.random_nodes if h == MLP) == 1
+    assert sum(n.is_mlp for n in result.random_nodes) == 1 and result.nodes == key
     original = dict(tiny.bridge.named_parameters())
     trained = dict(result.models["precise"].bridge.named_parameters())
     changed = 0
@@ -94,15 +98,55 @@ def test_precise_sft_trains_only_key_components(tiny):
     assert all(len(c) == 3 for c in result.losses.values())
     assert result.models["precise"].predict(["1+2="])  # a usable LensModel
     assert not any(p.requires_grad for p in result.models["precise"].bridge.parameters())
-    result.plot()
+    assert rows.loc["precise", "nodes"] == "1.3, MLP 2"
+    table = result.table()
+    assert list(table.index) == ["original", "precise", "full", "random"]
+    assert table.loc["full", "accuracy"] == round(100 * rows.loc["full", "accuracy"], 1)
+    assert table.loc["random", "perplexity"] == rows.loc["random", "perplexity"]
+    fig = result.plot()
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    assert list(bars["accuracy"].x) == table.index.tolist() and list(bars["perplexity"].y) == pytest.approx(rows["perplexity"].tolist())
+    curves = {t.name: list(t.y) for t in fig.data if t.type == "scatter"}
+    assert curves == {v: pytest.approx(c) for v, c in result.losses.items()}
+    assert fig.layout.xaxis3.title.text == "step" and fig.layout.yaxis.title.text == "accuracy"
 
 
 def test_precise_sft_bad_input(tiny):
-    with pytest.raises(ValueError, match="variants"):
+    with pytest.raises(ValueError, match="variants item='lora' is not one of"):
         PreciseSFT(variants=["lora"])
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps=0 is out of range"):
         PreciseSFT(steps=0)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="steps=2.5 must be an integer"):
+        PreciseSFT(steps=2.5)
+    with pytest.raises(ValueError, match="steps=True must be an integer, not a bool"):
+        PreciseSFT(steps=True)
+    with pytest.raises(ValueError, match="batch_size='8' must be an integer"):
+        PreciseSFT(batch_size="8")
+    with pytest.raises(ValueError, match="top_n='3' must be an integer"):
+        PreciseSFT(top_n="3")
+    with pytest.raises(ValueError, match="lr=0.0 is out of range"):
         PreciseSFT(lr=0)
-    with pytest.raises(ValueError, match="layer 3 is out of range"):
-        PreciseSFT(nodes=[(3, MLP)]).key_nodes(tiny)
+    with pytest.raises(ValueError, match="full_answer='no' must be True or False"):
+        PreciseSFT(full_answer="no")
+    with pytest.raises(ValueError, match="component 'attn' is not of the form"):
+        PreciseSFT(nodes=["attn"])
+    sft = PreciseSFT(k=np.int64(4), steps=np.int64(3), batch_size=torch.tensor(2), variants="full")
+    assert (sft.k, sft.steps, sft.batch_size, sft.variants) == (4, 3, 2, ("full",))
+    with pytest.warns(DeprecationWarning):
+        assert PreciseSFT(top_n=6).k == 6
+    with pytest.raises(ValueError, match="layer=3 is out of range"):
+        PreciseSFT(nodes=[Node(3)]).key_nodes(tiny)
+    with pytest.raises(ValueError, match="has no answer tokens"):
+        PreciseSFT(nodes=["1.3"], steps=1).run(tiny, ["1+2="], ["3+4="], text=TEXT)
+    with pytest.raises(ValueError, match="window=0 is out of range"):
+        perplexity(tiny, TEXT, window=0)
+
+
+def test_diverging_training_is_an_error_not_nan_results(tiny):
+    train, test = data.lora_split(tiny.tokenizer, n_train=16, n_test=4)
+    tiny.cache(test, memo=False)  # the bridge adds torch hooks of its own on its first run_with_cache
+    snap, n_hooks = model_state(tiny)
+    sft = PreciseSFT(nodes=["1.3"], variants=["full"], steps=4, batch_size=4, lr=1e30, full_answer=False, progress=False)
+    with pytest.raises(NonFiniteError, match="SFT full: the training loss is nan"):
+        sft.run(tiny, train, test, text=TEXT)
+    assert_untouched(tiny, snap, n_hooks)

@@ -1,64 +1,56 @@
 """END-position attention of key heads — Zhang et al. (ICML 2024) §4.2 (pattern analysis).
 
-For each key head the attention pattern ``A`` (``blocks.L.attn.hook_pattern``, per query
-head) is read on the reference prompts; its last row ``A^END`` (query = END, the last
+For each key head the attention pattern `A` (`blocks.L.attn.hook_pattern`, per query
+head) is read on the reference prompts; its last row `A^END` (query = END, the last
 prompt token) is split by key-token role and averaged over prompts:
 
     attention[role] = mean over prompts of  sum_{j : role(j) = role} A^END_j
 
-Roles come from the tokenizer: tokens overlapping operand A, operand B or the operator
-word (an operand may span several tokens, e.g. SmolLM2's one token per digit), and
-``other`` for everything else — including SmolLM2's bare ``' '`` token before a number.
-The four values of a head sum to 1. The paper reads a head's character off its largest
-role (operand heads, operator heads).
+Roles come from the tokenizer ([`token_roles`][arithlens.circuits.operands.token_roles]):
+tokens overlapping operand A, operand B or the operator word (an operand may span several
+tokens, e.g. SmolLM2's one token per digit), and `other` for everything else — including
+SmolLM2's bare `' '` token before a number. The four values of a head sum to 1. The paper
+reads a head's character off its largest role (operand heads, operator heads).
 
-Example::
+The patterns are read off the clean cache at the last position (`cache.last`), so one
+`model.cache(cases, names=[EndAttention(...), MLPProbe()])` serves both §4.2 analyses.
 
+Example:
+    ``python
     import arithlens
     from arithlens import data
-    from arithlens.circuits import EndAttention
+    from arithlens.circuits import EndAttention, MLPProbe
 
     model = arithlens.load_model()
-    cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
-                            forms=["numeral"], n_per_op=20)
-    result = EndAttention(heads=[(19, 3), (21, 0)]).run(model, cases)
-    result.df; result.plot()
+    cases = data.zhang(model.tokenizer, n_per_op=20)
+    attention, probe = EndAttention(heads=["19.3", "21.0"]), MLPProbe()
+    cache = model.cache(cases, names=[attention, probe])     # one forward pass
+    attention.run(model, cases, cache=cache).table()          # head x role
+    probe.run(model, cases, cache=cache).plot()
+    ``
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import einops
 import pandas as pd
 import torch
 from jaxtyping import Float
 
-from arithlens.circuits.counterfactual import CounterfactualPairs, locate, token_roles
-from arithlens.circuits.path_patching import MLP, PathPatchingResult
+from arithlens import names, validate
+from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.circuits._nodes import parse_nodes, top_nodes
+from arithlens.circuits.operands import ROLES, role_masks
+from arithlens.data import as_dataset
+from arithlens.names import Node
 from arithlens.results import Result
 
-ROLES = ("A", "B", "operator", "other")
-
-
-def _items(data: Any) -> list[Any]:
-    if isinstance(data, CounterfactualPairs):
-        return list(data.cases)
-    return [data] if isinstance(data, str) else list(data)
-
-
-def role_masks(model: Any, data: Any) -> tuple[list[tuple[int, ...]], list[torch.Tensor]]:
-    """Token ids of each case and its ``[pos, role]`` one-hot role mask (roles: :data:`ROLES`)."""
-    ids_all, masks = [], []
-    for item in _items(data):
-        ids = tuple(model.encode(item)) if isinstance(item, str) else tuple(int(t) for t in item.input_ids)
-        roles = token_roles(model.tokenizer, ids, locate(item))
-        mask = torch.zeros(len(ids), len(ROLES))
-        mask[torch.arange(len(ids)), torch.tensor([ROLES.index(r) for r in roles])] = 1.0
-        ids_all.append(ids)
-        masks.append(mask)
-    return ids_all, masks
+if TYPE_CHECKING:
+    from arithlens.models import LensModel
 
 
 @dataclass
@@ -66,16 +58,22 @@ class EndAttentionResult(Result):
     """Attention from END to each token role.
 
     Attributes:
-        df: One row per (layer, head, role): ``layer, head, head_label, role,
-            attention`` (mean over prompts), ``n``.
-        per_case: ``[head, case, role]`` attention sums.
-        heads: ``(layer, head)`` of each row of ``per_case``.
+        df: One row per (head, role): `layer, head, head_label, role, attention` (mean
+            over prompts), `n` (prompts).
+        per_case: `[head, case, role]` attention sums.
+        heads: The heads, in the order of `per_case`.
     """
 
-    per_case: torch.Tensor = field(default=None, repr=False)
-    heads: list[tuple[int, int]] = field(default_factory=list)
+    per_case: Float[torch.Tensor, "head case role"] = field(default=None, repr=False)
+    heads: list[Node] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        """Mean attention with one row per head (`layer.head`) and one column per role."""
+        wide = self.df.pivot(index="head_label", columns="role", values="attention")
+        return wide.reindex(index=[h.name for h in self.heads], columns=list(ROLES))
 
     def plot(self, **kwargs: Any) -> Any:
+        """Grouped bars: each head's END attention to A, B, the operator and other tokens."""
         import plotly.express as px
 
         return px.bar(
@@ -85,8 +83,8 @@ class EndAttentionResult(Result):
             color="role",
             barmode="group",
             range_y=[0, 1],
-            category_orders={"role": list(ROLES)},
-            labels={"head_label": "head (layer.head)"},
+            category_orders={"role": list(ROLES), "head_label": [h.name for h in self.heads]},
+            labels={"head_label": "head (layer.head)", "attention": "mean attention from END", "role": "key token"},
             title="Attention from the END position to operands, operator and other tokens",
             **kwargs,
         )
@@ -96,51 +94,61 @@ class EndAttention:
     """Average END-row attention of key heads, by token role.
 
     Args:
-        heads: ``(layer, head)`` pairs; or take them from a patching result.
-        top_n: Heads taken from a patching result (largest |effect|, heads only).
+        heads: The heads to read ([`Node`][arithlens.names.Node]s, `"L.H"` strings or
+            `(layer, head)` pairs); or take them from a patching result given to `run`.
+        k: Heads taken from a patching result (largest |effect|, heads only).
+        top_n: The former name of `k` (deprecated).
     """
 
-    def __init__(self, heads: Sequence[tuple[int, int]] | None = None, top_n: int = 5):
-        if top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {top_n}")
-        self.heads, self.top_n = heads, top_n
+    def __init__(self, heads: Sequence[Any] | None = None, k: int = 5, *, top_n: int | None = None):
+        if top_n is not None:
+            warnings.warn("EndAttention(top_n=...) is now EndAttention(k=...)", DeprecationWarning, stacklevel=2)
+            k = top_n
+        self.heads = None if heads is None else parse_nodes(heads, "heads", heads_only=True)
+        self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
+
+    def hook_names(self, model: "LensModel") -> set[str]:
+        """The attention patterns of the heads' layers (every layer while the heads come from patching)."""
+        layers = range(model.n_layers) if self.heads is None else {h.layer for h in self.heads}
+        return {names.pattern(L) for L in layers}
 
     @torch.no_grad()
-    def run(self, model: Any, data: Any, patching: PathPatchingResult | None = None) -> EndAttentionResult:
-        """Average END-position attention of the key heads to operand A, operand B, the operator and other tokens."""
+    def run(
+        self, model: Any, data: Any, patching: Any | None = None, *, cache: ActivationCache | None = None
+    ) -> EndAttentionResult:
+        """Average END-position attention of the heads to operand A, operand B, the operator and other tokens.
+
+        Args:
+            model: The model.
+            data: The reference cases (a dataset, counterfactual pairs, prompts or token ids).
+            patching: A path-patching result to take the top `k` heads from (when `heads` is not set).
+            cache: A clean cache of `data` holding the heads' attention patterns.
+        """
         from arithlens.models import load_model
 
         model = load_model(model)
+        cases = as_dataset(data, model.tokenizer)
         if self.heads is not None:
-            heads = [model.check_head(int(L), int(h)) for L, h in self.heads]
+            heads = [h.check(model) for h in self.heads]
         elif patching is not None:
-            heads = [(L, int(h)) for L, h in patching.top(self.top_n, kind="head") if h != MLP]
+            heads = top_nodes(patching, self.k, heads_only=True)
         else:
-            raise ValueError("EndAttention needs heads=[(layer, head), ...] or a patching result")
+            raise ValueError("EndAttention needs heads=[Node(layer, head), ...] or a patching result: run(model, data, patching)")
         if not heads:
-            raise ValueError("no heads to read: heads is empty")
-        ids, masks = role_masks(model, data)
-        per_case = torch.zeros(len(heads), len(ids), len(ROLES))
-        layers = sorted({L for L, _ in heads})
-        captured: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int):
-            def fn(pattern: Float[torch.Tensor, "batch head q k"], hook: Any) -> None:
-                captured[layer] = pattern[:, :, -1].detach().float().cpu()  # END query row
-
-            return fn
-
-        with model.hooked([(f"blocks.{L}.attn.hook_pattern", grab(L)) for L in layers]):
-            for rows, tokens in model.batches(ids):
-                model.bridge(tokens, stop_at_layer=max(layers) + 1)
-                mask = torch.stack([masks[i] for i in rows.tolist()])  # [batch, pos, role]
-                for k, (L, h) in enumerate(heads):
-                    per_case[k, rows] = einops.einsum(captured[L][:, h], mask, "b k, b k r -> b r")
+            raise ValueError("no heads to read: the patching result ranks no attention head")
+        masks = role_masks(model.tokenizer, cases)
+        cache = ensure_cache(model, cases, cache, {names.pattern(h.layer) for h in heads})
+        per_case = torch.zeros(len(heads), len(cases), len(ROLES))
+        for k, h in enumerate(heads):
+            end_rows = cache.last(names.pattern(h.layer))  # [case, head, key], or one [head, key] per case
+            for i, mask in enumerate(masks):
+                per_case[k, i] = einops.einsum(end_rows[i][h.head].float(), mask, "key, key role -> role")
+        validate.check_finite(per_case, "the attention patterns")
         mean = per_case.mean(1)
         df = pd.DataFrame(
             [
-                {"layer": L, "head": h, "head_label": f"{L}.{h}", "role": role, "attention": float(mean[k, r]), "n": len(ids)}
-                for k, (L, h) in enumerate(heads)
+                {"layer": h.layer, "head": h.head, "head_label": h.name, "role": role, "attention": float(mean[k, r]), "n": len(cases)}
+                for k, h in enumerate(heads)
                 for r, role in enumerate(ROLES)
             ]
         )

@@ -1,70 +1,75 @@
 """Knockout validation by mean ablation — Zhang et al. (ICML 2024) §4.1.
 
 The key nodes found by path patching are validated by *mean ablation* (Wang et al.,
-2023): a node's activation is replaced by its average over the counterfactual data
-``X_c`` — which removes the task information while keeping the activation's typical
-magnitude — and the first-token accuracy on the reference prompts is compared with the
-unablated model's, per op. The conditions reported:
+2023): a node's activation is replaced by its average over the counterfactual data `X_c`
+— which removes the task information while keeping the activation's typical magnitude —
+and the first-token accuracy on the reference prompts is compared with the unablated
+model's, per op. The conditions reported:
 
-* ``baseline`` — nothing ablated;
-* ``key`` — all key nodes ablated together;
-* ``key L.H`` / ``key L.mlp`` — each key node alone;
-* ``random`` — as many random non-key nodes as there are key nodes (same numbers of
-  heads and MLPs), averaged over ``n_random`` seeded draws: the control;
-* ``rest`` — every node *except* the key ones (the paper's check that the others do
-  not matter).
+* `baseline` — nothing ablated;
+* `key` — all key nodes ablated together;
+* `key L.H` / `key MLP L` — each key node alone;
+* `random` — as many random non-key nodes as there are key nodes (same numbers of heads
+  and MLPs), averaged over `n_random` seeded draws: the control;
+* `rest` — every node *except* the key ones (the paper's check that the others do not
+  matter).
 
-Node outputs: a head's ``z`` (``blocks.L.attn.hook_z``, query-head granularity —
-:class:`~arithlens.interventions.MeanHead` semantics), an MLP's output
-(``blocks.L.hook_mlp_out``, :class:`MeanMLP`). Means are per position over the
-counterfactual prompts of each length (pairs align token by token), or the
-last-position mean with ``position="last"``.
+Node outputs: a head's `z` (`blocks.L.attn.hook_z`, query-head granularity —
+[`MeanHead`][arithlens.interventions.MeanHead] semantics), an MLP's output
+(`blocks.L.hook_mlp_out`, [`MeanMLP`][arithlens.circuits.mean_ablation.MeanMLP]). Means
+are per position over the counterfactual prompts of each length (pairs align token by
+token), or the last-position mean with `position="last"`; head and MLP means come from
+one forward pass over the counterfactual prompts
+([`compute_means`][arithlens.interventions.compute_means]). Accuracy counts a case as
+correct when the prediction is its target (the unablated prediction where a prompt has
+no answer); the unablated predictions are read off the reference's clean cache.
 
-Example::
-
+Example:
+    ``python
     import arithlens
     from arithlens import data
-    from arithlens.circuits import Counterfactual, PathPatching, Knockout
+    from arithlens.circuits import Counterfactual, Knockout, PathPatching
 
     model = arithlens.load_model()
-    cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
-                            forms=["numeral"], n_per_op=20)
-    pairs = Counterfactual().run(model, cases)
+    pairs = Counterfactual().run(model, data.zhang(model.tokenizer, n_per_op=20))
     patching = PathPatching().run(model, pairs)
-    result = Knockout(top_n=8).run(model, pairs, patching)
-    result.df; result.plot()
+    cache = model.cache(pairs)                      # the clean reference pass, reusable
+    result = Knockout(k=8).run(model, pairs, patching, cache=cache)
+    result.table()                                  # accuracy (%) per condition and op
+    result.plot()
+    ``
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 
-from arithlens.circuits.counterfactual import CounterfactualPairs, as_pairs
-from arithlens.circuits.path_patching import MLP, Node, PathPatching, PathPatchingResult, check_nodes, node_label
-from arithlens.interventions import ActivationMeans, HeadMeans, Intervention, _check_position, _UsesMeans, _where, z_hook
-from arithlens.results import Result
+from arithlens import names, validate
+from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.circuits._nodes import all_nodes, as_node, parse_nodes, top_nodes
+from arithlens.circuits.counterfactual import as_pairs
+from arithlens.interventions import ActivationMeans, HeadMeans, Intervention, _UsesMeans, _where, compute_means
+from arithlens.names import Node, Position
+from arithlens.results import Result, percent
 
 if TYPE_CHECKING:
     from arithlens.models import Hook, LensModel
 
 
-def mlp_out_hook(layer: int) -> str:
-    """Hook name of layer ``layer``'s MLP output."""
-    return f"blocks.{layer}.hook_mlp_out"
-
-
 @dataclass
 class MLPMeans(ActivationMeans):
-    """Mean MLP outputs of one layer over reference cases (the MLP twin of :class:`HeadMeans`).
+    """Mean MLP outputs of one layer over reference cases (the MLP twin of [`HeadMeans`][arithlens.interventions.HeadMeans]).
 
-    ``by_length[n]``: per-position mean over the reference prompts of ``n`` tokens,
-    ``[pos, d_model]``; ``last``: last-position mean over all of them, ``[d_model]``.
+    Attributes:
+        by_length: `{n: [pos, d_model]}` per-position mean over the reference prompts of `n` tokens.
+        last: `[d_model]` last-position mean over all of them.
     """
 
     by_length: dict[int, Float[torch.Tensor, "pos d_model"]]
@@ -72,13 +77,17 @@ class MLPMeans(ActivationMeans):
 
     @staticmethod
     def hook_name(layer: int) -> str:
-        """``blocks.L.hook_mlp_out``."""
-        return mlp_out_hook(layer)
+        """`blocks.L.hook_mlp_out`."""
+        return names.mlp_out(layer)
 
 
 @dataclass(frozen=True)
 class MeanMLP(_UsesMeans, Intervention):
-    """Replace layer ``layer``'s MLP output by its mean over ``reference`` data."""
+    """Replace layer `layer`'s MLP output by its mean over `reference` data.
+
+    `reference` is a dataset / prompts (means computed on first use, per model) or an
+    [`MLPMeans`][arithlens.circuits.mean_ablation.MLPMeans] of that layer.
+    """
 
     layer: int
     reference: Any = field(repr=False)
@@ -86,15 +95,21 @@ class MeanMLP(_UsesMeans, Intervention):
 
     means_class = MLPMeans
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer", validate.non_negative_int(self.layer, "layer"))
+        if self.reference is None:
+            raise ValueError("MeanMLP needs reference data (prompts or a dataset) or an MLPMeans")
+        names.check_position(self.position)
+
     def hooks(self, model: "LensModel") -> list["Hook"]:
         model.check_layer(self.layer)
-        position, means = _check_position(self.position), self.means(model)
+        position, means = self.position, self.means(model)
 
         def fn(out: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> torch.Tensor:
             _where(out, position)[:] = means.for_length(out.shape[1], position).to(out)
             return out
 
-        return [(mlp_out_hook(self.layer), fn)]
+        return [(names.mlp_out(self.layer), fn)]
 
     def __repr__(self) -> str:
         return f"MeanMLP({self.layer})"
@@ -102,10 +117,13 @@ class MeanMLP(_UsesMeans, Intervention):
 
 @dataclass(frozen=True)
 class MeanNodes(Intervention):
-    """Mean-ablate many nodes at once: one hook per layer (heads by mask, MLP whole).
+    """Mean-ablate many nodes at once: one hook per layer (heads by index, the MLP whole).
 
-    ``head_means`` / ``mlp_means``: per-layer :class:`HeadMeans` / :class:`MLPMeans`
-    (of the counterfactual data) covering every layer of ``nodes``.
+    Attributes:
+        nodes: The [`Node`][arithlens.names.Node]s to ablate (`"L.H"`, `"MLP L"` and pairs accepted).
+        head_means: Per-layer [`HeadMeans`][arithlens.interventions.HeadMeans] covering the heads' layers.
+        mlp_means: Per-layer [`MLPMeans`][arithlens.circuits.mean_ablation.MLPMeans] covering the MLPs' layers.
+        position: `"all"` positions or the `"last"` one.
     """
 
     nodes: tuple[Node, ...]
@@ -113,21 +131,24 @@ class MeanNodes(Intervention):
     mlp_means: dict[int, MLPMeans] = field(repr=False, default_factory=dict)
     position: str = "all"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(as_node(n) for n in self.nodes))
+        names.check_position(self.position)
+        for nd in self.nodes:
+            means = self.mlp_means if nd.is_mlp else self.head_means
+            if nd.layer not in means:
+                raise ValueError(f"no {'MLP' if nd.is_mlp else 'head'} means for layer {nd.layer} (needed by {nd.name})")
+
     def hooks(self, model: "LensModel") -> list["Hook"]:
-        nodes = check_nodes(model, list(self.nodes)) if self.nodes else []
-        position = _check_position(self.position)
-        hooks = []
+        position, hooks = self.position, []
         heads: dict[int, list[int]] = {}
-        for L, h in nodes:
-            if h == MLP:
-                if L not in self.mlp_means:
-                    raise ValueError(f"no MLP means for layer {L}")
-                hooks.append(MeanMLP(L, self.mlp_means[L], position).hooks(model)[0])
+        for nd in self.nodes:
+            nd.check(model)
+            if nd.is_mlp:
+                hooks += MeanMLP(nd.layer, self.mlp_means[nd.layer], position).hooks(model)
             else:
-                heads.setdefault(L, []).append(int(h))
+                heads.setdefault(nd.layer, []).append(nd.head)
         for L, hs in heads.items():
-            if L not in self.head_means:
-                raise ValueError(f"no head means for layer {L}")
             idx, means = torch.tensor(hs), self.head_means[L]
 
             def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any, idx=idx, means=means) -> torch.Tensor:
@@ -135,7 +156,7 @@ class MeanNodes(Intervention):
                 _where(z, position)[:, :, idx.to(z.device)] = mean
                 return z
 
-            hooks.append((z_hook(L), fn))
+            hooks.append((names.z(L), fn))
         return hooks
 
     def __repr__(self) -> str:
@@ -147,19 +168,38 @@ class KnockoutResult(Result):
     """Accuracy per op under each ablation condition.
 
     Attributes:
-        df: One row per (condition, op): ``condition, op, n, n_ablated, accuracy,
-            baseline_accuracy, accuracy_drop`` (op ``"all"`` aggregates).
-        key_nodes: The key nodes (top-n by |effect|).
-        correct: ``{condition: [case] bool}`` (random: the first draw).
+        df: One row per (condition, op): `condition, op, n, n_ablated, accuracy,
+            baseline_accuracy, accuracy_drop` (op `"all"` aggregates).
+        key_nodes: The key nodes.
+        random_nodes: The nodes of each random draw.
+        correct: `{condition: [case] bool}` (random: the first draw).
+        position: Where the means replaced the activations (`"all"` or `"last"`).
     """
 
     key_nodes: list[Node] = field(default_factory=list)
+    random_nodes: list[list[Node]] = field(default_factory=list)
     correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    position: str = "all"
+
+    def table(self) -> pd.DataFrame:
+        """Accuracy (%) with one row per condition and one column per op (`all` first)."""
+        frame = self.df.assign(accuracy=self.df["accuracy"].map(percent))
+        wide = frame.pivot(index="condition", columns="op", values="accuracy")
+        return wide.reindex(index=list(dict.fromkeys(self.df["condition"])), columns=list(dict.fromkeys(self.df["op"])))
+
+    def top(self, k: int = 5) -> pd.DataFrame:
+        """The `k` key nodes whose ablation alone costs the most accuracy (op `all`)."""
+        k = validate.positive_int(k, "k")
+        alone = self.df[self.df["condition"].str.startswith("key ") & (self.df["op"] == "all")]
+        if alone.empty:
+            raise ValueError("no key node was ablated alone: run Knockout(individual=True)")
+        return alone.sort_values("accuracy_drop", ascending=False, kind="stable").head(k).reset_index(drop=True)
 
     def plot(self, **kwargs: Any) -> Any:
+        """Grouped bars: accuracy per condition (x) and op (colour)."""
         import plotly.express as px
 
-        fig = px.bar(
+        return px.bar(
             self.df,
             x="condition",
             y="accuracy",
@@ -167,105 +207,137 @@ class KnockoutResult(Result):
             barmode="group",
             range_y=[0, 1],
             hover_data=["n", "n_ablated", "accuracy_drop"],
+            labels={"condition": "mean-ablated nodes", "accuracy": "first-token accuracy", "op": "operation"},
             title="Mean-ablation knockout: accuracy with key nodes, random nodes or the rest ablated",
             **kwargs,
         )
-        return fig
 
 
 class Knockout:
     """Validate key nodes by mean ablation (means over the counterfactual prompts).
 
     Args:
-        top_n: Number of key nodes (largest |effect|) taken from the patching result.
-        nodes: Explicit key nodes instead (overrides ``top_n``).
-        position: ``"all"`` positions (per-position means) or ``"last"``.
+        k: Number of key nodes (largest |effect|) taken from the patching result.
+        nodes: Explicit key nodes instead (overrides `k`): [`Node`][arithlens.names.Node]s,
+            `"L.H"` / `"MLP L"` strings or `(layer, head)` / `(layer, None)` pairs.
+        position: `"all"` positions (per-position means) or `"last"`.
         individual: Also ablate each key node alone.
         n_random: Random non-key draws for the control (0: none).
         rest: Also ablate every non-key node.
         seed: Seed of the random draws.
+        progress: Show path patching's progress bar when it runs here.
+        top_n: The former name of `k` (deprecated).
     """
 
     def __init__(
         self,
-        top_n: int = 10,
-        nodes: Sequence[Node] | None = None,
-        position: Literal["all", "last"] = "all",
+        k: int = 10,
+        nodes: Sequence[Any] | None = None,
+        position: Position = "all",
         individual: bool = True,
         n_random: int = 3,
         rest: bool = True,
         seed: int = 0,
         progress: bool = True,
+        *,
+        top_n: int | None = None,
     ):
-        if top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {top_n}")
-        if n_random < 0:
-            raise ValueError(f"n_random must be >= 0, got {n_random}")
-        _check_position(position)
-        self.top_n, self.nodes, self.position = top_n, nodes, position
-        self.individual, self.n_random, self.rest, self.seed = individual, n_random, rest, seed
-        self.progress = progress
+        if top_n is not None:
+            warnings.warn("Knockout(top_n=...) is now Knockout(k=...)", DeprecationWarning, stacklevel=2)
+            k = top_n
+        self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
+        self.nodes = None if nodes is None else parse_nodes(nodes, "nodes")
+        self.position = names.check_position(position)
+        self.individual = validate.boolean(individual, "individual")
+        self.n_random = validate.non_negative_int(n_random, "n_random")
+        self.rest = validate.boolean(rest, "rest")
+        self.seed = validate.integer(seed, "seed")
+        self.progress = validate.boolean(progress, "progress")
+
+    def hook_names(self, model: "LensModel") -> set[str]:
+        """No hooks: only the predictions of the reference's clean cache are read (the means come from a pass over the counterfactuals)."""
+        return set()
 
     @torch.no_grad()
-    def run(self, model: Any, data: Any, patching: PathPatchingResult | None = None) -> KnockoutResult:
-        """Accuracy of the reference prompts of ``data`` under each condition."""
+    def run(
+        self, model: Any, data: Any, patching: Any | None = None, *, cache: ActivationCache | None = None
+    ) -> KnockoutResult:
+        """Accuracy of the reference prompts of `data` (pairs, a dataset or prompts) under each condition.
+
+        Args:
+            model: The model.
+            data: [`CounterfactualPairs`][arithlens.circuits.counterfactual.CounterfactualPairs],
+                or cases to pair.
+            patching: A path-patching result to take the top `k` nodes from (run here when
+                neither it nor `nodes` is given).
+            cache: The clean cache of the reference cases (`model.cache(pairs)`), if at hand.
+        """
+        from arithlens.circuits.path_patching import PathPatching
         from arithlens.models import load_model
 
         model = load_model(model)
-        pairs: CounterfactualPairs = as_pairs(model, data)
+        pairs = as_pairs(model, data)
         if self.nodes is not None:
-            key = check_nodes(model, self.nodes)
+            key = [nd.check(model) for nd in self.nodes]
         else:
             if patching is None:
                 patching = PathPatching(progress=self.progress).run(model, pairs)
-            key = patching.top(self.top_n)
-        everything = check_nodes(model, None)
-        others = [nd for nd in everything if nd not in key]
-        layers = list(range(model.n_layers))
-        head_means = HeadMeans.compute(model, pairs.counterfactual_ids, layers)
-        mlp_means = MLPMeans.compute(model, pairs.counterfactual_ids, layers)
-
-        def ablate(nodes: Sequence[Node]) -> MeanNodes:
-            return MeanNodes(tuple(nodes), head_means, mlp_means, self.position)
-
-        conditions: list[tuple[str, list[MeanNodes], int]] = [("baseline", [], 0), ("key", [ablate(key)], len(key))]
+            key = top_nodes(patching, self.k)
+        base = ensure_cache(model, pairs, cache, self)
+        others = [nd for nd in all_nodes(model) if nd not in key]
+        draws = self._random_draws(key, others)
+        groups: list[tuple[str, list[list[Node]], int]] = [("baseline", [], 0), ("key", [key], len(key))]
         if self.individual:
-            conditions += [(f"key {node_label(nd)}", [ablate([nd])], 1) for nd in key]
-        rng = random.Random(self.seed)
-        n_heads = sum(1 for _, h in key if h != MLP)
-        other_heads = [nd for nd in others if nd[1] != MLP]
-        other_mlps = [nd for nd in others if nd[1] == MLP]
-        draws = []
-        for _ in range(self.n_random):
-            if n_heads > len(other_heads) or len(key) - n_heads > len(other_mlps):
-                break
-            draws.append(rng.sample(other_heads, n_heads) + rng.sample(other_mlps, len(key) - n_heads))
+            groups += [(f"key {nd.name}", [[nd]], 1) for nd in key]
         if draws:
-            conditions.append(("random", [ablate(d) for d in draws], len(key)))
+            groups.append(("random", draws, len(key)))
         if self.rest:
-            conditions.append(("rest", [ablate(others)], len(others)))
+            groups.append(("rest", [others], len(others)))
+        head_means, mlp_means = _means(model, pairs.counterfactual, [nd for _, sets, _ in groups for s in sets for nd in s])
 
-        cases = [*pairs.cases]
-        ops = pd.Series(pairs.ops)
-        targets = pairs.target_ids
-        data_ids = pairs.reference_ids
-        base = model.run(data_ids, cache=False)
-        scoring = torch.where(targets >= 0, targets, base.predictions)
+        scoring = base.scoring_ids
+        ops = pairs.ops
+        labels = ["all", *(o for o in dict.fromkeys(ops) if o is not None)]
         rows, correct = [], {}
-        for name, variants, n_ablated in conditions:
+        for name, node_sets, n_ablated in groups:
             accs = []
-            for k, iv in enumerate(variants or [None]):
-                run = base if iv is None else model.run(data_ids, interventions=[iv], cache=False)
-                ok = run.predictions == scoring
+            for j, nodes in enumerate(node_sets or [None]):
+                if nodes is None:
+                    predictions = base.predictions
+                else:
+                    iv = MeanNodes(tuple(nodes), head_means, mlp_means, self.position)
+                    predictions = model.cache(pairs, interventions=[iv]).predictions
+                ok = predictions == scoring
                 accs.append(ok.float())
-                if k == 0:
+                if j == 0:
                     correct[name] = ok
             acc = torch.stack(accs).mean(0)  # per case, averaged over random draws
-            for op in ["all", *dict.fromkeys(ops)]:
-                mask = torch.ones(len(cases), dtype=torch.bool) if op == "all" else torch.tensor((ops == op).tolist())
+            for op in labels:
+                mask = torch.tensor([op == "all" or o == op for o in ops])
                 rows.append({"condition": name, "op": op, "n": int(mask.sum()), "n_ablated": n_ablated, "accuracy": float(acc[mask].mean())})
         df = pd.DataFrame(rows)
         base_acc = df[df["condition"] == "baseline"].set_index("op")["accuracy"]
         df["baseline_accuracy"] = df["op"].map(base_acc)
         df["accuracy_drop"] = df["baseline_accuracy"] - df["accuracy"]
-        return KnockoutResult(df=df, key_nodes=key, correct=correct)
+        return KnockoutResult(df=df, key_nodes=key, random_nodes=draws, correct=correct, position=self.position)
+
+    def _random_draws(self, key: list[Node], others: list[Node]) -> list[list[Node]]:
+        """`n_random` seeded draws of non-key nodes with as many heads and MLPs as `key`."""
+        rng = random.Random(self.seed)
+        n_heads = sum(1 for nd in key if not nd.is_mlp)
+        other_heads = [nd for nd in others if not nd.is_mlp]
+        other_mlps = [nd for nd in others if nd.is_mlp]
+        if n_heads > len(other_heads) or len(key) - n_heads > len(other_mlps):
+            return []
+        return [rng.sample(other_heads, n_heads) + rng.sample(other_mlps, len(key) - n_heads) for _ in range(self.n_random)]
+
+
+def _means(model: "LensModel", reference: Any, nodes: Sequence[Node]) -> tuple[dict[int, HeadMeans], dict[int, MLPMeans]]:
+    """Head and MLP means of every layer `nodes` need, in one forward pass over `reference`."""
+    specs = sorted({(HeadMeans if not nd.is_mlp else MLPMeans, nd.layer) for nd in nodes}, key=lambda s: (s[1], s[0].__name__))
+    if not specs:
+        return {}, {}
+    got = compute_means(model, reference, specs)
+    heads = {L: m for (kind, L), m in got.items() if kind is HeadMeans}
+    mlps = {L: m for (kind, L), m in got.items() if kind is MLPMeans}
+    return heads, mlps

@@ -47,7 +47,7 @@ _TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eigh
 
 
 def number_to_words(n: int) -> str:
-    """English words for ``0 <= n <= 999``: 42 -> "forty-two", 342 -> "three hundred forty-two"."""
+    """English words for `0 <= n <= 999`: 42 -> "forty-two", 342 -> "three hundred forty-two"."""
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 999:
         raise ValueError(f"number_to_words supports integers 0..999, got {n!r}")
     if n < 20:
@@ -61,7 +61,7 @@ def number_to_words(n: int) -> str:
 
 
 def _case_type(op: str, a: int, b: int, answer: str, index: int) -> str:
-    """§3.4 label of the answer character at ``index`` (the first character of a token).
+    """§3.4 label of the answer character at `index` (the first character of a token).
 
     add/sub: "change-one" when a carry/borrow from the lower column changes the digit
     (including a leading digit created by a carry), else "memorize"; mul/div: the last
@@ -115,7 +115,7 @@ def _division_pairs(d: int) -> list[tuple[int, int]]:
 
 
 def _operand_pairs(op: str, d: int, n: int | None, seed: int, negatives: bool) -> list[tuple[int, int]]:
-    """Valid (a, b) with exactly ``d`` digits each; all of them, or ``n`` sampled without replacement."""
+    """Valid (a, b) with exactly `d` digits each; all of them, or `n` sampled without replacement."""
     lo, hi = (0, 9) if d == 1 else (10 ** (d - 1), 10**d - 1)
     size = _pool_size(op, d, negatives)
     if n is None or n >= size:
@@ -211,9 +211,9 @@ def arithmetic(
 ) -> ArithmeticDataset:
     """The §3 arithmetic dataset: every (op, digits) x template x form over shared operand pairs.
 
-    1-digit problems are exhaustive unless ``n_per_op`` is given; 2/3-digit ones sample
-    ``n_per_op`` (default 100) pairs per op, or all when the pool is smaller (division).
-    ``per_digit`` gives one case per answer token, else one per problem (first token).
+    1-digit problems are exhaustive unless `n_per_op` is given; 2/3-digit ones sample
+    `n_per_op` (default 100) pairs per op, or all when the pool is smaller (division).
+    `per_digit` gives one case per answer token, else one per problem (first token).
     """
     op_list, digit_list = _as_ops(ops), _as_digits(digits)
     template_list, form_list = _as_templates(templates), _as_forms(forms)
@@ -235,7 +235,7 @@ def lora_split(
     """The §5 LoRA data: distinct 2-digit (op, a, b, template) items, split train/test.
 
     All four ops, negative subtraction results included ("13-15=-2"), templates 1-4,
-    numeral operands; one first-answer-token case per item (``answer`` holds the full
+    numeral operands; one first-answer-token case per item (`answer` holds the full
     answer for sequence training). Ops get equal shares; division's small pool is used
     up and the remainder spread over the other ops.
     """

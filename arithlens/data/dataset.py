@@ -1,4 +1,4 @@
-"""Datasets of next-token cases, and the one place inputs are normalised: `as_dataset`."""
+"""Datasets of next-token cases, and the one place inputs are normalised: [`as_dataset`][arithlens.data.dataset.as_dataset]."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Case:
-    """One next-token prediction: ``input_ids`` (= ``tokenizer.encode(prompt)``) -> ``target_id``.
+    """One next-token prediction: `input_ids` (= `tokenizer.encode(prompt)`) -> `target_id`.
 
-    ``answer`` is the full answer text ("47", "-2", "nurse"); ``answer_ids`` are the
+    `answer` is the full answer text ("47", "-2", "nurse"); `answer_ids` are the
     answer tokens from the target on (a bare whitespace token is never included), for
-    greedy full-answer accuracy. ``position`` is which answer token the target is
+    greedy full-answer accuracy. `position` is which answer token the target is
     (0-based, whitespace excluded).
     """
 
@@ -45,7 +45,7 @@ _FRAME_COLUMNS = ("prompt", "answer", "target_id", "target_str", "op", "digits",
 
 
 class ArithmeticDataset(Sequence[Case]):
-    """An immutable, list-like collection of :class:`Case` objects."""
+    """An immutable, list-like collection of [`Case`][arithlens.data.dataset.Case] objects."""
 
     def __init__(self, cases: Sequence[Case], name: str = "") -> None:
         self._cases: tuple[Case, ...] = tuple(cases)
@@ -86,7 +86,7 @@ class ArithmeticDataset(Sequence[Case]):
         return f"ArithmeticDataset(name={self.name!r}, n={len(self)})"
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per case; columns ``prompt, answer, target_id, ..., a, b, n_tokens``."""
+        """One row per case; columns `prompt, answer, target_id, ..., a, b, n_tokens`."""
         rows = [{col: getattr(c, col) for col in _FRAME_COLUMNS} for c in self._cases]
         return pd.DataFrame(rows, columns=list(_FRAME_COLUMNS))
 
@@ -99,7 +99,7 @@ class ArithmeticDataset(Sequence[Case]):
         return frame.groupby(keys, dropna=False).size().rename("n").reset_index()
 
     def filter(self, **criteria: Any) -> ArithmeticDataset:
-        """Cases whose fields match: ``filter(op="+", digits=(1, 2), case_type="memorize")``.
+        """Cases whose fields match: `filter(op="+", digits=(1, 2), case_type="memorize")`.
 
         A value may be a scalar (equality), a non-string collection (membership) or a
         callable (predicate on the field value).
@@ -114,7 +114,7 @@ class ArithmeticDataset(Sequence[Case]):
         return ArithmeticDataset(kept, name=self.name)
 
     def sample(self, n: int, seed: int = 0) -> ArithmeticDataset:
-        """A seeded subsample of ``n`` cases without replacement (all when ``n >= len``), in original order."""
+        """A seeded subsample of `n` cases without replacement (all when `n >= len`), in original order."""
         if n <= 0:
             raise ValueError(f"sample size must be positive, got {n}")
         if n >= len(self):
@@ -123,7 +123,7 @@ class ArithmeticDataset(Sequence[Case]):
         return ArithmeticDataset([self._cases[i] for i in keep], name=self.name)
 
     def split(self, n_test: int, seed: int = 0) -> tuple[ArithmeticDataset, ArithmeticDataset]:
-        """A seeded (train, test) partition with ``n_test`` test cases."""
+        """A seeded (train, test) partition with `n_test` test cases."""
         if not 0 < n_test < len(self):
             raise ValueError(f"n_test must be in 1..{len(self) - 1}, got {n_test}")
         test_idx = set(random.Random(seed).sample(range(len(self)), n_test))

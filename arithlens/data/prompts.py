@@ -13,9 +13,9 @@ def prompts(
 ) -> ArithmeticDataset:
     """Generic next-token cases ("A woman works as a" -> " nurse").
 
-    With ``answers`` the target is the answer's first token, found as for arithmetic
-    (``prompt + " " + answer`` unless either side already supplies the space); without,
-    ``target_id`` is -1 and ``target_str`` "" (analyses then use the model's prediction).
+    With `answers` the target is the answer's first token, found as for arithmetic
+    (`prompt + " " + answer` unless either side already supplies the space); without,
+    `target_id` is -1 and `target_str` "" (analyses then use the model's prediction).
     """
     if isinstance(prompts, str):
         prompts = [prompts]  # a lone string is one prompt, not a sequence of characters

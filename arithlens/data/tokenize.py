@@ -10,7 +10,7 @@ from arithlens.data.dataset import Case
 
 @dataclass(frozen=True)
 class _Item:
-    """An un-tokenized problem: ``core`` text, answer, and metadata for the resulting cases."""
+    """An un-tokenized problem: `core` text, answer, and metadata for the resulting cases."""
 
     core: str
     answer: str
@@ -19,18 +19,18 @@ class _Item:
 
 
 def _backend(tokenizer: Any) -> Any:
-    """The Rust ``tokenizers.Tokenizer`` behind a fast HF tokenizer, or None."""
+    """The Rust `tokenizers.Tokenizer` behind a fast HF tokenizer, or None."""
     return getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
 
 
 def _encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """``tokenizer.encode(text)`` for each text, batched where possible."""
+    """`tokenizer.encode(text)` for each text, batched where possible."""
     if not texts:
         return []
     backend = _backend(tokenizer)
     if backend is not None:
         # The Rust batch call skips transformers' per-item Python overhead; it must agree
-        # with ``encode`` (some wrappers post-process), so spot-check and fall back if not.
+        # with `encode` (some wrappers post-process), so spot-check and fall back if not.
         out = [enc.ids for enc in backend.encode_batch(list(texts), add_special_tokens=True)]
         if all(out[i] == list(tokenizer.encode(texts[i])) for i in {0, len(texts) - 1}):
             return out
@@ -57,7 +57,7 @@ def _decode_many(tokenizer: Any, seqs: Sequence[Sequence[int]]) -> list[str]:
 
 
 def _encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Tokens of ``text`` alone, without BOS/EOS."""
+    """Tokens of `text` alone, without BOS/EOS."""
     try:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     except TypeError:
@@ -77,7 +77,7 @@ def _common_prefix(x: Sequence[int], y: Sequence[int]) -> int:
 
 
 def _tokenize_items(tokenizer: Any, items: Sequence[_Item], per_digit: bool, labeller: Callable) -> list[Case]:
-    """Turn items into cases, reading answer tokens off ``encode(core + sep + answer)``."""
+    """Turn items into cases, reading answer tokens off `encode(core + sep + answer)`."""
     specials = _special_ids(tokenizer)
     cores = list(dict.fromkeys(it.core for it in items))  # encode each distinct core once
     core_ids = dict(zip(cores, _encode_many(tokenizer, cores)))
@@ -171,6 +171,6 @@ def _tokenize_items(tokenizer: Any, items: Sequence[_Item], per_digit: bool, lab
 
 
 def _context(plan: tuple[list[int], list[int], list[int], int], i: int) -> list[int]:
-    """Token ids preceding tail token ``i`` of an alignment plan."""
+    """Token ids preceding tail token `i` of an alignment plan."""
     pids, bridge, full, j = plan
     return pids + bridge[:i] if i < len(bridge) else full[: j + i - len(bridge)]
