@@ -332,6 +332,7 @@ def ensure_cache(
     positions: str = "last",
     *,
     clean: bool = True,
+    batch_size: int | None = None,
 ) -> ActivationCache:
     """The cache an analysis reads: the one given (checked), or a new one.
 
@@ -344,7 +345,7 @@ def ensure_cache(
     wanted = hook_names_of(model, names)
     positions = hooks.check_position(positions, "positions")
     if cache is None:
-        return model.cache(data, names=wanted, positions=positions)
+        return model.cache(data, names=wanted, positions=positions, batch_size=batch_size)
     if not isinstance(cache, ActivationCache):
         raise ValueError(f"cache={type(cache).__name__} is not an ActivationCache (build one with model.cache(data, ...))")
     ds = as_dataset(data, model.tokenizer)

@@ -79,6 +79,11 @@ def post(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def ln1_scale(layer: int) -> str:
+    """Scale of block `layer`'s pre-attention norm."""
+    return f"blocks.{layer}.ln1.hook_scale"
+
+
 def ln2_scale(layer: int) -> str:
     """Scale of block `layer`'s pre-MLP norm."""
     return f"blocks.{layer}.ln2.hook_scale"

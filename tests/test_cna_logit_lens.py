@@ -1,11 +1,29 @@
-"""LogitLens (Table 4) and NumberConceptTagger."""
+"""LogitLens (Table 4) and NumberConceptTagger: brute-force readouts, the cache, bad input."""
 
+import numpy as np
 import pytest
 import torch
 
-from arithlens.cna import LogitLens, NumberConceptTagger
-from arithlens.cna.logit_lens import Component
+from arithlens import names, validate
+from arithlens.cna import Component, LogitLens, NumberConceptTagger
 from conftest import assert_untouched, params_snapshot
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    from arithlens.testing import tiny_gpt2
+
+    return tiny_gpt2()
+
+
+def count_embeds(model):
+    """A forward hook on the embedding module counting full forward passes (a list of one int)."""
+    calls = [0]
+
+    def hook(module, args, out):
+        calls[0] += 1
+
+    return calls, model.bridge.embed.register_forward_hook(hook)
 
 
 # ---------------------------------------------------------------------------- tagger
@@ -53,6 +71,8 @@ def test_tagger_options_and_count():
     assert tagger.count(tokens) == 5
     assert tagger.count(tokens, distinct=True) == 2
     assert tagger.concepts(["3", "y"]) == ["3", None]
+    with pytest.raises(ValueError, match="roman='yes'"):
+        NumberConceptTagger(roman="yes")
 
 
 def test_vocab_concepts_match_tagger(tiny):
@@ -133,7 +153,15 @@ def test_run_tidy_frame_and_untouched(tiny):
     assert top[comps[0].name] == lens.top_tokens(tiny, comps[0].vector[None])[0]
     assert len(result.table()) == 3
     assert result.concept_counts()["n_concepts"].between(0, 4).all()
-    assert result.plot() is not None
+    assert list(result.top(2)["rank"]) == [1, 2] * 3
+    fig = result.plot()
+    (grid,) = fig.data  # one column per component, its tokens by rank downwards
+    assert list(grid.x) == [c.name for c in comps] and list(grid.y) == [1, 2, 3, 4]
+    assert [list(col) for col in zip(*grid.text)] == [[repr(t) for t in top[c.name]] for c in comps]
+    assert [list(col) for col in zip(*grid.z)] == [
+        [float(tagger(t) is not None) for t in top[c.name]] for c in comps
+    ]
+    assert fig.layout.yaxis.title.text == "rank"
     # A dict and a bare tensor work too.
     assert len(lens.run(tiny, {"a": comps[0].vector}).df) == 8
     assert set(lens.run(tiny, torch.stack([c.vector for c in comps])).df["component"]) == {"0", "1", "2"}
@@ -143,6 +171,15 @@ def test_run_tidy_frame_and_untouched(tiny):
 def test_bad_input_raises(tiny):
     with pytest.raises(ValueError, match="k=0"):
         LogitLens(k=0)
+    with pytest.raises(ValueError, match="k='3'"):
+        LogitLens(k="3")
+    with pytest.raises(ValueError, match="bool"):
+        LogitLens(k=True)
+    assert LogitLens(k=np.int64(3)).k == 3
+    with pytest.raises(ValueError, match="k=99"):
+        LogitLens().top_ids(tiny, torch.zeros(1, tiny.d_model), k=99)
+    with pytest.raises(validate.NonFiniteError):
+        LogitLens().run(tiny, torch.full((1, tiny.d_model), float("nan")))
     with pytest.raises(ValueError, match="d_model"):
         LogitLens().top_tokens(tiny, torch.zeros(2, tiny.d_model + 1))
     with pytest.raises(ValueError, match="stage"):
@@ -161,6 +198,49 @@ def test_bad_input_raises(tiny):
         LogitLens(k=2).run(tiny, [Component("a", tiny.bridge.W_E[5])]).tokens("sideways")
     with pytest.raises(ValueError, match="no vectors"):
         LogitLens().run(tiny, [])
+    with pytest.raises(ValueError, match="components=str"):
+        LogitLens().run(tiny, "3+5=")
+    with pytest.raises(ValueError, match="lacks"):
+        LogitLens.residual(tiny, 0, "3+5=", cache=tiny.cache("3+5=", positions="all", memo=False))
+
+
+def test_constructors_read_a_given_cache_without_a_forward(tiny):
+    prompt = "12+7="
+    hooks = [names.post(1), names.z(2), names.resid_mid(1)]
+    cache = tiny.cache(prompt, names=hooks, positions="all", memo=False)
+    tiny.clear_cache()
+    calls, handle = count_embeds(tiny)
+    try:
+        sub = LogitLens.subvalue(tiny, 1, 5, prompt, position=2, cache=cache)
+        head = LogitLens.head_output(tiny, 2, 3, prompt, cache=cache)
+        resid = LogitLens.residual(tiny, 1, prompt, stage="mid", cache=cache)
+    finally:
+        handle.remove()
+    assert calls[0] == 0
+    torch.testing.assert_close(sub.vector, LogitLens.subvalue(tiny, 1, 5, prompt, position=2).vector)
+    torch.testing.assert_close(head.vector, LogitLens.head_output(tiny, 2, 3, prompt).vector)
+    torch.testing.assert_close(resid.vector, LogitLens.residual(tiny, 1, prompt, stage="mid").vector)
+    # Token ids work as a prompt too.
+    ids = tiny.encode(prompt)
+    torch.testing.assert_close(LogitLens.residual(tiny, 1, ids, stage="mid").vector, resid.vector)
+
+
+def test_top_tokens_are_the_models_own_readout_when_b_U_is_nonzero(gpt2):
+    """GPT-2 style (LayerNorm, b_U ≠ 0): the lens ranks ln_final(v) @ W_U + b_U, not v @ W_U."""
+    assert float(gpt2.bridge.b_U.abs().max()) > 0.1
+    vecs = torch.randn(6, gpt2.d_model, generator=torch.Generator().manual_seed(4)) * 3
+    _, ids = LogitLens(k=5).top_ids(gpt2, vecs)
+    raw_differs = False
+    for i, v in enumerate(vecs.double()):
+        centred = v - v.mean()
+        normed = centred / torch.sqrt((centred * centred).mean() + float(gpt2.cfg.eps))
+        ref = normed @ gpt2.bridge.W_U.double() + gpt2.bridge.b_U.double()
+        assert ids[i].tolist() == torch.argsort(ref, descending=True)[:5].tolist()
+        raw_differs |= ids[i].tolist() != torch.argsort(v @ gpt2.bridge.W_U.double(), descending=True)[:5].tolist()
+    assert raw_differs, "on this model the raw v @ W_U ranking should differ somewhere"
+    # The final residual reads as the model's prediction.
+    comp = LogitLens.residual(gpt2, gpt2.n_layers - 1, "3+5=", stage="post")
+    assert LogitLens(k=1).top_tokens(gpt2, comp.vector[None])[0] == gpt2.predict(["3+5="])
 
 
 @pytest.mark.smollm2

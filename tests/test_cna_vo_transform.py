@@ -1,7 +1,8 @@
-"""VOTransform (Table 7) and HiddenInterpretable (Table 8)."""
+"""VOTransform (Table 7) and HiddenInterpretable (Table 8): brute force, the cache, bad input."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,7 +117,13 @@ def test_scan_counts_match_literal(tiny):
             assert row["n_concepts"] == max(per_layer.values())
             assert per_layer[row["best_attn_layer"]] == row["n_concepts"]
             assert row["direct_concepts"] == _literal_count(tiny, v, 10, tagger)
-    assert scan.plot() is not None
+    assert list(scan.top(3)["n_concepts"]) == sorted(scan.df["n_concepts"], reverse=True)[:3]
+    fig = scan.plot()
+    # One bar trace per concept-count bucket present; bars sum to every scanned neuron.
+    buckets = {str(min(c, 5)) if c < 5 else "5+" for c in scan.df["n_concepts"]}
+    assert {t.name for t in fig.data} == buckets
+    assert sum(sum(t.y) for t in fig.data) == len(scan.df)
+    assert fig.layout.xaxis.title.text == "FFN layer" and "neurons" in fig.layout.yaxis.title.text
 
 
 def test_scan_respects_attn_layers_and_distinct(tiny):
@@ -171,8 +178,39 @@ def test_hidden_interpretable_matches_explicit_ablation(tiny):
     assert df[(df["M"] == 0) & (df["neuron_set"] == "hidden")]["accuracy_decrease"].iloc[0] > 0
     table = result.table()
     assert list(table.columns) == ["", "M=0", "M=1", "M=2", "M=3"]
-    assert result.plot() is not None
+    fig = result.plot()
+    assert [t.name for t in fig.data] == ["hidden", "random"]
+    assert list(fig.data[0].y) == list(df[df["neuron_set"] == "hidden"]["accuracy_decrease"])
+    assert fig.layout.yaxis.title.text == "accuracy decrease (%)"
     assert_untouched(tiny, snap, hooks)
+
+
+def test_hidden_interpretable_reads_the_clean_pass_off_a_cache(tiny):
+    prompts = [f"{a}+{b}=" for a in range(6) for b in (1, 4)]
+    data = _prediction_cases(tiny, prompts)
+    vo = VOTransform(upto_layer=2, attn_layers=[2], k=10, progress=False)
+    scan = vo.scan(tiny)
+    hi = HiddenInterpretable(ms=(1, 2), transform=vo, random_control=False, progress=False)
+    alone = hi.run(tiny, data, scan=scan)
+    cache = tiny.cache(data, names=[hi], memo=False)
+    tiny.clear_cache()
+    calls = [0]
+    handle = tiny.bridge.embed.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    try:
+        given = hi.run(tiny, data, cache=cache, scan=scan)
+    finally:
+        handle.remove()
+    # One pass per non-empty neuron set, none for the clean predictions.
+    n_sets = sum(bool(scan.neuron_set(m)) for m in (1, 2))
+    assert calls[0] == n_sets
+    assert alone.df.equals(given.df)
+    # only_correct keeps the cases the cache says are answered correctly.
+    wrong = ArithmeticDataset([Case(c.prompt, "x", "x", tiny.encode("x")[0], c.input_ids, (tiny.encode("x")[0],)) for c in data[:3]])
+    mixed = ArithmeticDataset.concat(data, wrong)
+    res = hi.run(tiny, mixed, scan=scan, only_correct=True)
+    assert (res.df["n_cases"] == len(data)).all() and (res.df["baseline_accuracy"] == 1.0).all()
+    with pytest.raises(ValueError, match="other cases"):
+        hi.run(tiny, mixed, cache=cache, scan=scan)
 
 
 def test_random_sets_seeded_and_in_layers(tiny):
@@ -215,12 +253,62 @@ def test_direct_vs_transformed(tiny):
     assert best.loc[0, "attn layer"] == 2  # FFN layer 1 is only read by attention 2
     counts = [int(vo.concept_counts(tiny, LogitLens.embedding(tiny, "5").vector[None], layer=a)[0]) for a in range(3)]
     assert best.loc[1, "attn layer"] == counts.index(max(counts))
-    assert result.plot() is not None
+    # A figure, not the table again: concept counts per item, direct and transformed.
+    fig = result.plot()
+    assert [t.type for t in fig.data] == ["bar", "bar"]
+    assert list(fig.data[0].x) == list(table["item"])
+    assert list(fig.data[0].y) == list(table["origin concepts"]) and list(fig.data[1].y) == list(table["transform concepts"])
+    assert fig.layout.yaxis.title.text == "concept tokens of 5" and fig.layout.xaxis.title.text.startswith("item")
+
+
+def test_transform_top_tokens_are_the_models_readout_when_b_U_is_nonzero():
+    """GPT-2 style (LayerNorm, b_U ≠ 0): Table 7 and the scan rank ln_final(T v) @ W_U + b_U."""
+    from arithlens.testing import tiny_gpt2
+
+    gpt2 = tiny_gpt2()
+    vo = VOTransform(upto_layer=1, k=10, progress=False)
+    result = vo.run(gpt2, [(0, 4), "7"], layer=1, k=6)
+    tagger = NumberConceptTagger()
+
+    def ranking(v):
+        v = v.double()
+        c = v - v.mean()
+        normed = c / torch.sqrt((c * c).mean() + float(gpt2.cfg.eps))
+        return torch.argsort(normed @ gpt2.bridge.W_U.double() + gpt2.bridge.b_U.double(), descending=True)
+
+    for item, vec in (("0_4", gpt2.bridge.W_out[0, 4]), ("word '7'", gpt2.bridge.W_E[gpt2.encode("7")[0]])):
+        for view, v in (("direct", vec), ("transformed", vo.transform(gpt2, vec, 1)[0])):
+            rows = result.df[(result.df["item"] == item) & (result.df["view"] == view)].sort_values("rank")
+            assert list(rows["token_id"]) == ranking(v)[:6].tolist()
+    scan = vo.scan(gpt2)
+    for n in range(0, gpt2.d_mlp, 11):
+        t = vo.transform(gpt2, gpt2.bridge.W_out[0, n], 1)[0]
+        expected = sum(tagger(gpt2.decode([int(i)])) is not None for i in ranking(t)[:10])
+        assert int(scan.counts[0, n, 1]) == expected
 
 
 def test_bad_input_raises(tiny):
-    with pytest.raises(ValueError, match="M=-1"):
+    with pytest.raises(ValueError, match="ms item=-1"):
         HiddenInterpretable(ms=(-1,))
+    with pytest.raises(ValueError, match="ms='3'"):
+        HiddenInterpretable(ms="3")
+    assert HiddenInterpretable(ms=np.int64(2), progress=False).ms == [2]
+    with pytest.raises(ValueError, match="position"):
+        HiddenInterpretable(position="end")
+    with pytest.raises(ValueError, match="batch_size=-1"):
+        HiddenInterpretable(batch_size=-1)
+    with pytest.raises(ValueError, match="transform"):
+        HiddenInterpretable(transform="vo")
+    with pytest.raises(ValueError, match="target"):
+        HiddenInterpretable(progress=False).run(tiny, ["3+5="], scan=VOTransform(upto_layer=2, k=10, progress=False).scan(tiny))
+    with pytest.raises(ValueError, match="empty dataset"):
+        HiddenInterpretable(progress=False).run(tiny, [])
+    with pytest.raises(ValueError, match="k='50'"):
+        VOTransform(k="50")
+    with pytest.raises(ValueError, match="distinct"):
+        VOTransform(distinct="no")
+    with pytest.raises(ValueError, match="attn_layers='2'"):
+        VOTransform(attn_layers="2")
     with pytest.raises(ValueError, match="exceeds k"):
         HiddenInterpretable(ms=(0, 60), transform=VOTransform(k=50))
     with pytest.raises(ValueError, match="rule"):

@@ -2,140 +2,86 @@
 
 Four stages from input to prediction, each located on one prompt (e.g. "3+5=" → "8"):
 
-1. **feature enhancing** (§4.4) — shallow FFN neurons (layers below the arithmetic head)
-   on the earlier positions, ranked by the inner product of their *attention-transformed*
-   subvalue with the PE-DAG root's key. The transform is the attention layers'
-   value-output circuit carrying position ``p`` to the last position::
-
-       T(l, k, p) = m_k(p) · Σ_{l < l' ≤ l_root} Σ_h A^{l'h}[last, p] / σ1^{l'}(p) · fc2_k W_V^{l'h} W_O^{l'h}
-       score      = T(l, k, p) · ∇_x m_root
-
-   (``A``: attention pattern, ``σ1``: the ``ln1`` scale at ``p`` — compatibility mode
-   folds the norm weight into ``W_V``; ``∇_x m_root = (silu'(g) u W_gate[:, r] + silu(g)
-   W_in[:, r]) / σ2`` is the root's SwiGLU key at its activation — the same first-order
-   "drive" as the PE-DAG edges). ``top_tokens`` are those of ``T`` projected by ``W_U``.
+1. **feature enhancing** (§4.4) — shallow FFN neurons (layers below the arithmetic head
+   and the PE-DAG root) on the earlier positions, ranked by the inner product of their
+   *attention-transformed* subvalue `T(l, k, p)` with the PE-DAG root's key — the
+   attention layers' value-output circuit carrying position `p` to the last position, and
+   the same first-order "drive" as the PE-DAG edges
+   ([`drive`][arithlens.cna.drive] has the formulas). `top_tokens` are those of `T` read
+   through the final norm and unembedding
+   ([`readout.top_token_ids`][arithlens.readout.top_token_ids]).
 2. **feature transferring** — for every layer up to the head's, the attention weight
    from the last position to each earlier position (mean over heads), and the §4.1
-   importance of the layer's whole attention output at the last position.
-3. **feature predicting** (§4.2) — the arithmetic head (score: the drop of ``log p(w)``
-   when it is zeroed) and the deep neurons with the largest CNA importance change under
-   that ablation.
+   importance of the layer's whole attention output at the last position (frozen-scale
+   readout, [`arithlens.readout`][arithlens.readout]).
+3. **feature predicting** (§4.2) — the arithmetic head (score: the drop of `log p(w)`
+   when the intervention is applied) and the deep neurons with the largest CNA
+   importance change under it.
 4. **prediction enhancing** (§4.3) — the PE-DAG among those neurons.
 
-Example::
+Every stage reads one clean `positions="all"`
+[`ActivationCache`][arithlens.cache.ActivationCache] (given, or built in one pass) and the
+CNA result (given as `cna=`, or computed — one pass under the intervention).
 
+Example:
+    ```python
     import arithlens
     from arithlens.cna import LogicChain
+    from arithlens.interventions import ZeroHead
 
     model = arithlens.load_model()
-    chain = LogicChain(head=(17, 2)).run(model, "3+5=")
+    chain = LogicChain(ZeroHead(17, 2)).run(model, "3+5=")
+    chain.table()     # one row per stage: its strongest components
     chain.df          # stage, layer, position, token, neuron, head, score, measure, top_tokens
-    chain.plot()
+    chain.plot()      # the four stages, layers along x
+    ```
 """
 
 from __future__ import annotations
 
+import numbers
+import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Sequence
 
 import einops
 import pandas as pd
 import torch
-from jaxtyping import Float
 
-from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeResult
-from arithlens.cna.importance import check_head_arg, check_k, collect, layer_scores, token_lists
-from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
-from arithlens.cna.vo_transform import head_ov
-from arithlens.interventions import ZeroHead
+from arithlens import names, readout, validate
+from arithlens.cache import ActivationCache
+from arithlens.cna.config import CNAConfig, make_config
+from arithlens.cna.logit_lens import top_token_lists
+from arithlens.cna.mask_keep import _clean_cache, _start, check_cna, comparative, resolve_intervention
+from arithlens.cna.drive import position_activations, position_hooks, root_key, shallow_scores, transformed_vector
+from arithlens.cna.inputs import neuron_label
+from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG, _dag_hooks
 from arithlens.results import Result
 
+if TYPE_CHECKING:
+    from arithlens.cna.comparative import ComparativeResult
+
 STAGES = ("feature enhancing", "feature transferring", "feature predicting", "prediction enhancing")
-_COLUMNS = ["stage", "layer", "position", "token", "neuron", "head", "score", "measure", "top_tokens"]
+COLUMNS = ["stage", "layer", "position", "token", "neuron", "head", "score", "measure", "top_tokens"]
 
 
-@torch.no_grad()
-def _positions(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every-position activations of one prompt: coefficients, ln1 scales, last-query attention."""
-    L = model.n_layers
-    pos = tokens.shape[1]
-    out = {
-        "post": torch.empty(L, pos, model.d_mlp),
-        "ln1": torch.empty(L, pos),
-        "attn": torch.empty(L, model.n_heads, pos),
-    }
-
-    def grab(kind: str, layer: int):
-        def fn(act: torch.Tensor, hook: Any) -> None:
-            if kind == "post":
-                out[kind][layer] = act[0].detach().float().cpu()
-            elif kind == "ln1":
-                out[kind][layer] = act[0, :, 0].detach().float().cpu()
-            else:  # pattern [batch, head, query, key]: the last query's row
-                out[kind][layer] = act[0, :, -1, :].detach().float().cpu()
-
-        return fn
-
-    hooks = []
-    for layer in range(L):
-        hooks += [
-            (f"blocks.{layer}.mlp.hook_post", grab("post", layer)),
-            (f"blocks.{layer}.ln1.hook_scale", grab("ln1", layer)),
-            (f"blocks.{layer}.attn.hook_pattern", grab("attn", layer)),
-        ]
-    with model.hooked(hooks):
-        model.last_logits(tokens)
-    return out
+def _chain_hooks(model: Any) -> set[str]:
+    """Every-position hooks of stages 1 and 2, and the last-position ones of stage 2."""
+    return position_hooks(model) | {h for L in range(model.n_layers) for h in (names.resid_pre(L), names.attn_out(L))}
 
 
-def root_key(model: Any, acts: Any, root: tuple[int, int]) -> Float[torch.Tensor, "d_model"]:
-    """``∇_x m_root`` at the root's activation (last position of case 0)."""
-    lr, r = root
-    W_gate = model.bridge.W_gate[lr, :, r].detach().float().cpu()
-    W_in = model.bridge.W_in[lr, :, r].detach().float().cpu()
-    sigma = acts.ln2_scale[0, lr]
-    x_hat = acts.resid_mid[0, lr] / sigma
-    g, u = x_hat @ W_gate, x_hat @ W_in
-    sig = torch.sigmoid(g)
-    return (sig * (1 + g * (1 - sig)) * u * W_gate + g * sig * W_in) / sigma
-
-
-@torch.no_grad()
-def shallow_scores(
-    model: Any, pos_acts: dict[str, torch.Tensor], key: torch.Tensor, root_layer: int, layers: list[int]
-) -> Float[torch.Tensor, "layer pos d_mlp"]:
-    """Feature-enhancing score of every shallow neuron at every earlier position (module doc)."""
-    dev = model.device
-    W_out = model.bridge.W_out.detach().float()
-    n_pos = pos_acts["post"].shape[1] - 1  # earlier positions only
-    key = key.to(dev)
-    # E[l'][p] = Σ_h A[l',h,last,p]/σ1[l',p] · W_V W_O key: each attention layer's carried direction.
-    E = torch.zeros(model.n_layers, n_pos, model.d_model, device=dev)
-    for lp in range(root_layer + 1):
-        W_V, W_O = head_ov(model, lp)
-        e = einops.einsum(W_V, W_O, key, "head m dh, head dh n, n -> head m")
-        weight = pos_acts["attn"][lp, :, :n_pos].to(dev) / pos_acts["ln1"][lp, :n_pos].to(dev)  # [head, pos]
-        E[lp] = torch.einsum("hp,hm->pm", weight, e)
-    out = torch.zeros(len(layers), n_pos, model.d_mlp)
-    for i, layer in enumerate(layers):
-        carried = E[layer + 1 : root_layer + 1].sum(0)  # attention layers after this FFN
-        out[i] = (pos_acts["post"][layer, :n_pos].to(dev) * (carried @ W_out[layer].T)).cpu()
-    return out
-
-
-@torch.no_grad()
-def transformed_vector(
-    model: Any, pos_acts: dict[str, torch.Tensor], layer: int, neuron: int, position: int, root_layer: int
-) -> Float[torch.Tensor, "d_model"]:
-    """``T(l, k, p)``: the neuron's subvalue carried to the last position by attention layers ``l+1 … l_root``."""
-    fc2 = model.bridge.blocks[layer].mlp.W_out[neuron].detach().float()
-    total = torch.zeros(model.d_model, device=fc2.device)
-    for lp in range(layer + 1, root_layer + 1):
-        W_V, W_O = head_ov(model, lp)
-        heads = einops.einsum(fc2, W_V, W_O, "m, head m dh, head dh n -> head n")
-        weight = pos_acts["attn"][lp, :, position].to(fc2) / pos_acts["ln1"][lp, position].to(fc2)
-        total += torch.einsum("h,hn->n", weight, heads)
-    return total * float(pos_acts["post"][layer, position, neuron])
+# ---------------------------------------------------------------------------- result
+def _label(row: Any) -> str:
+    """The plot's and table's name of one stage row."""
+    if row.stage == STAGES[0]:
+        return f"{neuron_label(row.layer, row.neuron)}@{row.token!r}"
+    if row.stage == STAGES[1]:
+        return f"attn {int(row.layer)}"
+    if pd.notna(row.head):
+        return f"head {int(row.layer)}.{int(row.head)}"
+    if row.stage == STAGES[3]:
+        return f"{row.measure.split()[-1]} → {neuron_label(row.layer, row.neuron)}"
+    return neuron_label(row.layer, row.neuron)
 
 
 @dataclass
@@ -143,171 +89,265 @@ class LogicChainResult(Result):
     """The four stages of one case.
 
     Attributes:
-        df: ``stage, layer, position, token, neuron, head, score, measure, top_tokens``;
-            ``measure`` says what ``score`` is (``root_drive``, ``attention_weight``,
-            ``attn_importance``, ``logprob_drop``, ``importance_change``, ``relative_drive``).
-        cna, dag: The comparative scores and PE-DAG behind stages 3 and 4.
+        df: `stage, layer, position, token, neuron, head, score, measure, top_tokens`;
+            `measure` says what `score` is (`root_drive`, `attention_weight`,
+            `attn_importance`, `logprob_drop`, `importance_change`, `relative_drive from …`).
+        prompt: The prompt's text.
+        prediction: The scored token `w` (the model's prediction, or the answer).
+        head: The arithmetic head `(layer, head)`.
+        root: The PE-DAG root `(layer, neuron)` that stage 1 is scored against.
+        empty: Per stage with no row, why (e.g. no FFN layer below the root).
+        n_layers: The model's layer count (the plot's layer axis).
+        cna: The comparative scores behind stage 3.
+        dag: The PE-DAG behind stage 4.
     """
 
     prompt: str = ""
     prediction: str = ""
     head: tuple[int, int] = (0, 0)
     root: tuple[int, int] = (0, 0)
-    cna: ComparativeResult | None = field(repr=False, default=None)
+    empty: dict[str, str] = field(default_factory=dict)
+    n_layers: int = 0
+    cna: "ComparativeResult | None" = field(repr=False, default=None)
     dag: DAGResult | None = field(repr=False, default=None)
 
     def stage(self, name: str) -> pd.DataFrame:
-        if name not in STAGES:
-            raise ValueError(f"stage {name!r} is not one of {STAGES}")
+        """The rows of one stage."""
+        validate.choice(name, "stage", STAGES)
         return self.df[self.df["stage"] == name].reset_index(drop=True)
 
+    def top(self, k: int = 5) -> pd.DataFrame:
+        """The `k` highest-scoring rows of each stage (stage 2: its attention importances)."""
+        k = validate.positive_int(k, "k")
+        parts = []
+        for s in STAGES:
+            part = self.stage(s)
+            if s == STAGES[1]:
+                part = part[part["measure"] == "attn_importance"]
+            parts.append(part.sort_values("score", ascending=False, kind="stable").head(k))
+        return pd.concat(parts, ignore_index=True)
+
+    def table(self, k: int = 3) -> pd.DataFrame:
+        """Fig. 1 as a table: one row per stage with its `k` strongest components and what scores them."""
+        top = self.top(k)
+        rows = []
+        for s in STAGES:
+            part = top[top["stage"] == s]
+            rows.append({
+                "stage": s,
+                "components": ", ".join(_label(r) for r in part.itertuples()) if len(part) else f"none ({self.empty.get(s, 'no row')})",
+                "measure": ", ".join(dict.fromkeys(m.split(" from ")[0] for m in part["measure"])),
+            })  # fmt: skip
+        return pd.DataFrame(rows)
+
     def plot(self, **kwargs: Any) -> Any:
-        """One figure: stages as rows, layers along x; markers sized by score, DAG edges drawn."""
+        """The four stages as stacked panels sharing the layer axis.
+
+        Stages 1, 3 and 4 place each component at its layer (x) and rank within the stage
+        (y), labelled; stage 2 is the attention output's importance per layer (bars); the
+        PE-DAG's edges are arrows in stage 4. A stage with nothing found says so.
+        """
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        fig = go.Figure()
-        colors = dict(zip(STAGES, ("#2ca02c", "#1f77b4", "#d62728", "#9467bd")))
-        y_of = {s: i for i, s in enumerate(STAGES)}
-        fe = self.stage("feature enhancing")
-        ft = self.stage("feature transferring")
-        ft = ft[ft["measure"] == "attn_importance"]
-        fp = self.stage("feature predicting")
-        pe = self.dag.nodes if self.dag is not None else pd.DataFrame(columns=["layer", "neuron", "score"])
-
-        def add(df: pd.DataFrame, stage: str, labels: list[str], jitter: bool = True) -> dict:
-            if df.empty:
-                return {}
-            ys, seen = [], {}
-            for L in df["layer"]:
-                seen[L] = seen.get(L, -1) + 1
-                ys.append(y_of[stage] + (0.12 * seen[L] if jitter else 0))
-            size = 8 + 22 * (df["score"].abs() / max(1e-9, float(df["score"].abs().max())))
-            fig.add_trace(go.Scatter(
-                x=list(df["layer"]), y=ys, mode="markers+text", text=labels, textposition="top center",
-                marker={"size": list(size), "color": colors[stage]}, name=stage,
-                hovertext=[f"{m}: {s:.3f}" for m, s in zip(df.get("measure", ["score"] * len(df)), df["score"])],
-            ))  # fmt: skip
-            neurons = df["neuron"] if "neuron" in df else [None] * len(df)
-            return {(int(L), int(n)): (int(L), y) for L, n, y in zip(df["layer"], neurons, ys) if pd.notna(n)}
-
-        add(fe, STAGES[0], [f"{int(r.layer)}_{int(r.neuron)}@{r.token!r}" for r in fe.itertuples()])
-        add(ft, STAGES[1], [f"attn {int(r.layer)}" for r in ft.itertuples()], jitter=False)
-        add(fp, STAGES[2], [f"{int(r.layer)}.{int(r.head)}" if pd.notna(r.head) else f"{int(r.layer)}_{int(r.neuron)}" for r in fp.itertuples()])
-        pos = add(pe, STAGES[3], [f"{int(r.layer)}_{int(r.neuron)}" for r in pe.itertuples()])
-        if self.dag is not None:
-            for e in self.dag.df.itertuples():
-                a, b = pos.get((e.src_layer, e.src_neuron)), pos.get((e.dst_layer, e.dst_neuron))
-                if a and b:
-                    fig.add_annotation(x=b[0], y=b[1], ax=a[0], ay=a[1], xref="x", yref="y", axref="x", ayref="y",
-                                       showarrow=True, arrowhead=2, arrowcolor="#9467bd", opacity=0.6)  # fmt: skip
-        fig.update_layout(
-            title=f"Logic chain of {self.prompt!r} → {self.prediction!r} (head {self.head[0]}.{self.head[1]}, root {self.root[0]}_{self.root[1]})",
-            xaxis_title="layer",
-            yaxis={"tickvals": list(range(4)), "ticktext": list(STAGES)},
-            showlegend=False,
-            height=520,
-            **kwargs,
+        ranked = {
+            STAGES[0]: self.stage(STAGES[0]).sort_values("score", ascending=False),
+            STAGES[2]: self.stage(STAGES[2]),
+        }
+        dag_nodes = (
+            self.dag.nodes[self.dag.nodes["case"] == 0].sort_values("score", ascending=False)
+            if self.dag is not None and len(self.dag.nodes)
+            else pd.DataFrame(columns=["layer", "neuron", "score"])
         )
+        transfer = self.stage(STAGES[1])
+        transfer = transfer[transfer["measure"] == "attn_importance"]
+        sizes = [len(ranked[STAGES[0]]), 4, len(ranked[STAGES[2]]), len(dag_nodes)]
+        found = [len(self.stage(s)) for s in STAGES]
+        titles = [f"{i + 1}. {s}" + ("" if n else " — none found") for i, (s, n) in enumerate(zip(STAGES, found))]
+        fig = make_subplots(
+            rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles,
+            row_heights=[max(n, 2) for n in sizes],
+        )  # fmt: skip
+        colors = dict(zip(STAGES, ("#2ca02c", "#1f77b4", "#d62728", "#9467bd")))
+
+        def ranks(row: int, df: pd.DataFrame, labels: list[str], stage: str, hover: list[str]) -> None:
+            if df.empty:
+                return
+            size = 8 + 14 * (df["score"].abs() / max(1e-9, float(df["score"].abs().max())))
+            fig.add_trace(
+                go.Scatter(
+                    x=list(df["layer"]), y=list(range(1, len(df) + 1)), mode="markers+text", text=labels,
+                    textposition="middle right", cliponaxis=False, name=stage, hovertext=hover, hoverinfo="text",
+                    marker={"size": list(size), "color": colors[stage]},
+                ),
+                row=row, col=1,
+            )  # fmt: skip
+            fig.update_yaxes(autorange="reversed", showticklabels=False, title_text="rank", row=row, col=1)
+
+        fe = ranked[STAGES[0]]
+        ranks(1, fe, [_label(r) for r in fe.itertuples()], STAGES[0],
+              [f"{_label(r)}<br>{r.measure} {r.score:.3f}<br>{r.top_tokens}" for r in fe.itertuples()])  # fmt: skip
+        if len(transfer):
+            fig.add_trace(
+                go.Bar(x=list(transfer["layer"]), y=list(transfer["score"]), name=STAGES[1], marker_color=colors[STAGES[1]],
+                       hovertemplate="attention of layer %{x}<br>importance %{y:.3f} nats<extra></extra>"),
+                row=2, col=1,
+            )  # fmt: skip
+        fig.update_yaxes(title_text="Δ log p (nats)", row=2, col=1)
+        fp = ranked[STAGES[2]]
+        ranks(3, fp, [_label(r) for r in fp.itertuples()], STAGES[2],
+              [f"{_label(r)}<br>{r.measure} {r.score:.3f}" for r in fp.itertuples()])  # fmt: skip
+        dag_labels = [neuron_label(L, n) for L, n in zip(dag_nodes["layer"], dag_nodes["neuron"])]
+        ranks(4, dag_nodes, dag_labels, STAGES[3], [f"{lab}<br>score {s:.3f}" for lab, s in zip(dag_labels, dag_nodes["score"])])
+        if self.dag is not None and len(dag_nodes):
+            where = {(int(L), int(n)): (int(L), i + 1) for i, (L, n) in enumerate(zip(dag_nodes["layer"], dag_nodes["neuron"]))}
+            for e in self.dag.df[self.dag.df["case"] == 0].itertuples():
+                (xa, ya), (xb, yb) = where[(e.src_layer, e.src_neuron)], where[(e.dst_layer, e.dst_neuron)]
+                fig.add_annotation(x=xb, y=yb, ax=xa, ay=ya, xref="x4", yref="y4", axref="x4", ayref="y4", text="",
+                                   showarrow=True, arrowhead=2, arrowcolor=colors[STAGES[3]], opacity=0.6, standoff=6)  # fmt: skip
+        for i, (s, n) in enumerate(zip(STAGES, found)):
+            if not n:  # say why, inside the empty panel
+                why = "<br>".join(textwrap.wrap(self.empty.get(s, "no component"), 60))
+                low, high = fig.layout[f"yaxis{i + 1 if i else ''}"].domain
+                fig.add_annotation(text=why, xref="paper", yref="paper", x=0.5, y=(low + high) / 2,
+                                   showarrow=False, font={"size": 12, "color": "#555"})  # fmt: skip
+        fig.update_xaxes(range=[-0.7, self.n_layers + 1.0], dtick=1 if self.n_layers <= 16 else 2, showticklabels=True)
+        fig.update_xaxes(title_text="layer", row=4, col=1)
+        fig.update_layout(
+            title={"text": f"Logic chain of {self.prompt!r} → {self.prediction!r}: four stages<br><sup>head "
+                   f"{self.head[0]}.{self.head[1]} · PE-DAG root {neuron_label(*self.root)} · size: score</sup>"},
+            showlegend=False,
+            height=260 + 26 * sum(max(n, 2) for n in sizes),
+        )
+        fig.update_layout(**kwargs)
         return fig
 
 
+# ---------------------------------------------------------------------------- the analysis
 class LogicChain:
     """Fig. 1 for one prompt.
 
     Args:
-        head: The arithmetic head ``(layer, head)`` or ``"L.H"``.
+        intervention: The arithmetic head's ablation, `ZeroHead(layer, head)` (any
+            intervention with a `layer` and a `head`, e.g. `MeanHead`).
+        head: Shorthand for `intervention=ZeroHead(*head)`.
         k: Deep neurons in the feature-predicting stage (and PE-DAG nodes).
-        n_shallow: Shallow neurons in the feature-enhancing stage.
+        k_shallow: Shallow neurons in the feature-enhancing stage.
         shallow_layers: Layers searched for feature-enhancing neurons (default: below the
-            head's layer).
-        threshold: PE-DAG edge threshold (see :mod:`arithlens.cna.pe_dag`).
-        target: ``"prediction"`` or ``"answer"``.
-        top_tokens: Top tokens shown per neuron.
+            head's layer and the root's).
+        threshold: PE-DAG edge threshold (see [`pe_dag`][arithlens.cna.pe_dag]).
+        top_tokens: Top tokens shown per neuron (0: none).
+        config: How CNA scores neurons ([`CNAConfig`][arithlens.cna.config.CNAConfig]).
+        **options: `CNAConfig` fields given one by one (`mode="fast"`), overriding `config`'s.
     """
 
     def __init__(
         self,
+        intervention: Any = None,
+        *,
         head: Any = None,
         k: int = 10,
-        n_shallow: int = 10,
-        shallow_layers: list[int] | None = None,
+        k_shallow: int = 10,
+        shallow_layers: Sequence[int] | None = None,
         threshold: float = 0.05,
-        target: Literal["prediction", "answer"] = "prediction",
-        mode: Literal["exact", "fast"] = "exact",
         top_tokens: int = 10,
-        memory_budget: float = 1e9,
-        progress: bool = False,
+        config: CNAConfig | None = None,
+        **options: Any,
     ):
-        if head is None:
-            raise ValueError("LogicChain needs head=(layer, head): the arithmetic head of the feature-predicting stage")
-        self.head = head
-        self.k = check_k(k)
-        self.n_shallow = check_k(n_shallow, "n_shallow")
-        self.shallow_layers = shallow_layers
-        self.threshold = float(threshold)
-        self.target = target
-        self.mode = mode
-        self.top_tokens = int(top_tokens)
-        self.memory_budget = memory_budget
-        self.progress = progress
+        self.intervention = resolve_intervention(intervention, head)
+        if not all(isinstance(getattr(self.intervention, a, None), numbers.Integral) for a in ("layer", "head")):
+            raise ValueError(
+                f"intervention={self.intervention!r} must ablate one head (have a layer and a head), e.g. ZeroHead(17, 2)"
+            )
+        self.k = validate.positive_int(k, "k")
+        self.k_shallow = validate.positive_int(k_shallow, "k_shallow")
+        self.shallow_layers = None if shallow_layers is None else validate.int_sequence(shallow_layers, "shallow_layers", low=0)
+        self.threshold = validate.number(threshold, "threshold")
+        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
+        self.config = make_config(config, **options)
+
+    def _dag(self) -> PredictionEnhancingDAG:
+        return PredictionEnhancingDAG(
+            self.intervention, k=self.k, k_table=(), threshold=self.threshold, top_tokens=self.top_tokens, config=self.config
+        )
+
+    def hook_names(self, model: Any) -> set[str]:
+        """The clean hooks read (at every position): stages 1–2, the PE-DAG's and CNA's."""
+        return _chain_hooks(model) | _dag_hooks(model) | comparative(self.intervention, self.config).hook_names(model)
 
     @torch.no_grad()
-    def run(self, model: Any, prompt: Any, cna: ComparativeResult | None = None) -> LogicChainResult:
-        """Locate the four stages for ``prompt`` (``cna``: a precomputed comparison of it to reuse)."""
-        from arithlens.models import load_model
+    def run(
+        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+    ) -> LogicChainResult:
+        """Locate the four stages for one prompt.
 
-        model = load_model(model)
-        head = check_head_arg(model, self.head)
-        ids, _ = model._cases(prompt)
-        if len(ids) != 1:
-            raise ValueError(f"LogicChain explains one prompt; got {len(ids)}")
-        data = [prompt] if isinstance(prompt, str) else list(prompt)
-        tokens = torch.tensor([list(ids[0])], device=model.device)
-        strs = model.token_strs(ids[0])
-
-        cna = cna if cna is not None else ComparativeNeuronScores(
-            intervention=ZeroHead(*head), target=self.target, mode=self.mode, top_tokens=self.top_tokens,
-            top_k=self.k, memory_budget=self.memory_budget, progress=self.progress,
-        ).run(model, data)  # fmt: skip
-        dag = PredictionEnhancingDAG(k=self.k, ks=(), threshold=self.threshold, top_tokens=self.top_tokens).run(
-            model, data, scores=cna.importance_change
-        )
+        Args:
+            model: The model.
+            data: One prompt (or a one-case list or dataset).
+            cache: Its clean pass at every position holding this analysis's hooks
+                (`model.cache(prompt, names=[chain], positions="all")`); built when not given.
+            cna: CNA of the prompt under the same intervention, to reuse.
+        """
+        ds = _start(model, data, self.intervention)
+        if len(ds) != 1:
+            raise ValueError(f"LogicChain explains one prompt; got {len(ds)}")
+        head = (int(self.intervention.layer), int(self.intervention.head))
+        hooks = _chain_hooks(model) | _dag_hooks(model)
+        if cna is None:
+            hooks |= comparative(self.intervention, self.config).hook_names(model)
+        cache = _clean_cache(model, ds, cache, hooks, "all", self.config.batch_size)
+        if cna is None:
+            cna = comparative(self.intervention, self.config, self.top_tokens).run(model, ds, cache=cache)
+        cna = check_cna(cna, 1, model)
+        dag = self._dag().run(model, ds, cache=cache, cna=cna)
         root = dag.root(0)
-        acts = collect(model, data)
+        ids = list(ds[0].input_ids)
+        strs = model.token_strs(ids)
+        last = len(ids) - 1
+        pos_acts = position_activations(model, cache)
         rows: list[dict] = []
+        empty: dict[str, str] = {}
 
         # 1. feature enhancing
-        pos_acts = _positions(model, tokens)
         layers = (
-            [L for L in range(min(head[0], root[0]))] if self.shallow_layers is None
-            else [model.check_layer(int(L)) for L in self.shallow_layers if int(L) < root[0]]
+            list(range(min(head[0], root[0]))) if self.shallow_layers is None
+            else [model.check_layer(L, "shallow_layers item") for L in self.shallow_layers if L < root[0]]
         )  # fmt: skip
-        if layers and tokens.shape[1] > 1:
-            key = root_key(model, acts, root)
-            sc = shallow_scores(model, pos_acts, key, root[0], layers)  # [layer, pos, d_mlp]
+        if not layers:
+            empty[STAGES[0]] = f"no FFN layer to search below the root {neuron_label(*root)} and head {head[0]}.{head[1]}"
+        elif last == 0:
+            empty[STAGES[0]] = "a one-token prompt has no earlier position"
+        else:
+            sc = shallow_scores(model, pos_acts, root_key(model, cache, root), root[0], layers)  # [layer, pos, d_mlp]
             flat = einops.rearrange(sc, "l p n -> (l p n)")
-            top = flat.topk(min(self.n_shallow, flat.numel())).indices
+            top = flat.topk(min(self.k_shallow, flat.numel())).indices.tolist()
             n_pos = sc.shape[1]
-            for j in top.tolist():
+            found = []
+            for j in top:
                 li, rest = divmod(j, n_pos * model.d_mlp)
                 p, n = divmod(rest, model.d_mlp)
-                vec = transformed_vector(model, pos_acts, layers[li], n, p, root[0])
-                toks = ""
-                if self.top_tokens:
-                    toks = token_lists(model, (vec @ model.bridge.W_U.float()).topk(self.top_tokens).indices[None].cpu())[0]
-                rows.append(dict(stage=STAGES[0], layer=layers[li], position=p, token=strs[p], neuron=n, head=None,
-                                 score=float(flat[j]), measure="root_drive", top_tokens=toks))  # fmt: skip
+                found.append((layers[li], n, p, float(flat[j])))
+            toks = [""] * len(found)
+            if self.top_tokens and found:
+                vecs = torch.stack([transformed_vector(model, pos_acts, L, n, p, root[0]) for L, n, p, _ in found])
+                toks = top_token_lists(model, vecs, self.top_tokens)
+            for (L, n, p, s), t in zip(found, toks):
+                rows.append(dict(stage=STAGES[0], layer=L, position=p, token=strs[p], neuron=n, head=None,
+                                 score=s, measure="root_drive", top_tokens=t))  # fmt: skip
 
         # 2. feature transferring
-        w = cna.w
-        attn_imp, _ = layer_scores(model, acts, w)
-        last = tokens.shape[1] - 1
+        ro = readout.Readout(model)
+        w = cna.w[:1].to(ro.device)
+        scale = cache.final_scale[:1]
+        pre = cache.stack(names.resid_pre, range(model.n_layers))[0].float()
+        attn_out = cache.stack(names.attn_out, range(model.n_layers))[0].float()
         for L in range(head[0] + 1):
             for p in range(last):
                 rows.append(dict(stage=STAGES[1], layer=L, position=p, token=strs[p], neuron=None, head=None,
                                  score=float(pos_acts["attn"][L, :, p].mean()), measure="attention_weight", top_tokens=""))  # fmt: skip
+            gain = ro.logprob(pre[L][None] + attn_out[L][None], scale, w) - ro.logprob(pre[L][None], scale, w)
             rows.append(dict(stage=STAGES[1], layer=L, position=last, token=strs[last], neuron=None, head=None,
-                             score=float(attn_imp[0, L]), measure="attn_importance", top_tokens=""))  # fmt: skip
+                             score=float(gain[0]), measure="attn_importance", top_tokens=""))  # fmt: skip
 
         # 3. feature predicting
         drop = float(cna.logprob[0] - cna.logprob_other[0])
@@ -320,11 +360,12 @@ class LogicChain:
         # 4. prediction enhancing
         for e in dag.df.itertuples():
             rows.append(dict(stage=STAGES[3], layer=e.dst_layer, position=last, token=strs[last], neuron=e.dst_neuron,
-                             head=None, score=e.relative_drive, measure=f"relative_drive from {e.src_layer}_{e.src_neuron}",
+                             head=None, score=e.relative_drive, measure=f"relative_drive from {neuron_label(e.src_layer, e.src_neuron)}",
                              top_tokens=""))  # fmt: skip
-        df = pd.DataFrame(rows, columns=_COLUMNS)
-        df["neuron"] = df["neuron"].astype("Int64")
-        df["head"] = df["head"].astype("Int64")
+        if dag.df.empty:
+            empty[STAGES[3]] = f"no edge among the top {self.k} neurons reaches relative drive {self.threshold}"
+        df = pd.DataFrame(rows, columns=COLUMNS).astype({"neuron": "Int64", "head": "Int64"})
         return LogicChainResult(
-            df=df, prompt=model.decode(list(ids[0])), prediction=cna.w_str[0], head=head, root=root, cna=cna, dag=dag
+            df=df, prompt=ds[0].prompt, prediction=cna.w_str[0], head=head, root=root, empty=empty,
+            n_layers=model.n_layers, cna=cna, dag=dag,
         )

@@ -1,100 +1,139 @@
 """Prediction-enhancing DAG among deep FFN neurons — Yu & Ananiadou §4.3, Table 6.
 
-Among a case's top-K neurons (CNA's ``importance_change`` when ``head`` is given, else
-the §4.1 importance), a lower neuron ``a`` (layer ``l_a``) *enhances* an upper neuron
-``b`` (layer ``l_b > l_a``) when its FFN value ``fc2_a = W_out[l_a, a]`` lies along
-``b``'s FFN key. A SwiGLU neuron has two key rows, the gate row ``W_gate[l_b][:, b]`` and
-the up row ``W_in[l_b][:, b]`` (compatibility mode has folded the pre-MLP RMSNorm weight
-into both: ``m_b = silu(x̂·W_gate[:, b]) · (x̂·W_in[:, b])`` with ``x̂ = resid_mid /
-σ_b``, ``σ_b`` the ``ln2`` scale — checked by the tests). The edge score combines both
-inner products exactly as they enter ``m_b``: the first-order change of ``b``'s
-coefficient caused by adding ``a``'s subvalue ``m_a fc2_a`` to the residual stream::
+Among a case's top-K neurons (CNA's `importance_change` when an intervention is given,
+else the §4.1 importance), a lower neuron `a` (layer `l_a`) *enhances* an upper neuron
+`b` (layer `l_b > l_a`) when its FFN value `fc2_a = W_out[l_a, a]` lies along `b`'s FFN
+key. The edge score is the first-order change of `b`'s coefficient `m_b` caused by adding
+`a`'s subvalue `m_a fc2_a` to the residual stream `b` reads, with `b`'s norm scale `σ_b`
+(the `ln2` scale) frozen:
 
-    gate_ip = fc2_a · W_gate[:, b]        up_ip = fc2_a · W_in[:, b]
-    drive   = (m_a / σ_b) · (silu'(g_b) · u_b · gate_ip + silu(g_b) · up_ip)
+    drive          = m_a · fc2_a · ∇_x m_b
     relative_drive = drive · sign(m_b) / |m_b|
 
-(``g_b``, ``u_b``: ``b``'s gate and up pre-activations at the last position).
-**"Large" is** ``relative_drive ≥ threshold`` (default 0.05): to first order, neuron
-``a`` alone grows ``b``'s coefficient magnitude by at least 5 %. Edges always point
-from a lower to a higher layer, so the graph is acyclic. Roots are nodes with outgoing
-but no incoming edges.
+with `∇_x m_b` from [`drive.neuron_keys`][arithlens.cna.drive.neuron_keys]. For a SwiGLU
+neuron (compatibility mode folds the pre-MLP norm's weight into both key rows — checked by
+the tests) the edge combines both inner products exactly as they enter `m_b`:
+
+    gate_ip = fc2_a · W_gate[:, b]        up_ip = fc2_a · W_in[:, b]
+    drive   = (m_a / σ_b) · (act'(g_b) · u_b · gate_ip + act(g_b) · up_ip)
+
+(`g_b`, `u_b`: `b`'s gate and up pre-activations at the last position); a plain MLP
+(GPT-2) has no `gate_ip` and `drive = (m_a / σ_b) · act'(u_b) · up_ip` (LayerNorm: with
+`fc2_a` centred). **"Large" is** `relative_drive ≥ threshold` (default 0.05): to first order, neuron `a`
+alone grows `b`'s coefficient magnitude by at least 5 %. Edges always point from a lower
+to a higher layer, so the graph is acyclic. Roots are nodes with outgoing but no incoming
+edges.
 
 Table 6: for each K, the lowest neuron among the top-K (the most important one in the
 lowest layer) is zeroed in the original model, and the decrease (%) of the *other* top-K
-neurons' coefficient scores is ``100 · Σ s_k (m_k − m'_k) / Σ |m_k|`` (``s_k =
-sign(m_k)``, as in :mod:`arithlens.cna.mask_keep`), averaged over cases.
+neurons' coefficient scores is `100 · Σ s_k (m_k − m'_k) / Σ |m_k|` (`s_k = sign(m_k)`,
+as in [`mask_keep`][arithlens.cna.mask_keep]), averaged over cases. Each K costs one
+forward pass; everything else is read off the clean
+[`ActivationCache`][arithlens.cache.ActivationCache] and the CNA result.
 
-Example::
-
+Example:
+    ```python
     import arithlens
     from arithlens.cna import PredictionEnhancingDAG
+    from arithlens.interventions import ZeroHead
 
     model = arithlens.load_model()
-    dag = PredictionEnhancingDAG(head=(17, 2), k=10).run(model, ["3+5="])
+    dag = PredictionEnhancingDAG(ZeroHead(17, 2), k=10).run(model, ["3+5="])
     dag.df            # edges: src_layer, src_neuron, dst_layer, dst_neuron, drive, ...
     dag.table()       # Table 6
-    dag.plot()        # the DAG, nodes by layer
+    dag.plot()        # the DAG of case 0: neurons by layer and rank, arrows lower → upper
+    ```
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import einops
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 
-from arithlens.cna.comparative import ComparativeNeuronScores, top_token_strings
-from arithlens.cna.importance import Activations, NeuronImportance, check_head_arg, check_k, check_ks, collect
-from arithlens.cna.mask_keep import coef_decrease
-from arithlens.interventions import CaseNeurons, ZeroHead
+from arithlens import names, validate
+from arithlens.cache import ActivationCache
+from arithlens.cna.config import CNAConfig, make_config
+from arithlens.cna.drive import neuron_keys
+from arithlens.cna.inputs import neuron_label
+from arithlens.cna.logit_lens import top_token_lists
+from arithlens.cna.mask_keep import (
+    TABLE_K,
+    _clean_cache,
+    _start,
+    check_cna,
+    coef_decrease,
+    comparative,
+    resolve_intervention,
+)
 from arithlens.results import Result
 
-_EDGE_COLUMNS = ["case", "src_layer", "src_neuron", "dst_layer", "dst_neuron", "gate_ip", "up_ip", "drive", "relative_drive"]
+if TYPE_CHECKING:
+    from arithlens.cna.comparative import ComparativeResult
+
+EDGE_COLUMNS = ["case", "src_layer", "src_neuron", "dst_layer", "dst_neuron", "gate_ip", "up_ip", "drive", "relative_drive"]
+
+
+def _dag_hooks(model: Any) -> set[str]:
+    layers = range(model.n_layers)
+    return {names.resid_mid(L) for L in layers} | {names.ln2_scale(L) for L in layers} | {names.post(L) for L in layers}
 
 
 @torch.no_grad()
-def edge_scores(
-    model: Any, acts: Activations, case: int, nodes: Sequence[tuple[int, int]]
-) -> pd.DataFrame:
-    """Every lower→upper pair among ``nodes`` with its inner products and drive (see module doc)."""
-    W_out = model.bridge.W_out.detach().float()
-    W_gate = model.bridge.W_gate.detach().float()
-    W_in = model.bridge.W_in.detach().float()
+def edge_scores(model: Any, cache: ActivationCache, case: int, nodes: Sequence[tuple[int, int]]) -> pd.DataFrame:
+    """Every lower→upper pair among `nodes` with its inner products and drive (module docstring).
+
+    `cache` holds the clean last-position `resid_mid`, `ln2` scale and `mlp.hook_post` of
+    every layer (any cache built with the DAG among its analyses).
+    """
+    if not nodes:
+        return pd.DataFrame(columns=EDGE_COLUMNS)
+    bridge = model.bridge
+    L = model.n_layers
+    post = cache.stack(names.post, range(L)).float()[case]
+    resid_mid = cache.stack(names.resid_mid, range(L)).float()[case]
+    ln2 = cache.stack(names.ln2_scale, range(L)).float()[case].reshape(L, -1)[:, 0]
+    dev = bridge.W_in.device
+    W_out = bridge.W_out.detach().float()
+    gated = bridge.W_gate is not None
+    keys = {}
+    for lb in sorted({lb for lb, _ in nodes}):
+        idx = torch.tensor([b for l_, b in nodes if l_ == lb])
+        for b, key in zip(idx.tolist(), neuron_keys(model, resid_mid[lb], ln2[lb], lb, idx)):
+            keys[(lb, b)] = key
     rows = []
     for la, a in nodes:
+        fc2 = W_out[la, a].to(dev)
+        m_a = float(post[la, a])
         for lb, b in nodes:
             if la >= lb:
                 continue
-            fc2 = W_out[la, a]
-            gate_ip = float(fc2 @ W_gate[lb, :, b])
-            up_ip = float(fc2 @ W_in[lb, :, b])
-            sigma = acts.ln2_scale[case, lb].to(fc2)
-            x_hat = acts.resid_mid[case, lb].to(fc2) / sigma
-            g, u = x_hat @ W_gate[lb, :, b], x_hat @ W_in[lb, :, b]
-            sig = torch.sigmoid(g)
-            dsilu = sig * (1 + g * (1 - sig))  # d/dg [g·sigmoid(g)]
-            m_a, m_b = float(acts.post[case, la, a]), float(acts.post[case, lb, b])
-            drive = m_a / float(sigma) * float(dsilu * u * gate_ip + g * sig * up_ip)
+            gate_ip = float(fc2 @ bridge.W_gate[lb, :, b].float()) if gated else float("nan")
+            up_ip = float(fc2 @ bridge.W_in[lb, :, b].float())
+            drive = m_a * float(fc2 @ keys[(lb, b)])
+            m_b = float(post[lb, b])
             rel = drive * (1.0 if m_b >= 0 else -1.0) / max(abs(m_b), 1e-12)
             rows.append((case, la, a, lb, b, gate_ip, up_ip, drive, rel))
-    return pd.DataFrame(rows, columns=_EDGE_COLUMNS)
+    return pd.DataFrame(rows, columns=EDGE_COLUMNS)
 
 
+# ---------------------------------------------------------------------------- result
 @dataclass
 class DAGResult(Result):
     """PE-DAGs of each case and Table 6.
 
     Attributes:
-        df: Edges ``case, src_layer, src_neuron, dst_layer, dst_neuron, gate_ip, up_ip,
-            drive, relative_drive`` with ``relative_drive ≥ threshold``.
+        df: Edges `case, src_layer, src_neuron, dst_layer, dst_neuron, gate_ip, up_ip,
+            drive, relative_drive` with `relative_drive ≥ threshold`.
         pairs: Every lower→upper pair scored (edges and non-edges).
-        nodes: ``case, layer, neuron, score, coef, is_root, top_tokens`` — each case's top-K.
-        table6: ``k, lowest_layer, lowest_neuron`` (of case 0), ``coef_decrease`` (mean %).
-        threshold: The edge threshold on ``relative_drive``.
+        nodes: `case, layer, neuron, score, coef, is_root, top_tokens` — each case's top-K.
+        table6: `k, lowest_layer, lowest_neuron` (of case 0), `coef_decrease` (mean %), `n`.
+        threshold: The edge threshold on `relative_drive`.
+        coef_per_case: `{k: [case]}` coefficient decreases (%) behind `table6`.
     """
 
     pairs: pd.DataFrame = field(repr=False, default=None)
@@ -103,8 +142,13 @@ class DAGResult(Result):
     threshold: float = 0.05
     coef_per_case: dict[int, torch.Tensor] = field(repr=False, default_factory=dict)
 
+    def _case(self, case: Any) -> int:
+        n = int(self.nodes["case"].max()) + 1 if len(self.nodes) else 0
+        return validate.integer(case, "case", low=0, high=max(n - 1, 0))
+
     def roots(self, case: int = 0) -> pd.DataFrame:
-        n = self.nodes[self.nodes["case"] == case]
+        """The roots of one case's DAG (outgoing edges, no incoming), most important first."""
+        n = self.nodes[self.nodes["case"] == self._case(case)]
         return n[n["is_root"]].sort_values("score", ascending=False)
 
     def root(self, case: int = 0) -> tuple[int, int]:
@@ -112,115 +156,157 @@ class DAGResult(Result):
         r = self.roots(case)
         if len(r):
             return int(r.iloc[0]["layer"]), int(r.iloc[0]["neuron"])
-        n = self.nodes[self.nodes["case"] == case]
+        n = self.nodes[self.nodes["case"] == self._case(case)]
         low = n[n["layer"] == n["layer"].min()].sort_values("score", ascending=False)
         return int(low.iloc[0]["layer"]), int(low.iloc[0]["neuron"])
 
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The `k` strongest edges (largest `relative_drive`) over all cases."""
+        k = validate.positive_int(k, "k")
+        return self.df.sort_values("relative_drive", ascending=False, kind="stable").head(k).reset_index(drop=True)
+
     def table(self) -> pd.DataFrame:
-        """Table 6: one row ``coef``, columns ``top{K}`` (decrease %, mean over cases)."""
+        """Table 6: one row `coef`, columns `top{K}` (decrease %, mean over cases)."""
         row = {f"top{int(k)}": round(float(v), 1) for k, v in zip(self.table6["k"], self.table6["coef_decrease"])}
         return pd.DataFrame([row], index=["coef"])
 
     def plot(self, case: int = 0, **kwargs: Any) -> Any:
-        """The DAG of one case: nodes at their layer, edges as arrows lower → upper."""
+        """The DAG of one case: each node at its layer (x) and score rank (y), arrows lower → upper."""
         import plotly.graph_objects as go
 
-        nodes = self.nodes[self.nodes["case"] == case].reset_index(drop=True)
+        case = self._case(case)
+        nodes = self.nodes[self.nodes["case"] == case].sort_values("score", ascending=False).reset_index(drop=True)
         edges = self.df[self.df["case"] == case]
-        # Spread nodes of one layer horizontally so labels don't overlap.
-        xs: dict[tuple[int, int], float] = {}
-        for layer, part in nodes.groupby("layer"):
-            for j, r in enumerate(part.itertuples()):
-                xs[(r.layer, r.neuron)] = j - (len(part) - 1) / 2
+        where = {(int(r.layer), int(r.neuron)): (int(r.layer), i + 1) for i, r in enumerate(nodes.itertuples())}
         fig = go.Figure()
         for e in edges.itertuples():
-            a, b = (e.src_layer, e.src_neuron), (e.dst_layer, e.dst_neuron)
+            (xa, ya), (xb, yb) = where[(e.src_layer, e.src_neuron)], where[(e.dst_layer, e.dst_neuron)]
             fig.add_annotation(
-                x=xs[b], y=b[0], ax=xs[a], ay=a[0], xref="x", yref="y", axref="x", ayref="y",
+                x=xb, y=yb, ax=xa, ay=ya, xref="x", yref="y", axref="x", ayref="y", text="",
                 showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1 + 2 * min(1.0, e.relative_drive),
-                arrowcolor="#888", opacity=0.8,
+                arrowcolor="#888", opacity=0.8, standoff=8,
             )  # fmt: skip
+        labels = [neuron_label(r.layer, r.neuron) for r in nodes.itertuples()]
+        hover = [f"{lab}<br>score {s:.3f}<br>coef {c:.3f}" + (f"<br>{t}" if t else "")
+                 for lab, s, c, t in zip(labels, nodes["score"], nodes["coef"], nodes.get("top_tokens", [""] * len(nodes)))]  # fmt: skip
         fig.add_trace(
             go.Scatter(
-                x=[xs[(r.layer, r.neuron)] for r in nodes.itertuples()],
-                y=nodes["layer"],
+                x=[where[k][0] for k in where],
+                y=[where[k][1] for k in where],
                 mode="markers+text",
-                text=[f"{r.layer}_{r.neuron}" for r in nodes.itertuples()],
+                text=labels,
                 textposition="middle right",
-                marker={"size": 14, "color": nodes["score"], "colorscale": "Reds", "line": {"width": 2, "color": ["black" if r else "white" for r in nodes["is_root"]]}},
-                hovertext=nodes.get("top_tokens", None),
-                hovertemplate="%{text}<br>score %{marker.color:.3f}<br>%{hovertext}<extra></extra>",
+                cliponaxis=False,
+                marker={
+                    "size": 14, "color": nodes["score"], "colorscale": "Reds", "showscale": True,
+                    "colorbar": {"title": "score"},
+                    "line": {"width": 2, "color": ["black" if r else "white" for r in nodes["is_root"]]},
+                },  # fmt: skip
+                hovertext=hover,
+                hoverinfo="text",
+                name="neurons",
             )
         )
+        lo, hi = (int(nodes["layer"].min()), int(nodes["layer"].max())) if len(nodes) else (0, 1)
         fig.update_layout(
-            title=f"Prediction-enhancing DAG (case {case}; edge: relative drive ≥ {self.threshold})",
-            xaxis={"visible": False}, yaxis_title="layer", showlegend=False, **kwargs,
-        )  # fmt: skip
+            title={"text": f"Prediction-enhancing DAG, case {case}"
+                   f"<br><sup>arrow: relative drive ≥ {self.threshold} · black ring: a root · colour: score</sup>"},
+            xaxis={"title": "layer", "range": [lo - 0.7, hi + 1.6], "dtick": 1},
+            yaxis={"title": "rank by score (1 = most important)", "autorange": "reversed", "dtick": 1},
+            showlegend=False,
+            height=220 + 32 * max(len(nodes), 1),
+        )
+        fig.update_layout(**kwargs)
         return fig
 
 
+# ---------------------------------------------------------------------------- the analysis
 class PredictionEnhancingDAG:
     """§4.3: edges among each case's top-K neurons, and Table 6.
 
     Args:
-        head: Arithmetic head ``(layer, head)``: rank neurons by CNA ``importance_change``
-            under its ablation (the paper). ``None``: rank by the §4.1 importance.
+        intervention: Rank neurons by CNA `importance_change` under this intervention
+            (the paper: `ZeroHead(layer, head)`, the arithmetic head zeroed). `None`:
+            rank by the §4.1 importance.
+        head: Shorthand for `intervention=ZeroHead(*head)`.
         k: Nodes per case in the DAG.
-        ks: Table 6's K values (``()`` to skip Table 6).
-        threshold: Edge iff ``relative_drive ≥ threshold`` (see module doc).
-        target, mode, memory_budget, batch_size, progress: as for CNA.
+        k_table: Table 6's K values (`()` to skip Table 6).
+        threshold: Edge iff `relative_drive ≥ threshold` (module docstring).
+        top_tokens: Top tokens listed per node (0: none).
+        config: How neurons are scored ([`CNAConfig`][arithlens.cna.config.CNAConfig]).
+        **options: `CNAConfig` fields given one by one (`mode="fast"`), overriding `config`'s.
     """
 
     def __init__(
         self,
+        intervention: Any = None,
+        *,
         head: Any = None,
         k: int = 10,
-        ks: Sequence[int] = (99, 50, 30, 20, 10),
+        k_table: int | Sequence[int] = TABLE_K,
         threshold: float = 0.05,
-        target: Literal["prediction", "answer"] = "prediction",
-        mode: Literal["exact", "fast"] = "exact",
-        memory_budget: float = 1e9,
         top_tokens: int = 10,
-        batch_size: int | None = None,
-        progress: bool = False,
+        config: CNAConfig | None = None,
+        **options: Any,
     ):
-        self.head = head
-        self.k = check_k(k)
-        self.ks = check_ks(ks) if len(tuple(ks)) else ()
-        self.threshold = float(threshold)
-        self.args = dict(target=target, mode=mode, memory_budget=memory_budget, batch_size=batch_size, progress=progress)
-        self.top_tokens = int(top_tokens)
-        self.batch_size = batch_size
+        self.intervention = resolve_intervention(intervention, head, required=False)
+        self.k = validate.positive_int(k, "k")
+        self.k_table = validate.int_sequence(k_table, "k_table", low=1, allow_empty=True)
+        self.threshold = validate.number(threshold, "threshold")
+        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
+        self.config = make_config(config, **options)
 
-    def ranking(self, model: Any, data: Any) -> tuple[Float[torch.Tensor, "case layer d_mlp"], Activations]:
-        """Per-case neuron scores used to pick the top-K, and the clean activations."""
-        acts = collect(model, data, (), self.batch_size)
-        if self.head is None:
-            sc = NeuronImportance(top_tokens=0, **self.args).run(model, data)
-            return sc.importance, acts
-        head = check_head_arg(model, self.head)
-        cna = ComparativeNeuronScores(intervention=ZeroHead(*head), top_tokens=0, **self.args).run(model, data)
-        return cna.importance_change, acts
+    def _scorer(self) -> Any:
+        if self.intervention is not None:
+            return comparative(self.intervention, self.config)
+        from arithlens.cna.importance import NeuronImportance
+
+        return NeuronImportance(config=self.config, top_tokens=0)
+
+    def hook_names(self, model: Any) -> set[str]:
+        """The clean hooks read: the edges' activations and the ranking's (CNA or importance)."""
+        return _dag_hooks(model) | self._scorer().hook_names(model)
+
+    def ranking(
+        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+    ) -> Float[torch.Tensor, "case layer d_mlp"]:
+        """Per-case neuron scores the top-K come from: CNA's `importance_change`, or the importance."""
+        if cna is not None:
+            if self.intervention is None:
+                raise ValueError("cna= needs intervention=: without one the DAG ranks neurons by their §4.1 importance")
+            from arithlens.data import as_dataset
+
+            return check_cna(cna, len(as_dataset(data, model.tokenizer)), model).importance_change
+        if self.intervention is None:
+            scores = self._scorer().run(model, data, cache=cache).importance
+        else:
+            scores = self._scorer().run(model, data, cache=cache).importance_change
+        return validate.check_finite(scores, "the neuron scores")
 
     @torch.no_grad()
-    def run(self, model: Any, data: Any, scores: torch.Tensor | None = None) -> DAGResult:
-        """Build each case's DAG and Table 6 (``scores``: a precomputed ``[case, layer, d_mlp]`` ranking)."""
-        from arithlens.models import load_model
+    def run(
+        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+    ) -> DAGResult:
+        """Build each case's DAG and Table 6.
 
-        model = load_model(model)
-        if scores is None:
-            scores, acts = self.ranking(model, data)
-        else:
-            acts = collect(model, data, (), self.batch_size)
-            if tuple(scores.shape) != (len(acts), model.n_layers, model.d_mlp):
-                raise ValueError(f"scores shape {tuple(scores.shape)} must be [{len(acts)}, {model.n_layers}, {model.d_mlp}]")
+        Args:
+            model: The model.
+            data: Prompts or cases ([`as_dataset`][arithlens.data.as_dataset]).
+            cache: The clean pass of `data` holding this analysis's hooks
+                (`model.cache(data, names=[analysis])`); built when not given.
+            cna: CNA of `data` under the same intervention, to reuse.
+        """
+        ds = _start(model, data, self.intervention)
+        hooks = _dag_hooks(model) | (self._scorer().hook_names(model) if cna is None else set())
+        cache = _clean_cache(model, ds, cache, hooks, "last", self.config.batch_size)
+        scores = self.ranking(model, ds, cache=cache, cna=cna)
         flat = einops.rearrange(scores, "c l n -> c (l n)")
-        n_cases = flat.shape[0]
+        post = cache.stack(names.post, range(model.n_layers)).float()
         node_rows, pair_frames = [], []
-        for i in range(n_cases):
+        for i in range(flat.shape[0]):
             idx = flat[i].topk(min(self.k, flat.shape[1])).indices
             nodes = [(int(j) // model.d_mlp, int(j) % model.d_mlp) for j in idx]
-            pairs = edge_scores(model, acts, i, nodes)
+            pairs = edge_scores(model, cache, i, nodes)
             pair_frames.append(pairs)
             edges = pairs[pairs["relative_drive"] >= self.threshold]
             has_in = set(zip(edges["dst_layer"], edges["dst_neuron"]))
@@ -228,24 +314,29 @@ class PredictionEnhancingDAG:
             for L, n in nodes:
                 node_rows.append({
                     "case": i, "layer": L, "neuron": n, "score": float(scores[i, L, n]),
-                    "coef": float(acts.post[i, L, n]), "is_root": (L, n) in has_out and (L, n) not in has_in,
+                    "coef": float(post[i, L, n]), "is_root": (L, n) in has_out and (L, n) not in has_in,
                 })  # fmt: skip
         nodes_df = pd.DataFrame(node_rows)
         if self.top_tokens:
             uniq = list(dict.fromkeys(zip(nodes_df["layer"], nodes_df["neuron"])))
-            toks = dict(zip(uniq, top_token_strings(model, uniq, self.top_tokens)))
-            nodes_df["top_tokens"] = [toks[(L, n)] for L, n in zip(nodes_df["layer"], nodes_df["neuron"])]
-        pairs_df = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame(columns=_EDGE_COLUMNS)
+            vecs = torch.stack([model.bridge.blocks[L].mlp.W_out[n].detach() for L, n in uniq])
+            toks = dict(zip(uniq, top_token_lists(model, vecs, self.top_tokens)))
+            nodes_df = nodes_df.assign(top_tokens=[toks[(L, n)] for L, n in zip(nodes_df["layer"], nodes_df["neuron"])])
+        pairs_df = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame(columns=EDGE_COLUMNS)
         edges_df = pairs_df[pairs_df["relative_drive"] >= self.threshold].reset_index(drop=True)
-        table6, per_case = self._table6(model, data, flat, acts)
+        table6, per_case = self._table6(model, ds, flat, post)
         return DAGResult(
             df=edges_df, pairs=pairs_df, nodes=nodes_df, table6=table6, threshold=self.threshold, coef_per_case=per_case
         )
 
-    def _table6(self, model: Any, data: Any, flat: torch.Tensor, acts: Activations) -> tuple[pd.DataFrame, dict]:
+    def _table6(
+        self, model: Any, ds: Any, flat: torch.Tensor, post: Float[torch.Tensor, "case layer d_mlp"]
+    ) -> tuple[pd.DataFrame, dict]:
+        from arithlens.interventions import CaseNeurons
+
         rows, per_case = [], {}
-        ids, _ = model._cases(data)
-        for k in self.ks:
+        shape = dict(l=model.n_layers)
+        for k in self.k_table:
             top = flat.topk(min(k, flat.shape[1]), dim=-1).indices  # [case, k]
             layer_of, score = top // model.d_mlp, flat.gather(1, top)
             # Lowest layer first, then the largest score within it.
@@ -257,10 +348,12 @@ class PredictionEnhancingDAG:
             others = torch.zeros_like(flat, dtype=torch.bool)
             others.scatter_(1, top, True)
             others &= ~zero
-            shape = dict(l=model.n_layers)
             inter = CaseNeurons(einops.rearrange(zero, "c (l n) -> c l n", **shape), mode="zero")
-            after = collect(model, ids, [inter], self.batch_size)
-            dec = coef_decrease(acts.post, after.post, einops.rearrange(others, "c (l n) -> c l n", **shape))
+            after = model.cache(
+                ds, names=[names.post(L) for L in range(model.n_layers)], interventions=[inter],
+                batch_size=self.config.batch_size, memo=False,
+            )  # fmt: skip
+            dec = coef_decrease(post, after.stack(names.post, range(model.n_layers)).float(), einops.rearrange(others, "c (l n) -> c l n", **shape))
             per_case[k] = dec
             rows.append({
                 "k": k, "lowest_layer": int(lowest[0]) // model.d_mlp, "lowest_neuron": int(lowest[0]) % model.d_mlp,
