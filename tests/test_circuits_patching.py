@@ -10,6 +10,7 @@ from arithlens import data
 from arithlens.circuits import Counterfactual, PathPatching
 from arithlens.circuits.counterfactual import locate, token_roles
 from arithlens.circuits.path_patching import MLP
+from arithlens.names import Node
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,8 @@ def _naive_path_logit(model, ref, cf, target, node, r=None, c=None):
     def set_z(L):
         def fn(z, hook):
             z[:] = r[("z", L)]
-            if node[0] == L and node[1] != MLP:
-                z[:, -1, node[1]] = c[("z", L)][:, -1, node[1]]
+            if node.layer == L and not node.is_mlp:
+                z[:, -1, node.head] = c[("z", L)][:, -1, node.head]
             return z
 
         return fn
@@ -95,7 +96,7 @@ def _naive_path_logit(model, ref, cf, target, node, r=None, c=None):
     def set_mlp(L):
         def fn(x, hook):
             x[:] = r[("mlp", L)]
-            if node == (L, MLP):
+            if node == Node(L):
                 x[:, -1] = c[("mlp", L)][:, -1]
             return x
 
@@ -110,8 +111,8 @@ def _naive_path_logit(model, ref, cf, target, node, r=None, c=None):
 def _naive_activation_logit(model, ref, cf, target, node, all_positions, r=None, c=None):
     c = c or _capture(model, cf)
     pos = slice(None) if all_positions else slice(-1, None)
-    L, h = node
-    if h == MLP:
+    L, h = node.layer, node.head
+    if node.is_mlp:
         name = f"blocks.{L}.hook_mlp_out"
 
         def fn(x, hook):
@@ -156,7 +157,7 @@ def test_path_patching_equals_literal_algorithm_1(tiny, pairs):
     assert torch.allclose(torch.tensor(result.df["effect"].to_numpy()).float(), result.effects.mean(1), atol=1e-6)
 
 
-@pytest.mark.parametrize("position", ["end", "all"])
+@pytest.mark.parametrize("position", ["last", "all"])
 def test_activation_patching_equals_naive_loop(tiny, cases, position):
     pairs = Counterfactual().run(tiny, [c for c in cases if c.template == 3])
     snap, n_hooks = model_state(tiny)
@@ -179,25 +180,29 @@ def test_top_plot_and_by(tiny, pairs):
     result = PathPatching(progress=False).run(tiny, pairs)
     top = result.top(3)
     mags = result.df["effect"].abs().sort_values(ascending=False).to_numpy()
-    got = [abs(result.df.loc[result.nodes.index(n), "effect"]) for n in top]
+    assert list(top["effect"].abs()) == pytest.approx(mags[:3])
+    nodes = result.top_nodes(3)
+    assert [n.name for n in nodes] == list(top["name"])
+    got = [abs(result.df.loc[result.nodes.index(n), "effect"]) for n in nodes]
     assert got == pytest.approx(mags[:3])
-    assert all(n[1] == MLP for n in result.top(2, kind="mlp"))
+    assert all(n.is_mlp for n in result.top_nodes(2, kind="mlp"))
+    assert set(result.top(2, kind="head")["kind"]) == {"head"}
     assert set(result.by("op")["op"]) == {"+", "-"}
     fig = result.plot()
     assert fig.data[0].z.shape == (tiny.n_layers, tiny.n_heads + 1)
 
 
 def test_patching_bad_input(tiny, pairs):
-    with pytest.raises(ValueError, match="method 'direct'"):
+    with pytest.raises(ValueError, match="method='direct'"):
         PathPatching(method="direct")
-    with pytest.raises(ValueError, match="position 'last'"):
-        PathPatching(position="last")
-    with pytest.raises(ValueError, match="layer 9 is out of range"):
+    with pytest.raises(ValueError, match="position='end' was renamed: use position='last'"):
+        PathPatching(position="end")
+    with pytest.raises(ValueError, match="layer=9 is out of range"):
         PathPatching(nodes=[(9, 0)]).run(tiny, pairs)
-    with pytest.raises(ValueError, match="head 7 is out of range"):
+    with pytest.raises(ValueError, match="head=7 is out of range"):
         PathPatching(nodes=[(0, 7)]).run(tiny, pairs)
-    with pytest.raises(ValueError, match="head index or 'mlp'"):
-        PathPatching(nodes=[(0, "attn")]).run(tiny, pairs)
+    with pytest.raises(ValueError, match="head='attn' must be an integer"):
+        PathPatching(nodes=[(0, "attn")])
 
 
 @pytest.mark.smollm2
@@ -212,6 +217,6 @@ def test_smollm2_patching_few_pairs(smollm2):
     # one literal Algorithm-1 check on a late head and the last MLP (no downstream nodes)
     ref, cf = torch.tensor([pairs.reference_ids[0]]), torch.tensor([pairs.counterfactual_ids[0]])
     target = int(pairs.target_ids[0])
-    for node in [(29, MLP), (28, 3)]:
+    for node in [Node(29), Node(28, 3)]:
         k = result.nodes.index(node)
         assert math.isclose(float(result.logit_p[k, 0]), _naive_path_logit(smollm2, ref, cf, target, node), rel_tol=1e-3, abs_tol=1e-3)

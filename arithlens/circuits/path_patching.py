@@ -1,48 +1,52 @@
 """Key-component identification by path patching — Zhang et al. (ICML 2024) §4.1, Algorithm 1.
 
 Nodes are every attention head (query-head granularity: on GQA models one query head,
-not its shared KV group) and every MLP layer. For each reference / counterfactual pair
-(:mod:`~arithlens.circuits.counterfactual`) and each node ``n`` the node's output at the
-END position (the last prompt token) is replaced by its output on the counterfactual
-``X_c`` and the ground-truth token's logit is read:
+not its shared KV group) and every MLP layer, as [`Node`][arithlens.names.Node]s. For each
+reference / counterfactual pair ([`counterfactual`][arithlens.circuits.counterfactual])
+and each node `n` the node's output at the END position (the last prompt token) is
+replaced by its output on the counterfactual `X_c` and the ground-truth token's logit is
+read:
 
     s_n = (logit_p - logit_o) / logit_o,    effect_n = mean over pairs of s_n
 
-``logit_o`` is the reference logit of the ground-truth token ``C`` (the case's target;
-the model's prediction where a prompt has none) and ``logit_p`` the patched one.
+`logit_o` is the reference logit of the ground-truth token `C` (the case's target; the
+model's prediction where a prompt has none) and `logit_p` the patched one.
 
-Two definitions of "patched" (``method``):
+Two definitions of "patched" (`method`):
 
-* ``"path"`` (default; Algorithm 1 literally: ``A'_r(n) <- A_c(n)``, ``A'_r(k) <-
-  A_r(k)`` for every other node ``k``): every other node's output is *frozen* at its
-  reference value, so the change reaches the logits only along the direct path from
-  the patched node through the residual stream; the final norm is recomputed. This
-  equals adding ``(out_c(n) - out_r(n))`` to the reference's final residual at END
-  (``out`` = ``z_h @ W_O[h]`` for a head, ``hook_mlp_out`` for an MLP), which is how it
-  is computed: two forwards per batch of pairs, then one vectorised norm + unembedding
-  of the target column for all nodes. Patching every position instead of END gives
-  the same number here (later nodes are frozen), so ``position`` does not matter.
-* ``"activation"``: plain activation patching: downstream nodes recompute from the
-  patched residual (total effect through every path). The forward restarts at the
-  patched layer from the cached reference residual (``start_at_layer``), with all
-  heads and the MLP of a layer patched in one forward over replicas stacked
-  node-by-pair. ``position="all"`` patches the node's output at every position
-  (the pairs align token by token), ``"end"`` at END only.
+* `"path"` (default; Algorithm 1 literally: `A'_r(n) <- A_c(n)`, `A'_r(k) <- A_r(k)` for
+  every other node `k`): every other node's output is *frozen* at its reference value, so
+  the change reaches the logits only along the direct path from the patched node through
+  the residual stream; the final norm is recomputed. This equals adding
+  `(out_c(n) - out_r(n))` to the reference's final residual at END (`out` = `z_h @ W_O[h]`
+  for a head, `hook_mlp_out` for an MLP), which is how it is computed: two forwards per
+  batch of pairs, then one vectorised norm + unembedding of the target column for all
+  nodes. Patching every position instead of END gives the same number here (later nodes
+  are frozen), so `position` does not matter.
+* `"activation"`: plain activation patching: downstream nodes recompute from the patched
+  residual (total effect through every path). The forward restarts at the patched layer
+  from the reference residual and runs only the blocks from there on
+  ([`arithlens.forward`][arithlens.forward]), with all heads and the MLP of a layer
+  patched in one forward over replicas stacked node-by-pair. `position="all"` patches the
+  node's output at every position (the pairs align token by token), `"last"` at END only.
 
-Logits are the bridge's (compatibility mode centres the unembedding, so a logit is the
-HF logit minus its mean over the vocabulary; the paper's ratio is taken on these).
-``logit_change`` (``logit_p - logit_o``, no division) is also reported, and with
-``logprobs=True`` ``logprob_change`` (the target's log-probability; for ``"path"`` this
-costs a full-vocabulary unembedding per node and pair): the ratio is unstable when
-``logit_o`` is near zero.
+`estimate="attribution"` (attribution patching; Nanda 2023, Kramár et al. 2024) estimates
+every node's `logit_p - logit_o` to first order from the gradient of the target logit
+(through the final norm for `"path"`; one forward and one backward pass per batch for
+`"activation"`) times the node's change `out_c - out_r`, then re-scores the top `rescore`
+nodes by `|effect|` exactly. Rows still estimated are marked `estimated`. It pays off
+for `"activation"` (one forward per layer of nodes saved); exact `"path"` patching already
+costs two forwards per batch, so there the estimate only adds work (it is offered for
+symmetry and for the agreement measurement).
 
-TransformerLens's :mod:`transformer_lens.patching` (``generic_activation_patch``)
-implements the ``"activation"`` definition with one forward per patched index; here the
-nodes of a layer share one batched forward instead (the tests check both definitions
-against a literal per-node, per-pair loop of hooks).
+Logits are the bridge's (compatibility mode centres the unembedding, so a logit is the HF
+logit minus its mean over the vocabulary; the paper's ratio is taken on these).
+`logit_change` (`logit_p - logit_o`, no division) is also reported, and with
+`logprobs=True` `logprob_change` (for `"path"` this costs a full-vocabulary unembedding
+per node and pair): the ratio is unstable when `logit_o` is near zero.
 
-Example::
-
+Example:
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import PathPatching
@@ -51,8 +55,10 @@ Example::
     cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
                             forms=["numeral"], n_per_op=10)
     result = PathPatching().run(model, cases)    # builds the counterfactual pairs
-    result.top(5)                                 # strongest nodes by |effect|
+    result.top(5)                                 # strongest nodes by |effect| (a DataFrame)
+    result.top_nodes(5)                           # the same as a list of Node
     result.plot()                                 # layers x (heads + MLP) heatmap
+    ```
 """
 
 from __future__ import annotations
@@ -61,55 +67,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import einops
+import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
+from arithlens import attribution, forward, names, validate
+from arithlens.attribution import ESTIMATES, Agreement
+from arithlens.circuits._nodes import all_nodes, as_node, parse_nodes
 from arithlens.circuits.counterfactual import CounterfactualPairs, as_pairs
+from arithlens.names import Node
+from arithlens.readout import Readout
 from arithlens.results import Result
 
 MLP = "mlp"
-Node = tuple[int, Any]  # (layer, head index) or (layer, "mlp")
 METHODS = ("path", "activation")
-POSITIONS = ("end", "all")
 
 
-def node_label(node: Node) -> str:
-    """``'L.H'`` for a head, ``'L.mlp'`` for an MLP."""
-    return f"{node[0]}.{node[1]}"
+def node_label(node: Any) -> str:
+    """`'L.H'` for a head, `'MLP L'` for an MLP (the node's [`name`][arithlens.names.Node.name])."""
+    return as_node(node).name
 
 
-def check_nodes(model: Any, nodes: Sequence[Node] | None) -> list[Node]:
-    """Validate nodes; default every head and every MLP, in layer order (heads, then MLP)."""
+def check_nodes(model: Any, nodes: Any | None) -> list[Node]:
+    """Nodes checked against `model`; default every head and every MLP, in layer order (heads, then MLP).
+
+    A node is a [`Node`][arithlens.names.Node], `"L.H"`, `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
+    """
     if nodes is None:
-        return [(L, h) for L in range(model.n_layers) for h in [*range(model.n_heads), MLP]]
-    out = []
-    for node in nodes:
-        if not isinstance(node, (tuple, list)) or len(node) != 2:
-            raise ValueError(f"node {node!r} is not (layer, head) or (layer, 'mlp')")
-        L, h = node
-        if h == MLP:
-            out.append((model.check_layer(int(L)), MLP))
-        elif isinstance(h, int) or (hasattr(h, "__index__") and not isinstance(h, str)):
-            out.append(model.check_head(int(L), int(h)))
-        else:
-            raise ValueError(f"node {node!r}: the second entry must be a head index or 'mlp'")
-    if not out:
-        raise ValueError("no nodes to patch: nodes is empty")
-    return out
-
-
-def target_logits(
-    model: Any, resid: Float[torch.Tensor, "... d_model"], target: Int[torch.Tensor, "..."]
-) -> Float[torch.Tensor, "..."]:
-    """The model's logit of ``target`` for each residual vector: final norm, then one W_U column."""
-    normed = model.bridge.ln_final(resid)
-    w = model.bridge.W_U[:, target.to(model.device)]  # [d_model, ...]
-    w = einops.rearrange(w, "d ... -> ... d")
-    logit = (normed * w).sum(-1)
-    b_u = getattr(model.bridge, "b_U", None)
-    return logit + b_u[target.to(model.device)] if b_u is not None else logit
+        return all_nodes(model)
+    return [n.check(model) for n in parse_nodes(nodes, "nodes")]
 
 
 @dataclass
@@ -117,58 +105,102 @@ class PathPatchingResult(Result):
     """Causal effect of every node.
 
     Attributes:
-        df: One row per node: ``layer, node`` (head index as text, or ``"mlp"``),
-            ``kind`` (head / mlp), ``head`` (-1 for an MLP), ``effect`` (mean ``s_n``),
-            ``effect_sem``, ``logit_change``, ``logprob_change``, ``n`` (pairs).
-        nodes: The nodes, in ``df`` order.
-        effects: ``s_n`` per node and pair, ``[node, pair]``.
+        df: One row per node: `layer, node` (head index as text, or `"mlp"`), `name`
+            (`"L.H"` / `"MLP L"`), `kind` (head / mlp), `head` (-1 for an MLP), `effect`
+            (mean `s_n`), `effect_sem`, `logit_change`, `logprob_change` (with
+            `logprobs=True`), `n` (pairs), `estimated` (an attribution estimate, not
+            re-scored); in attribution mode `effect_estimate` holds every node's estimate.
+        nodes: The nodes, in `df` order.
+        effects: `s_n` per node and pair, `[node, pair]`.
         logit_o: Reference logit of the ground-truth token per pair.
-        logit_p: Patched logit per node and pair.
+        logit_p: Patched logit per node and pair (estimated where not exact).
+        logprob_o: Reference log-prob of the ground-truth token per pair.
+        logprob_p: Patched log-prob per node and pair (`None` without `logprobs`; `NaN` where estimated).
+        exact: `[node]` whether the node was computed exactly.
+        estimated_effects: `[node, pair]` the attribution estimate of `s_n` (`None` when exact).
         pairs: The counterfactual pairs used.
+        method: `"path"` or `"activation"`.
+        position: `"last"` or `"all"`.
+        estimate: `"exact"` or `"attribution"`.
+        n_layers: Layers of the model.
+        n_heads: Query heads per layer of the model.
     """
 
     nodes: list[Node] = field(default_factory=list)
-    effects: torch.Tensor = field(default=None, repr=False)
-    logit_o: torch.Tensor = field(default=None, repr=False)
-    logit_p: torch.Tensor = field(default=None, repr=False)
-    logprob_o: torch.Tensor = field(default=None, repr=False)
-    logprob_p: torch.Tensor = field(default=None, repr=False)
+    effects: Float[torch.Tensor, "node pair"] = field(default=None, repr=False)
+    logit_o: Float[torch.Tensor, "pair"] = field(default=None, repr=False)
+    logit_p: Float[torch.Tensor, "node pair"] = field(default=None, repr=False)
+    logprob_o: Float[torch.Tensor, "pair"] = field(default=None, repr=False)
+    logprob_p: Float[torch.Tensor, "node pair"] | None = field(default=None, repr=False)
+    exact: Bool[torch.Tensor, "node"] = field(default=None, repr=False)
+    estimated_effects: Float[torch.Tensor, "node pair"] | None = field(default=None, repr=False)
     pairs: CounterfactualPairs = field(default=None, repr=False)
     method: str = "path"
-    position: str = "end"
+    position: str = "last"
+    estimate: str = "exact"
     n_layers: int = 0
     n_heads: int = 0
 
-    def top(self, n: int = 10, kind: str | None = None, by: str = "effect") -> list[Node]:
-        """The ``n`` nodes with the largest ``|by|`` (optionally only heads or only MLPs)."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        if kind not in (None, "head", MLP):
-            raise ValueError(f"kind {kind!r} is not None, 'head' or 'mlp'")
+    def _ranked(self, k: int, kind: str | None, by: str) -> pd.DataFrame:
+        k = validate.positive_int(k, "k")
+        kind = validate.choice(kind, "kind", (None, "head", MLP))
+        numeric = [c for c in ("effect", "logit_change", "logprob_change", "effect_estimate") if c in self.df]
+        by = validate.choice(by, "by", numeric)
         df = self.df if kind is None else self.df[self.df["kind"] == kind]
-        order = df[by].abs().sort_values(ascending=False, kind="stable").index[:n]
-        return [self.nodes[i] for i in order]
+        # Exact rows first (an attribution sweep's re-scored nodes), each part by |by|.
+        order = df.assign(_key=df[by].abs()).sort_values(["estimated", "_key"], ascending=[True, False], kind="stable")
+        return order.drop(columns="_key").head(k)
+
+    def top(self, k: int = 10, kind: str | None = None, by: str = "effect") -> pd.DataFrame:
+        """The `k` rows of `df` with the largest `|by|` (optionally only `"head"` or `"mlp"` nodes).
+
+        In attribution mode the exactly re-scored nodes rank before the estimated ones.
+        """
+        return self._ranked(k, kind, by)
+
+    def top_nodes(self, k: int = 10, kind: str | None = None, by: str = "effect") -> list[Node]:
+        """The nodes of [`top`][arithlens.circuits.path_patching.PathPatchingResult.top], as [`Node`][arithlens.names.Node]s."""
+        return [self.nodes[i] for i in self._ranked(k, kind, by).index]
 
     def by(self, column: str = "op") -> pd.DataFrame:
-        """Mean effect per node and value of a pair label (e.g. ``op``)."""
-        labels = self.pairs.df[column].astype(str).to_numpy() if self.pairs is not None else []
+        """Mean effect per node and value of a pair label (e.g. `op`)."""
+        if self.pairs is None or column not in self.pairs.df:
+            raise ValueError(f"column={column!r} is not a label of the pairs; choose from {list(self.pairs.df.columns) if self.pairs is not None else []}")
+        labels = self.pairs.df[column].astype(str).to_numpy()
         frames = []
         for value in dict.fromkeys(labels):
             idx = torch.tensor((labels == value).nonzero()[0].tolist())
-            frame = self.df[["layer", "node", "kind", "head"]].copy()
+            frame = self.df[["layer", "node", "name", "kind", "head"]].copy()
             frame[column] = value
             frame["effect"] = self.effects[:, idx].mean(1).numpy()
             frame["n"] = len(idx)
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
+    def agreement(self, exact_result: "PathPatchingResult", k: int = 10) -> Agreement:
+        """Rank agreement (by `|effect|`) of this attribution result with `exact_result`, the exact run on the same pairs and nodes."""
+        if self.estimated_effects is None:
+            raise ValueError("agreement compares an attribution result (estimate='attribution') with an exact one; this result is exact")
+        if not isinstance(exact_result, PathPatchingResult) or exact_result.estimated_effects is not None:
+            raise ValueError("exact_result must be the PathPatchingResult of an exact run (estimate='exact')")
+        if set(exact_result.nodes) != set(self.nodes) or exact_result.effects.shape != self.effects.shape:
+            raise ValueError("exact_result must patch the same nodes over the same pairs as this result")
+        where = {n: i for i, n in enumerate(exact_result.nodes)}
+        true = exact_result.effects[torch.tensor([where[n] for n in self.nodes])]
+        mean = lambda e: e.mean(1).nan_to_num(0.0).numpy()  # noqa: E731
+        return attribution.agreement(mean(self.estimated_effects), mean(true), mean(self.effects), k, rank_by=np.abs)
+
     def plot(self, value: str = "effect", **kwargs: Any) -> Any:
-        """Heatmap over layers x (heads, MLP) of ``value``."""
+        """Heatmap over layers x (heads, MLP) of `value`."""
         import plotly.graph_objects as go
 
+        numeric = [c for c in ("effect", "effect_sem", "logit_change", "logprob_change", "effect_estimate") if c in self.df]
+        value = validate.choice(value, "value", numeric)
         cols = [str(h) for h in range(self.n_heads)] + [MLP]
-        grid = self.df.pivot_table(index="layer", columns="node", values=value).reindex(columns=cols)
-        vmax = float(self.df[value].abs().max()) or 1.0
+        grid = self.df.pivot_table(index="layer", columns="node", values=value, dropna=False).reindex(columns=cols)
+        vmax = float(self.df[value].abs().max())
+        vmax = vmax if vmax == vmax and vmax > 0 else 1.0
+        label = value.replace("_", " ")
         fig = go.Figure(
             go.Heatmap(
                 z=grid.values,
@@ -177,14 +209,16 @@ class PathPatchingResult(Result):
                 zmin=-vmax,
                 zmax=vmax,
                 colorscale="RdBu_r",
-                colorbar={"title": value},
-                hovertemplate="layer %{y} %{x}<br>" + value + " %{z:.4f}<extra></extra>",
+                colorbar={"title": label},
+                hovertemplate="layer %{y} %{x}<br>" + label + " %{z:.4f}<extra></extra>",
             )
         )
+        fig.update_xaxes(title_text="node (head or MLP)")
         fig.update_yaxes(title_text="layer", autorange="reversed")
+        kind = "Path" if self.method == "path" else "Activation"
         fig.update_layout(
-            title=f"{'Path' if self.method == 'path' else 'Activation'} patching: {value.replace('_', ' ')} "
-            f"(n={len(self.pairs) if self.pairs is not None else '?'} pairs)",
+            title=f"{kind} patching: {label} (n={len(self.pairs) if self.pairs is not None else '?'} pairs"
+            + (", attribution estimate with top nodes re-scored" if self.estimate != "exact" else "") + ")",
             height=max(350, 18 * self.n_layers + 120),
             **kwargs,
         )
@@ -195,146 +229,248 @@ class PathPatching:
     """Algorithm 1: the causal effect of every head and MLP on the ground-truth logit.
 
     Args:
-        method: ``"path"`` (others frozen at the reference: direct path to the logits,
-            Algorithm 1) or ``"activation"`` (downstream nodes recompute).
-        position: ``"end"`` (the paper) or ``"all"`` positions (activation patching only
-            differs; for ``"path"`` the two coincide).
-        nodes: ``(layer, head)`` / ``(layer, "mlp")`` nodes to patch (default all).
+        method: `"path"` (others frozen at the reference: direct path to the logits,
+            Algorithm 1) or `"activation"` (downstream nodes recompute).
+        position: `"last"` (END, the paper) or `"all"` positions (only activation patching
+            differs; for `"path"` the two coincide). `"end"` was renamed `"last"`.
+        nodes: Nodes to patch (default all): [`Node`][arithlens.names.Node]s, `"L.H"`,
+            `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
         batch_size: Pairs per forward.
         max_rows: Most (replica x pair) rows in one activation-patching forward.
-        logprobs: Also report ``logprob_change`` (always cheap for ``"activation"``).
+        logprobs: Also report `logprob_change` (always cheap for `"activation"`).
+        estimate: `"exact"` (default) or `"attribution"` (every node estimated from
+            gradients, the top `rescore` by `|effect|` re-scored exactly).
+        rescore: Nodes re-scored exactly in attribution mode (0: estimates only).
         progress: Show a progress bar.
     """
 
     def __init__(
         self,
         method: Literal["path", "activation"] = "path",
-        position: Literal["end", "all"] = "end",
-        nodes: Sequence[Node] | None = None,
+        position: names.Position = "last",
+        nodes: Sequence[Any] | None = None,
         batch_size: int = 32,
         max_rows: int = 256,
         logprobs: bool = False,
+        estimate: Literal["exact", "attribution"] = "exact",
+        rescore: int = 20,
         progress: bool = True,
     ):
-        if method not in METHODS:
-            raise ValueError(f"method {method!r} is not one of {METHODS}")
-        if position not in POSITIONS:
-            raise ValueError(f"position {position!r} is not one of {POSITIONS}")
-        if batch_size < 1 or max_rows < 1:
-            raise ValueError(f"batch_size and max_rows must be positive, got {batch_size}, {max_rows}")
-        self.method, self.position, self.nodes = method, position, nodes
-        self.batch_size, self.max_rows, self.progress = batch_size, max_rows, progress
-        self.logprobs = logprobs or method == "activation"
+        self.method = validate.choice(method, "method", METHODS)
+        if position == "end":
+            raise ValueError("position='end' was renamed: use position='last' (the END token is the last position)")
+        self.position = names.check_position(position)
+        self.nodes = None if nodes is None else parse_nodes(nodes, "nodes")
+        self.batch_size = validate.positive_int(batch_size, "batch_size")
+        self.max_rows = validate.positive_int(max_rows, "max_rows")
+        self.logprobs = validate.boolean(logprobs, "logprobs") or self.method == "activation"
+        self.estimate = validate.choice(estimate, "estimate", ESTIMATES)
+        self.rescore = validate.non_negative_int(rescore, "rescore")
+        self.progress = validate.boolean(progress, "progress")
+
+    def hook_names(self, model: Any) -> set[str]:
+        """What the reference run must hold: node outputs at END and the final residual (`"path"`), or the residual entering each node layer (`"activation"`, every position)."""
+        layers = sorted({n.layer for n in check_nodes(model, self.nodes)})
+        final = {names.resid_post(model.n_layers - 1)}
+        if self.method == "path":
+            return final | {names.z(L) for L in layers} | {names.mlp_out(L) for L in layers}
+        return final | {names.resid_pre(L) for L in layers}
 
     @torch.no_grad()
-    def run(self, model: Any, data: Any) -> PathPatchingResult:
-        """Patch every node for every pair of ``data`` (pairs, a dataset or prompts)."""
+    def run(self, model: Any, data: Any, *, cache: Any = None) -> PathPatchingResult:
+        """Patch every node for every pair of `data` (pairs, a dataset or prompts).
+
+        `cache`: an [`ActivationCache`][arithlens.cache.ActivationCache] of the reference
+        prompts holding [`hook_names`][arithlens.circuits.path_patching.PathPatching.hook_names]
+        (`positions="all"` for `"activation"`); the reference forward is then skipped. The
+        counterfactual prompts always run.
+        """
         from arithlens.models import load_model
 
         model = load_model(model)
         nodes = check_nodes(model, self.nodes)
         pairs = as_pairs(model, data)
-        n_pairs = len(pairs)
-        index = {nd: i for i, nd in enumerate(nodes)}
-        logit_o = torch.zeros(n_pairs)
-        logprob_o = torch.zeros(n_pairs)
-        logit_p = torch.zeros(len(nodes), n_pairs)
-        logprob_p = torch.zeros(len(nodes), n_pairs)
-        layers = sorted({L for L, _ in nodes})
-        batches = list(model.batches(pairs.reference_ids, self.batch_size))
-        bar = tqdm(total=len(batches) * (1 if self.method == "path" else len(layers)), desc=f"{self.method} patching", disable=not self.progress)
-        try:
-            for rows, ref in batches:
-                cf = torch.tensor([list(pairs.counterfactual_ids[i]) for i in rows.tolist()], device=model.device)
-                refc = _capture(model, ref, layers, full=True)
-                target = pairs.target_ids[rows].clone()
-                missing = target < 0
-                target[missing] = refc["logits"].argmax(-1).cpu()[missing]
-                lp_all = refc["logits"].float().log_softmax(-1)
-                logit_o[rows] = refc["logits"].float().gather(-1, target[:, None].to(model.device))[:, 0].cpu()
-                logprob_o[rows] = lp_all.gather(-1, target[:, None].to(model.device))[:, 0].cpu()
-                cfc = _capture(model, cf, layers, full=self.method == "activation" and self.position == "all")
-                if self.method == "path":
-                    lo, lp = self._path(model, refc, cfc, nodes, target)
-                    logit_p[:, rows], logprob_p[:, rows] = lo, lp
-                    bar.update(1)
-                else:
-                    for L in layers:
-                        here = [nd for nd in nodes if nd[0] == L]
-                        lo, lp = self._activation(model, refc, cfc, L, here, target)
-                        for j, nd in enumerate(here):
-                            logit_p[index[nd], rows], logprob_p[index[nd], rows] = lo[j], lp[j]
-                        bar.update(1)
-        finally:
-            bar.close()
+        if cache is not None:
+            _check_cache(model, cache, pairs, self.hook_names(model), "all" if self.method == "activation" else "last")
+        readout = Readout(model)
+        n = len(pairs)
+        logit_o, logprob_o = torch.zeros(n), torch.zeros(n)
+        logit_p, logprob_p = torch.zeros(len(nodes), n), torch.full((len(nodes), n), float("nan"))
+        exact = torch.zeros(len(nodes), dtype=torch.bool)
+        estimated = None
+        batches = [(rows, _Batch(model, pairs, rows, ref, nodes, self, cache)) for rows, ref in model.batches(pairs.reference_ids, self.batch_size)]
+        if self.estimate == "attribution":
+            est = torch.zeros(len(nodes), n)
+            for rows, batch in tqdm(batches, desc=f"{self.method} attribution", unit="batch", disable=not self.progress):
+                est[:, rows] = batch.attribute(readout)
+                logit_o[rows], logprob_o[rows] = batch.logit_o.cpu(), batch.logprob_o.cpu()
+                batch.release()
+            estimated = est / logit_o[None]
+            logit_p = logit_o[None] + est
+            todo = attribution.candidates(estimated.mean(1).abs().nan_to_num(0.0), self.rescore).tolist()
+        else:
+            todo = list(range(len(nodes)))
+        if todo:
+            steps = len(batches) * (1 if self.method == "path" else len({nodes[i].layer for i in todo}))
+            bar = tqdm(total=steps, desc=f"{self.method} patching (exact)", unit="batch" if self.method == "path" else "layer-batch", disable=not self.progress)
+            try:
+                for rows, batch in batches:
+                    lo, lp = batch.exact(readout, todo, bar)
+                    logit_p[torch.tensor(todo)[:, None], rows[None]] = lo
+                    logprob_p[torch.tensor(todo)[:, None], rows[None]] = lp
+                    logit_o[rows], logprob_o[rows] = batch.logit_o.cpu(), batch.logprob_o.cpu()
+                    batch.release()
+            finally:
+                bar.close()
+            exact[todo] = True
+        validate.check_finite(logit_p[exact], "the patched logits")
         effects = (logit_p - logit_o[None]) / logit_o[None]
         df = pd.DataFrame(
             {
-                "layer": [L for L, _ in nodes],
-                "node": [str(h) for _, h in nodes],
-                "kind": ["mlp" if h == MLP else "head" for _, h in nodes],
-                "head": [-1 if h == MLP else int(h) for _, h in nodes],
+                "layer": [nd.layer for nd in nodes],
+                "node": [MLP if nd.is_mlp else str(nd.head) for nd in nodes],
+                "name": [nd.name for nd in nodes],
+                "kind": [nd.kind for nd in nodes],
+                "head": [-1 if nd.is_mlp else nd.head for nd in nodes],
                 "effect": effects.mean(1).numpy(),
-                "effect_sem": (effects.std(1) / max(n_pairs, 1) ** 0.5).nan_to_num(0.0).numpy(),
+                "effect_sem": (effects.std(1) / n**0.5).nan_to_num(0.0).numpy() if n > 1 else 0.0,
                 "logit_change": (logit_p - logit_o[None]).mean(1).numpy(),
                 "logprob_change": (logprob_p - logprob_o[None]).mean(1).numpy(),
-                "n": n_pairs,
+                "n": n,
+                "estimated": (~exact).numpy(),
             }
         )
+        if estimated is not None:
+            df["effect_estimate"] = estimated.mean(1).numpy()
         if not self.logprobs:
             df = df.drop(columns=["logprob_change"])
             logprob_p = None
         return PathPatchingResult(
-            df=df,
-            nodes=nodes,
-            effects=effects,
-            logit_o=logit_o,
-            logit_p=logit_p,
-            logprob_o=logprob_o,
-            logprob_p=logprob_p,
-            pairs=pairs,
-            method=self.method,
-            position=self.position,
-            n_layers=model.n_layers,
-            n_heads=model.n_heads,
-        )
+            df=df, nodes=nodes, effects=effects, logit_o=logit_o, logit_p=logit_p, logprob_o=logprob_o,
+            logprob_p=logprob_p, exact=exact, estimated_effects=estimated, pairs=pairs, method=self.method,
+            position=self.position, estimate=self.estimate, n_layers=model.n_layers, n_heads=model.n_heads,
+        )  # fmt: skip
 
-    def _path(self, model: Any, refc: dict, cfc: dict, nodes: list[Node], target: torch.Tensor):
-        """Direct-path logits: the reference final residual plus one node's output change."""
-        W_O = model.bridge.W_O  # [layer, head, d_head, d_model]
-        deltas = []
-        for L, h in nodes:
-            if h == MLP:
-                deltas.append(cfc["mlp"][L][:, -1] - refc["mlp"][L][:, -1])
+
+def _check_cache(model: Any, cache: Any, pairs: CounterfactualPairs, wanted: set[str], positions: str) -> None:
+    from arithlens.cache import ActivationCache
+
+    if not isinstance(cache, ActivationCache):
+        raise ValueError(f"cache={type(cache).__name__} is not an ActivationCache (build one with model.cache(reference prompts, ...))")
+    cache.check_matches(pairs.reference_ids, "the reference prompts")
+    missing = sorted(wanted - cache.names)
+    if missing:
+        raise ValueError(f"cache lacks {len(missing)} hook(s) path patching reads ({', '.join(missing[:4])}…); build it with model.cache(data, names=[patching], positions={positions!r})")
+    if positions == "all" and cache.positions != "all":
+        raise ValueError("activation patching restarts from the residual at every position; build the cache with positions='all'")
+    if not cache.clean:
+        raise ValueError(f"path patching needs the clean reference pass, but the cache was built {cache.interventions or 'with hooks attached'}")
+
+
+class _Batch:
+    """One batch of pairs: reference and counterfactual activations on the device, and the patched logits."""
+
+    def __init__(self, model: Any, pairs: CounterfactualPairs, rows: torch.Tensor, ref: torch.Tensor, nodes: list[Node], config: PathPatching, cache: Any):
+        self.model, self.rows, self.ref, self.nodes, self.config, self.cache = model, rows, ref, nodes, config, cache
+        self.cf = torch.tensor([list(pairs.counterfactual_ids[i]) for i in rows.tolist()], device=model.device)
+        self.layers = sorted({nd.layer for nd in nodes})
+        self.target_given = pairs.target_ids[rows].clone()
+        self.wanted = sorted(config.hook_names(model))
+        self._refc: dict[str, torch.Tensor] | None = None
+        self._cfc: dict[str, torch.Tensor] | None = None
+
+    def release(self) -> None:
+        """Drop the captured activations (memory stays bounded by one batch)."""
+        self._refc = self._cfc = None
+
+    # -------------------------------------------------------------- captures
+    def refc(self) -> dict[str, torch.Tensor]:
+        """Reference activations (all positions, or the last for cached `"path"` runs) and the target."""
+        if self._refc is None:
+            model, final, wanted = self.model, names.resid_post(self.model.n_layers - 1), self.wanted
+            if self.cache is not None:
+                pick = self.rows.tolist()
+                get = (lambda h: torch.stack([self.cache.per_position(h)[r] for r in pick])) if self.cache.positions == "all" else (lambda h: self.cache.last(h)[self.rows][:, None])
+                found = {h: get(h).to(model.device, model.bridge.W_U.dtype) for h in wanted}
             else:
-                dz = cfc["z"][L][:, -1, h] - refc["z"][L][:, -1, h]
-                deltas.append(dz @ W_O[L, h])
-        resid = refc["final"][None, :, -1] + torch.stack(deltas)  # [node, b, d_model]
-        tgt = einops.repeat(target, "b -> node b", node=len(nodes))
-        logits = target_logits(model, resid, tgt).float()
-        if not self.logprobs:
-            return logits.cpu(), torch.zeros_like(logits).cpu()
-        # log-prob needs the full softmax normaliser; chunk nodes to bound memory.
+                found = forward.capture(model, self.ref, wanted)
+            logits = model.final_logits(found[final][:, -1]).float()
+            target = self.target_given.to(logits.device)  # where the logits are (sharded models too)
+            target = torch.where(target >= 0, target, logits.argmax(-1))
+            self.target = target
+            self.logit_o = logits.gather(-1, target[:, None])[:, 0]
+            self.logprob_o = self.logit_o - logits.logsumexp(-1)
+            self._refc = found
+        return self._refc
+
+    def cfc(self) -> dict[str, torch.Tensor]:
+        """Counterfactual node outputs (every position)."""
+        if self._cfc is None:
+            hooks = [f(L) for L in self.layers for f in (names.z, names.mlp_out)]
+            self._cfc = forward.capture(self.model, self.cf, hooks, stop_at_layer=max(self.layers) + 1)
+        return self._cfc
+
+    def deltas(self, which: list[int]) -> Float[torch.Tensor, "node batch d_model"]:
+        """`out_c(n) - out_r(n)` at END, through `W_O` for heads."""
+        refc, cfc, W_O = self.refc(), self.cfc(), self.model.bridge.W_O
+        device = refc[names.resid_post(self.model.n_layers - 1)].device
+        out = []
+        for i in which:
+            nd = self.nodes[i]
+            if nd.is_mlp:
+                h = names.mlp_out(nd.layer)
+                out.append((cfc[h][:, -1] - refc[h][:, -1]).to(device))
+            else:
+                h = names.z(nd.layer)
+                dz = cfc[h][:, -1, nd.head] - refc[h][:, -1, nd.head]
+                out.append((dz @ W_O[nd.layer, nd.head].to(dz.device)).to(device))
+        return torch.stack(out)
+
+    # -------------------------------------------------------------- exact
+    def exact(self, readout: Readout, which: list[int], bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patched target logit and log-prob `[len(which), batch]` of the nodes `which`."""
+        if self.config.method == "path":
+            out = self._path(readout, which)
+            bar.update(1)
+            return out
+        self.refc()
+        device = self.target.device
+        lo, lp = torch.zeros(len(which), len(self.rows), device=device), torch.zeros(len(which), len(self.rows), device=device)
+        for L in sorted({self.nodes[i].layer for i in which}):
+            here = [j for j, i in enumerate(which) if self.nodes[i].layer == L]
+            idx = torch.tensor(here, device=device)
+            lo[idx], lp[idx] = self._activation(L, [self.nodes[which[j]] for j in here])
+            bar.update(1)
+        return lo.cpu(), lp.cpu()
+
+    def _path(self, readout: Readout, which: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        final = self.refc()[names.resid_post(self.model.n_layers - 1)][:, -1]
+        resid = final[None] + self.deltas(which)  # [node, b, d_model]
+        tgt = einops.repeat(self.target, "b -> node b", node=len(which))
+        normed = self.model.bridge.ln_final(resid).float()
+        w = einops.rearrange(readout.W_U[:, tgt], "d node b -> node b d")
+        logits = (normed * w).sum(-1) + readout.b_U[tgt]
+        if not self.config.logprobs:
+            return logits.cpu(), torch.full_like(logits, float("nan")).cpu()
         logprob = torch.empty_like(logits)
         chunk = max(1, 512 // max(resid.shape[1], 1))  # <= 512 rows x vocab at once
-        for s in range(0, len(nodes), chunk):
-            full = model.final_logits(resid[s : s + chunk]).float()
-            logprob[s : s + chunk] = full.gather(-1, tgt[s : s + chunk, :, None].to(full.device))[..., 0] - full.logsumexp(-1)
+        for s in range(0, len(which), chunk):
+            full = self.model.final_logits(resid[s : s + chunk]).float()
+            logprob[s : s + chunk] = full.gather(-1, tgt[s : s + chunk, :, None])[..., 0] - full.logsumexp(-1)
         return logits.cpu(), logprob.cpu()
 
-    def _activation(self, model: Any, refc: dict, cfc: dict, layer: int, here: list[Node], target: torch.Tensor):
-        """Patch each node of ``layer`` in its own replica; downstream recomputes."""
-        b = refc["resid"][layer].shape[0]
-        pos = slice(None) if self.position == "all" else slice(-1, None)
+    def _activation(self, layer: int, here: list[Node]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch each node of `layer` in its own replica; downstream recomputes."""
+        resid, cfc, b = self.refc()[names.resid_pre(layer)], self.cfc(), len(self.rows)
+        pos = slice(None) if self.config.position == "all" else slice(-1, None)
         out_logit, out_lp = [], []
-        per = max(1, self.max_rows // b)
+        per = max(1, self.config.max_rows // b)
         for s in range(0, len(here), per):
             chunk = here[s : s + per]
-            x = einops.repeat(refc["resid"][layer], "b p d -> (r b) p d", r=len(chunk))
-            heads = [(j, h) for j, (_, h) in enumerate(chunk) if h != MLP]
-            mlps = [j for j, (_, h) in enumerate(chunk) if h == MLP]
-            z_c = cfc["z"][layer]
-            m_c = cfc["mlp"][layer]
+            x = einops.repeat(resid, "b p d -> (r b) p d", r=len(chunk))
+            heads = [(j, nd.head) for j, nd in enumerate(chunk) if not nd.is_mlp]
+            mlps = [j for j, nd in enumerate(chunk) if nd.is_mlp]
+            z_c, m_c = cfc[names.z(layer)], cfc[names.mlp_out(layer)]
 
             # Replica j owns rows j*b:(j+1)*b (the "(r b)" stacking above).
             def patch_z(z: Float[torch.Tensor, "rows pos head d_head"], hook: Any) -> torch.Tensor:
@@ -347,44 +483,40 @@ class PathPatching:
                     out[j * b : (j + 1) * b, pos] = m_c[:, pos].to(out)
                 return out
 
-            hooks = []
-            if heads:
-                hooks.append((f"blocks.{layer}.attn.hook_z", patch_z))
-            if mlps:
-                hooks.append((f"blocks.{layer}.hook_mlp_out", patch_mlp))
-            with model.hooked(hooks):
-                logits = model.last_logits(x, start_at_layer=layer).float()
+            hooks = ([(names.z(layer), patch_z)] if heads else []) + ([(names.mlp_out(layer), patch_mlp)] if mlps else [])
+            with self.model.hooked(hooks):
+                logits = forward.logits_from(self.model, x, layer).float()
             logits = einops.rearrange(logits, "(r b) v -> r b v", r=len(chunk))
-            tgt = einops.repeat(target.to(logits.device), "b -> r b 1", r=len(chunk))
-            out_logit.append(logits.gather(-1, tgt)[..., 0].cpu())
-            out_lp.append(logits.log_softmax(-1).gather(-1, tgt)[..., 0].cpu())
+            tgt = einops.repeat(self.target, "b -> r b 1", r=len(chunk))
+            hit = logits.gather(-1, tgt)[..., 0]
+            out_logit.append(hit)
+            out_lp.append(hit - logits.logsumexp(-1))
         return torch.cat(out_logit), torch.cat(out_lp)
 
+    # -------------------------------------------------------------- attribution
+    def attribute(self, readout: Readout) -> Float[torch.Tensor, "node batch"]:
+        """First-order estimate of `logit_p - logit_o` for every node."""
+        everything = list(range(len(self.nodes)))
+        if self.config.method == "path":
+            final = self.refc()[names.resid_post(self.model.n_layers - 1)][:, -1].float()
+            with torch.enable_grad():
+                v = final.detach().requires_grad_(True)
+                normed = self.model.bridge.ln_final(v.to(self.model.bridge.W_U.dtype)).float()
+                logit = (normed * readout.W_U[:, self.target].T).sum(-1) + readout.b_U[self.target]
+                (grad,) = torch.autograd.grad(logit.sum(), [v])
+            return einops.einsum(self.deltas(everything).float(), grad, "node b d, b d -> node b").cpu()
+        self.refc()
+        cfc, target, position = self.cfc(), self.target, self.config.position
 
-def _capture(model: Any, tokens: Int[torch.Tensor, "b pos"], layers: Sequence[int], full: bool) -> dict:
-    """One forward: head outputs ``z``, MLP outputs, residual entering each layer, final residual.
+        def score(logits: torch.Tensor) -> torch.Tensor:
+            return logits.float().gather(-1, target[:, None])[:, 0]
 
-    ``full`` keeps every position of ``z`` / MLP outputs (else the last only).
-    """
-    store: dict[str, dict[int, torch.Tensor]] = {"z": {}, "mlp": {}, "resid": {}}
-    final: dict[str, torch.Tensor] = {}
+        def patched(name: str, act: torch.Tensor) -> torch.Tensor:
+            return cfc[name] if position == "all" else cfc[name][:, -1:]
 
-    def grab(kind: str, layer: int, keep_all: bool):
-        def fn(act: torch.Tensor, hook: Any) -> None:
-            store[kind][layer] = (act if keep_all else act[:, -1:]).detach().clone()
+        hooks = [f(L) for L in self.layers for f in (names.z, names.mlp_out)]
+        found, _ = attribution.effects(self.model, self.ref, hooks, score, patched, position, self.layers[0])
+        return torch.stack(
+            [(found[names.mlp_out(nd.layer)] if nd.is_mlp else found[names.z(nd.layer)][:, nd.head]).to(target.device) for nd in self.nodes]
+        ).cpu()
 
-        return fn
-
-    def grab_final(act: torch.Tensor, hook: Any) -> None:
-        final["final"] = act.detach().clone()
-
-    hooks = [("ln_final.hook_in", grab_final)]
-    for L in layers:
-        hooks += [
-            (f"blocks.{L}.attn.hook_z", grab("z", L, full)),
-            (f"blocks.{L}.hook_mlp_out", grab("mlp", L, full)),
-            (f"blocks.{L}.hook_resid_pre", grab("resid", L, True)),
-        ]
-    with model.hooked(hooks):
-        logits = model.last_logits(tokens)
-    return {**store, "final": final["final"], "logits": logits}
