@@ -20,7 +20,7 @@ model, least-recently-used first out, bounded by
 the memo. `model.clear_cache()` empties it.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens.cna import NeuronImportance
     from arithlens.heads import HeadAblation
@@ -31,7 +31,7 @@ Example:
     cache = model.cache(prompts, names=[imp, heads])   # one clean forward pass
     imp.run(model, prompts, cache=cache).top(5)
     heads.run(model, prompts, cache=cache).top(3)
-    ``
+    ```
 """
 
 from __future__ import annotations

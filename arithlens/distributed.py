@@ -22,7 +22,7 @@ batches (`shard(list(model.batches(ids)))`) and reassemble per-case rows with
 [`gather_rows`][arithlens.distributed.gather_rows].
 
 Example:
-    ``python
+    ```python
     # torchrun --nproc_per_node=4 sweep.py
     import pandas as pd
     import arithlens
@@ -39,7 +39,7 @@ Example:
     table = distributed.gather(pd.DataFrame(rows))         # all heads, in order, on every rank
     if distributed.is_main():
         table.to_csv("heads.csv", index=False)
-    ``
+    ```
 """
 
 from __future__ import annotations
@@ -151,10 +151,10 @@ def shard(items: Sequence[T], *, strided: bool = False) -> list[T]:
         The items this rank computes, in their original order; all of them in a single process.
 
     Example:
-        ``python
+        ```python
         from arithlens import distributed
         mine = distributed.shard(list(range(10)))   # rank 0 of 2: [0..4]; rank 1: [5..9]
-        ``
+        ```
     """
     items = list(items)
     rank, world = rank_and_world()
@@ -182,9 +182,9 @@ def gather(part: Any, *, strided: bool = False) -> Any:
     device of this rank's part. In a single process `part` is returned unchanged.
 
     Example:
-        ``python
+        ```python
         correct, logprob = distributed.gather((correct, logprob))   # [head, case] each
-        ``
+        ```
     """
     rank, world = rank_and_world()
     if world == 1:
@@ -217,10 +217,10 @@ def gather_rows(index: Any, values: Any, n: int | None = None) -> Any:
         ValueError: A position is out of range, computed twice, or not computed at all.
 
     Example:
-        ``python
+        ```python
         rows = torch.cat([r for r, _ in my_batches])
         logprob = distributed.gather_rows(rows, my_logprob, n=len(cases))
-        ``
+        ```
     """
     import pandas as pd
 

@@ -38,7 +38,7 @@ re-scoring budget well above the number of heads you report is wise.
 Example:
     ```python
     import arithlens
-    from arithlens import data
+    from arithlens import distributed, data
     from arithlens.heads import HeadAblation
 
     model = arithlens.load_model()
@@ -63,7 +63,7 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from arithlens import attribution, forward, names, validate
+from arithlens import attribution, distributed, forward, names, validate
 from arithlens.attribution import ESTIMATES, Agreement
 from arithlens.interventions import HeadMeans
 from arithlens.results import Result, percent
@@ -353,7 +353,16 @@ class HeadAblation:
 
         estimated = None
         if self.estimate == "exact":
-            correct, logprob = self._exact(model, ids, pairs, scoring, means, resid_cache)
+            # Under torchrun each rank sweeps a contiguous block of layers (one process: all of
+            # them). Whole layers, so each layer's heads are stacked in one forward exactly as
+            # in a single process, and the gathered result is bit-identical.
+            my_layers = set(distributed.shard(layers))
+            mine = [p for p in pairs if p[0] in my_layers]
+            if mine:
+                part = self._exact(model, ids, mine, scoring, means, resid_cache)
+            else:
+                part = (torch.zeros(0, len(ids), dtype=torch.bool), torch.zeros(0, len(ids)))
+            correct, logprob = distributed.gather(part)
             exact = torch.ones(len(pairs), dtype=torch.bool)
         else:
             delta = self._attribute(model, ids, pairs, scoring, means)

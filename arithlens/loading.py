@@ -25,12 +25,12 @@ part of the model to `"cpu"` or `"disk"` is refused; a map that names a single d
 (`device_map="cpu"`, `{"": "cuda:0"}`) simply means that device.
 
 Example:
-    ``python
+    ```python
     import arithlens
     model = arithlens.load_model()                          # SmolLM2-135M-Instruct, offline
     big = arithlens.load_model("meta-llama/Llama-2-70b-hf", device_map="auto",
                                max_memory={0: "70GiB", 1: "70GiB", 2: "70GiB"})
-    ``
+    ```
 """
 
 from __future__ import annotations
@@ -140,12 +140,12 @@ def load_model(
             anything is loaded.
 
     Example:
-        ``python
+        ```python
         import arithlens
         model = arithlens.load_model("/models/my-llama", device_map="auto")
         model = arithlens.load_model("/models/my-llama", n_devices=2)
         model = arithlens.load_model("/models/my-llama", device="cuda:1", dtype="bfloat16")
-        ``
+        ```
     """
     from arithlens.models import LensModel
 

@@ -11,12 +11,12 @@ analyses read (see [`arithlens.cache`][arithlens.cache]); analyses given that ca
 clean forward pass of their own.
 
 Example:
-    ``python
+    ```python
     import arithlens
     model = arithlens.load_model()            # SmolLM2-135M-Instruct, offline
     cache = model.cache(["3+5=", "2+2="])
     [model.decode([t]) for t in cache.predictions.tolist()]
-    ``
+    ```
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ functions, so a renamed hook is changed in one place. `Position` is the one opti
 everywhere a result lists components.
 
 Example:
-    ``python
+    ```python
     from arithlens import names
     names.resid_mid(3)            # 'blocks.3.hook_resid_mid'
     names.Node.parse("17.2")      # Node(layer=17, head=2)
-    ``
+    ```
 """
 
 from __future__ import annotations

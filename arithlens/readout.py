@@ -8,8 +8,8 @@ Two readouts, both with the model's own unembedding bias `b_U`:
   Compatibility mode folds the final norm's weight (and, for LayerNorm, its centring and
   bias) into `W_U` / `b_U`, so at `σ` of the same pass this is exactly the model's own
   readout of the final residual — and it is linear in `v`, which is what makes adding one
-  neuron's or head's vector to a residual (CNA §4.1, path patching's direct effects, the
-  VO transform, the logic chain) a cheap, exact computation.
+  neuron's or head's vector to a residual (CNA §4.1, the VO transform, the logic chain)
+   a cheap, exact computation.
 * **Top tokens of a direction** ([`top_token_ids`][arithlens.readout.top_token_ids]): the
   model's final norm applied to each vector, then `W_U` and `b_U`, through
   TransformerLens's `logit_readout` (Table 4's and Table 7's token lists). For RMSNorm
@@ -17,7 +17,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
   folding) it does, and this is the ranking the model itself would produce.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import readout
 
@@ -26,7 +26,7 @@ Example:
     x = cache.last("blocks.29.hook_resid_post")
     readout.frozen_logits(model, x, cache.final_scale).argmax(-1)   # the model's prediction
     readout.top_tokens(model, model.bridge.W_out[20, :3], k=5)        # three neurons' top tokens
-    ``
+    ```
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ rejected by name, so `ZeroHead(row.layer, row.head)` works and `ZeroHead('0.8')`
 what is wrong.
 
 Example:
-    ``python
+    ```python
     from arithlens import validate
     validate.positive_int(8, "batch_size")        # 8
     validate.choice("last", "position", ("all", "last"))
-    ``
+    ```
 """
 
 from __future__ import annotations

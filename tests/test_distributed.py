@@ -58,9 +58,17 @@ def batch_cases(model) -> torch.Tensor:
     return distributed.gather_rows(index, values, n=len(PROMPTS))
 
 
+def head_ablation(model) -> pd.DataFrame:
+    """arithlens's own head sweep: under torchrun its heads are split across ranks."""
+    from arithlens.heads import HeadAblation
+
+    return HeadAblation(progress=False, batch_size=2).run(model, PROMPTS).df
+
+
 def compute(model) -> dict:
     return {
         "heads": head_sweep(model),
+        "head_ablation": head_ablation(model),
         "layers": layer_sweep(model),
         "cases": batch_cases(model),
         "rank_world": distributed.rank_and_world(),
@@ -113,6 +121,11 @@ def test_two_ranks_ran(gathered):
 def test_head_sweep_gathers_the_single_process_frame_exactly(gathered, single):
     assert len(single["heads"]) == 3 * 4 * len(PROMPTS)
     pd.testing.assert_frame_equal(gathered["heads"], single["heads"], check_exact=True)
+
+
+def test_head_ablation_under_torchrun_equals_the_single_process_frame(gathered, single):
+    assert len(single["head_ablation"]) >= 3 * 4
+    pd.testing.assert_frame_equal(gathered["head_ablation"], single["head_ablation"], check_exact=True)
 
 
 def test_strided_layer_sweep_equals_single_process(gathered, single):

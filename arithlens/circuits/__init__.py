@@ -28,7 +28,7 @@ head, `Node(layer)` for an MLP. Every analysis reads the clean cache
 (`run(model, data, *, cache=...)`), so one forward pass serves several.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import Counterfactual, EndAttention, Knockout, MLPProbe, PathPatching
@@ -41,7 +41,7 @@ Example:
     Knockout(k=8).run(model, pairs, patching, cache=cache).table()
     attention.run(model, pairs, patching, cache=cache).plot()
     probe.run(model, pairs, cache=cache).plot()
-    ``
+    ```
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the group on GQA models) and its columns of `o_proj`; an MLP's are all of `gate_
 returns them as 0/1 masks over the bridge's parameters, for gradient masking.
 
 Example:
-    ``python
+    ```python
     from arithlens.circuits.components import component_masks, n_params
     from arithlens.names import Node
     from arithlens.testing import tiny_llama
@@ -15,7 +15,7 @@ Example:
     model = tiny_llama()
     masks = component_masks(model, model.bridge, [Node(1, 3), Node(2)])
     n_params(masks)          # trainable entries of head 1.3 and MLP 2
-    ``
+    ```
 """
 
 from __future__ import annotations

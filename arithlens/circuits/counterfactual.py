@@ -26,7 +26,7 @@ The operator word and the operands are found by
 re-exported here), which END attention and the MLP probe use to find their tokens too.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import Counterfactual
@@ -36,7 +36,7 @@ Example:
     pairs = Counterfactual().run(model, cases)
     pairs.to_frame()[["prompt", "counterfactual", "word", "replacement"]]
     model.cache(pairs.counterfactual)        # the counterfactual prompts as a dataset
-    ``
+    ```
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ class CounterfactualPairs(ArithmeticDataset):
         name: The dataset's name.
 
     Example:
-        ``python
+        ```python
         pairs = Counterfactual().run(model, data.zhang(model.tokenizer, n_per_op=8))
         pairs.to_frame()[["prompt", "counterfactual"]]
         pairs.filter(a=range(10, 50)).counterfactual_ids
-        ``
+        ```
     """
 
     def __init__(self, cases: Sequence[Case], counterfactuals: Sequence[CounterfactualPrompt], name: str = "") -> None:
@@ -246,10 +246,10 @@ class Counterfactual:
             overriding `REPLACEMENTS`.
 
     Example:
-        ``python
+        ```python
         pairs = Counterfactual().run(model, ["12+34=", "7 times 8 is"])
         pairs.to_frame()[["prompt", "counterfactual"]]     # operator -> a word of as many tokens
-        ``
+        ```
     """
 
     def __init__(self, replacement: str | None = None, candidates: dict[str, Sequence[str]] | None = None):

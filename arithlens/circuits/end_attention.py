@@ -16,7 +16,7 @@ The patterns are read off the clean cache at the last position (`cache.last`), s
 `model.cache(cases, names=[EndAttention(...), MLPProbe()])` serves both §4.2 analyses.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import EndAttention, MLPProbe
@@ -27,7 +27,7 @@ Example:
     cache = model.cache(cases, names=[attention, probe])     # one forward pass
     attention.run(model, cases, cache=cache).table()          # head x role
     probe.run(model, cases, cache=cache).plot()
-    ``
+    ```
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ correct when the prediction is its target (the unablated prediction where a prom
 no answer); the unablated predictions are read off the reference's clean cache.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import Counterfactual, Knockout, PathPatching
@@ -37,7 +37,7 @@ Example:
     result = Knockout(k=8).run(model, pairs, patching, cache=cache)
     result.table()                                  # accuracy (%) per condition and op
     result.plot()
-    ``
+    ```
 """
 
 from __future__ import annotations

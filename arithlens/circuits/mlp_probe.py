@@ -24,7 +24,7 @@ ranks tokens differently from a raw `v @ W_U`. `in_top_k` is the share of prompt
 A, B or C is among the `k` top tokens.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens import data
     from arithlens.circuits import MLPProbe
@@ -35,7 +35,7 @@ Example:
     result.table()                       # cosine per layer x (quantity, token)
     result.top_tokens(20, "mlp_out")     # what layer 20's MLP writes most often
     result.plot()
-    ``
+    ```
 """
 
 from __future__ import annotations

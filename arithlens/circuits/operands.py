@@ -10,7 +10,7 @@ own tokens, an operand possibly spanning several, a bare whitespace token counte
 "other").
 
 Example:
-    ``python
+    ```python
     from arithlens import data
     from arithlens.circuits.operands import locate, token_roles
     from arithlens.testing import char_tokenizer
@@ -20,7 +20,7 @@ Example:
     spans = locate(case)
     case.prompt[slice(*spans.op)]                       # 'plus'
     token_roles(tok, case.input_ids, spans)[:3]         # ['A', 'A', 'other']
-    ``
+    ```
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ CPU-sized defaults (200 steps, batch 8, 1000 training cases, 200 test cases); on
 use e.g. `steps=2000, batch_size=32, n_train=18000, n_test=2000`.
 
 Example:
-    ``python
+    ```python
     import arithlens
     from arithlens.circuits import PreciseSFT
 
@@ -41,7 +41,7 @@ Example:
     result = PreciseSFT(k=10, steps=100).run(model)   # finds the key nodes itself
     result.table()                                     # accuracy / perplexity per variant
     result.models["precise"].predict(["23+45="])
-    ``
+    ```
 """
 
 from __future__ import annotations
