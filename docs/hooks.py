@@ -25,7 +25,9 @@ log = logging.getLogger("mkdocs.plugins.arithlens.docstrings")
 DOCUMENTED = (
     "arithlens.models", "arithlens.data", "arithlens.evaluate", "arithlens.interventions",
     "arithlens.heads", "arithlens.results", "arithlens.report", "arithlens.pipeline",
-    "arithlens.testing", "arithlens.cna", "arithlens.circuits",
+    "arithlens.testing", "arithlens.cna", "arithlens.circuits", "arithlens.cache", "arithlens.readout",
+    "arithlens.names", "arithlens.validate", "arithlens.forward", "arithlens.attribution",
+    "arithlens.loading", "arithlens.distributed",
 )  # fmt: skip
 
 BASELINE: set[str] = set()
