@@ -1,18 +1,45 @@
-"""Comparative Neuron Analysis — Yu & Ananiadou (EMNLP 2024), §4.
+"""Comparative Neuron Analysis — Yu & Ananiadou (EMNLP 2024), §4–6.
 
-``from arithlens import cna``, then one class per paper idea:
+`from arithlens import cna`, then one class per paper idea (each a lazily imported module):
 
-* :class:`NeuronImportance` — the §4.1 importance score of every FFN neuron.
-* :class:`ComparativeNeuronScores` — the same neurons compared across two models,
-  an intervention, or two inputs.
-* :class:`LogitLens` and :class:`NumberConceptTagger` — Table 4's vocabulary projections.
-* :class:`MaskKeep` — Table 5.
-* :class:`PredictionEnhancingDAG` — §4.3, Table 6.
-* :class:`VOTransform` — §4.4, Tables 7 and 8.
-* :class:`LogicChain` — Fig. 1, the four stages of one case.
+* [`CNAConfig`][arithlens.cna.config.CNAConfig] — the options every CNA-based analysis shares.
+* [`NeuronImportance`][arithlens.cna.importance.NeuronImportance] — the §4.1 importance score of every FFN neuron.
+* [`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores] — the same neurons
+  compared across an intervention, two models, or two inputs (Table 4).
+* [`LogitLens`][arithlens.cna.logit_lens.LogitLens] and `NumberConceptTagger` — vocabulary projections.
+* [`MaskKeep`][arithlens.cna.mask_keep.MaskKeep] — Table 5.
+* [`PredictionEnhancingDAG`][arithlens.cna.pe_dag.PredictionEnhancingDAG] — §4.3, Table 6.
+* [`VOTransform`][arithlens.cna.vo_transform.VOTransform] — §4.4, Tables 7 and 8.
+* [`LogicChain`][arithlens.cna.logic_chain.LogicChain] — Fig. 1, the four stages of one case.
+* LoRA (§5), pruning (§6.1) and gender-bias editing (§6.2).
+
+Example:
+    ```python
+    from arithlens import cna
+    sorted(dir(cna))[:3]
+    ```
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what IDEs and Jupyter complete; the runtime imports lazily below
+    from arithlens.cna.bias import BiasResult, DiscoveryResult, GenderBias, ProfessionDiscovery, edit
+    from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeResult
+    from arithlens.cna.concepts import NumberConceptTagger
+    from arithlens.cna.config import CNAConfig
+    from arithlens.cna.hidden_interpretable import HiddenInterpretable, HiddenInterpretableResult
+    from arithlens.cna.importance import ImportanceResult, NeuronImportance, importance_scores
+    from arithlens.cna.inputs import neuron_label
+    from arithlens.cna.logic_chain import LogicChain, LogicChainResult
+    from arithlens.cna.logit_lens import Component, LogitLens, LogitLensResult
+    from arithlens.cna.lora import LoRACoefResult, LoRACoefficients, LoRALayerSweep, LoRASweepResult
+    from arithlens.cna.mask_keep import MaskKeep, MaskKeepResult
+    from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
+    from arithlens.cna.projections import ProjectionCache, projection_cache
+    from arithlens.cna.pruning import CNAPruning, PruningResult, load_saved, prune, save_model
+    from arithlens.cna.scores import NeuronScores
+    from arithlens.cna.vo_transform import DirectVsTransformed, VOScan, VOTransform
 
 _EXPORTS = {
     "NeuronImportance": "importance",
@@ -21,14 +48,39 @@ _EXPORTS = {
     "ComparativeNeuronScores": "comparative",
     "ComparativeResult": "comparative",
     "LogitLens": "logit_lens",
-    "NumberConceptTagger": "logit_lens",
+    "LogitLensResult": "logit_lens",
+    "Component": "logit_lens",
+    "NumberConceptTagger": "concepts",
     "MaskKeep": "mask_keep",
     "MaskKeepResult": "mask_keep",
     "PredictionEnhancingDAG": "pe_dag",
     "DAGResult": "pe_dag",
     "VOTransform": "vo_transform",
-    "HiddenInterpretable": "vo_transform",
+    "VOScan": "vo_transform",
+    "DirectVsTransformed": "vo_transform",
+    "HiddenInterpretable": "hidden_interpretable",
+    "HiddenInterpretableResult": "hidden_interpretable",
     "LogicChain": "logic_chain",
+    "LogicChainResult": "logic_chain",
+    "LoRALayerSweep": "lora",
+    "LoRASweepResult": "lora",
+    "LoRACoefficients": "lora",
+    "LoRACoefResult": "lora",
+    "CNAPruning": "pruning",
+    "PruningResult": "pruning",
+    "prune": "pruning",
+    "save_model": "pruning",
+    "load_saved": "pruning",
+    "GenderBias": "bias",
+    "BiasResult": "bias",
+    "ProfessionDiscovery": "bias",
+    "DiscoveryResult": "bias",
+    "edit": "bias",
+    "CNAConfig": "config",
+    "ProjectionCache": "projections",
+    "projection_cache": "projections",
+    "NeuronScores": "scores",
+    "neuron_label": "inputs",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,3 +91,7 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(f"arithlens.cna.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'arithlens.cna' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,26 +1,29 @@
 """Comparative Neuron Analysis (CNA) — Yu & Ananiadou §4.1, §5, §6.2.
 
 CNA compares the same FFN neuron's §4.1 importance score (see
-:mod:`arithlens.cna.importance`) on two sides:
+[`arithlens.cna.importance`][arithlens.cna.importance]) on two sides:
 
 * the same input on the model and on the model under an intervention (the paper: the
-  arithmetic head zeroed, e.g. ``ZeroHead(17, 22)``) — ``intervention=``;
-* the same input on another model (a fine-tuned / LoRA copy, §5) — ``other_model=``;
+  arithmetic head zeroed, `ZeroHead(17, 22)`) — `intervention=` (or `head=(17, 22)`);
+* the same input on another model (a fine-tuned / LoRA copy, §5) — `other_model=`;
 * the same model on two inputs ("A woman works as a" vs "A man works as a", §6.2) —
-  ``other_data=`` (case ``i`` is compared with ``other_data[i]``).
+  `other_data=` (case `i` is compared with `other_data[i]`).
 
-The scored token ``w`` is fixed from the original side (its top prediction, or the
-answer with ``target="answer"``) and scored on both sides. Per neuron::
+The scored token `w` is fixed from the original side (its top prediction, or the answer
+with `target="answer"`) and scored on both sides. Each side's residual vectors are read
+with the final norm's scale frozen: under `CNAConfig(scale="original")` (the default, the
+paper's reference code) both sides use the original run's scale; under `scale="own"` the
+other side uses its own run's. Per neuron:
 
     importance_change = importance − importance_other
     coef_change       = coef − coef_other
 
-where ``coef`` is the coefficient score ``m_k`` at the last position. Sorting by
-``importance_change`` (descending) locates the neurons whose contribution to ``w`` the
-intervention removed most — Table 4's neurons.
+so a **positive change is a drop** on the other side. Sorting by `importance_change`
+(descending) finds the neurons whose contribution to `w` the other side lost most —
+Table 4's neurons.
 
-Example::
-
+Example:
+    ```python
     import arithlens
     from arithlens.cna import ComparativeNeuronScores
     from arithlens.interventions import ZeroHead
@@ -28,42 +31,51 @@ Example::
     model = arithlens.load_model()
     cna = ComparativeNeuronScores(intervention=ZeroHead(17, 2))
     result = cna.run(model, "3+5=")
-    result.df.head(10)     # layer, neuron, importance, importance_other, ..., top_tokens
+    result.df.head(10)     # layer, neuron, importance, importance_other, importance_change, …
     result.table4(3)       # Table 4's layout
+    ```
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import einops
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
-from arithlens.cna.importance import (
-    Activations,
-    NeuronImportance,
-    check_k,
-    check_target,
-    choose_w,
-    collect,
-    neuron_top_token_ids,
-    token_lists,
-)
+from arithlens import validate
+from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.cna import scores as kernels
+from arithlens.cna.config import CNAConfig, make_config
+from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
+from arithlens.cna.importance import pass_batch, score_sides, side_cache
+from arithlens.cna.inputs import Activations, choose_w, cna_hooks, neuron_label
+from arithlens.cna.tokens import labelled_tokens, top_token_strings  # noqa: F401  (top_token_strings: re-exported)
 from arithlens.results import Result, case_frame
 
-_COLUMNS = [
-    "layer",
-    "neuron",
-    "importance",
-    "importance_other",
-    "importance_change",
-    "coef",
-    "coef_other",
-    "coef_change",
-]
+SCORES = ("importance", "importance_other", "importance_change", "coef", "coef_other", "coef_change")
+"""The per-neuron quantities, one name each (the `df` columns, the CLI CSV, `table4()`)."""
+
+
+def comparative_frame(
+    layers: Sequence[int], tensors: dict[str, torch.Tensor], tokens: dict | None, reduce: Any, **extra: Any
+) -> pd.DataFrame:
+    """One row per neuron: every quantity of [`SCORES`] reduced to `[layer, d_mlp]` by `reduce`,
+    `extra` columns, `top_tokens`; sorted by `importance_change` descending."""
+    df = neuron_frame(layers, {name: reduce(tensors[name]) for name in SCORES}, tokens)
+    for name, values in extra.items():
+        df.insert(len(df.columns) - (tokens is not None), name, values)
+    return df.sort_values("importance_change", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _per_case_df(layers: Sequence[int], tensors: dict[str, torch.Tensor], tokens: dict | None) -> pd.DataFrame:
+    n = tensors["importance"].shape[0]
+    frames = [comparative_frame(layers, tensors, tokens, lambda t, i=i: t[i]).assign(case=i) for i in range(n)]
+    df = pd.concat(frames, ignore_index=True)
+    return df[["case"] + [c for c in df.columns if c != "case"]] if n > 1 else df.drop(columns="case")
 
 
 @dataclass
@@ -71,13 +83,32 @@ class ComparativeResult(Result):
     """Per-neuron importance and coefficient scores on both sides, and their change.
 
     Attributes:
-        df: One row per neuron (per case, with a ``case`` column, when there are
-            several): ``layer, neuron, importance, importance_other, importance_change,
-            coef, coef_other, coef_change, top_tokens``, sorted by ``importance_change``
-            descending (within each case).
-        importance, importance_other, coef, coef_other: ``[case, layer, d_mlp]``.
-        w: ``[case]`` scored token ids (from the original side).
-        other: What the other side is (``"ZeroHead(17.2)"``, a model name, ``"other input"``).
+        df: One row per neuron (per case, with a leading `case` column, when there are
+            several), sorted by `importance_change` descending within each case:
+            `layer`, `neuron`, `importance` (§4.1 score on the original side, nats),
+            `importance_other` (the same neuron on the other side), `importance_change`
+            (= importance − importance_other: **positive means the importance dropped on
+            the other side**), `coef`, `coef_other`, `coef_change` (the coefficient score
+            `m_k`, likewise; positive = dropped), and `top_tokens` (the neuron's top
+            vocabulary tokens, filled for each case's top `max(top_k, 50)` neurons, `""`
+            elsewhere). A neuron's label `L_N` elsewhere (e.g. `29_545`) is neuron `N` of
+            layer `L`'s FFN.
+        importance: `[case, layer, d_mlp]` original side.
+        importance_other: `[case, layer, d_mlp]` other side.
+        coef: `[case, layer, d_mlp]` original side.
+        coef_other: `[case, layer, d_mlp]` other side.
+        layers: The scored layers.
+        w: `[case]` scored token ids (from the original side).
+        w_str: The scored tokens as text.
+        other: What the other side is (`"ZeroHead(17.2)"`, a model name, `"other input"`).
+        cases: One row per case.
+        top_k: The per-case top-K [`aggregate`][arithlens.cna.comparative.ComparativeResult.aggregate] counts.
+        neuron_tokens: `(layer, neuron)` → top tokens, for the labelled neurons.
+        predictions_other: `[case]` the other side's top prediction.
+        logprob: `[case]` the model's own `log p(w)` on the original side.
+        logprob_other: `[case]` the same on the other side.
+        scale: `"original"` or `"own"`: the scale the other side was read with.
+        bound: Largest error (nats) the series evaluation may have added to a score.
     """
 
     importance: Float[torch.Tensor, "case layer d_mlp"] = field(repr=False, default=None)
@@ -90,10 +121,12 @@ class ComparativeResult(Result):
     other: str = "other"
     cases: pd.DataFrame = field(repr=False, default=None)
     top_k: int = 10
-    top_tokens: list[str] | None = field(repr=False, default=None)
+    neuron_tokens: dict[tuple[int, int], str] | None = field(repr=False, default=None)
     predictions_other: Int[torch.Tensor, "case"] = field(repr=False, default=None)
     logprob: Float[torch.Tensor, "case"] = field(repr=False, default=None)
     logprob_other: Float[torch.Tensor, "case"] = field(repr=False, default=None)
+    scale: str = "original"
+    bound: float = 0.0
 
     @property
     def n_cases(self) -> int:
@@ -101,103 +134,105 @@ class ComparativeResult(Result):
 
     @property
     def importance_change(self) -> Float[torch.Tensor, "case layer d_mlp"]:
+        """`importance − importance_other` (positive: the importance dropped on the other side)."""
         return self.importance - self.importance_other
 
     @property
     def coef_change(self) -> Float[torch.Tensor, "case layer d_mlp"]:
+        """`coef − coef_other` (positive: the coefficient dropped on the other side)."""
         return self.coef - self.coef_other
 
-    def _frame(self, per_neuron: Any, **extra: Any) -> pd.DataFrame:
-        """One row per neuron: each score tensor reduced to ``[layer, d_mlp]`` by ``per_neuron``,
-        plus ``extra`` columns, sorted by ``importance_change`` descending."""
-        L, N = len(self.layers), self.importance.shape[-1]
-        names = ("importance", "importance_other", "importance_change", "coef", "coef_other", "coef_change")
-        df = pd.DataFrame(
-            {
-                "layer": einops.repeat(torch.tensor(self.layers), "l -> (l n)", n=N).numpy(),
-                "neuron": einops.repeat(torch.arange(N), "n -> (l n)", l=L).numpy(),
-                **{name: einops.rearrange(per_neuron(getattr(self, name)), "l n -> (l n)").numpy() for name in names},
-                **extra,
-            }
-        )
-        if self.top_tokens is not None:
-            df["top_tokens"] = self.top_tokens
-        return df.sort_values("importance_change", ascending=False, kind="stable").reset_index(drop=True)
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in SCORES}
 
     def case_frame(self, case: int) -> pd.DataFrame:
-        """All neurons of one case, sorted by ``importance_change`` descending."""
-        if not 0 <= case < self.n_cases:
-            raise ValueError(f"case {case} is out of range: there are {self.n_cases} cases")
-        return self._frame(lambda t: t[case])
+        """All neurons of one case, sorted by `importance_change` descending."""
+        i = validate.integer(case, "case", low=0, high=self.n_cases - 1)
+        return comparative_frame(self.layers, self._tensors(), self.neuron_tokens, lambda t: t[i])
 
     def top(self, k: int = 10, case: int | None = None) -> pd.DataFrame:
-        """The ``k`` neurons with the largest importance change (of a case, or on average)."""
-        check_k(k)
+        """The `k` neurons with the largest importance change (of a case, or on average over cases)."""
+        k = validate.positive_int(k, "k")
         if case is None and self.n_cases > 1:
             return self.aggregate().head(k).reset_index(drop=True)
-        return self.case_frame(case or 0).head(k)
+        return self.case_frame(0 if case is None else case).head(k)
 
-    def top_mask(self, k: int) -> torch.Tensor:
-        """``[case, layer, d_mlp]`` boolean: each case's top-``k`` neurons by importance change."""
-        check_k(k)
-        flat = einops.rearrange(self.importance_change, "c l n -> c (l n)")
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask.scatter_(1, flat.topk(min(k, flat.shape[1]), dim=-1).indices, True)
-        return einops.rearrange(mask, "c (l n) -> c l n", l=len(self.layers))
+    def top_mask(self, k: int) -> Bool[torch.Tensor, "case layer d_mlp"]:
+        """`[case, layer, d_mlp]` boolean: each case's top-`k` neurons by importance change."""
+        return top_mask(self.importance_change, k)
 
     def aggregate(self, k: int | None = None) -> pd.DataFrame:
-        """Per neuron over cases: mean of every column, and ``n_top`` — in how many cases
-        the neuron is among the top-``k`` (default ``top_k``) by importance change."""
-        k = self.top_k if k is None else check_k(k)
+        """Per neuron over cases: the mean of every quantity, and `n_top` — in how many cases
+        the neuron is among the top-`k` (default `top_k`) by importance change."""
+        k = self.top_k if k is None else validate.positive_int(k, "k")
         n_top = einops.rearrange(self.top_mask(k).sum(0), "l n -> (l n)").numpy()
-        return self._frame(lambda t: t.mean(0), n_top=n_top, n_cases=self.n_cases)
+        return comparative_frame(self.layers, self._tensors(), self.neuron_tokens, lambda t: t.mean(0), n_top=n_top, n_cases=self.n_cases)
 
-    def table4(self, k: int = 3, case: int = 0, labels: tuple[str, str] = ("ori", "inv")) -> pd.DataFrame:
-        """Table 4's layout: two rows per top neuron (``FFNv`` "L_k", ``mdl``, ``imp``, ``coef``, ``top tokens``)."""
-        top = self.case_frame(case).head(check_k(k))
+    def table(self, k: int = 3, case: int = 0, labels: tuple[str, str] | None = None) -> pd.DataFrame:
+        """Table 4's layout: two rows per top neuron of a case, original side then other side.
+
+        Columns (the paper's heading → ours): FFNv → `neuron_label` (`L_N`: neuron `N` of
+        layer `L`'s FFN, e.g. `28_3696`), mdl → `side` (`"original"` / the other side, or
+        `labels`), imp → `importance`, coef → `coef`, top10 tokens → `top_tokens`. On the
+        other side's row `importance` and `coef` are `importance_other` and `coef_other`.
+        """
+        k = validate.positive_int(k, "k")
+        first, second = labels if labels is not None else ("original", self.other)
         rows = []
-        for r in top.itertuples():
+        for r in self.case_frame(case).head(k).itertuples():
             tokens = getattr(r, "top_tokens", "")
-            rows.append({"FFNv": f"{r.layer}_{r.neuron}", "mdl": labels[0], "imp": r.importance, "coef": r.coef, "top_tokens": tokens})
-            rows.append({"FFNv": f"{r.layer}_{r.neuron}", "mdl": labels[1], "imp": r.importance_other, "coef": r.coef_other, "top_tokens": tokens})
-        return pd.DataFrame(rows)
+            label = neuron_label(r.layer, r.neuron)
+            rows.append({"neuron_label": label, "side": first, "importance": r.importance, "coef": r.coef, "top_tokens": tokens})
+            rows.append({"neuron_label": label, "side": second, "importance": r.importance_other, "coef": r.coef_other, "top_tokens": tokens})
+        return pd.DataFrame(rows, columns=["neuron_label", "side", "importance", "coef", "top_tokens"])
+
+    table4 = table
 
     def plot(self, k: int = 15, case: int | None = None, **kwargs: Any) -> Any:
-        """Importance and coefficient scores of the top-``k`` neurons on both sides."""
+        """Importance and coefficient scores of the top-`k` neurons on both sides."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         top = self.top(k, case)
-        names = [f"{L}_{n}" for L, n in zip(top["layer"], top["neuron"])]
-        fig = make_subplots(rows=1, cols=2, subplot_titles=["importance (Δ log p)", "coefficient score m"])
+        labels = [neuron_label(L, n) for L, n in zip(top["layer"], top["neuron"])]
+        fig = make_subplots(rows=1, cols=2, subplot_titles=["importance (Δ log p, nats)", "coefficient score m"])
         for col, (a, b) in enumerate([("importance", "importance_other"), ("coef", "coef_other")], start=1):
-            fig.add_trace(go.Bar(x=names, y=top[a], name="original", marker_color="#1f77b4", showlegend=col == 1), row=1, col=col)
-            fig.add_trace(go.Bar(x=names, y=top[b], name=self.other, marker_color="#d62728", showlegend=col == 1), row=1, col=col)
+            for name, column, color in (("original", a, "#1f77b4"), (self.other, b, "#d62728")):
+                fig.add_trace(
+                    go.Bar(x=labels, y=top[column], name=name, marker_color=color, showlegend=col == 1,
+                           hovertemplate=f"neuron %{{x}} ({name})<br>{column} %{{y:.3f}}<extra></extra>"),
+                    row=1, col=col,
+                )  # fmt: skip
+            fig.update_xaxes(title_text="neuron (layer_neuron)", row=1, col=col)
+        fig.update_yaxes(title_text="nats", row=1, col=1)
+        fig.update_yaxes(title_text="m", row=1, col=2)
         target = self.w_str[0] if self.w_str and len(set(self.w_str)) == 1 else "w"
-        fig.update_layout(
-            barmode="group",
-            title=f"CNA: top {k} neurons by importance change for {target!r}, original vs {self.other}",
-            **kwargs,
-        )
+        fig.update_layout(barmode="group", title=f"CNA: top {k} neurons by importance drop for {target!r}, original vs {self.other}", **kwargs)
         return fig
 
 
 class ComparativeNeuronScores:
-    """Compare every FFN neuron's importance across two models, an intervention, or two inputs.
+    """Compare every FFN neuron's importance across an intervention, two models, or two inputs.
 
-    Give exactly one of:
+    Give exactly one of `intervention` (or its shorthand `head`), `other_model`, `other_data`.
 
     Args:
-        intervention: An intervention (``ZeroHead(17, 22)``, several combined with ``+``).
-        other_model: Another :class:`~arithlens.models.LensModel` of the same shape.
-        other_data: Other inputs, one per case of the data passed to :meth:`run`.
-
-    And:
-        target: ``"prediction"`` (the paper) or ``"answer"``; fixed from the original side.
-        mode, rescore, layers, memory_budget, batch_size, progress: as
-            :class:`~arithlens.cna.importance.NeuronImportance`.
-        top_tokens: Top vocabulary tokens per neuron in ``df`` (0: none).
-        top_k: The per-case top-K that :meth:`ComparativeResult.aggregate` counts.
+        intervention: An intervention (`ZeroHead(17, 22)`; several combined with `+`).
+        other_model: Another [`LensModel`][arithlens.models.LensModel] of the same shape.
+        other_data: Other inputs, one per case of the data passed to `run`.
+        target: `"prediction"` (the paper) or `"answer"`; fixed from the original side.
+        mode: `"exact"` or `"fast"` (see [`CNAConfig`][arithlens.cna.config.CNAConfig]).
+        rescore: Candidates re-scored exactly per case and side in fast mode.
+        layers: FFN layers to score (default all).
+        top_tokens: Top vocabulary tokens listed per labelled neuron (0: no `top_tokens` column).
+        top_k: The per-case top-K [`ComparativeResult.aggregate`][arithlens.cna.comparative.ComparativeResult.aggregate] counts.
+        memory_budget: Bytes the analysis's working set may take.
+        batch_size: Cases per forward pass.
+        progress: Show progress bars.
+        config: A [`CNAConfig`][arithlens.cna.config.CNAConfig] (its `scale` picks which
+            final-norm scale the other side is read with); the options above, when given,
+            override its fields.
+        head: `(layer, head)`, `"L.H"` or a `Node`: shorthand for `intervention=ZeroHead(layer, head)`.
     """
 
     def __init__(
@@ -205,125 +240,134 @@ class ComparativeNeuronScores:
         intervention: Any = None,
         other_model: Any = None,
         other_data: Any = None,
-        target: Literal["prediction", "answer"] = "prediction",
-        mode: Literal["exact", "fast"] = "exact",
-        rescore: int = 200,
+        target: str | None = None,
+        mode: str | None = None,
+        rescore: int | None = None,
         layers: Sequence[int] | None = None,
         top_tokens: int = 10,
         top_k: int = 10,
-        memory_budget: float = 1e9,
+        memory_budget: float | None = None,
         batch_size: int | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
+        *,
+        config: CNAConfig | None = None,
+        head: Any = None,
     ):
-        given = [x is not None for x in (intervention, other_model, other_data)]
-        if sum(given) != 1:
-            raise ValueError(
-                "give exactly one of intervention=, other_model= or other_data= "
-                f"(got {sum(given)})"
-            )
-        self.intervention = intervention
-        self.other_model = other_model
-        self.other_data = other_data
-        self.target = check_target(target)
-        self.importance = NeuronImportance(
-            target=target, mode=mode, rescore=rescore, top_k=top_k, layers=layers,
-            top_tokens=top_tokens, memory_budget=memory_budget, batch_size=batch_size, progress=progress,
-        )  # fmt: skip
-        self.top_tokens = int(top_tokens)
-        self.top_k = check_k(top_k, "top_k")
-        self.batch_size = batch_size
+        from arithlens.cna.mask_keep import resolve_intervention
+
+        intervention = resolve_intervention(intervention, head, required=False)
+        given = sum(x is not None for x in (intervention, other_model, other_data))
+        if given != 1:
+            raise ValueError(f"give exactly one of intervention= (or head=), other_model= or other_data= (got {given})")
+        self.intervention, self.other_model, self.other_data = intervention, other_model, other_data
+        self.config = make_config(
+            config, target=target, mode=mode, rescore=rescore, memory_budget=memory_budget, batch_size=batch_size, progress=progress
+        )
+        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
+        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
+        self.top_k = validate.positive_int(top_k, "top_k")
+
+    target = property(lambda self: self.config.target)
 
     def describe_other(self) -> str:
+        """What the other side is, as results and plots name it."""
         if self.intervention is not None:
             return getattr(self.intervention, "describe", lambda: repr(self.intervention))()
         if self.other_model is not None:
             return getattr(self.other_model, "name", "other model")
         return "other input"
 
+    def _layers(self, model: Any) -> list[int]:
+        if self.layers is None:
+            return list(range(model.n_layers))
+        return validate.int_sequence(self.layers, "layers", low=0, high=model.n_layers - 1, unique=True)
+
+    def hook_names(self, model: Any) -> set[str]:
+        """The hooks `run` reads from each side's cache."""
+        return cna_hooks(model, self._layers(model))
+
+    def _other_cache(self, model: Any, data: Any, other_cache: ActivationCache | None, hooks: set[str]) -> tuple[Any, ActivationCache]:
+        """The other side's model and cache (built when not given: never memoized under an intervention)."""
+        from arithlens.data import as_dataset
+        from arithlens.models import load_model
+
+        if self.intervention is not None:
+            if other_cache is None:
+                return model, model.cache(data, names=hooks, interventions=[self.intervention], batch_size=pass_batch(model, self.config))
+            ensure_cache(model, data, other_cache, hooks, clean=False)
+            if repr(self.intervention) not in other_cache.interventions:
+                raise ValueError(
+                    f"other_cache was built {'clean' if other_cache.clean else 'under ' + repr(other_cache.interventions)}, "
+                    f"not under {self.intervention!r}: build it with model.cache(data, names=..., interventions=[intervention])"
+                )
+            return model, other_cache
+        if self.other_data is not None:
+            n, m = len(as_dataset(data, model.tokenizer)), len(as_dataset(self.other_data, model.tokenizer))
+            if n != m:
+                raise ValueError(f"other_data has {m} cases but the data has {n}; they are compared case by case")
+            return model, side_cache(model, self.other_data, other_cache, hooks, self.config)
+        other = load_model(self.other_model)
+        if (other.n_layers, other.d_mlp, other.d_vocab) != (model.n_layers, model.d_mlp, model.d_vocab):
+            raise ValueError(
+                f"other_model {other!r} does not have the shape of {model!r}: neurons can only be compared between models of the same architecture"
+            )
+        return other, side_cache(other, data, other_cache, hooks, self.config)
+
     @torch.no_grad()
-    def run(self, model: Any, data: Any) -> ComparativeResult:
-        """Score both sides on ``data`` with ``w`` fixed from the original side."""
+    def run(
+        self, model: Any, data: Any, *, cache: ActivationCache | None = None, other_cache: ActivationCache | None = None
+    ) -> ComparativeResult:
+        """Score both sides on `data` with `w` fixed from the original side.
+
+        Args:
+            model: The original model.
+            data: Prompts, token ids or a dataset.
+            cache: The original side's clean cache of `data` (holding [`hook_names`][arithlens.cna.comparative.ComparativeNeuronScores.hook_names]);
+                given one, no clean forward pass runs.
+            other_cache: The other side's cache (under the intervention, of `other_data`, or
+                of `other_model` on `data`); given one, no forward pass runs at all.
+        """
+        from arithlens.interventions import as_hooks
         from arithlens.models import load_model
 
         model = load_model(model)
-        acts = collect(model, data, (), self.batch_size)
-        w = choose_w(acts, self.target)
-        if self.other_model is None:
-            if self.intervention is not None:
-                other = collect(model, data, [self.intervention], self.batch_size)
-            else:
-                other = collect(model, self.other_data, (), self.batch_size)
-                if len(other) != len(acts):
-                    raise ValueError(
-                        f"other_data has {len(other)} cases but the data has {len(acts)}; "
-                        "they are compared case by case"
-                    )
-            # Both sides share the model's vocabulary projections: score them in one pass.
-            both = self.importance.scores(model, Activations.cat([acts, other]), torch.cat([w, w]))
-            n = len(acts)
-            imp, imp_o = both.importance[:n], both.importance[n:]
-            coef, coef_o = both.coef[:n], both.coef[n:]
-            layers, token_ids = both.layers, both.top_token_ids
+        layers = self._layers(model)
+        hooks = cna_hooks(model, layers)
+        if self.intervention is not None:
+            as_hooks(model, [self.intervention])  # a head out of range fails before any pass
+        cache = side_cache(model, data, cache, hooks, self.config)
+        other_model, other = self._other_cache(model, data, other_cache, hooks)
+        w = choose_w(cache, self.config.target)
+        acts = Activations(cache, w)
+        acts_o = Activations(other, w, cache.final_scale if self.config.scale == "original" else None)
+        if other_model is model:  # both sides share the model's vocabulary projections
+            sc, sc_o = score_sides(model, [acts, acts_o], layers, self.config)
         else:
-            other_model = load_model(self.other_model)
-            if (other_model.n_layers, other_model.d_mlp, other_model.d_vocab) != (model.n_layers, model.d_mlp, model.d_vocab):
-                raise ValueError(
-                    f"other_model {other_model!r} does not have the shape of {model!r}: "
-                    "neurons can only be compared between models of the same architecture"
-                )
-            other = collect(other_model, data, (), self.batch_size)
-            a = self.importance.scores(model, acts, w)
-            b = self.importance.scores(other_model, other, w)
-            imp, imp_o, coef, coef_o, layers = a.importance, b.importance, a.coef, b.coef, a.layers
-            token_ids = a.top_token_ids
-        res = ComparativeResult(
-            df=pd.DataFrame(),
-            importance=imp,
-            importance_other=imp_o,
-            coef=coef,
-            coef_other=coef_o,
+            (sc,), (sc_o,) = score_sides(model, [acts], layers, self.config), score_sides(other_model, [acts_o], layers, self.config)
+        tensors = {"importance": sc.importance, "importance_other": sc_o.importance, "coef": sc.coef, "coef_other": sc_o.coef}
+        tensors["importance_change"] = tensors["importance"] - tensors["importance_other"]
+        tensors["coef_change"] = tensors["coef"] - tensors["coef_other"]
+        tokens = None
+        if self.top_tokens:
+            pairs = label_pairs(layers, validate.check_finite(tensors["importance_change"], "the importance changes"), max(self.top_k, 50))
+            tokens = labelled_tokens(model, pairs, self.top_tokens)
+        budget = self.config.memory_budget
+        return ComparativeResult(
+            df=_per_case_df(layers, tensors, tokens),
+            importance=sc.importance,
+            importance_other=sc_o.importance,
+            coef=sc.coef,
+            coef_other=sc_o.coef,
             layers=layers,
             w=w,
             w_str=model.token_strs(w.tolist()),
             other=self.describe_other(),
             cases=case_frame(data, model),
             top_k=self.top_k,
+            neuron_tokens=tokens,
             predictions_other=other.predictions,
-            logprob=acts.final_logprob.gather(1, w[:, None])[:, 0],
-            logprob_other=other.final_logprob.gather(1, w[:, None])[:, 0],
+            logprob=kernels.final_logprob(model, acts, budget),
+            logprob_other=kernels.final_logprob(other_model, acts_o, budget),
+            scale=self.config.scale,
+            bound=max(sc.bound, sc_o.bound),
         )
-        if token_ids is not None:  # exact mode projected every neuron anyway
-            res.top_tokens = token_lists(model, einops.rearrange(token_ids, "l n k -> (l n) k"))
-        elif self.top_tokens:  # fast mode: project only each case's top rows, not every neuron
-            n_show = max(50, self.top_k)
-            flat = einops.rearrange(res.importance_change, "c l n -> c (l n)")
-            picked = sorted(set(flat.topk(min(n_show, flat.shape[1]), dim=-1).indices.reshape(-1).tolist()))
-            pairs = [(layers[j // model.d_mlp], j % model.d_mlp) for j in picked]
-            strings = [""] * flat.shape[1]
-            for j, text in zip(picked, top_token_strings(model, pairs, self.top_tokens)):
-                strings[j] = text
-            res.top_tokens = strings
-        frames = [res.case_frame(i).assign(case=i) for i in range(res.n_cases)]
-        df = pd.concat(frames, ignore_index=True)
-        res.df = df[["case"] + [c for c in df.columns if c != "case"]] if res.n_cases > 1 else df.drop(columns="case")
-        return res
-
-
-@torch.no_grad()
-def all_top_tokens(model: Any, layers: Sequence[int], k: int = 10, chunk: int = 512) -> list[str]:
-    """Top-``k`` token strings of every neuron of ``layers`` (flattened layer-major)."""
-    out: list[str] = []
-    W_U = model.bridge.W_U.detach().float()
-    for layer in layers:
-        W_out = model.bridge.W_out[layer].detach().float()
-        for s in range(0, model.d_mlp, chunk):
-            out.extend(token_lists(model, (W_out[s : s + chunk] @ W_U).topk(k, dim=-1).indices.cpu()))
-    return out
-
-
-def top_token_strings(model: Any, neurons: Sequence[tuple[int, int]], k: int = 10) -> list[str]:
-    """Top-``k`` token strings of chosen ``(layer, neuron)`` pairs (Table 4's column).
-
-    Uses :class:`arithlens.cna.LogitLens` when that module is available.
-    """
-    return token_lists(model, neuron_top_token_ids(model, neurons, k))

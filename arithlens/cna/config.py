@@ -3,15 +3,17 @@
 Example:
     ```python
     from arithlens.cna import CNAConfig, ComparativeNeuronScores
+    from arithlens.interventions import ZeroHead
+
     config = CNAConfig(mode="fast", rescore=500, scale="original")
-    ComparativeNeuronScores(config=config)
+    ComparativeNeuronScores(config=config, intervention=ZeroHead(17, 2))
     ```
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from arithlens import validate
 
@@ -19,6 +21,7 @@ Target = Literal["prediction", "answer"]
 TARGETS: tuple[str, ...] = ("prediction", "answer")
 MODES: tuple[str, ...] = ("exact", "fast")
 SCALES: tuple[str, ...] = ("original", "own")
+PROJECTION_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -31,15 +34,33 @@ class CNAConfig:
         mode: `"exact"` scores every neuron exactly; `"fast"` scores every neuron to first
             order and re-scores the top `rescore` candidates of each case exactly.
         rescore: Candidates per case re-scored exactly in fast mode.
-        memory_budget: Bytes the whole analysis's working set may take (the scores it
-            returns aside).
+        memory_budget: Bytes the analysis's working set may take (the per-case scores it
+            returns and the activation cache aside): vocabulary projections, logits and
+            log-sum-exp buffers are chunked to fit.
         batch_size: Cases per forward pass (default the model's).
         progress: Show progress bars.
-        scale: Which final-norm scale the intervened (other) side is read with:
-            `"original"` — the original run's, as the paper's reference code does
+        scale: Which final-norm scale the other side is read with. `"original"` — the
+            original run's scale for both sides, as the paper's reference code does
             (`get_log_increase(model1, …, final_var, …)` reuses the clean run's
-            `final_var`), so Table 4's numbers are reproduced; `"own"` — each side
-            frozen at its own run's scale.
+            `final_var`), so Table 4's numbers are reproduced; for two inputs (§6.2) case
+            `i` of the other data is read with the scale of case `i` of the data.
+            `"own"` — each side frozen at its own run's scale. The scored side of
+            [`NeuronImportance`][arithlens.cna.importance.NeuronImportance] is always
+            read with its own scale (it is the original side).
+        tolerance: Largest error (nats) the exact kernel's series evaluation may add to
+            an importance score. The log-sum-exp over the vocabulary is then evaluated
+            as a truncated Taylor series in the neuron's coefficient whose remainder is
+            bounded per score (see [`arithlens.cna.scores`][arithlens.cna.scores]); scores
+            whose bound would exceed `tolerance` are computed by the direct log-sum-exp.
+            `0` always uses the direct log-sum-exp.
+        keep_projections: Keep the vocabulary projections `W_out[l] @ W_U` (model
+            constants) on the model between calls, so later analyses of the same model
+            skip that matmul; see [`ProjectionCache`][arithlens.cna.projections.ProjectionCache].
+        projection_dtype: Storage dtype of kept projections: `"float32"`, or `"bfloat16"`
+            / `"float16"` (half the memory; the log-sum-exp stays in float32 and rounding
+            is counted in the bound, scores over `tolerance` recomputed in float32).
+        projection_bytes: Most bytes the kept projections of one model may take (least
+            recently used first out).
     """
 
     target: Target = "prediction"
@@ -49,12 +70,49 @@ class CNAConfig:
     batch_size: int | None = None
     progress: bool = False
     scale: Literal["original", "own"] = "original"
+    tolerance: float = 1e-7
+    keep_projections: bool = False
+    projection_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    projection_bytes: float = 4e9
 
     def __post_init__(self) -> None:
         validate.choice(self.target, "target", TARGETS)
         validate.choice(self.mode, "mode", MODES)
         object.__setattr__(self, "rescore", validate.positive_int(self.rescore, "rescore"))
-        object.__setattr__(self, "memory_budget", validate.positive_number(self.memory_budget, "memory_budget"))
+        object.__setattr__(self, "memory_budget", validate.number(self.memory_budget, "memory_budget", low=1e4))
         object.__setattr__(self, "batch_size", validate.optional_positive_int(self.batch_size, "batch_size"))
         object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
         validate.choice(self.scale, "scale", SCALES)
+        object.__setattr__(self, "tolerance", validate.number(self.tolerance, "tolerance", low=0.0, high=1e-2))
+        object.__setattr__(self, "keep_projections", validate.boolean(self.keep_projections, "keep_projections"))
+        validate.choice(self.projection_dtype, "projection_dtype", PROJECTION_DTYPES)
+        if self.projection_dtype != "float32" and self.tolerance == 0:
+            raise ValueError(
+                f"projection_dtype={self.projection_dtype!r} needs tolerance > 0: reduced-precision projections "
+                "are read through the bounded series (tolerance=0 asks for the direct float32 log-sum-exp)"
+            )
+        object.__setattr__(self, "projection_bytes", validate.positive_number(self.projection_bytes, "projection_bytes"))
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CNAConfig))
+"""The option names a `CNAConfig` holds (what analyses accept as old-style keyword arguments)."""
+
+
+def make_config(config: Any = None, **options: Any) -> CNAConfig:
+    """One `CNAConfig` from `config=` and/or old-style keyword options (`target=`, `mode=`, …).
+
+    Options given explicitly (not `None`) override the fields of `config`; an unknown option
+    or a `config` that is not a `CNAConfig` is a `ValueError`.
+    """
+    if config is not None and not isinstance(config, CNAConfig):
+        raise ValueError(f"config={config!r} must be a CNAConfig (from arithlens.cna import CNAConfig)")
+    unknown = sorted(set(options) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown CNA option(s) {unknown}; CNAConfig takes {list(FIELDS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    base = config if config is not None else CNAConfig()
+    if not given:
+        return base
+    from dataclasses import replace
+
+    return replace(base, **given)

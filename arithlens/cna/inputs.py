@@ -1,0 +1,174 @@
+"""What CNA reads from a forward pass, and the shared argument checks of the CNA analyses.
+
+[`Activations`][arithlens.cna.inputs.Activations] is a view of an
+[`ActivationCache`][arithlens.cache.ActivationCache] — nothing is copied — that adds what a
+side of a comparison needs on top of the cache: the scored token of each case (`w`) and
+the final-norm scale its residual vectors are read with (the cache's own, or the original
+side's under `CNAConfig(scale="original")`). The score kernels
+([`arithlens.cna.scores`][arithlens.cna.scores]) read one layer at a time from it, so no
+`[case, layer, …]` stack is ever built.
+
+Neuron labels: the paper writes FFN neuron `k` of layer `l` as `l_k` (Table 4's "28_3696");
+[`neuron_label`][arithlens.cna.inputs.neuron_label] makes that label, both indices counted
+from 0.
+
+Example:
+    ```python
+    import arithlens
+    from arithlens.cna.inputs import Activations, cna_hooks
+
+    model = arithlens.load_model()
+    cache = model.cache(["3+5="], names=cna_hooks(model, range(model.n_layers)))
+    acts = Activations(cache, w=cache.predictions)
+    acts.at("resid_mid", 20).shape      # [case, d_model]
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import einops
+import torch
+from jaxtyping import Float, Int
+
+from arithlens import names, validate
+from arithlens.cache import ActivationCache
+from arithlens.cna.config import TARGETS
+
+_KINDS: dict[str, Callable[[int], str]] = {
+    "resid_pre": names.resid_pre,
+    "resid_mid": names.resid_mid,
+    "attn_out": names.attn_out,
+    "mlp_out": names.mlp_out,
+    "post": names.post,
+    "z": names.z,
+    "ln2_scale": names.ln2_scale,
+}
+
+
+def neuron_label(layer: int, neuron: int) -> str:
+    """The paper's label of FFN neuron `neuron` of layer `layer`: `"L_N"` (e.g. `"29_545"`)."""
+    return f"{int(layer)}_{int(neuron)}"
+
+
+def neuron_hooks(layers: Iterable[int]) -> set[str]:
+    """Hooks the neuron scores read: `resid_mid` and the coefficient scores of `layers`."""
+    return {h for L in layers for h in (names.resid_mid(int(L)), names.post(int(L)))}
+
+
+def component_hooks(model: Any) -> set[str]:
+    """Hooks the head and layer scores read, at every layer."""
+    kinds = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z")
+    return {_KINDS[k](L) for k in kinds for L in range(model.n_layers)}
+
+
+def cna_hooks(model: Any, layers: Iterable[int]) -> set[str]:
+    """Every hook [`NeuronImportance`][arithlens.cna.importance.NeuronImportance] reads."""
+    return neuron_hooks(layers) | component_hooks(model)
+
+
+class Activations:
+    """One side of a comparison as the score kernels read it: a view of an `ActivationCache`.
+
+    Attributes:
+        cache: The forward pass the activations come from.
+        w: `[case]` the token each case is scored on.
+        scale: `[case]` the final-norm scale residual vectors are divided by (frozen).
+    """
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        w: Int[torch.Tensor, "case"] | None = None,
+        scale: Float[torch.Tensor, "case"] | None = None,
+    ):
+        self.cache = cache
+        n = len(cache)
+        self.w = einops.rearrange(cache.scoring_ids if w is None else torch.as_tensor(w, dtype=torch.long), "... -> (...)").clone()
+        self.scale = einops.rearrange((cache.final_scale if scale is None else torch.as_tensor(scale)).float(), "... -> (...)").clone()
+        if len(self.w) != n or len(self.scale) != n:
+            raise ValueError(f"w has {len(self.w)} and scale {len(self.scale)} entries but the cache holds {n} cases")
+        # An infinite scale means the pass overflowed (e.g. a neuron scaled by 1e30): its
+        # activations would give finite but meaningless scores, whichever scale reads them.
+        validate.check_finite(cache.final_scale[~torch.isnan(cache.final_scale)], "the forward pass's final-norm scales")
+        validate.check_finite(self.scale, "the final-norm scales")
+        if bool((self.scale <= 0).any()):
+            raise ValueError("a final-norm scale is not positive: the model's final norm has no scale to freeze")
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def at(self, kind: str, layer: int) -> torch.Tensor:
+        """Last-position activations of one kind (`"resid_mid"`, `"post"`, `"z"`, …) at `layer`, float32."""
+        act = self.cache.last(_KINDS[kind](int(layer)))
+        if isinstance(act, list):  # pragma: no cover - these hooks never vary in shape with the prompt
+            act = torch.stack(act)
+        act = act.float()
+        return einops.rearrange(act, "c ... -> (c ...)") if kind == "ln2_scale" else act  # [case, 1] → [case]
+
+    def stack(self, kind: str, layers: Iterable[int]) -> torch.Tensor:
+        """`[case, layer, ...]` activations of one kind over `layers` (copies; prefer `at`)."""
+        return torch.stack([self.at(kind, L) for L in layers], dim=1)
+
+    @property
+    def predictions(self) -> Int[torch.Tensor, "case"]:
+        return self.cache.predictions
+
+    def with_scale(self, scale: Float[torch.Tensor, "case"]) -> "Activations":
+        """The same activations read with another frozen scale."""
+        return Activations(self.cache, self.w, scale)
+
+
+def choose_w(cache: ActivationCache, target: str) -> Int[torch.Tensor, "case"]:
+    """The scored token of each case: the model's prediction, or the case's answer token."""
+    validate.choice(target, "target", TARGETS)
+    if target == "prediction":
+        return cache.predictions.clone()
+    missing = (cache.target_ids < 0).nonzero()
+    if len(missing):
+        raise ValueError(
+            f"target='answer' needs every case to have an answer, but case {int(missing[0, 0])} has none; "
+            "build cases with answers (arithlens.data) or use target='prediction'"
+        )
+    return cache.target_ids.clone()
+
+
+def check_w(w: Any, n_cases: int, model: Any) -> Int[torch.Tensor, "case"]:
+    """Fixed scored tokens `w` (one id per case), validated against the vocabulary."""
+    ids = validate.int_sequence(w, "w", low=0, high=model.d_vocab - 1)
+    if len(ids) != n_cases:
+        raise ValueError(f"w has {len(ids)} tokens but there are {n_cases} cases")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------- argument checks
+def check_k(k: Any, name: str = "k") -> int:
+    """A positive integer (numpy integers accepted)."""
+    return validate.positive_int(k, name)
+
+
+def check_ks(ks: Any) -> tuple[int, ...]:
+    """A non-empty sequence of positive integers (a string is not split into characters)."""
+    return tuple(validate.int_sequence(ks, "ks", low=1))
+
+
+def check_target(target: Any) -> str:
+    """`"prediction"` or `"answer"`."""
+    return validate.choice(target, "target", TARGETS)
+
+
+def check_layers(model: Any, layers: Any) -> list[int]:
+    """`layers` (default every layer) as distinct in-range layer indices."""
+    if layers is None:
+        return list(range(model.n_layers))
+    return validate.int_sequence(layers, "layers", low=0, high=model.n_layers - 1, unique=True)
+
+
+def check_head_arg(model: Any, head: Any) -> tuple[int, int]:
+    """`(layer, head)`, `"L.H"` or a [`Node`][arithlens.names.Node] → a validated `(layer, head)`."""
+    node = names.Node.parse(head)
+    if node.is_mlp:
+        raise ValueError(f"head={head!r} names an MLP; give an attention head as (layer, head) or 'L.H'")
+    node.check(model)
+    return int(node.layer), int(node.head)

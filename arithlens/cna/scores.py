@@ -1,0 +1,365 @@
+"""The §4.1 score kernels: neurons (exact and first order), heads and whole layers.
+
+The importance of FFN neuron `k` of layer `l` for a case is the increase of the log
+probability of its scored token `w` when the neuron's subvalue is added to the residual
+stream entering the MLP (Yu & Ananiadou 2024b), read out with the final norm's scale `σ`
+frozen ([`arithlens.readout`][arithlens.readout]):
+
+    imp(l, k) = log p(w | x_mid + m_k fc2_k) − log p(w | x_mid),   p(· | v) = softmax((v / σ) W_U + b_U)
+
+With `b = (x_mid / σ) W_U + b_U` the base logits, `c = m_k / σ` and `U_k = fc2_k W_U` the
+neuron's vocabulary projection (a model constant, see
+[`arithlens.cna.projections`][arithlens.cna.projections]):
+
+    imp(l, k) = c U_kw − log Σ_v p_v exp(c U_kv),   p = softmax(b)
+
+**Exact kernel.** Projections are computed once per chunk of neurons and serve every case
+and both sides of a comparison. The log-sum-exp is then evaluated one of two ways, each
+exact to a stated bound:
+
+* *direct*: `log Σ_v exp(b_v + c U_kv)` in float32 (one fused pass per case and side);
+* *series*: with `U_kv = mid_k + half_k ũ_kv`, `|ũ| ≤ 1` and `t = |c| half_k`,
+  `Σ_v p_v exp(c U_kv) = exp(c mid_k) Σ_j (c half_k)^j / j! · μ_j`, `μ_j = Σ_v p_v ũ_kv^j`.
+  The moments `μ_j` of every neuron and case are matrix products `ũ^j @ p`, shared by all
+  cases of a chunk, so many cases cost a few matmuls instead of one exponential per
+  (case, neuron, token). The series is cut at the first `J` whose remainder bound
+  `t^(J+1) e^t / (J+1)!` (Taylor), divided by the lower bound `e^(−t) − remainder` of
+  the sum, is at most `CNAConfig.tolerance` nats — that bound is the largest error the
+  truncation adds to the score, and the largest one is returned as `NeuronScores.bound`.
+  Scores whose `t` is too large for 16 terms use the direct form.
+
+The series is used when a chunk has at least `SERIES_MIN_SIDES` (case, side) pairs (or
+the kept projections are stored in a reduced dtype); below that the direct form is faster.
+
+Fast mode (first order, then exact re-scoring) is in [`arithlens.cna.fast`][arithlens.cna.fast];
+the same score of heads and whole layers in [`arithlens.cna.components`][arithlens.cna.components].
+
+Memory: the kernel works in chunks of neurons and blocks of (case, side) pairs sized to
+`memory_budget` bytes; it never holds a `[case, layer, vocab]` tensor.
+
+Example:
+    ```python
+    import arithlens
+    from arithlens.cna.inputs import Activations, cna_hooks
+    from arithlens.cna.scores import exact_neuron_scores
+
+    model = arithlens.load_model()
+    cache = model.cache(["3+5="], names=cna_hooks(model, [29]))
+    (scores,) = exact_neuron_scores(model, [Activations(cache)], [29])
+    scores.importance.shape      # [case, layer, d_mlp]
+    ```
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import einops
+import torch
+from jaxtyping import Bool, Float
+from tqdm.auto import tqdm
+
+from arithlens import validate
+from arithlens.cna import projections as proj
+from arithlens.cna.inputs import Activations
+from arithlens.readout import Readout
+
+SERIES_MIN_SIDES = 8
+"""(case, side) pairs per block from which the series evaluation is used (it is faster there)."""
+MAX_TERMS = 16
+"""Most Taylor terms the series evaluates; scores needing more use the direct log-sum-exp."""
+V_BLOCK = 4096
+"""Vocabulary block of the moment matmuls: float32 within a block, float64 across blocks."""
+_FACT = [float(math.factorial(j)) for j in range(MAX_TERMS + 2)]
+
+
+@dataclass
+class NeuronScores:
+    """Per-case neuron scores of one side.
+
+    Attributes:
+        importance: `[case, layer, d_mlp]` the §4.1 score (nats).
+        coef: `[case, layer, d_mlp]` the coefficient scores `m_k`.
+        layers: The scored layers, in the order of the second axis.
+        exact: In fast mode, which scores were computed exactly (the rest are first order).
+        first_order: In fast mode, the first-order scores.
+        bound: Largest error (nats) the series evaluation may have added to any score.
+    """
+
+    importance: Float[torch.Tensor, "case layer d_mlp"]
+    coef: Float[torch.Tensor, "case layer d_mlp"]
+    layers: list[int]
+    exact: Bool[torch.Tensor, "case layer d_mlp"] | None = None
+    first_order: Float[torch.Tensor, "case layer d_mlp"] | None = None
+    bound: float = 0.0
+
+
+# ---------------------------------------------------------------------------- series helpers
+def series_terms(t: Float[torch.Tensor, "..."], tolerance: float, roundoff: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Terms `J` each score's series needs for `tolerance`, and the bound it then has.
+
+    `J = MAX_TERMS + 1` where 16 terms do not reach the tolerance (those scores use the
+    direct form). `roundoff` adds the bound of stored projections rounded to that relative
+    precision (terms `j ≥ 2`; `μ_1` is always computed from float32 weights).
+    """
+    t = t.double()
+    js = torch.arange(1, MAX_TERMS + 1, dtype=torch.float64)
+    fact = torch.tensor(_FACT[2 : MAX_TERMS + 2], dtype=torch.float64)
+    js, fact = (einops.rearrange(v, "j -> j" + " 1" * t.ndim) for v in (js, fact))  # broadcast over t
+    rem = t[None] ** (js + 1) * torch.exp(t)[None] / fact
+    rem = rem + roundoff * t[None] * torch.expm1(t)[None] * (1 + roundoff) ** js
+    low = torch.exp(-t)[None] - rem
+    bound = torch.where(low > 0, rem / low.clamp_min(1e-300), torch.full_like(rem, math.inf))
+    ok = bound <= tolerance
+    first = torch.where(ok.any(0), ok.double().argmax(0) + 1, torch.full_like(t, MAX_TERMS + 1, dtype=torch.long))
+    chosen = torch.gather(bound, 0, (first.clamp(max=MAX_TERMS) - 1)[None])[0]
+    return first.long(), torch.where(first <= MAX_TERMS, chosen, torch.full_like(chosen, math.inf))
+
+
+def _count(stats: dict | None, flops: float) -> None:
+    """Add `flops` matmul FLOPs to `stats["matmul_flops"]` (benchmarks read it)."""
+    if stats is not None:
+        stats["matmul_flops"] = stats.get("matmul_flops", 0.0) + float(flops)
+
+
+def _vocab_block(V: int) -> int:
+    """A divisor of `V` near `V_BLOCK` (so blocks are views, not copies), or 0 when there is none."""
+    if V <= V_BLOCK:
+        return V
+    for vb in range(V_BLOCK, V_BLOCK // 4, -1):
+        if V % vb == 0:
+            return vb
+    return 0
+
+
+def _blocked_matmul(a: Float[torch.Tensor, "r vocab"], b: Float[torch.Tensor, "vocab k"]) -> Float[torch.Tensor, "r k"]:
+    """`a @ b` over a long vocabulary axis: float32 products per block of ~`V_BLOCK`, float64 sums across blocks.
+
+    A single float32 accumulation over 49,152 entries loses ~1e-5 relative; blocks keep the
+    moments' error near float32's own. One batched matmul when a block size divides `V`.
+    """
+    r, V = a.shape
+    vb = _vocab_block(V)
+    if vb:
+        lhs = einops.rearrange(a.float(), "r (nb vb) -> nb r vb", vb=vb)  # views: vb divides V
+        parts = torch.bmm(lhs, einops.rearrange(b, "(nb vb) k -> nb vb k", vb=vb))  # [nb, r, k]
+        return parts.sum(0, dtype=torch.float64)
+    out = torch.zeros(r, b.shape[1], dtype=torch.float64, device=a.device)
+    for s0 in range(0, V, V_BLOCK):
+        out += a[:, s0 : s0 + V_BLOCK].float() @ b[s0 : s0 + V_BLOCK]
+    return out
+
+
+def layer_w_out(model: Any, layer: int) -> Float[torch.Tensor, "d_mlp d_model"]:
+    """`W_out` of one layer, from its block (the bridge's stacked `W_out` rebuilds every layer on each access)."""
+    return model.bridge.blocks[int(layer)].mlp.W_out.detach()
+
+
+def _sizes(budget: float, vocab: int, d_mlp: int, n_sides: int) -> tuple[int, int]:
+    """Neurons per projection chunk and (case, side) pairs per block for `budget` bytes.
+
+    `[neuron, vocab]` float32 buffers take 60 % (projection, powers, direct logits, and up
+    to two compacted copies in the series); a block's base logits, probabilities and their
+    temporaries (about eight `[vocab]` rows per pair) 30 %; a row-major copy of `W_U` 10 %.
+    """
+    row = vocab * 4
+    n_chunk = int(max(1, min(d_mlp, budget * 0.6 // (5 * row))))
+    n_block = int(max(1, min(n_sides, budget * 0.3 // (8 * row))))
+    return n_chunk, n_block
+
+
+class _Block:
+    """A block of (case, side) pairs at one layer: base logits, probabilities and `W_U p`."""
+
+    def __init__(self, ro: Readout, x: torch.Tensor, scale: torch.Tensor, w: torch.Tensor, series: bool, stats: dict):
+        base = ro.logits(x, scale)  # [b, V]
+        d, V = ro.W_U.shape
+        _count(stats, 2 * x.shape[0] * d * V * (2 if series else 1))
+        validate.check_finite(base, "the base logits")
+        self.shifted = base - base.amax(-1, keepdim=True)
+        self.lse = torch.logsumexp(self.shifted, -1)  # of the shifted logits
+        self.w = w
+        if series:
+            P = torch.softmax(self.shifted, -1)
+            self.PT = P.T.contiguous()  # [V, b]
+            self.mass = P.sum(-1, dtype=torch.float64)  # Σ_v p_v as computed (≈ 1)
+            self.WUp = _blocked_matmul(P, ro.W_U.T).T  # [d_model, b]: W_U p, for μ_1
+
+
+# ---------------------------------------------------------------------------- exact neuron scores
+def _lse_rows(shifted: torch.Tensor, slope: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`log Σ_v exp(shifted_v + slope · u_v)` per row of the broadcast `[r, V]` (float32, into `out`).
+
+    No max pass: the largest exponent is at most `|slope|·max|u|`; rows whose exponentials
+    overflow or all underflow (a huge coefficient) are redone with one.
+    """
+    torch.addcmul(shifted, slope[:, None], u, out=out)
+    lse = out.exp_().sum(-1).log()
+    bad = ~torch.isfinite(lse)
+    if bool(bad.any()):
+        redo = bad.nonzero()[:, 0]
+        sh = shifted if shifted.shape[0] == 1 else shifted[redo]
+        lse[redo] = torch.logsumexp(torch.addcmul(sh, slope[redo, None], u if u.shape[0] == 1 else u[redo]), -1)
+    return lse
+
+
+def _series(
+    blk: _Block, u: torch.Tensor, x: torch.Tensor, terms: torch.Tensor, mu1: torch.Tensor, buf: torch.Tensor, stats: dict | None
+) -> torch.Tensor:
+    """`log Σ_v p_v exp(x ũ_kv)` for `[n, b]` pairs (`x = c·half`) by the truncated series, `terms` per row."""
+    n = u.shape[0]
+    top = int(terms.max()) if n else 0
+    S = blk.mass[None, :] + x * mu1  # j = 0, 1
+    idx = torch.arange(n)
+    cur, pw = u, None
+    for j in range(2, top + 1):
+        keep = terms[idx] >= j
+        if int(keep.sum()) <= len(idx) // 2:  # at most half the rows need this term: compact
+            idx, cur = idx[keep], cur[keep]
+            pw = pw[keep] if pw is not None else None
+        if pw is None:
+            pw = torch.mul(cur, cur, out=buf[: len(idx)]) if cur.dtype == torch.float32 else cur.float() * cur.float()
+        else:
+            pw.mul_(cur)
+        use = (terms[idx] >= j).double()[:, None]
+        S[idx] += use * x[idx] ** j / _FACT[j] * _blocked_matmul(pw, blk.PT)
+        _count(stats, 2 * pw.shape[0] * pw.shape[1] * blk.PT.shape[1])
+    return S.log()
+
+
+@torch.no_grad()
+def exact_neuron_scores(
+    model: Any,
+    sides: Sequence[Activations],
+    layers: Sequence[int],
+    *,
+    memory_budget: float = 1e9,
+    tolerance: float = 1e-7,
+    projections: "proj.ProjectionCache | None" = None,
+    projection_dtype: str = "float32",
+    progress: bool = False,
+    stats: dict | None = None,
+) -> list[NeuronScores]:
+    """Exact §4.1 importance of every neuron of `layers`, for every case of every side.
+
+    All sides share each chunk of vocabulary projections (one `W_out @ W_U` matmul per chunk
+    per call; none with a warm `projections` cache). `stats`, when given, receives
+    `matmul_flops`: the FLOPs of the matrix products run.
+    """
+    ro = Readout(model)
+    dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
+    counts = [len(s) for s in sides]
+    total = sum(counts)
+    n_chunk, n_block = _sizes(memory_budget, V, d_mlp, total)
+    dtype = proj.DTYPES[projection_dtype]
+    roundoff = proj.UNIT_ROUNDOFF[dtype] if dtype != torch.float32 else 0.0
+    if projections is not None:
+        projections.check(model)
+    imps = [torch.empty(n, len(layers), d_mlp) for n in counts]
+    bound = [0.0 for _ in sides]
+    who = torch.cat([torch.full((n,), s) for s, n in enumerate(counts)])
+    where = torch.cat([torch.arange(n) for n in counts])
+    w_all = torch.cat([s.w for s in sides]).to(dev)
+    scale_all = torch.cat([s.scale for s in sides]).to(dev)
+    # W_U row-major makes the projection matmul ~20 % faster on CPU; a copy, when the budget has room.
+    W_U = ro.W_U.contiguous() if ro.W_U.numel() * 4 <= 0.1 * memory_budget else ro.W_U
+    # Three [neuron, vocab] buffers, reused: the projection, the series' powers, the direct logits.
+    ubuf, pbuf, dbuf = (torch.empty(min(n_chunk, d_mlp), V, device=dev) for _ in range(3))
+    bar = tqdm(total=len(layers) * math.ceil(d_mlp / n_chunk), desc="neuron importance", unit="chunk", disable=not progress)
+    try:
+        for li, layer in enumerate(layers):
+            x_all = torch.cat([s.at("resid_mid", layer) for s in sides]).to(dev)
+            c_all = torch.cat([s.at("post", layer) for s in sides]).to(dev) / scale_all[:, None]
+            validate.check_finite(c_all, f"the coefficient scores of layer {layer}")
+            W_l = layer_w_out(model, layer)
+            spans = [(b0, min(total, b0 + n_block)) for b0 in range(0, total, n_block)]
+            series = {sp: tolerance > 0 and (sp[1] - sp[0] >= SERIES_MIN_SIDES or dtype != torch.float32) for sp in spans}
+            # The direct form needs no normalised rows; the series and kept chunks do.
+            normalize = projections is not None or any(series.values())
+            # One block of pairs is kept for the layer when it is the only one; several are rebuilt per chunk.
+            kept_blocks = {} if len(spans) > 1 else {sp: _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], series[sp], stats) for sp in spans[:1]}
+            for k0 in range(0, d_mlp, n_chunk):
+                k1 = min(d_mlp, k0 + n_chunk)
+                key = (layer, k0, k1, projection_dtype)
+                pr = projections.get(key) if projections is not None else None
+                if pr is None:
+                    pr = proj.compute(W_l, W_U, layer, k0, k1, dtype, out=None if projections is not None else ubuf, normalize=normalize)
+                    _count(stats, 2 * (k1 - k0) * W_l.shape[1] * V)
+                    if projections is not None:
+                        projections.put(key, pr)
+                fc2 = W_l[k0:k1].float()
+                for sp in spans:
+                    blk = kept_blocks.get(sp) or _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], series[sp], stats)
+                    c = c_all[sp[0] : sp[1], k0:k1]
+                    lse = _chunk_lse(blk, pr, c, fc2, ro, tolerance, roundoff, pbuf, dbuf, bound, who[sp[0] : sp[1]], stats)
+                    u_w = (fc2 @ ro.W_U[:, blk.w]).double()  # [n, b]: the exact w column
+                    _count(stats, 2 * fc2.shape[0] * fc2.shape[1] * c.shape[0])
+                    imp = (c.T.double() * u_w - lse).T.float().cpu()  # [b, n]
+                    for s in who[sp[0] : sp[1]].unique().tolist():
+                        sel = who[sp[0] : sp[1]] == s
+                        imps[s][where[sp[0] : sp[1]][sel], li, k0:k1] = imp[sel]
+                bar.update(1)
+    finally:
+        bar.close()
+    out = []
+    for s, side in enumerate(sides):
+        validate.check_finite(imps[s], "the importance scores")
+        coef = torch.stack([side.at("post", L) for L in layers], dim=1)
+        out.append(NeuronScores(imps[s], coef, list(layers), bound=bound[s]))
+    return out
+
+
+def _chunk_lse(
+    blk: _Block,
+    pr: "proj.Projection",
+    c: torch.Tensor,
+    fc2: torch.Tensor,
+    ro: Readout,
+    tolerance: float,
+    roundoff: float,
+    pbuf: torch.Tensor,
+    dbuf: torch.Tensor,
+    bound: list[float],
+    who: torch.Tensor,
+    stats: dict | None,
+) -> torch.Tensor:
+    """`[n, b]` `log Σ_v p_v exp(c U_kv)` of one chunk and block (series where it pays, else direct)."""
+    n, b = pr.u.shape[0], c.shape[0]
+    slope = c * pr.half[None]  # [b, n]: the coefficient of ũ; |slope| = t
+    shift = (c * pr.mid[None]).T.double()  # [n, b]
+    reduced = pr.u.dtype != torch.float32
+    if not (tolerance > 0 and hasattr(blk, "PT")):  # direct: every case and side, the whole chunk
+        out = torch.empty(n, b, dtype=torch.float64)
+        for i in range(b):
+            out[:, i] = (_lse_rows(blk.shifted[i][None], slope[i], pr.u, dbuf[:n]) - blk.lse[i]).double()
+        return shift + out
+    terms, bnd = series_terms(slope.abs(), tolerance, roundoff)
+    direct = terms > MAX_TERMS  # [b, n]
+    rows_terms = torch.where(direct, torch.zeros_like(terms), terms).amax(0)
+    # μ_1 from float32 weights: ũ·p = (fc2 · (W_U p) − mid Σp) / half.
+    mu1 = ((fc2.double() @ blk.WUp) - pr.mid.double()[:, None] * blk.mass[None]) / pr.half.double()[:, None]
+    _count(stats, 2 * n * fc2.shape[1] * b)
+    out = shift + _series(blk, pr.u, slope.T.double(), rows_terms, mu1, pbuf, stats)
+    has = ~direct.all(1)
+    for s in who[has].unique().tolist():
+        sel = (who == s) & has
+        bound[s] = max(bound[s], float(bnd[sel][~direct[sel]].max()))
+    for k in direct.any(0).nonzero()[:, 0].tolist():  # the few rows some case needs directly
+        uk = pr.u[k : k + 1].float()
+        if reduced:  # recompute the row in float32, normalised the same way
+            uk = ((fc2[k : k + 1] @ ro.W_U) - pr.mid[k]) / pr.half[k]
+        lse = _lse_rows(blk.shifted, slope[:, k], uk, dbuf[:b])
+        out[k] = shift[k] + (lse - blk.lse).double()
+    return out
+
+
+def flatten(t: Float[torch.Tensor, "case layer d_mlp"]) -> Float[torch.Tensor, "case neuron"]:
+    """`[case, layer, d_mlp]` → `[case, layer·d_mlp]` (layer-major), the grid fast mode ranks on."""
+    return einops.rearrange(t, "c l n -> c (l n)")
+
+
+# Names imported from here before fast mode and the component scores moved out.
+from arithlens.cna.components import final_logprob, head_scores, layer_scores  # noqa: E402,F401
+from arithlens.cna.fast import first_order_scores, rescore  # noqa: E402,F401
