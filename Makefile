@@ -43,8 +43,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	@if [ -f mkdocs.yml ]; then NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q; fi
 
+# Every benchmark on this machine's device (CUDA when available): baseline, arithlens,
+# ratio, and achieved FLOP/s as a fraction of the matmul peak measured in the same process.
 bench: $(STAMP)
+	$(PY) benchmarks/cna.py
 	$(PY) benchmarks/head_sweep.py
+	$(PY) benchmarks/path_patching.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) results site .pytest_cache
