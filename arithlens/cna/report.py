@@ -1,143 +1,375 @@
 """Report sections for Comparative Neuron Analysis (Tables 4–6 and Fig. 1).
 
-``sections(ctx)`` is called by :func:`arithlens.pipeline.run_pipeline` with the run's
-:class:`~arithlens.pipeline.RunContext`; it analyses ``ctx.top_head`` (the head whose
-ablation hurts "+" most):
+`sections(ctx)` is called by [`run_pipeline`][arithlens.pipeline.run_pipeline] with the
+run's [`RunContext`][arithlens.pipeline.RunContext]; it analyses `ctx.top_head` (the head
+whose ablation lowers "+" accuracy most):
 
 * Table 4 — CNA of a "3+5=" style prompt the model answers correctly: the top neurons'
   importance and coefficient on the original vs head-ablated model, with top tokens;
-* Tables 5 and 6 — mask / keep / coef and the PE-DAG's lowest-neuron intervention on the
-  correctly answered 1-digit "+" and "−" cases (a small sample in quick mode, where CNA
-  runs in ``mode="fast"``);
+* Tables 5 and 6 — mask / keep / coef and the PE-DAG's lowest-neuron intervention on
+  correctly answered 1-digit "+" and "−" cases (`ctx.sizes.mask_keep_cases` and
+  `ctx.sizes.dag_cases` of them);
 * Fig. 1 — the logic chain of the Table 4 prompt.
+
+Each section's reading is a pure function of its result (`table4_reading`,
+`table5_reading`, `table6_reading`, `chain_reading`): it states what the numbers
+establish, with 95 % intervals, and says so when the cases are too few.
+
+Example:
+    ```python
+    from arithlens.pipeline import run_pipeline
+    run_pipeline(out="results/demo", quick=True)    # includes these sections
+    ```
 """
 
 from __future__ import annotations
 
-import time
+import math
 from typing import Any
 
-import pandas as pd
+from arithlens.report import (
+    NEURON_LABEL_NOTE,
+    Section,
+    difference_interval,
+    join_words,
+    mean_interval,
+    num,
+    plural,
+    proportion,
+)
 
 
-def _pick_prompt(ctx: Any) -> Any:
-    """A correctly answered "a+b=" case, "3+5=" when possible."""
+# ----------------------------------------------------------------------------- readings
+def table4_reading(cna: Any, other_prediction: str | None = None, case: int = 0, answer: str | None = None) -> str:
+    """Table 4's reading: how the scored token's log-probability and the top neurons change.
+
+    Args:
+        cna: A [`ComparativeResult`][arithlens.cna.comparative.ComparativeResult] (uses
+            `case_frame`, `w_str`, `other`, `logprob`, `logprob_other`, `layers`).
+        other_prediction: The other side's top token, when known.
+        case: The case described.
+        answer: The correct answer, when the model gets it wrong (the reading then says so).
+    """
+    frame = cna.case_frame(case)
+    w = cna.w_str[case]
+    lp, lp_o = float(cna.logprob[case]), float(cna.logprob_other[case])
+    lines = []
+    moved = f"log p({w!r}) goes from {num(lp, 2)} to {num(lp_o, 2)} nats under {cna.other}"
+    if other_prediction is None:
+        lines.append(f"CNA scores every FFN neuron for the token {w!r}: {moved}.")
+    elif other_prediction == w:
+        lines.append(f"CNA scores every FFN neuron for the token {w!r}: {moved}, and the model still predicts {w!r}.")
+    else:
+        lines.append(f"CNA scores every FFN neuron for the token {w!r}: {moved}, and the model then predicts {other_prediction!r} instead.")
+    drops = frame[frame["importance_change"] > 0]
+    if drops.empty:
+        lines.append(f"No neuron's importance falls under {cna.other}: the comparison singles out no neuron for this case.")
+    else:
+        top = drops.iloc[0]
+        lines.append(
+            f"The largest fall is neuron {int(top.layer)}_{int(top.neuron)}: importance {num(top.importance, 3)} → "
+            f"{num(top.importance_other, 3)} nats (change {num(top.importance_change, 3)}), coefficient {num(top.coef, 3)} → {num(top.coef_other, 3)}; "
+            f"{plural(len(drops), 'neuron')} lose importance in all."
+        )
+        head10 = drops.head(10)
+        n_layers = max(int(x) for x in cna.layers) + 1 if len(cna.layers) else int(frame["layer"].max()) + 1
+        deep = int((head10["layer"] >= n_layers // 2).sum())
+        lines.append(
+            f"{deep} of the top {len(head10)} sit in the upper half of the layers ({n_layers // 2}-{n_layers - 1})"
+            + (", as the paper finds for LLaMA's arithmetic neurons." if deep > len(head10) / 2 else ", unlike the paper's deep arithmetic neurons.")
+        )
+    if answer is not None:
+        lines.append(f"The model answers this prompt wrongly (the answer is {answer!r}): CNA explains the model's own prediction.")
+    lines.append(f"Importance and its change are in nats of log p({w!r}); change = original − {cna.other} (positive: a drop). Labels: {NEURON_LABEL_NOTE}.")
+    return "\n".join(lines)
+
+
+def _accuracy_drop(baseline: float, accuracy: float, n: int) -> Any:
+    """The drop from `baseline` to `accuracy` on the same `n` cases, with its interval."""
+    if baseline >= 1.0 - 1e-9:
+        # Every case was right before: the drop is the share now wrong (a Wilson interval).
+        return proportion(round(n * (1 - accuracy)), n)
+    return difference_interval(baseline * n, n, accuracy * n, n)
+
+
+def table5_reading(mk: Any) -> str:
+    """Table 5's reading: mask and keep drops with intervals, whether masking hurts more
+    than keeping (the paper: 100 % vs 3.9 % for the top 99), and the coefficient change.
+
+    Args:
+        mk: A [`MaskKeepResult`][arithlens.cna.mask_keep.MaskKeepResult] (uses `df`,
+            `baseline_accuracy`, `n_cases`, `keep_layers`, `coef_per_case`, `intervention`).
+    """
+    df = mk.df
+    n = int(mk.n_cases)
+    if n == 0:
+        return "No case was evaluated: the model answered none of the sampled cases correctly."
+    ks = list(dict.fromkeys(df["k"]))
+    acc = {(r.k, r.measure): r.accuracy for r in df.itertuples()}
+    base = float(mk.baseline_accuracy)
+    layers = list(mk.keep_layers)
+    span = f"{layers[0]}-{layers[-1]}" if layers else "none"
+    lines = [f"On {plural(n, 'case')} the model answers correctly (baseline {base:.0%}), for each case's top-K CNA neurons:"]
+    mask = [f"top-{k}: {_accuracy_drop(base, acc[(k, 'mask')], n).points()}" for k in ks]
+    keep = [f"top-{k}: {_accuracy_drop(base, acc[(k, 'keep')], n).points()}" for k in ks]
+    lines.append(f"Masking them (zeroed) costs {'; '.join(mask)}.")
+    lines.append(f"Keeping only them (every other neuron of layers {span} zeroed) costs {'; '.join(keep)}.")
+    k0 = ks[0]
+    gap = difference_interval(acc[(k0, "keep")] * n, n, acc[(k0, "mask")] * n, n)
+    if gap.above_zero:
+        lines.append(f"For the top {k0}, masking hurts more than keeping ({gap.points()} apart): the CNA neurons carry the answer, as in the paper (100% vs 3.9%).")
+    elif gap.below_zero:
+        lines.append(f"For the top {k0}, keeping hurts more than masking ({gap.negated().points()} apart): unlike the paper, the other deep neurons matter more than the CNA set.")
+    else:
+        lines.append(
+            f"For the top {k0}, masking and keeping are not distinguishable on {plural(n, 'case')} ({gap.points()}): "
+            "these cases cannot tell whether the CNA neurons carry the answer."
+        )
+    per_case = getattr(mk, "coef_per_case", {}) or {}
+    if k0 in per_case:
+        c = mean_interval(per_case[k0].tolist() if hasattr(per_case[k0], "tolist") else per_case[k0])
+        if c.above_zero:
+            what = f"{mk.intervention} lowers their coefficient scores by {num(c.value)}% on average [{c.ci(scale=1, unit='%', digits=1)}]"
+        elif c.below_zero:
+            what = f"{mk.intervention} raises their coefficient scores by {num(-c.value)}% on average [{c.ci(scale=1, unit='%', digits=1)}]"
+        else:
+            what = f"the change of their coefficient scores under {mk.intervention} ({num(c.value)}% [{c.ci(scale=1, unit='%', digits=1)}]) is not distinguishable from zero"
+        lines.append(f"For the top {k0}, {what} — 'coef' in the table.")
+    lines.append("Mask and keep are accuracy decreases relative to the baseline (%); intervals are on the absolute drop in points.")
+    return "\n".join(lines)
+
+
+def table6_reading(dag: Any, case: int = 0) -> str:
+    """Table 6's reading: whether zeroing the lowest of each case's top-K neurons lowers the
+    others' coefficients (the paper's prediction enhancing), and the case's DAG.
+
+    Args:
+        dag: A [`DAGResult`][arithlens.cna.pe_dag.DAGResult] (uses `table6`,
+            `coef_per_case`, `df`, `nodes`, `threshold`, `root`).
+    """
+    lines = []
+    t6 = dag.table6
+    per_case = getattr(dag, "coef_per_case", {}) or {}
+    established, parts = [], []
+    for r in t6.itertuples():
+        k = int(r.k)
+        values = per_case.get(k)
+        est = mean_interval(values.tolist() if hasattr(values, "tolist") else values) if values is not None else None
+        if est is None or not math.isfinite(est.low):
+            parts.append(f"top {k}: {num(r.coef_decrease)}% (n={int(r.n)}; too few cases for an interval)")
+            continue
+        parts.append(f"top {k}: {num(est.value)}% [{est.ci(scale=1, unit='%', digits=1)}, n={est.n}]")
+        if est.above_zero:
+            established.append(k)
+    if parts:
+        lines.append("Zeroing only the lowest of each case's top-K neurons lowers the other top-K neurons' coefficients by " + "; ".join(parts) + ".")
+        if established and len(established) == len(parts):
+            lines.append("The decrease is established for every K: the lowest neuron enhances the ones above it, as in the paper.")
+        elif established:
+            lines.append(f"The decrease is established for K = {join_words([str(k) for k in established])} only.")
+        else:
+            lines.append("For no K is the decrease distinguishable from zero on these cases: they do not establish prediction enhancing.")
+    nodes = dag.nodes[dag.nodes["case"] == case]
+    edges = dag.df[dag.df["case"] == case]
+    if len(edges):
+        root = dag.root(case)
+        lines.append(
+            f"The figure is case {case}'s DAG: {plural(len(edges), 'edge')} among its {len(nodes)} top neurons "
+            f"(an edge: the lower neuron raises the upper one's coefficient by ≥{dag.threshold:.0%} to first order); root {root[0]}_{root[1]}."
+        )
+    else:
+        lines.append(f"Case {case}'s {len(nodes)} top neurons have no edge above the threshold ({dag.threshold:.0%}): the figure shows them unconnected.")
+    lines.append(f"Labels: {NEURON_LABEL_NOTE}.")
+    return "\n".join(lines)
+
+
+def chain_reading(chain: Any) -> str:
+    """Fig. 1's reading: which of the four stages were located on this prompt, and their strongest component.
+
+    Args:
+        chain: A [`LogicChainResult`][arithlens.cna.logic_chain.LogicChainResult] (uses
+            `df`, `prompt`, `prediction`, `head`, `root`, `empty`).
+    """
+    df = chain.df
+    stages = ("feature enhancing", "feature transferring", "feature predicting", "prediction enhancing")
+    found = [s for s in stages if (df["stage"] == s).any()]
+    head = f"{chain.head[0]}.{chain.head[1]}"
+    lines = [f"{len(found)} of the paper's 4 stages are located for {chain.prompt!r} → {chain.prediction!r}:"]
+    parts = []
+    fe = df[df["stage"] == stages[0]].sort_values("score", ascending=False)
+    if len(fe):
+        r = fe.iloc[0]
+        parts.append(
+            f"feature enhancing — shallow neuron {int(r.layer)}_{int(r.neuron)} at {r.token!r} drives the root "
+            f"{chain.root[0]}_{chain.root[1]} most (score {r.score:.3g})"
+        )
+    ft = df[(df["stage"] == stages[1]) & (df["measure"] == "attn_importance")].sort_values("score", ascending=False)
+    if len(ft):
+        r = ft.iloc[0]
+        parts.append(
+            f"feature transferring — attention layer {int(r.layer)} adds most to log p ({num(r.score, 3)} nats)"
+            if r.score > 0
+            else f"feature transferring — no attention layer up to the head's raises log p (largest change {num(r.score, 3)} nats)"
+        )
+    fp = df[df["stage"] == stages[2]]
+    drop = fp[fp["measure"] == "logprob_drop"]
+    if len(fp):
+        if len(drop):
+            d = float(drop["score"].iloc[0])
+            text = f"feature predicting — zeroing head {head} " + (f"lowers log p by {num(d, 3)} nats" if d > 0 else f"does not lower log p (it rises by {num(-d, 3)} nats)")
+        else:
+            text = f"feature predicting — head {head}"
+        neurons = fp[(fp["measure"] == "importance_change") & (fp["score"] > 0)]
+        if len(neurons):
+            r = neurons.sort_values("score", ascending=False).iloc[0]
+            text += f", and deep neuron {int(r.layer)}_{int(r.neuron)} loses most importance ({num(r.score, 3)} nats)"
+        parts.append(text)
+    pe = df[df["stage"] == stages[3]]
+    if len(pe):
+        parts.append(f"prediction enhancing — {plural(len(pe), 'PE-DAG edge')} among those neurons")
+    lines.append("; ".join(parts) + "." if parts else "none.")
+    missing = [s for s in stages if s not in found]
+    if missing:
+        why = getattr(chain, "empty", {}) or {}
+        lines.append("Not located: " + "; ".join(f"{s} ({why.get(s, 'no component passes its criterion')})" for s in missing) + ".")
+    lines.append(f"Labels: {NEURON_LABEL_NOTE}; L.H is head H of layer L.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sections
+def _pick_prompt(ctx: Any) -> tuple[Any, bool]:
+    """A "3+5=" style '+' case, and whether the model answers it correctly.
+
+    Prefers a correctly answered case (template 4, numerals, 3+5 first); when the model
+    answers no '+' case, the first such case anyway — CNA explains the model's own
+    prediction, right or wrong.
+    """
     cases = ctx.evaluation.cases
     order = []
     for i, c in enumerate(ctx.dataset):
-        if c.op != "+" or not bool(cases["correct"].iloc[i]):
+        if c.op != "+":
             continue
-        rank = (c.template != 4, c.form != "numeral", (c.a, c.b) != (3, 5))
-        order.append((rank, i))
+        right = bool(cases["correct"].iloc[i])
+        order.append(((not right, c.template != 4, c.form != "numeral", (c.a, c.b) != (3, 5)), i, right))
     if not order:
-        return ctx.dataset[0]
-    return ctx.dataset[min(order)[1]]
+        return None, False
+    _, i, right = min(order)
+    return ctx.dataset[i], right
 
 
-def _subset(ctx: Any, n: int) -> list[Any]:
-    """Correctly answered 1-digit + and − cases, at most ``n``, spread over both ops."""
-    cases = ctx.evaluation.cases
-    picked: dict[str, list[Any]] = {"+": [], "-": []}
-    for i, c in enumerate(ctx.dataset):
-        if c.op in picked and bool(cases["correct"].iloc[i]):
-            picked[c.op].append(c)
+def correct_subset(ctx: Any, n: int, ops: tuple[str, ...] = ("+", "-")) -> list[Any]:
+    """Up to `n` correctly answered 1-digit cases of `ops`, numeral operands, spread evenly over the ops (seeded)."""
     import random
 
+    cases = ctx.evaluation.cases
+    picked: dict[str, list[Any]] = {op: [] for op in ops}
+    for i, c in enumerate(ctx.dataset):
+        if c.op in picked and c.form == "numeral" and bool(cases["correct"].iloc[i]):
+            picked[c.op].append(c)
     rng = random.Random(0)
-    out = []
     for op in picked:
         rng.shuffle(picked[op])
-        out += picked[op][: n // 2]
+    out: list[Any] = []
+    # Round-robin, so an op with few correct cases leaves its share to the others.
+    while len(out) < n and any(picked.values()):
+        for op in ops:
+            if picked[op] and len(out) < n:
+                out.append(picked[op].pop())
     return out
 
 
+def _with_axes(fig: Any, x: str, y: str, hover: str | None = None) -> Any:
+    """Axis titles (and a plain hover label) for a figure whose analysis left them out."""
+    for ax in fig.select_xaxes():
+        if not (ax.title and ax.title.text):
+            ax.title = {"text": x}
+    for ax in fig.select_yaxes():
+        if not (ax.title and ax.title.text):
+            ax.title = {"text": y}
+    if hover:
+        fig.update_traces(hovertemplate=hover, selector={"type": "bar"})
+    return fig
+
+
 def sections(ctx: Any) -> list[Any]:
+    """CNA sections of the `arithlens run` report (Tables 4–6, Fig. 1)."""
     from arithlens.cna.comparative import ComparativeNeuronScores
+    from arithlens.cna.config import CNAConfig
     from arithlens.cna.logic_chain import LogicChain
     from arithlens.cna.mask_keep import MaskKeep
     from arithlens.cna.pe_dag import PredictionEnhancingDAG
     from arithlens.interventions import ZeroHead
-    from arithlens.report import Section
 
-    model, head = ctx.model, ctx.top_head
+    model, head, sizes = ctx.model, ctx.top_head, ctx.sizes
     hname = f"{head[0]}.{head[1]}"
+    config = CNAConfig(mode=sizes.cna_mode, rescore=500, progress=True)
     out = []
 
-    t0 = time.perf_counter()
-    case = _pick_prompt(ctx)
-    # Exact CNA of all 46k SmolLM2 neurons takes minutes on 2 CPU cores: quick mode uses the
-    # first-order scores with the top 500 re-scored exactly (the table's rows are exact).
-    mode = "fast" if ctx.quick else "exact"
-    cna = ComparativeNeuronScores(intervention=ZeroHead(*head), top_tokens=10, mode=mode, rescore=500).run(model, [case])
-    t4 = cna.table4(3)
-    ctx.timings["cna table 4 (s)"] = time.perf_counter() - t0
-    top = cna.case_frame(0).head(1).iloc[0]
-    cna.df.head(200).to_csv(ctx.out / "cna_table4.csv", index=False)
+    case, right = _pick_prompt(ctx)
+    if case is None:
+        return [Section("CNA (Tables 4-6, Fig. 1)", "The dataset has no '+' case for CNA to explain.")]
+    with ctx.timed("CNA: Table 4"):
+        cna = ComparativeNeuronScores(intervention=ZeroHead(*head), config=config, top_tokens=10).run(model, [case])
+        cna.df.head(200).to_csv(ctx.out / "cna_table4.csv", index=False)
+        other = model.token_strs([int(cna.predictions_other[0])])[0] if getattr(cna, "predictions_other", None) is not None else None
+    fig = _with_axes(
+        cna.plot(k=10),
+        "neuron (layer_neuron)",
+        "score",
+        hover="neuron %{x}<br>%{y:.3f}<extra>%{fullData.name}</extra>",
+    )
     out.append(
         Section(
-            f"CNA: neurons behind {case.prompt!r} → {cna.w_str[0]!r} (Table 4)",
-            f"Bars compare each top neuron's importance and coefficient on the original model and with head {hname} zeroed; "
-            f"the largest drop is neuron {top.layer}_{top.neuron} ({top.importance:.2f} → {top.importance_other:.2f} nats).",
-            figure=cna.plot(k=10),
-            table=t4,
+            f"CNA: neurons behind {case.prompt!r} → {cna.w_str[0]!r} (Table 4, head {hname} zeroed)",
+            table4_reading(cna, other, answer=None if right else case.answer),
+            figure=fig,
+            table=cna.table4(3),
             csv="cna_table4.csv",
         )
     )
 
-    t0 = time.perf_counter()
-    n = 8 if ctx.quick else 64
-    sub = _subset(ctx, n)
-    try:
-        mk = MaskKeep(head=head, mode=mode).run(model, sub) if sub else None
-    except ValueError as err:  # e.g. no correctly answered case to mask
-        mk = None
-        out.append(Section("Mask / keep the CNA neurons (Table 5)", f"Not computed: {err}."))
-    if mk is not None:
-        table5 = mk.table()
-        mk.df.to_csv(ctx.out / "cna_table5.csv", index=False)
-        ctx.timings["cna table 5 (s)"] = time.perf_counter() - t0
+    sub = correct_subset(ctx, sizes.mask_keep_cases)
+    if len(sub) < 2:
+        out.append(Section("Mask / keep the CNA neurons (Table 5)", f"Not computed: the model answers only {len(sub)} 1-digit +/− numeral case(s) correctly."))
+    else:
+        with ctx.timed("CNA: Table 5 (mask / keep)"):
+            mk = MaskKeep(ZeroHead(*head), config=config).run(model, sub)
+            mk.df.to_csv(ctx.out / "cna_table5.csv", index=False)
         out.append(
             Section(
                 f"Mask / keep the CNA neurons (Table 5, head {hname})",
-                f"On {mk.n_cases} correctly answered 1-digit +/− cases, zeroing each case's top-99 neurons lowers accuracy by "
-                f"{table5.loc['mask'].iloc[0]:.0f}%, keeping only them in layers {mk.keep_layers[0]}–{mk.keep_layers[-1]} lowers it by "
-                f"{table5.loc['keep'].iloc[0]:.0f}%; 'coef' is how much the head ablation shrinks those neurons' coefficients.",
+                table5_reading(mk),
                 figure=mk.plot(),
-                table=table5.reset_index(names="measure"),
+                table=mk.table().reset_index(names="measure"),
                 csv="cna_table5.csv",
             )
         )
-        t0 = time.perf_counter()
-        dag = PredictionEnhancingDAG(head=head, k=10).run(model, [sub[i].input_ids for i in mk.rows], scores=mk.cna.importance_change)
-        table6 = dag.table()
-        dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
-        ctx.timings["cna table 6 (s)"] = time.perf_counter() - t0
+        with ctx.timed("CNA: Table 6 (PE-DAG)"):
+            # The cases mask / keep evaluated (all of `sub`: each is answered correctly), at most `dag_cases`.
+            rows = list(mk.rows)[: sizes.dag_cases]
+            dag_cases = [sub[i] for i in rows]
+            reuse = list(mk.rows) == list(range(len(sub))) and len(rows) == len(sub)
+            dag = PredictionEnhancingDAG(ZeroHead(*head), k=10, config=config).run(model, dag_cases, cna=mk.cna if reuse else None)
+            dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
         out.append(
             Section(
                 "Prediction enhancing among deep neurons (Table 6)",
-                f"Zeroing only the lowest of each case's top-K neurons shrinks the other top-K neurons' coefficients by "
-                f"{table6.iloc[0, 0]:.1f}% (K={dag.table6['k'].iloc[0]}); the figure is the PE-DAG of one case (arrows: lower neuron "
-                "raises the upper one's coefficient by ≥5% to first order).",
+                table6_reading(dag),
                 figure=dag.plot(0),
-                table=table6.reset_index(names="measure"),
+                table=dag.table().reset_index(names="measure"),
                 csv="cna_table6.csv",
             )
         )
 
-    t0 = time.perf_counter()
-    chain = LogicChain(head=head, mode=mode).run(model, [case], cna=cna)
-    chain.df.to_csv(ctx.out / "cna_chain.csv", index=False)
-    ctx.timings["cna logic chain (s)"] = time.perf_counter() - t0
-    fe = chain.stage("feature enhancing")
-    first = f"{fe.iloc[0].layer}_{fe.iloc[0].neuron} on {fe.iloc[0].token!r}" if len(fe) else "none"
+    with ctx.timed("CNA: logic chain (Fig. 1)"):
+        chain = LogicChain(ZeroHead(*head), config=config).run(model, [case], cna=cna)
+        chain.df.to_csv(ctx.out / "cna_chain.csv", index=False)
     out.append(
         Section(
             f"Internal logic chain of {case.prompt!r} (Fig. 1)",
-            f"Rows are the four stages: shallow neurons whose attention-carried value drives the PE-DAG root "
-            f"{chain.root[0]}_{chain.root[1]} (top: {first}), attention layers moving features to the last position, "
-            f"head {hname} with the deep neurons it activates, and the DAG among them.",
+            chain_reading(chain),
             figure=chain.plot(),
-            table=pd.concat([chain.stage(s).head(5) for s in ("feature enhancing", "feature predicting", "prediction enhancing")]),
+            table=chain.table() if hasattr(chain, "table") else None,
             csv="cna_chain.csv",
         )
     )

@@ -1,0 +1,538 @@
+"""What LoRA does — Yu & Ananiadou (EMNLP 2024) §5: Figure 2 and Tables 9, 10.
+
+[`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] fine-tunes one model per chosen
+layer, each with a LoRA adapter (peft; rank `rank`, scale `alpha / rank`) on that
+block's attention only — its `q_proj`, `k_proj`, `v_proj` and `o_proj` — on the §5
+two-digit split ([`lora_split`][arithlens.data.lora_split]: all four ops, negative
+results included). The loss is cross-entropy on the answer tokens; the learning rate is
+the one of `lrs` (the paper's {1e-3, 5e-4, 1e-4}) with the lowest answer loss on a
+held-out slice of the training split; training stops after `steps` steps or `epochs`
+passes over the data, whichever comes first. Figure 2 is the test accuracy of each
+model against its LoRA layer, the original model as a line. Each trained adapter is
+saved under `out_dir/lora_L{layer}/` and re-used, not retrained, by a later run with the
+same configuration. Merged into a copy of the model, it is a
+[`LensModel`][arithlens.models.LensModel] like any other, so every analysis takes it.
+
+[`LoRACoefficients`][arithlens.cna.lora.LoRACoefficients] asks §5's question: does
+LoRA raise the coefficient scores `m_k` of the neurons that matter for the prediction?
+Per case, the top-K neurons are ranked and their coefficient-score increase is, as
+Table 5's "coef" row is a decrease ([`coef_decrease`][arithlens.cna.mask_keep.coef_decrease]),
+
+    increase = 100 · Σ_k s_k (m'_k − m_k) / Σ_k |m_k|,  s_k = sign(m_k)
+
+(`m` original, `m'` LoRA model). Table 9 lists the top neurons of one case ("3+5=")
+with their coefficient in each model; Table 10 averages the increase over cases and
+over the LoRA models of each layer range (the paper's 1–9, 10–16, 17–30 of 32 layers,
+scaled to the model's depth by [`layer_groups`][arithlens.cna.lora.layer_groups]).
+
+**Which model ranks "the most important neurons"?** The paper does not say. The default,
+`rank_on="original"`, ranks by the §4.1 importance in the *original* model — the
+neurons the original prediction rests on (Table 9's neurons are §4's) — so the
+coefficient change is measured on a set LoRA did not choose. `rank_on="lora"` ranks by
+importance in each LoRA model, `rank_on="change"` by CNA's importance change from the
+original to the LoRA model; both select neurons *because* LoRA made them matter, which
+biases the measured increase upwards.
+
+CPU-sized defaults (three layers, one per range; 150 steps of 8; 1,000 training cases);
+on a GPU, e.g. `layers=range(model.n_layers), steps=9000, batch_size=8, n_train=18000,
+n_test=2000`.
+
+Example:
+    ```python
+    import arithlens
+    from arithlens import data
+    from arithlens.cna.lora import LoRACoefficients, LoRALayerSweep
+
+    model = arithlens.load_model()
+    sweep = LoRALayerSweep(layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora").run(model)
+    sweep.plot()                                    # Figure 2
+    cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(16)
+    coef = LoRACoefficients().run(model, sweep, cases)
+    coef.table9(), coef.table10()
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import pathlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from arithlens import names, validate
+from arithlens.circuits.precise_sft import PreciseSFT, _answer_loss, _sequences
+from arithlens.cna.mask_keep import coef_decrease
+from arithlens.cna.pruning import fingerprint, hf_copy, lens_from_hf, top_mask
+from arithlens.results import Result
+
+PAPER_LRS = (1e-3, 5e-4, 1e-4)
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The paper's ranges 1–9, 10–16, 17–30 of Llama-2-7B's 32 layers, as range starts (and the end).
+PAPER_GROUP_STARTS = (1, 10, 17, 31)
+META = "arithlens_lora.json"
+RANK_ON = ("original", "lora", "change")
+
+
+def layer_groups(n_layers: int) -> dict[str, list[int]]:
+    """The paper's LoRA-layer ranges scaled to `n_layers`: `{"1–9": [1, ..., 9], ...}` for 32.
+
+    Range `i` spans `[round(s_i · n / 32), round(s_{i+1} · n / 32))` with `s = 1, 10, 17, 31`;
+    empty ranges (very shallow models) are dropped.
+    """
+    n = validate.positive_int(n_layers, "n_layers")
+    bounds = [round(s * n / 32) for s in PAPER_GROUP_STARTS]
+    return {f"{a}–{b - 1}": list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a}
+
+
+def group_of(layer: int, groups: Mapping[str, Sequence[int]]) -> str:
+    """The label of the range holding `layer` (the layer itself when none does)."""
+    return next((label for label, members in groups.items() if layer in members), str(layer))
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """One layer per paper range, its middle: the CPU-sized default of the sweep."""
+    return [members[len(members) // 2] for members in layer_groups(n_layers).values()]
+
+
+def cna(cls: type, top_tokens: int = 0, **options: Any) -> Any:
+    """A CNA analysis `cls` from keyword options: the `CNAConfig` fields go into
+    `config=CNAConfig(...)` where the class takes a config, the rest to `cls`."""
+    params = inspect.signature(cls.__init__).parameters
+    extra = {"top_tokens": top_tokens} if "top_tokens" in params else {}
+    if "config" in params:
+        from arithlens.cna.config import CNAConfig
+
+        fields = set(inspect.signature(CNAConfig).parameters)
+        config = CNAConfig(**{k: options.pop(k) for k in list(options) if k in fields})
+        return cls(config=config, **options, **extra)
+    return cls(**options, **extra)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft warns of a transformers-5 deprecation and of a base config it looks up by the
+    model's path (a GGUF folder has none); neither affects the adapters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        yield
+
+
+class _Logits(torch.nn.Module):
+    """A Hugging Face causal LM as `tokens -> logits` (the shape PreciseSFT's loop trains)."""
+
+    def __init__(self, hf: torch.nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=tokens).logits
+
+
+@torch.no_grad()
+def answer_nll(module: torch.nn.Module, sequences: list[tuple[list[int], int]], batch_size: int = 32) -> float:
+    """Mean cross-entropy per answer token of `(ids, answer start)` sequences, teacher-forced."""
+    device = next(module.parameters()).device
+    by_len: dict[int, list[int]] = {}
+    for i, (ids, _) in enumerate(sequences):
+        by_len.setdefault(len(ids), []).append(i)
+    total, count = 0.0, 0
+    for rows in by_len.values():
+        for s in range(0, len(rows), batch_size):
+            pick = rows[s : s + batch_size]
+            tokens = torch.tensor([sequences[i][0] for i in pick], device=device)
+            starts = [sequences[i][1] for i in pick]
+            n_answer = sum(len(sequences[i][0]) - sequences[i][1] for i in pick)
+            total += float(_answer_loss(module(tokens[:, :-1]), tokens, starts)) * n_answer
+            count += n_answer
+    return total / max(count, 1)
+
+
+@dataclass
+class LoRASweepResult(Result):
+    """Figure 2: test accuracy of each single-layer LoRA model and of the original.
+
+    Attributes:
+        df: One row per model (`original` first): `model, lora_layer` (`<NA>` for the
+            original), `group, lr, steps, epochs, val_loss, final_loss, n_lora_params,
+            accuracy` (first answer token), `full_accuracy` (greedy whole answer, NaN
+            unless asked for), `reused` (adapter loaded from `out_dir`).
+        lr_search: One row per (LoRA layer, learning rate): `lora_layer, lr, val_loss, chosen`.
+        losses: Training loss per step of each chosen adapter, by LoRA layer.
+        models: The merged models ([`LensModel`][arithlens.models.LensModel]), by LoRA layer
+            (empty with `keep_models=False`).
+        adapter_dirs: Where each adapter is saved, by LoRA layer (empty without `out_dir`).
+    """
+
+    lr_search: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    losses: dict[int, list[float]] = field(default_factory=dict, repr=False)
+    models: dict[int, Any] = field(default_factory=dict, repr=False)
+    adapter_dirs: dict[int, str] = field(default_factory=dict)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Accuracy against LoRA layer, the original model's accuracy as a dashed line."""
+        import plotly.graph_objects as go
+
+        lora = self.df[self.df["model"] != "original"]
+        fig = go.Figure(go.Scatter(x=lora["lora_layer"].astype(int), y=lora["accuracy"], mode="lines+markers", name="LoRA model"))
+        original = float(self.df.loc[self.df["model"] == "original", "accuracy"].iloc[0])
+        fig.add_hline(y=original, line_dash="dash", annotation_text=f"original {original:.1%}")
+        fig.update_layout(title="Accuracy with LoRA on one attention layer (Figure 2)", xaxis_title="LoRA layer",
+                          yaxis_title="test accuracy (first answer token)", yaxis_tickformat=".0%", **kwargs)  # fmt: skip
+        return fig
+
+
+class LoRALayerSweep:
+    """Fine-tune one LoRA model per layer, on that layer's attention only (§5, Figure 2).
+
+    Args:
+        layers: LoRA layers (default [`default_layers`][arithlens.cna.lora.default_layers]:
+            one per paper range).
+        lrs: Candidate learning rates; the one with the lowest held-out answer loss is kept.
+        rank: LoRA rank `r`.
+        alpha: LoRA `alpha` (the update is scaled by `alpha / rank`).
+        epochs: At most this many passes over the training data.
+        steps: At most this many optimiser steps (AdamW, constant learning rate).
+        batch_size: Sequences per step (equal lengths, never padded).
+        n_train, n_val, n_test: Sizes of the default split: `n_train` training cases,
+            `n_val` more held out from the training split for the learning rate.
+        seed: Seeds the split, the batches and the adapter initialisation.
+        out_dir: Adapters are saved in `out_dir/lora_L{layer}/` and re-used when present.
+        keep_models: Keep each merged model in the result (memory: one model copy each).
+        full_answer: Also greedy-decode whole answers on the test split.
+        progress: Progress bars.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] | None = None,
+        lrs: Sequence[float] = PAPER_LRS,
+        rank: int = 8,
+        alpha: float = 16.0,
+        epochs: int = 4,
+        steps: int = 150,
+        batch_size: int = 8,
+        n_train: int = 1000,
+        n_val: int = 100,
+        n_test: int = 200,
+        seed: int = 0,
+        out_dir: str | pathlib.Path | None = None,
+        keep_models: bool = True,
+        full_answer: bool = False,
+        progress: bool = True,
+    ):
+        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
+        if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
+            lrs = [lrs]
+        self.lrs = [validate.positive_number(lr, "lrs item") for lr in lrs]
+        if not self.lrs:
+            raise ValueError("lrs is empty: give at least one learning rate, e.g. (1e-3, 5e-4, 1e-4)")
+        self.rank = validate.positive_int(rank, "rank")
+        self.alpha = validate.positive_number(alpha, "alpha")
+        self.epochs = validate.positive_int(epochs, "epochs")
+        self.steps = validate.positive_int(steps, "steps")
+        self.batch_size = validate.positive_int(batch_size, "batch_size")
+        self.n_train = validate.positive_int(n_train, "n_train")
+        self.n_val = validate.positive_int(n_val, "n_val")
+        self.n_test = validate.positive_int(n_test, "n_test")
+        self.seed = validate.integer(seed, "seed")
+        self.out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
+        self.keep_models = validate.boolean(keep_models, "keep_models")
+        self.full_answer = validate.boolean(full_answer, "full_answer")
+        self.progress = validate.boolean(progress, "progress")
+
+    def config(self) -> dict[str, Any]:
+        """What an adapter depends on; a saved adapter is re-used only when this matches."""
+        keys = ("lrs", "rank", "alpha", "epochs", "steps", "batch_size", "n_train", "n_val", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def split(self, model: Any, train: Any = None, test: Any = None) -> tuple[Any, Any, Any]:
+        """`(train, val, test)`: the held-out `val` is the first `n_val` cases of the training split."""
+        from arithlens import data
+
+        if train is None or test is None:
+            tr, te = data.lora_split(model.tokenizer, n_train=self.n_train + self.n_val, n_test=self.n_test, seed=self.seed)
+            train, test = (tr if train is None else train), (te if test is None else test)
+        if len(train) <= self.n_val:
+            raise ValueError(f"the training data has {len(train)} cases; n_val={self.n_val} must leave some to train on")
+        return train[self.n_val :], train[: self.n_val], test
+
+    def fit(self, model: Any, layer: int, train: Any, val: Any, directory: str | pathlib.Path | None = None) -> tuple[Any, dict]:
+        """One LoRA model on `layer`: `(merged LensModel, record)`; loads the adapter in `directory` if saved there."""
+        from peft import LoraConfig, get_peft_model
+
+        layer = validate.integer(layer, "layer", low=0, high=model.n_layers - 1)
+        base = {"name": model.name, "fingerprint": fingerprint(model), "layer": layer}
+        meta_path = None if directory is None else pathlib.Path(directory) / META
+        if meta_path is not None and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta["config"] != self.config() or meta["base"] != base:
+                raise ValueError(
+                    f"{meta_path.parent} holds an adapter trained with {meta['config']} on {meta['base']}, not "
+                    f"{self.config()} on {base}: use another out_dir or delete that folder"
+                )
+            return _merge(model, meta_path.parent, layer), {**meta["record"], "reused": True}
+        seqs, val_seqs = _sequences(train), _sequences(val)
+        steps = min(self.steps, self.epochs * math.ceil(len(seqs) / self.batch_size))
+        lcfg = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=list(ATTENTION),
+                          layers_to_transform=[layer], layers_pattern="layers", bias="none")  # fmt: skip
+        best: dict[str, Any] = {}
+        search = []
+        for lr in self.lrs:
+            torch.manual_seed(self.seed)  # the same initial adapter for every learning rate
+            with _quiet_peft():
+                peft_model = get_peft_model(hf_copy(model), lcfg)
+            net = _Logits(peft_model)
+            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if "lora_" in n}
+            trainer = PreciseSFT(steps=steps, lr=lr, batch_size=self.batch_size, seed=self.seed, progress=self.progress)
+            curve = trainer._train(net, masks, seqs, desc=f"LoRA layer {layer}, lr {lr:g} (steps)")
+            val_loss = answer_nll(net, val_seqs)
+            search.append({"lr": lr, "val_loss": val_loss})
+            if not best or val_loss < best["val_loss"]:
+                n_params = sum(int(m.numel()) for m in masks.values())
+                best = {"lr": lr, "val_loss": val_loss, "model": peft_model, "curve": curve, "n_lora_params": n_params}
+        record = {
+            "lr": best["lr"], "val_loss": best["val_loss"], "steps": steps, "epochs": steps * self.batch_size / len(seqs),
+            "final_loss": sum(best["curve"][-10:]) / len(best["curve"][-10:]), "n_lora_params": best["n_lora_params"],
+            "lr_search": search, "losses": best["curve"], "reused": False,
+        }  # fmt: skip
+        if meta_path is not None:
+            with _quiet_peft():
+                best["model"].save_pretrained(str(meta_path.parent))
+            meta_path.write_text(json.dumps({"config": self.config(), "base": base, "record": record}))
+        merged = best["model"].merge_and_unload()
+        return lens_from_hf(merged, model, f"{model.name}-lora{layer}"), record
+
+    def run(self, model: Any, train: Any = None, test: Any = None) -> LoRASweepResult:
+        """Train (or load) one LoRA model per layer and evaluate each on `test`.
+
+        Args:
+            model: The model ([`LensModel`][arithlens.models.LensModel] or what `load_model` takes).
+            train: Training cases with answers (default: the §5 split); its first
+                `n_val` cases are held out for the learning rate.
+            test: Test cases (default: the §5 split's test part).
+        """
+        from arithlens.evaluate import evaluate
+        from arithlens.models import load_model
+
+        model = load_model(model)
+        layers = default_layers(model.n_layers) if self.layers is None else self.layers
+        for layer in layers:
+            validate.integer(layer, "layers item", low=0, high=model.n_layers - 1)
+        train, val, test = self.split(model, train, test)
+        groups = layer_groups(model.n_layers)
+
+        def score(lm: Any) -> dict[str, float]:
+            ev = evaluate(lm, test, full_answer=self.full_answer)
+            full = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
+            return {"accuracy": ev.accuracy, "full_accuracy": full}
+
+        rows = [{"model": "original", "lora_layer": pd.NA, "group": "", **score(model)}]
+        search, losses, models, dirs = [], {}, {}, {}
+        for layer in tqdm(layers, desc="LoRA sweep", unit="model", disable=not self.progress):
+            directory = None if self.out_dir is None else self.out_dir / f"lora_L{layer}"
+            lm, rec = self.fit(model, layer, train, val, directory)
+            rows.append({"model": f"lora{layer}", "lora_layer": layer, "group": group_of(layer, groups),
+                         **{k: rec[k] for k in ("lr", "steps", "epochs", "val_loss", "final_loss", "n_lora_params", "reused")},
+                         **score(lm)})  # fmt: skip
+            search += [{"lora_layer": layer, **s, "chosen": s["lr"] == rec["lr"]} for s in rec["lr_search"]]
+            losses[layer] = rec["losses"]
+            if directory is not None:
+                dirs[layer] = str(directory)
+            if self.keep_models:
+                models[layer] = lm
+        df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
+        return LoRASweepResult(df=df, lr_search=pd.DataFrame(search), losses=losses, models=models, adapter_dirs=dirs)
+
+
+def load_lora(model: Any, directory: str | pathlib.Path) -> Any:
+    """The merged [`LensModel`][arithlens.models.LensModel] of an adapter saved by a sweep on `model`."""
+    path = pathlib.Path(directory)
+    if not (path / META).exists():
+        raise ValueError(f"directory={str(directory)!r} holds no adapter saved by LoRALayerSweep ({META} missing)")
+    meta = json.loads((path / META).read_text())
+    if meta["base"]["fingerprint"] != fingerprint(model):
+        raise ValueError(f"the adapter in {str(directory)!r} was trained on {meta['base']['name']!r}, not on this model")
+    return _merge(model, path, meta["base"]["layer"])
+
+
+def _merge(model: Any, path: pathlib.Path, layer: int) -> Any:
+    """A copy of `model` with the adapter saved in `path` merged into its weights."""
+    from peft import PeftModel
+
+    with _quiet_peft():
+        merged = PeftModel.from_pretrained(hf_copy(model), str(path)).merge_and_unload()
+    return lens_from_hf(merged, model, f"{model.name}-lora{layer}")
+
+
+@dataclass
+class LoRACoefResult(Result):
+    """Tables 9 and 10: coefficient scores of the top neurons, original vs LoRA models.
+
+    Attributes:
+        df: One row per (LoRA layer, K, case): `lora_layer, group, k, case, prompt,
+            coef_increase` (%, see the module docstring), `share_downstream` (fraction of
+            the top-K neurons at or above the LoRA layer: the others cannot change).
+        neurons: Table 9's rows, tidy: `neuron` ("L_N"), `layer, index, model, lora_layer, coef`.
+        ks: The top-K sizes, in the order given.
+        rank_on: Which model ranked the neurons (`"original"`, `"lora"`, `"change"`).
+    """
+
+    neurons: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    ks: list[int] = field(default_factory=list)
+    rank_on: str = "original"
+
+    def table9(self) -> pd.DataFrame:
+        """Table 9's layout: one row per neuron, one coefficient column per model."""
+        out = self.neurons.pivot_table(index="neuron", columns="model", values="coef", sort=False)
+        order = ["original"] + [m for m in self.neurons["model"].drop_duplicates() if m != "original"]
+        return out[order].rename_axis(columns=None)
+
+    def table10(self) -> pd.DataFrame:
+        """Table 10's layout: mean increase (%) per LoRA-layer range (rows) and top-K (columns)."""
+        mean = self.df.groupby(["group", "k"], sort=False)["coef_increase"].mean().reset_index()
+        out = mean.pivot(index="group", columns="k", values="coef_increase")
+        out = out.loc[self.df["group"].drop_duplicates(), self.ks]
+        out.columns = [f"top{k}" for k in self.ks]
+        return out.rename_axis("LoRA layer")
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Mean coefficient-score increase (%) against LoRA layer, one line per top-K."""
+        import plotly.graph_objects as go
+
+        mean = self.df.groupby(["k", "lora_layer"])["coef_increase"].mean().reset_index()
+        fig = go.Figure()
+        for k in self.ks:
+            part = mean[mean["k"] == k]
+            fig.add_trace(go.Scatter(x=part["lora_layer"], y=part["coef_increase"], mode="lines+markers", name=f"top{k}"))
+        fig.add_hline(y=0, line_color="gray")
+        fig.update_layout(title=f"Coefficient-score increase of the top neurons (ranked on {self.rank_on})",
+                          xaxis_title="LoRA layer", yaxis_title="coefficient-score increase (%)", **kwargs)  # fmt: skip
+        return fig
+
+
+class LoRACoefficients:
+    """Do LoRA models raise the coefficient scores of the important neurons? (Tables 9, 10)
+
+    Args:
+        rank_on: `"original"` (default: §4.1 importance in the original model), `"lora"`
+            (importance in each LoRA model) or `"change"` (CNA: LoRA minus original).
+        ks: Top-K sizes of Table 10 (the paper's 50, 30, 20, 10).
+        target: Scored token: `"answer"` (the correct one, default: LoRA is trained to
+            raise it) or `"prediction"` (the original model's top token).
+        case: Table 9's prompt; case_answer: its answer (needed with `target="answer"`).
+        case_k: Neurons in Table 9.
+        groups: LoRA-layer ranges `{label: layers}` (default [`layer_groups`][arithlens.cna.lora.layer_groups]).
+        mode: CNA mode, `"fast"` (default) or `"exact"`.
+        batch_size: Cases per forward pass.
+        progress: Progress bars.
+    """
+
+    def __init__(
+        self,
+        rank_on: str = "original",
+        ks: Sequence[int] = (50, 30, 20, 10),
+        target: str = "answer",
+        case: str = "3+5=",
+        case_answer: str | None = "8",
+        case_k: int = 3,
+        groups: Mapping[str, Sequence[int]] | None = None,
+        mode: str = "fast",
+        batch_size: int | None = None,
+        progress: bool = False,
+    ):
+        self.rank_on = validate.choice(rank_on, "rank_on", RANK_ON)
+        self.ks = validate.int_sequence(ks, "ks", low=1)
+        self.target = validate.choice(target, "target", ("answer", "prediction"))
+        if not isinstance(case, str) or not case:
+            raise ValueError(f"case={case!r} must be a non-empty prompt such as '3+5='")
+        if self.target == "answer" and not case_answer:
+            raise ValueError(f"case_answer={case_answer!r}: target='answer' needs the answer of case {case!r}")
+        self.case, self.case_answer = case, case_answer
+        self.case_k = validate.positive_int(case_k, "case_k")
+        self.groups = None if groups is None else {str(g): validate.int_sequence(m, f"groups[{g!r}]", low=0) for g, m in groups.items()}
+        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
+        self.batch_size = validate.optional_positive_int(batch_size, "batch_size")
+        self.progress = validate.boolean(progress, "progress")
+
+    def run(self, model: Any, loras: Any, data: Any) -> LoRACoefResult:
+        """Rank each case's neurons, compare their coefficients in every LoRA model.
+
+        Args:
+            model: The original model.
+            loras: A [`LoRASweepResult`][arithlens.cna.lora.LoRASweepResult] (its kept models,
+                else its saved adapters), or `{lora layer: LensModel or adapter directory}`.
+            data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
+        """
+        from arithlens import data as datasets
+        from arithlens.cna.importance import NeuronImportance
+        from arithlens.models import load_model
+
+        model = load_model(model)
+        loras = _lora_map(loras)
+        groups = self.groups or layer_groups(model.n_layers)
+        cases = datasets.as_dataset(data, model.tokenizer)
+        case = datasets.prompts(model.tokenizer, [self.case], [self.case_answer] if self.case_answer else None)
+        both = case + cases
+        scorer = cna(NeuronImportance, target=self.target, mode=self.mode, batch_size=self.batch_size, progress=self.progress)
+        orig = scorer.run(model, both)
+        layers = list(orig.layers)
+        rows, scores9, coefs9 = [], [], {"original": orig.coef[0]}
+        for layer, lm in tqdm(sorted(loras.items()), desc="LoRA models", unit="model", disable=not self.progress):
+            lm = load_lora(model, lm) if isinstance(lm, (str, pathlib.Path)) else lm
+            if (lm.n_layers, lm.d_mlp) != (model.n_layers, model.d_mlp):
+                raise ValueError(f"LoRA model of layer {layer} ({lm!r}) does not have the shape of {model!r}")
+            coef = lm.cache(both, names=[names.post(L) for L in layers]).stack(names.post, layers)
+            rank = orig.importance
+            if self.rank_on != "original":
+                imp = scorer.run(lm, both, w=orig.w).importance
+                rank = imp if self.rank_on == "lora" else imp - orig.importance
+            downstream = torch.tensor([L >= layer for L in layers])  # LoRA cannot move neurons below its layer
+            for k in self.ks:
+                top = top_mask(rank[1:], k)
+                increase = -coef_decrease(orig.coef[1:], coef[1:], top)
+                share = (top & downstream[None, :, None]).sum((1, 2)) / top.sum((1, 2))
+                rows += [{"lora_layer": layer, "group": group_of(layer, groups), "k": k, "case": i, "prompt": cases[i].prompt,
+                          "coef_increase": float(v), "share_downstream": float(f)} for i, (v, f) in enumerate(zip(increase, share))]  # fmt: skip
+            scores9.append(rank[0])
+            coefs9[f"lora{layer}"] = coef[0]
+        rank9 = orig.importance[0] if self.rank_on == "original" else torch.stack(scores9).mean(0)
+        neurons = _table9(rank9, coefs9, layers, self.case_k)
+        df = pd.DataFrame(rows)
+        return LoRACoefResult(df=df, neurons=neurons, ks=self.ks, rank_on=self.rank_on)
+
+
+def _lora_map(loras: Any) -> dict[int, Any]:
+    if isinstance(loras, LoRASweepResult):
+        found = loras.models or loras.adapter_dirs
+        if not found:
+            raise ValueError("loras: the sweep kept no models and saved no adapters; run it with keep_models=True or out_dir=")
+        return dict(found)
+    if isinstance(loras, Mapping) and loras:
+        return {validate.non_negative_int(k, "loras key"): v for k, v in loras.items()}
+    raise ValueError(f"loras={loras!r} must be a LoRASweepResult or a non-empty {{layer: LensModel or adapter directory}}")
+
+
+def _table9(
+    rank: Float[torch.Tensor, "layer d_mlp"], coefs: dict[str, Float[torch.Tensor, "layer d_mlp"]], layers: list[int], k: int
+) -> pd.DataFrame:
+    """Tidy Table 9: the top-`k` neurons of `rank` and their coefficient in every model."""
+    picked = einops.rearrange(top_mask(rank[None], k)[0], "l n -> (l n)").nonzero()[:, 0]
+    order = einops.rearrange(rank, "l n -> (l n)")[picked].argsort(descending=True)
+    rows = []
+    for flat in picked[order].tolist():
+        li, n = divmod(flat, rank.shape[1])
+        for label, coef in coefs.items():
+            rows.append({"neuron": f"{layers[li]}_{n}", "layer": layers[li], "index": n, "model": label,
+                         "lora_layer": pd.NA if label == "original" else int(label[4:]), "coef": float(coef[li, n])})  # fmt: skip
+    return pd.DataFrame(rows)

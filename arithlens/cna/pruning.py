@@ -1,0 +1,433 @@
+"""CNA-guided pruning — Yu & Ananiadou (EMNLP 2024) §6.1, Table 11.
+
+CNA ([`ComparativeNeuronScores`][arithlens.cna.ComparativeNeuronScores]) compares a
+shallow-layer LoRA model (§5; layer 9 of 32 in the paper) with the original on the
+1-digit `+ − × ÷` cases. Each case's top-`top_n` neurons by the importance *increase*
+from the original to the LoRA model (the neurons the fine-tuned prediction leans on)
+are kept where they fall in the deep layers (17–31 of 32), and every other FFN neuron of
+those layers is **pruned for real**: [`prune`][arithlens.cna.pruning.prune] slices the
+rows of `gate_proj` / `up_proj` and the columns of `down_proj` of a copy, so the
+parameter count drops and the layers compute only the kept neurons. A pruned model
+computes exactly what the original computes with those neurons' coefficient scores
+zeroed (`KeepNeurons`); it saves with [`save_model`][arithlens.cna.pruning.save_model]
+(`save_pretrained` plus each layer's FFN width in the config) and re-loads with
+[`load_saved`][arithlens.cna.pruning.load_saved]. A LoRA adapter on the shallow layer
+is then trained on the pruned model, and on a randomly pruned model that keeps the same
+number of neurons in every deep layer (the control). Table 11 is the accuracy on the
+2-digit test split of the original, LoRA, LoRA on the CNA-pruned and LoRA on the randomly
+pruned model, with parameter counts and forward times.
+
+The paper kept each case's top 500 of Llama-2-7B's 352,256 neurons (5 % of the deep
+neurons survived the union); the default `top_n` keeps the same fraction of the model's
+neurons per case (65 of SmolLM2's 46,080). Pruned models run every forward analysis
+(evaluation, interventions, LoRA); neuron-level CNA needs equal FFN widths and so the
+unpruned model.
+
+Example:
+    ```python
+    import arithlens
+    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.pruning import CNAPruning, load_saved
+
+    model = arithlens.load_model()
+    sweep = LoRALayerSweep(lrs=[1e-3], steps=60)
+    result = CNAPruning(n_cases=32, sweep=sweep, out_dir="results/prune").run(model)
+    result.table()                                   # Table 11
+    pruned = load_saved("results/prune/cna-pruned/model")
+    ```
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import pathlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+
+from arithlens import validate
+from arithlens.results import Result
+
+PAPER_TOP_FRACTION = 500 / (32 * 11008)  # top 500 of Llama-2-7B's 32 × 11,008 FFN neurons
+SIZES_KEY = "arithlens_intermediate_sizes"
+
+
+# ---------------------------------------------------------------------------- model surgery
+def _canonical_state(model: Any) -> dict[str, torch.Tensor]:
+    """The Hugging Face state dict behind a LensModel, under the plain transformers names."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.bridge.original_model.state_dict().items():
+        state.setdefault(key.replace("._original_component", ""), value)
+    return state
+
+
+def _mlp_path(state: Mapping[str, Any], layer: int) -> str | None:
+    suffix = f"layers.{layer}.mlp.gate_proj.weight"
+    key = next((k for k in state if k == suffix or k.endswith("." + suffix)), None)
+    return None if key is None else key[: -len(".gate_proj.weight")]
+
+
+def check_gated(model: Any, layers: Sequence[int]) -> None:
+    """Raise `ValueError` unless each of `layers` has a gated (Llama-style) MLP."""
+    state = _canonical_state(model)
+    for layer in layers:
+        if _mlp_path(state, layer) is None:
+            raise ValueError(f"layer {layer} of {model.name!r} has no gated MLP (gate_proj/up_proj/down_proj): "
+                             "slicing neurons needs a Llama-style FFN")  # fmt: skip
+
+
+def ffn_sizes(hf: Any, n_layers: int) -> list[int] | None:
+    """Each layer's FFN width (rows of `up_proj`) of a transformers model; None without gated MLPs."""
+    return _widths(dict(hf.named_parameters()), n_layers)
+
+
+def layer_widths(model: Any) -> list[int]:
+    """Each layer's FFN width of a [`LensModel`][arithlens.models.LensModel] (pruned layers are narrower)."""
+    return _widths(_canonical_state(model), model.n_layers) or [model.d_mlp] * model.n_layers
+
+
+def _widths(state: Mapping[str, torch.Tensor], n_layers: int) -> list[int] | None:
+    paths = [_mlp_path(state, L) for L in range(n_layers)]
+    return None if None in paths else [int(state[f"{p}.up_proj.weight"].shape[0]) for p in paths]
+
+
+def _set_width(hf: Any, layer: int, width: int, index: torch.Tensor | None = None) -> None:
+    """Give layer `layer`'s gated MLP `width` neurons: the rows/columns `index` of the old weights, or fresh ones."""
+    path = _mlp_path(dict(hf.named_parameters()), layer)
+    if path is None:
+        raise ValueError(f"layer {layer} has no gated MLP (gate_proj/up_proj/down_proj) to resize")
+    mlp = hf.get_submodule(path)
+    for name, rows in (("gate_proj", True), ("up_proj", True), ("down_proj", False)):
+        old = getattr(mlp, name)
+        shape = (old.in_features, width) if rows else (width, old.out_features)
+        new = torch.nn.Linear(*shape, bias=old.bias is not None, dtype=old.weight.dtype, device=old.weight.device)
+        if index is not None:
+            with torch.no_grad():
+                new.weight.copy_(old.weight[index] if rows else old.weight[:, index])
+                if old.bias is not None:
+                    new.bias.copy_(old.bias[index] if rows else old.bias)
+        setattr(mlp, name, new)
+
+
+def hf_copy(model: Any) -> Any:
+    """A plain transformers model computing what `model` computes (a [`LensModel`][arithlens.models.LensModel]).
+
+    The bridge folded the norms into the weights in place; the copy holds that equivalent
+    parametrisation (norm weights 1, an untied, centred unembedding) and each layer's own
+    FFN width, so it trains, merges and saves like any transformers model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    state = _canonical_state(model)
+    config = copy.deepcopy(model.bridge.original_model.config)
+    config.tie_word_embeddings = False  # the bridge centred the unembedding: it no longer equals the embedding
+    dtype = next(v for v in state.values() if v.is_floating_point()).dtype
+    fresh = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
+    for layer in range(model.n_layers):  # pruned layers keep their own width
+        path = _mlp_path(state, layer)
+        if path is not None and state[f"{path}.up_proj.weight"].shape[0] != config.intermediate_size:
+            _set_width(fresh, layer, int(state[f"{path}.up_proj.weight"].shape[0]))
+    wanted = fresh.state_dict()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise ValueError(f"cannot copy {model.name!r} into a plain transformers model: no weights for {missing[:3]}")
+    extra_bias = state.get("lm_head.bias")
+    if "lm_head.bias" not in wanted and extra_bias is not None and bool(extra_bias.any()):
+        raise ValueError(f"{model.name!r} has an unembedding bias that its transformers class cannot hold")
+    fresh.load_state_dict({k: state[k].detach().clone() for k in wanted})
+    return fresh.to(model.device).eval()
+
+
+def lens_from_hf(hf: Any, like: Any, name: str) -> Any:
+    """Wrap a transformers model as a [`LensModel`][arithlens.models.LensModel] with `like`'s tokenizer and device."""
+    from arithlens.models import LensModel
+
+    bridge_name = getattr(like.cfg, "model_name", None)
+    lm = LensModel.from_hf(hf, like.tokenizer, name=name, bridge_name=bridge_name, device=str(like.device))
+    lm.batch_size = like.batch_size
+    return lm
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of a model's weights (names, shapes, sums): which base an adapter belongs to."""
+    digest = hashlib.sha1()
+    for key, value in sorted(_canonical_state(model).items()):
+        digest.update(f"{key}{tuple(value.shape)}{float(value.double().sum()):.6g}".encode())
+    return digest.hexdigest()[:16]
+
+
+def n_parameters(model: Any) -> int:
+    """Number of parameters of a [`LensModel`][arithlens.models.LensModel] (shared tensors counted once)."""
+    return sum(int(p.numel()) for p in model.bridge.original_model.parameters())
+
+
+def top_mask(scores: Float[torch.Tensor, "case layer d_mlp"], k: int) -> Bool[torch.Tensor, "case layer d_mlp"]:
+    """Each case's top-`k` neurons of `scores`."""
+    flat = einops.rearrange(scores, "c l n -> c (l n)")
+    idx = flat.topk(min(int(k), flat.shape[1]), dim=-1).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
+    return einops.rearrange(mask, "c (l n) -> c l n", l=scores.shape[1])
+
+
+def prune(model: Any, keep: Mapping[int, Sequence[int]], name: str | None = None) -> Any:
+    """A copy of `model` whose layers in `keep` have only the kept FFN neurons (sliced, not masked).
+
+    Args:
+        model: The model ([`LensModel`][arithlens.models.LensModel]); never modified.
+        keep: `{layer: neuron indices kept}`; layers not named keep every neuron.
+        name: The copy's display name.
+
+    Returns:
+        A [`LensModel`][arithlens.models.LensModel] with fewer parameters.
+    """
+    hf = hf_copy(model)
+    sizes = ffn_sizes(hf, model.n_layers)
+    check_gated(model, [validate.integer(L, "keep layer", low=0, high=model.n_layers - 1) for L in keep])
+    for layer, idx in keep.items():
+        idx = sorted(set(validate.int_sequence(idx, f"keep[{layer}]", low=0, high=sizes[layer] - 1, allow_empty=True)))
+        _set_width(hf, int(layer), len(idx), torch.tensor(idx, dtype=torch.long, device=model.device))
+    setattr(hf.config, SIZES_KEY, ffn_sizes(hf, model.n_layers))
+    return lens_from_hf(hf, model, name or f"{model.name}-pruned")
+
+
+def save_model(model: Any, path: str | pathlib.Path) -> pathlib.Path:
+    """Save a (pruned, edited or fine-tuned) model and its tokenizer with `save_pretrained`.
+
+    Models with per-layer FFN widths record them in `config.json`; re-load those with
+    [`load_saved`][arithlens.cna.pruning.load_saved] (the others also with `arithlens.load_model(path)`).
+    """
+    path = validate.output_dir(path, "path")
+    hf = hf_copy(model)
+    sizes = ffn_sizes(hf, model.n_layers)
+    if sizes and len(set(sizes)) > 1:
+        setattr(hf.config, SIZES_KEY, sizes)
+    elif hasattr(hf.config, SIZES_KEY):
+        delattr(hf.config, SIZES_KEY)
+    hf.save_pretrained(str(path))
+    model.tokenizer.save_pretrained(str(path))
+    return path
+
+
+def load_saved(path: str | pathlib.Path, device: str | None = None) -> Any:
+    """Load a model written by [`save_model`][arithlens.cna.pruning.save_model] as a [`LensModel`][arithlens.models.LensModel]."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from arithlens.models import LensModel, load_model
+
+    path = pathlib.Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"path={str(path)!r} holds no saved model (config.json missing)")
+    config = AutoConfig.from_pretrained(str(path))
+    sizes = getattr(config, SIZES_KEY, None)
+    if not sizes:
+        return load_model(str(path), device=device)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    for layer, width in enumerate(sizes):
+        _set_width(hf, layer, width)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(path / f)))
+    hf.load_state_dict(state)
+    return LensModel.from_hf(hf, AutoTokenizer.from_pretrained(str(path)), name=path.name, device=device)
+
+
+@torch.no_grad()
+def forward_ms(model: Any, tokens: torch.Tensor, repeats: int = 5) -> float:
+    """Median wall time (ms) of one forward pass of `tokens` (after one warm-up pass)."""
+    model.bridge(tokens)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.bridge(tokens)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------- §6.1
+@dataclass
+class PruningResult(Result):
+    """Table 11: accuracy after LoRA on the original, CNA-pruned and randomly pruned model.
+
+    Attributes:
+        df: One row per model (`original, lora{L}, cna-pruned, lora{L}-p, random-pruned,
+            lora{L}-r`): `model, pruning` (`none`/`cna`/`random`), `lora` (bool),
+            `accuracy` (2-digit test split, first answer token), `n_params`,
+            `deep_ffn_params` (parameters of the deep layers' FFNs), `deep_neurons`
+            (FFN neurons left in them), `forward_ms` (median time of one forward pass of
+            a test batch; NaN for the LoRA models, which have their base's shapes).
+        kept: `{layer: neuron indices}` kept by CNA; random_kept: the control's.
+        lora_layer: The shallow LoRA layer; deep_layers: the pruned layers.
+        models: The pruned and fine-tuned models by row name (with `keep_models=True`).
+        saved: Where the pruned models were saved, by row name.
+    """
+
+    kept: dict[int, list[int]] = field(default_factory=dict, repr=False)
+    random_kept: dict[int, list[int]] = field(default_factory=dict, repr=False)
+    lora_layer: int = 0
+    deep_layers: list[int] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict, repr=False)
+    saved: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """Table 11's layout: accuracy (%) of origin, LoRA, LoRA-p, LoRA-r, plus parameter counts."""
+        pick = self.df[self.df["model"].isin(["original"]) | self.df["lora"]].set_index("model")
+        out = pd.DataFrame({"acc": 100 * pick["accuracy"], "params (M)": pick["n_params"] / 1e6,
+                            "deep FFN params (M)": pick["deep_ffn_params"] / 1e6}).T  # fmt: skip
+        L = self.lora_layer
+        return out.rename(columns={"original": "origin", f"lora{L}": f"LoRA{L}", f"lora{L}-p": f"LoRA{L}-p", f"lora{L}-r": f"LoRA{L}-r"}).round(1)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Test accuracy of every model, bars coloured by pruning."""
+        import plotly.express as px
+
+        fig = px.bar(self.df, x="model", y="accuracy", color="pruning", hover_data=["n_params", "deep_neurons"],
+                     title=f"Accuracy on 2-digit arithmetic: LoRA on layer {self.lora_layer}, pruned layers "
+                     f"{self.deep_layers[0]}–{self.deep_layers[-1]} (Table 11)", **kwargs)  # fmt: skip
+        fig.update_layout(xaxis_title="model", yaxis_title="test accuracy (first answer token)", yaxis_tickformat=".0%")
+        return fig
+
+
+class CNAPruning:
+    """Prune the deep FFN neurons CNA does not select, then fine-tune LoRA (§6.1, Table 11).
+
+    Args:
+        lora_layer: The shallow LoRA layer (default the paper's 9 of 32, scaled: `round(9 n / 32)`).
+        top_n: Neurons kept per case (default the paper's fraction, at least 1).
+        deep_layers: Layers pruned (default the paper's 17–31 of 32, scaled).
+        n_cases: 1-digit cases CNA runs on, sampled (None: all).
+        target: CNA's scored token: `"prediction"` (the paper; of the LoRA model) or `"answer"`.
+        mode: CNA mode, `"fast"` (default) or `"exact"`.
+        random_control: Also prune at random (same count per layer) and fine-tune that.
+        sweep: The [`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] whose settings
+            train every LoRA model and whose split gives the data (default CPU-sized).
+        out_dir: Saves adapters (`lora_L{L}`, `cna-pruned/lora_L{L}`, ...) and the pruned
+            models (`cna-pruned/model`, `random-pruned/model`).
+        keep_models: Keep the models in the result.
+        seed: Seeds the case sample and the random control.
+        timing_repeats: Forward passes timed per model.
+        progress: Progress bars.
+    """
+
+    def __init__(
+        self,
+        lora_layer: int | None = None,
+        top_n: int | None = None,
+        deep_layers: Sequence[int] | None = None,
+        n_cases: int | None = 64,
+        target: str = "prediction",
+        mode: str = "fast",
+        random_control: bool = True,
+        sweep: Any = None,
+        out_dir: str | pathlib.Path | None = None,
+        keep_models: bool = False,
+        seed: int = 0,
+        timing_repeats: int = 5,
+        progress: bool = True,
+    ):
+        from arithlens.cna.lora import LoRALayerSweep
+
+        self.lora_layer = None if lora_layer is None else validate.non_negative_int(lora_layer, "lora_layer")
+        self.top_n = None if top_n is None else validate.positive_int(top_n, "top_n")
+        self.deep_layers = None if deep_layers is None else validate.int_sequence(deep_layers, "deep_layers", low=0, unique=True)
+        self.n_cases = validate.optional_positive_int(n_cases, "n_cases")
+        self.target = validate.choice(target, "target", ("prediction", "answer"))
+        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
+        self.random_control = validate.boolean(random_control, "random_control")
+        if sweep is not None and not isinstance(sweep, LoRALayerSweep):
+            raise ValueError(f"sweep={sweep!r} must be a LoRALayerSweep (its settings train the LoRA models)")
+        self.sweep = sweep or LoRALayerSweep(progress=progress, seed=seed)
+        self.out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
+        self.keep_models = validate.boolean(keep_models, "keep_models")
+        self.seed = validate.integer(seed, "seed")
+        self.timing_repeats = validate.positive_int(timing_repeats, "timing_repeats")
+        self.progress = validate.boolean(progress, "progress")
+
+    def resolve(self, model: Any) -> tuple[int, list[int], int]:
+        """`(lora_layer, deep_layers, top_n)` for `model`, validated against its shape."""
+        n, total = model.n_layers, model.n_layers * model.d_mlp
+        layer = round(9 * n / 32) if self.lora_layer is None else self.lora_layer
+        validate.integer(layer, "lora_layer", low=0, high=n - 1)
+        deep = list(range(round(17 * n / 32), n)) if self.deep_layers is None else self.deep_layers
+        for L in deep:
+            validate.integer(L, "deep_layers item", low=0, high=n - 1)
+        top_n = max(1, round(PAPER_TOP_FRACTION * total)) if self.top_n is None else self.top_n
+        if top_n > total:
+            raise ValueError(f"top_n={top_n} is larger than the model's {total} FFN neurons ({n} layers x {model.d_mlp})")
+        check_gated(model, deep)
+        return layer, deep, top_n
+
+    def run(self, model: Any, lora_model: Any = None, cases: Any = None, train: Any = None, test: Any = None) -> PruningResult:
+        """Prune by CNA and at random, fine-tune LoRA on each, evaluate (Table 11).
+
+        Args:
+            model: The original model; never modified.
+            lora_model: A LoRA model on `lora_layer` (default: trained here by `sweep`).
+            cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
+            train, test: LoRA data (default: `sweep`'s §5 split).
+        """
+        from arithlens import data
+        from arithlens.cna.comparative import ComparativeNeuronScores
+        from arithlens.cna.lora import cna
+        from arithlens.evaluate import evaluate
+        from arithlens.models import load_model
+
+        model = load_model(model)
+        layer, deep, top_n = self.resolve(model)
+        train, val, test = self.sweep.split(model, train, test)
+        where = (lambda *parts: None) if self.out_dir is None else (lambda *parts: self.out_dir.joinpath(*parts))
+        if lora_model is None:
+            lora_model, _ = self.sweep.fit(model, layer, train, val, where(f"lora_L{layer}"))
+        if cases is None:
+            cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
+            cases = cases if self.n_cases is None or self.n_cases >= len(cases) else cases.sample(self.n_cases, seed=self.seed)
+        scorer = cna(ComparativeNeuronScores, other_model=model, target=self.target, mode=self.mode, progress=self.progress)
+        # The LoRA model is CNA's first side: importance_change = LoRA minus original.
+        union = top_mask(scorer.run(lora_model, cases).importance_change, top_n).any(0)
+        kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
+        gen = torch.Generator().manual_seed(self.seed)
+        random_kept = {L: sorted(torch.randperm(model.d_mlp, generator=gen)[: len(idx)].tolist()) for L, idx in kept.items()}
+        tokens = _timing_batch(model, test)
+        rows, models, saved = [], {}, {}
+
+        def add(name: str, lm: Any, pruning: str, lora: bool) -> None:
+            sizes = layer_widths(lm)
+            rows.append({"model": name, "pruning": pruning, "lora": lora, "accuracy": evaluate(lm, test, full_answer=False).accuracy,
+                         "n_params": n_parameters(lm), "deep_ffn_params": sum(3 * lm.d_model * sizes[L] for L in deep),
+                         "deep_neurons": sum(sizes[L] for L in deep),
+                         "forward_ms": float("nan") if lora else forward_ms(lm, tokens, self.timing_repeats)})  # fmt: skip
+            if self.keep_models:
+                models[name] = lm
+
+        add("original", model, "none", False)
+        add(f"lora{layer}", lora_model, "none", True)
+        variants = [("cna", kept, "p")] + ([("random", random_kept, "r")] if self.random_control else [])
+        for pruning, keep, tag in variants:
+            pruned = prune(model, keep, name=f"{model.name}-{pruning}-pruned")
+            if self.out_dir is not None:
+                saved[f"{pruning}-pruned"] = str(save_model(pruned, where(f"{pruning}-pruned", "model")))
+            add(f"{pruning}-pruned", pruned, pruning, False)
+            tuned, _ = self.sweep.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
+            add(f"lora{layer}-{tag}", tuned, pruning, True)
+        return PruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
+                             deep_layers=deep, models=models, saved=saved)  # fmt: skip
+
+
+def _timing_batch(model: Any, test: Any, rows: int = 32) -> torch.Tensor:
+    """Up to `rows` test prompts of the most common length, stacked (no padding)."""
+    ids = [tuple(int(t) for t in case.input_ids) for case in test]
+    by_len: dict[int, list[tuple[int, ...]]] = {}
+    for x in ids:
+        by_len.setdefault(len(x), []).append(x)
+    common = max(by_len.values(), key=len)[:rows]
+    return torch.tensor([list(x) for x in common], device=model.device)
