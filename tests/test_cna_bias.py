@@ -3,6 +3,7 @@ intervention and as a saved copy, Tables 12-13 against brute force, and the CLI'
 
 import json
 
+import einops
 import pandas as pd
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_gender_bias_against_brute_force(tiny):
     other = {"woman": "man", "man": "woman"}
     theirs = data.prompts(tiny.tokenizer, [fill(SMALL.prompts[0], other[g]) for g in profs["biased_to"]], list(profs["profession"]))
     res = cna(ComparativeNeuronScores, other_data=theirs, target="answer", mode="exact").run(tiny, mine)
-    top = res.importance_change.mean(0).reshape(-1).topk(3).indices.tolist()
+    top = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)").topk(3).indices.tolist()
     assert result.neurons == [(j // 64, j % 64) for j in top]
     # Table 13: |log p(prof | woman) - log p(prof | man)| averaged, with and without the edit.
     for name, ivs in (("original", ()), ("edited", (zero_neurons(tiny, result.neurons),))):

@@ -1,6 +1,7 @@
 """LoRA on one attention layer (§5): what trains, the learning-rate choice, adapter re-use,
 Tables 9-10 against a brute-force computation, and the CLI's errors."""
 
+import einops
 import pytest
 import torch
 from conftest import assert_untouched, model_state
@@ -114,8 +115,8 @@ def test_coefficient_increase_against_brute_force(tiny):
         for k in (5, 2):
             got = result.df[result.df["k"] == k].sort_values("case")["coef_increase"].tolist()
             for i in range(len(cases)):
-                top = rank[i].reshape(-1).topk(k).indices
-                m, m2 = ours.coef[i].reshape(-1)[top], coef_other[i].reshape(-1)[top]
+                top = flat(rank[i]).topk(k).indices
+                m, m2 = flat(ours.coef[i])[top], flat(coef_other[i])[top]
                 expected = 100 * float((torch.sign(m) * (m2 - m)).sum() / m.abs().sum())
                 assert got[i] == pytest.approx(expected, rel=1e-4, abs=1e-4)
         assert set(result.df["group"]) == {"high"}
@@ -125,15 +126,20 @@ def test_coefficient_increase_against_brute_force(tiny):
     # Table 9 (ranked on the original): the case's top neurons, their coefficient in each model.
     result = LoRACoefficients(ks=(5,), mode="exact", case_k=3).run(tiny, {2: other}, cases)
     case = data.prompts(tiny.tokenizer, ["3+5="], ["8"])
-    imp = scorer.run(tiny, case).importance[0].reshape(-1)
+    imp = flat(scorer.run(tiny, case).importance[0])
     top = imp.topk(3).indices.tolist()
     table9 = result.table9()
     assert list(table9.index) == [f"{j // 64}_{j % 64}" for j in top]
     assert list(table9.columns) == ["original", "lora2"]
-    post_other = _post(other, case)[0].reshape(-1)
+    post_other = flat(_post(other, case)[0])
     assert table9["lora2"].tolist() == pytest.approx([float(post_other[j]) for j in top], abs=1e-6)
     assert result.plot().layout.yaxis.title.text
     assert_untouched(tiny, *before)
+
+
+def flat(scores):
+    """`[layer, d_mlp]` scores as one row, layer-major."""
+    return einops.rearrange(scores, "l n -> (l n)")
 
 
 def _post(model, cases):

@@ -2,6 +2,7 @@
 
 import json
 
+import einops
 import pytest
 import torch
 from conftest import assert_untouched, model_state
@@ -122,7 +123,7 @@ def test_cna_pruning_keeps_the_union_of_each_case_top_n(tiny, tmp_path):
                         keep_models=True, progress=False).run(tiny, lora_model=other, cases=cases)  # fmt: skip
     # Brute force: CNA with the LoRA model first, each case's top 7, their union in layers 1-2.
     res = cna(ComparativeNeuronScores, other_model=tiny, target="prediction", mode="exact").run(other, cases)
-    flat = res.importance_change.reshape(len(cases), -1)
+    flat = einops.rearrange(res.importance_change, "c l n -> c (l n)")
     expected = {1: set(), 2: set()}
     for row in flat:
         for j in row.topk(7).indices.tolist():

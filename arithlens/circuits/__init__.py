@@ -20,8 +20,8 @@ One module per idea of the paper:
 * [`precise_sft`][arithlens.circuits.precise_sft] — §4.3 precise SFT of the key
   components vs full and random-component fine-tuning: `PreciseSFT` (the components'
   parameters: [`components`][arithlens.circuits.components]).
-* [`cli`][arithlens.circuits.cli] (`arithlens patch`, `arithlens sft`) and
-  [`report`][arithlens.circuits.report] (the `arithlens run` section).
+* `arithlens.circuits.cli` (`arithlens patch`, `arithlens sft`) and
+  `arithlens.circuits.report` (the `arithlens run` section).
 
 Components are [`Node`][arithlens.names.Node]s everywhere: `Node(layer, head)` for a
 head, `Node(layer)` for an MLP. Every analysis reads the clean cache

@@ -288,6 +288,10 @@ class BiasResult(Result):
     per_case: dict[int, pd.DataFrame] = field(default_factory=dict, repr=False)
     collateral: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    def table(self) -> pd.DataFrame:
+        """Table 13 (see [`table13`][arithlens.cna.bias.BiasResult.table13])."""
+        return self.table13()
+
     def table13(self) -> pd.DataFrame:
         """Table 13: mean bias, total / woman-biased / man-biased professions, plus the collateral columns."""
         rows = {}

@@ -179,6 +179,11 @@ class LoRASweepResult(Result):
     models: dict[int, Any] = field(default_factory=dict, repr=False)
     adapter_dirs: dict[int, str] = field(default_factory=dict)
 
+    def table(self) -> pd.DataFrame:
+        """Figure 2's numbers as a table: accuracy (%) of the original and of each LoRA layer."""
+        names = ["original"] + [f"L{int(L)}" for L in self.df["lora_layer"].iloc[1:]]
+        return pd.DataFrame([100 * self.df["accuracy"].to_numpy()], index=["accuracy (%)"], columns=names).round(1)
+
     def plot(self, **kwargs: Any) -> Any:
         """Accuracy against LoRA layer, the original model's accuracy as a dashed line."""
         import plotly.graph_objects as go
@@ -397,6 +402,10 @@ class LoRACoefResult(Result):
         out = self.neurons.pivot_table(index="neuron", columns="model", values="coef", sort=False)
         order = ["original"] + [m for m in self.neurons["model"].drop_duplicates() if m != "original"]
         return out[order].rename_axis(columns=None)
+
+    def table(self) -> pd.DataFrame:
+        """Table 10 (see [`table10`][arithlens.cna.lora.LoRACoefResult.table10]; Table 9 is [`table9`][arithlens.cna.lora.LoRACoefResult.table9])."""
+        return self.table10()
 
     def table10(self) -> pd.DataFrame:
         """Table 10's layout: mean increase (%) per LoRA-layer range (rows) and top-K (columns)."""
