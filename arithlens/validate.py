@@ -22,9 +22,15 @@ import math
 import numbers
 import os
 import pathlib
+import sys
 from typing import Any, Iterable, Sequence
 
-import torch
+
+def _is_tensor(value: Any) -> bool:
+    # torch is imported lazily so that `arithlens --help` stays fast: a tensor can only
+    # exist if torch was imported already.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _show(value: Any) -> str:
@@ -36,7 +42,9 @@ def _as_integral(value: Any) -> int | None:
     """`value` as an int if it is integral (not bool), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
+        import torch
+
         if value.ndim != 0 or value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
             return None
         return int(value.item())
@@ -91,7 +99,7 @@ def number(
     """A finite real number within `[low, high]` (`(low, high]` with `low_open`)."""
     if isinstance(value, bool) or isinstance(value, str):
         raise ValueError(f"{name}={_show(value)} must be a number, not a {type(value).__name__}")
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+    if _is_tensor(value) and value.ndim == 0 and not value.is_complex():
         value = value.item()
     if not isinstance(value, numbers.Real):
         raise ValueError(f"{name}={_show(value)} must be a number, not a {type(value).__name__}")
@@ -146,7 +154,7 @@ def int_sequence(
         values = [values]
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ValueError(f"{name}={_show(values)} must be an integer or a sequence of integers")
-    if isinstance(values, torch.Tensor):
+    if _is_tensor(values):
         values = values.reshape(-1).tolist() if not values.dtype.is_floating_point else list(values.reshape(-1))
     out = [integer(v, f"{name} item", low=low, high=high) for v in values]
     if not out and not allow_empty:
@@ -203,8 +211,10 @@ class NonFiniteError(ValueError):
     """Raised when logits or scores an analysis would rank contain NaN or infinity."""
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+def check_finite(tensor: Any, what: str) -> Any:
     """Return `tensor`, or raise [`NonFiniteError`][arithlens.validate.NonFiniteError] if any value is NaN/inf."""
+    import torch
+
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(

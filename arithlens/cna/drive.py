@@ -91,7 +91,10 @@ def neuron_keys(
     neuron's coefficient score, to first order (see the module docstring).
     """
     bridge = model.bridge
-    dev = bridge.W_in.device
+    # One block's weights: the bridge's stacked W_in / W_gate rebuild every layer per access.
+    mlp = bridge.blocks[int(layer)].mlp
+    W_in_l, W_gate_l = mlp.W_in.detach(), getattr(mlp, "W_gate", None)
+    dev = W_in_l.device
     neurons = neurons.to(dev)
     sigma = torch.as_tensor(ln2_scale, dtype=torch.float32, device=dev).reshape(())
     x = resid_mid.to(dev, torch.float32)
@@ -99,12 +102,12 @@ def neuron_keys(
     if centred:
         x = x - x.mean()
     x_hat = x / sigma
-    W_in = bridge.W_in[layer][:, neurons].detach().float()  # [d_model, n]
+    W_in = W_in_l[:, neurons].float()  # [d_model, n]
     b_in = getattr(bridge, "b_in", None)
     u = x_hat @ W_in + (b_in[layer, neurons].float() if b_in is not None else 0.0)
     act = _activation(model)
-    if bridge.W_gate is not None:
-        W_gate = bridge.W_gate[layer][:, neurons].detach().float()
+    if W_gate_l is not None:
+        W_gate = W_gate_l.detach()[:, neurons].float()
         a_g, da_g = _with_derivative(act, x_hat @ W_gate)
         key = (da_g * u * W_gate + a_g * W_in) / sigma
     else:
