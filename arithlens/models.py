@@ -183,8 +183,6 @@ class LensModel:
             raise ValueError(f"token id {top} is out of range: this model's vocabulary has ids 0..{self.d_vocab - 1}")
         return ids, targets
 
-    _cases = _ids_targets  # the old private name; analyses use as_dataset / cache instead
-
     def batches(
         self, input_ids: Sequence[Sequence[int]], batch_size: int | None = None
     ) -> Iterator[tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]]:
