@@ -207,6 +207,17 @@ def hook_names_of(model: "LensModel", names: Any) -> set[str]:
     return out
 
 
+def positions_of(model: "LensModel", names: Any, positions: str | None) -> str:
+    """The positions a cache keeps: `positions` when given, else `"all"` if an analysis in
+    `names` declares `cache_positions(model) == "all"` (it restarts from whole sequences),
+    else `"last"`."""
+    if positions is not None:
+        return hooks.check_position(positions, "positions")
+    items = [names] if isinstance(names, str) or hasattr(names, "hook_names") else list(names or ())
+    wants_all = any(getattr(i, "cache_positions", None) is not None and i.cache_positions(model) == "all" for i in items)
+    return "all" if wants_all else "last"
+
+
 def _memo_key(input_ids: list[tuple[int, ...]], targets: list[int]) -> tuple:
     return (tuple(input_ids), tuple(targets))
 

@@ -323,6 +323,10 @@ class HeadAblation:
         """The residual stream entering each swept layer: with a `positions="all"` cache holding them, no clean forward runs."""
         return {names.resid_pre(L) for L in sorted({L for L, _ in self._head_list(model)})}
 
+    def cache_positions(self, model: Any) -> str:
+        """`"all"` for the exact sweep: its ablated forwards restart from whole sequences."""
+        return "all" if self.estimate == "exact" else "last"
+
     @torch.no_grad()
     def run(self, model: Any, data: Any, *, cache: Any = None) -> HeadAblationResult:
         """Ablate each head in turn on `data`; return the per-head table.

@@ -29,8 +29,7 @@ from jaxtyping import Float, Int
 
 from arithlens import names as names_mod
 from arithlens import validate
-from arithlens.cache import ActivationCache, Memo, build_cache, hook_names_of
-from arithlens.names import check_position
+from arithlens.cache import ActivationCache, Memo, build_cache, hook_names_of, positions_of
 
 Hook = tuple[str, Callable]
 
@@ -98,7 +97,9 @@ class LensModel:
             probe = torch.zeros(1, 1, dtype=torch.long, device=bridge.W_U.device)
             bridge(probe)
             bridge.run_with_cache(probe, names_filter=["blocks.0.hook_resid_pre"], return_cache_object=False)
-        return cls(bridge, tokenizer, name=name)
+        model = cls(bridge, tokenizer, name=name)
+        model.last_position_trim()  # its one-off probe forward belongs to loading, not to the first analysis
+        return model
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -266,7 +267,7 @@ class LensModel:
         self,
         data: Any,
         names: Any = (),
-        positions: str = "last",
+        positions: str | None = None,
         interventions: Sequence[Any] = (),
         batch_size: int | None = None,
         memo: bool = True,
@@ -276,7 +277,9 @@ class LensModel:
         Args:
             data: A prompt, prompts, token ids or a dataset ([`as_dataset`][arithlens.data.as_dataset]).
             names: Hook names and/or analyses (their `hook_names(model)`) to keep activations of.
-            positions: `"last"` (each case's final position) or `"all"`.
+            positions: `"last"` (each case's final position) or `"all"`. Default: `"all"`
+                when an analysis in `names` restarts from whole sequences (its
+                `cache_positions(model)` says so, e.g. an exact `HeadAblation`), else `"last"`.
             interventions: Applied during this pass only; the result is then not memoized.
             batch_size: Cases per forward pass (default the model's).
             memo: Serve and store clean caches in the model's bounded memo.
@@ -293,7 +296,7 @@ class LensModel:
                 f"names: {', '.join(map(repr, unknown[:3]))} {'is not a hook' if len(unknown) == 1 else 'are not hooks'} "
                 f"of this model (hook names look like {names_mod.resid_mid(0)!r}; see arithlens.names)"
             )
-        positions = check_position(positions, "positions")
+        positions = positions_of(self, names, positions)
         batch_size = validate.optional_positive_int(batch_size, "batch_size")
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
         attached = self.has_hooks()

@@ -107,6 +107,27 @@ def test_an_analysis_given_a_cache_runs_no_clean_pass(tiny):
     assert ev.cases["predicted_token"].tolist() == cache.predictions.tolist()
 
 
+def test_a_cache_for_analyses_keeps_the_positions_they_restart_from(tiny):
+    """An exact head sweep restarts from whole sequences: a cache built for it keeps every
+    position, so neither it nor CNA runs another clean pass, and the numbers are the uncached ones."""
+    from arithlens.cna import NeuronImportance
+    from arithlens.heads import HeadAblation
+
+    importance, heads = NeuronImportance(mode="fast"), HeadAblation(layers=[0, 1], progress=False)
+    assert tiny.cache(SAME_LENGTH, names=[importance], memo=False).positions == "last"
+    assert tiny.cache(SAME_LENGTH, names=[heads], positions="last", memo=False).positions == "last"
+    cache = tiny.cache(SAME_LENGTH, names=[importance, heads], memo=False)
+    assert cache.positions == "all"
+    with forward_counter(tiny) as calls:
+        neurons = importance.run(tiny, SAME_LENGTH, cache=cache)
+        ablation = heads.run(tiny, SAME_LENGTH, cache=cache)
+    assert calls["n"] == 0
+    tiny.clear_cache()
+    alone = HeadAblation(layers=[0, 1], progress=False).run(tiny, SAME_LENGTH)
+    assert ablation.df.equals(alone.df)
+    assert neurons.df.equals(NeuronImportance(mode="fast").run(tiny, SAME_LENGTH).df)
+
+
 def test_ensure_cache_rejects_a_cache_of_other_data_or_missing_hooks(tiny):
     cache = tiny.cache(PROMPTS, names=[names.resid_mid(0)], memo=False)
     with pytest.raises(ValueError, match="other cases"):

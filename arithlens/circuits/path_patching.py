@@ -276,6 +276,10 @@ class PathPatching:
             return final | {names.z(L) for L in layers} | {names.mlp_out(L) for L in layers}
         return final | {names.resid_pre(L) for L in layers}
 
+    def cache_positions(self, model: Any) -> str:
+        """`"all"` for activation patching (it restarts from whole sequences), else `"last"`."""
+        return "all" if self.method == "activation" else "last"
+
     @torch.no_grad()
     def run(self, model: Any, data: Any, *, cache: Any = None) -> PathPatchingResult:
         """Patch every node for every pair of `data` (pairs, a dataset or prompts).

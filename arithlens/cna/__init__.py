@@ -24,7 +24,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what IDEs and Jupyter complete; the runtime imports lazily below
-    from arithlens.cna.bias import BiasResult, DiscoveryResult, GenderBias, ProfessionDiscovery, edit
+    from arithlens.cna.bias import BiasResult, DiscoveryResult, GenderBias, ProfessionDiscovery, edit, paper_bias_data, zero_neurons
     from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeResult
     from arithlens.cna.concepts import NumberConceptTagger
     from arithlens.cna.config import CNAConfig
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # what IDEs and Jupyter complete; the runtime imports lazily 
     from arithlens.cna.inputs import neuron_label
     from arithlens.cna.logic_chain import LogicChain, LogicChainResult
     from arithlens.cna.logit_lens import Component, LogitLens, LogitLensResult
-    from arithlens.cna.lora import LoRACoefResult, LoRACoefficients, LoRALayerSweep, LoRASweepResult
+    from arithlens.cna.lora import LoRACoefResult, LoRACoefficients, LoRALayerSweep, LoRASweepResult, load_lora
     from arithlens.cna.mask_keep import MaskKeep, MaskKeepResult
     from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
     from arithlens.cna.projections import ProjectionCache, projection_cache

@@ -275,6 +275,10 @@ class LogicChain:
         """The clean hooks read (at every position): stages 1–2, the PE-DAG's and CNA's."""
         return _chain_hooks(model) | _dag_hooks(model) | comparative(self.intervention, self.config).hook_names(model)
 
+    def cache_positions(self, model: Any) -> str:
+        """`"all"`: every stage reads activations at every position."""
+        return "all"
+
     @torch.no_grad()
     def run(
         self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
