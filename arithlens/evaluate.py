@@ -92,6 +92,7 @@ def evaluate(
     group_by: Sequence[str] = GROUP_COLUMNS,
     batch_size: int | None = None,
     cache: Any = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Evaluate `model` on `data` (a dataset from [`arithlens.data`][arithlens.data] or prompts).
 
@@ -103,6 +104,8 @@ def evaluate(
         batch_size: Cases per forward pass (default the model's).
         cache: A clean [`ActivationCache`][arithlens.cache.ActivationCache] of `data`
             (from `model.cache(data)`); then no first-token forward pass runs.
+        progress: Show a progress bar in cases (with an ETA). The cases are then run in
+            chunks of equal-length prompts, each its own pass; the numbers are the same.
 
     Cases without a target (prompts given without answers) have `correct` NA: they are
     counted in `n` but not in `accuracy`, which is `NaN` when no case has a target.
@@ -121,6 +124,8 @@ def evaluate(
     validate.optional_positive_int(batch_size, "batch_size")
     validate.boolean(full_answer, "full_answer")
     data = as_dataset(data, model.tokenizer)
+    if validate.boolean(progress, "progress"):
+        return _evaluate_in_chunks(model, data, full_answer, interventions, tuple(group_by), batch_size, cache)
     if interventions:
         if cache is not None:
             raise ValueError("cache= holds a clean pass; it cannot be combined with interventions=")
@@ -144,3 +149,36 @@ def evaluate(
         generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)
         cases["full_correct"] = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
     return Evaluation(df=_aggregate(cases, tuple(group_by)), cases=cases, group_by=tuple(group_by))
+
+
+def _evaluate_in_chunks(
+    model: Any, data: Any, full_answer: bool, interventions: Sequence[Any], group_by: tuple[str, ...], batch_size: int | None, cache: Any
+) -> Evaluation:
+    """[`evaluate`][arithlens.evaluate.evaluate] a few batches at a time, with a progress bar in cases."""
+    from tqdm.auto import tqdm
+
+    from arithlens.cache import ensure_cache
+    from arithlens.data import ArithmeticDataset
+
+    if cache is not None:
+        cache = ensure_cache(model, data, cache)
+    size = 4 * (batch_size or model.batch_size)
+    by_len: dict[int, list[int]] = {}
+    for i, case in enumerate(data):
+        by_len.setdefault(case.n_tokens, []).append(i)
+    chunks = [rows[i : i + size] for _, rows in sorted(by_len.items()) for i in range(0, len(rows), size)]
+    frames = []
+    with tqdm(total=len(data), desc="evaluation", unit="case") as bar:
+        for idx in chunks:
+            part = ArithmeticDataset([data[i] for i in idx], name=getattr(data, "name", ""))
+            frame = evaluate(
+                model, part, full_answer=full_answer, interventions=interventions, group_by=group_by,
+                batch_size=batch_size, cache=None if cache is None else cache.rows(idx),
+            ).cases  # fmt: skip
+            frames.append(frame.set_axis(idx, axis=0))
+            bar.update(len(idx))
+    cases = pd.concat(frames).sort_index().reset_index(drop=True)  # back in dataset order
+    if "full_correct" in cases and cases["full_correct"].isna().any():  # some chunks had no full answers
+        cases = cases.drop(columns="full_correct")
+    return Evaluation(df=_aggregate(cases, group_by), cases=cases, group_by=group_by)
+

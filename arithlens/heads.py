@@ -188,6 +188,8 @@ class HeadAblationResult(Result):
         if value not in numeric:
             raise ValueError(f"value={value!r} is not a numeric column; choose one of {numeric}")
         col, groups = self._groups()
+        if len(groups) == 2:  # one group value: its panel would repeat the "all" one
+            groups = groups[1:]
         fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[str(g) for g in groups], shared_yaxes=True)
         vmax = float(self.df[value].abs().max())
         vmax = vmax if np.isfinite(vmax) and vmax > 0 else 1.0

@@ -235,12 +235,13 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
 
     with ctx.timed("evaluation"):
         from arithlens import data
+        from arithlens.evaluate import evaluate
 
         dataset = data.arithmetic(lens.tokenizer, ops="+-*/", digits=1, templates=(1, 2, 3, 4), forms=("numeral", "word"))
         if sizes.eval_per_op is not None:
             keep = {(c.op, c.a, c.b) for c in _problems_per_op(dataset, sizes.eval_per_op)}
             dataset = data.ArithmeticDataset([c for c in dataset if (c.op, c.a, c.b) in keep], name=dataset.name)
-        ev = _evaluate_with_progress(lens, dataset, sizes.full_answer)
+        ev = evaluate(lens, dataset, full_answer=sizes.full_answer, progress=True)
         ev.cases.to_csv(out_dir / "accuracy.csv", index=False)
     ctx.dataset, ctx.evaluation = dataset, ev
 
@@ -296,33 +297,6 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
     path = report.write(out_dir / "report.html")
     print(f"arithlens run: total {sum(ctx.timings.values()):.0f} s", file=sys.stderr)
     return path
-
-
-def _evaluate_with_progress(model: Any, dataset: Any, full_answer: bool) -> Any:
-    """[`evaluate`][arithlens.evaluate.evaluate] one (op, template) group at a time, with a progress bar in cases."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from arithlens.evaluate import GROUP_COLUMNS, Evaluation, evaluate
-
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(dataset):
-        groups.setdefault((c.op, c.template), []).append(i)
-    frames = []
-    with tqdm(total=len(dataset), desc="evaluation", unit="case") as bar:
-        for idx in groups.values():
-            frame = evaluate(model, _subset(dataset, idx), full_answer=full_answer).cases
-            frames.append(frame.set_axis(idx, axis=0))
-            bar.update(len(idx))
-    cases = pd.concat(frames).sort_index().reset_index(drop=True)  # back in dataset order
-    summary = Evaluation(df=pd.DataFrame(), cases=cases, group_by=GROUP_COLUMNS).summary(GROUP_COLUMNS)
-    return Evaluation(df=summary, cases=cases, group_by=GROUP_COLUMNS)
-
-
-def _subset(dataset: Any, idx: list[int]) -> Any:
-    from arithlens.data import ArithmeticDataset
-
-    return ArithmeticDataset([dataset[i] for i in idx], name=dataset.name)
 
 
 def _problems_per_op(dataset: Any, n: int) -> list[Any]:

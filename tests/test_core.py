@@ -2,6 +2,7 @@
 
 import os
 
+import pandas as pd
 import pytest
 import torch
 
@@ -224,6 +225,19 @@ def test_evaluate_groups_and_full_answers(tiny):
     assert (ev.cases["full_correct"] <= ev.cases["correct"]).all()
     assert ev.accuracy == pytest.approx(ev.cases["correct"].mean())
     assert ev.plot().data
+
+
+def test_evaluate_with_progress_gives_the_same_numbers(tiny, capsys):
+    cases = data.arithmetic(tiny.tokenizer, ops="+*", digits=1, templates=[1, 4])
+    plain = evaluate(tiny, cases, batch_size=4)
+    shown = evaluate(tiny, cases, batch_size=4, progress=True)  # chunks of 16 cases: several bars steps
+    pd.testing.assert_frame_equal(shown.cases, plain.cases)
+    pd.testing.assert_frame_equal(shown.df, plain.df)
+    cached = evaluate(tiny, cases, cache=tiny.cache(cases), full_answer=False, progress=True)
+    assert cached.cases["correct"].tolist() == plain.cases["correct"].tolist()
+    assert f"{len(cases)}/{len(cases)}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="progress"):
+        evaluate(tiny, cases, progress="yes")
 
 
 # ---------------------------------------------------------------------------- SmolLM2

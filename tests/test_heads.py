@@ -202,3 +202,13 @@ def test_exact_sweep_matches_the_intervention_and_plots(tiny, exact):
     assert fig.data[0].z.shape == (tiny.n_layers, tiny.n_heads)
     with pytest.raises(ValueError, match="value='nope' is not a numeric column"):
         exact.plot("nope")
+
+
+def test_plot_has_one_panel_per_distinct_group(tiny):
+    one_op = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=3)
+    two_ops = data.arithmetic(tiny.tokenizer, ops="+-", templates=[4], forms=["numeral"], n_per_op=3)
+    sweep = HeadAblation(layers=[0], progress=False)
+    single = sweep.run(tiny, one_op).plot()
+    assert len(single.data) == 1 and [a.text for a in single.layout.annotations] == ["+"]
+    double = sweep.run(tiny, two_ops).plot()
+    assert [a.text for a in double.layout.annotations] == ["all", "+", "-"]
