@@ -45,8 +45,9 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -54,7 +55,7 @@ from arithlens import validate
 
 T = TypeVar("T")
 
-_state: dict[str, Any] = {"group": None, "owned": False}
+_state: dict[str, Any] = {"group": None, "owned": False, "alone": 0}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -70,6 +71,8 @@ def rank_and_world() -> tuple[int, int]:
     """
     import torch.distributed as dist
 
+    if _state["alone"]:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         _object_group()
         return dist.get_rank(), dist.get_world_size()
@@ -93,6 +96,21 @@ def rank_and_world() -> tuple[int, int]:
     atexit.register(_shutdown)
     _object_group()
     return dist.get_rank(), dist.get_world_size()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this process acts as if it were the only one: `shard` keeps every item,
+    `gather` returns its argument.
+
+    For work a rank does on its own share — e.g. one LoRA model of a layer sweep — whose
+    inner analyses must not split themselves again across ranks that are busy elsewhere.
+    """
+    _state["alone"] += 1
+    try:
+        yield
+    finally:
+        _state["alone"] -= 1
 
 
 def is_main() -> bool:

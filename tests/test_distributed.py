@@ -65,10 +65,43 @@ def head_ablation(model) -> pd.DataFrame:
     return HeadAblation(progress=False, batch_size=2).run(model, PROMPTS).df
 
 
+def path_patching(model) -> dict:
+    """Path patching (whole batches per rank), activation patching (whole layers) and the attribution pass."""
+    from arithlens import data
+    from arithlens.circuits import Counterfactual, PathPatching
+
+    cases = data.arithmetic(model.tokenizer, ops="+-", digits=(1, 2), templates=(3, 4), forms=("numeral",), n_per_op=2)
+    pairs = Counterfactual().run(model, cases)
+    out = {}
+    for key, kwargs in {"path": {}, "activation": {"method": "activation"}, "attribution": {"estimate": "attribution", "rescore": 3}}.items():
+        result = PathPatching(progress=False, batch_size=2, **kwargs).run(model, pairs)
+        out[key] = (result.df, result.logit_p, result.logit_o)
+    return out
+
+
+def exact_cna(model) -> tuple:
+    """Exact CNA over a dataset: layers split across ranks."""
+    from arithlens.cna import NeuronImportance
+
+    result = NeuronImportance(mode="exact").run(model, PROMPTS)
+    return result.importance, result.df
+
+
+def lora_sweep(model) -> pd.DataFrame:
+    """The LoRA layer sweep: layers strided across ranks, each rank training its own."""
+    from arithlens.cna.lora import LoRALayerSweep
+
+    result = LoRALayerSweep(layers=[0, 1, 2], lrs=[1e-2], steps=2, n_train=12, n_val=4, n_test=6, progress=False).run(model)
+    return result.df.drop(columns="reused"), result.lr_search, result.losses
+
+
 def compute(model) -> dict:
     return {
         "heads": head_sweep(model),
         "head_ablation": head_ablation(model),
+        "path_patching": path_patching(model),
+        "exact_cna": exact_cna(model),
+        "lora": lora_sweep(model),
         "layers": layer_sweep(model),
         "cases": batch_cases(model),
         "rank_world": distributed.rank_and_world(),
@@ -81,9 +114,19 @@ def _worker(out_path: str) -> None:
     from arithlens.testing import tiny_llama
 
     torch.set_num_threads(1)
+    splits, whole_shard = [], distributed.shard
+
+    def recording_shard(items, *, strided=False):  # which share of each work list this rank took
+        items = list(items)
+        mine = whole_shard(items, strided=strided)
+        splits.append((len(mine), len(items)))
+        return mine
+
+    distributed.shard = recording_shard
     with torch.no_grad():
         result = compute(tiny_llama(seed=0))
     result["rank_world"] = distributed.rank_and_world()
+    result["splits"] = distributed.gather([splits])
     if distributed.is_main():
         with open(out_path, "wb") as f:
             pickle.dump(result, f)
@@ -118,6 +161,13 @@ def test_two_ranks_ran(gathered):
     assert gathered["rank_world"] == (0, 2)
 
 
+def test_each_rank_took_a_share_of_every_sharded_sweep(gathered):
+    # head sweeps (2), path patching (path, activation, attribution x2), exact CNA, LoRA, batches
+    for rank, splits in enumerate(gathered["splits"]):
+        partial = [s for s in splits if 0 < s[0] < s[1]]
+        assert len(partial) >= 8, f"rank {rank} split only {partial} of {splits}"
+
+
 def test_head_sweep_gathers_the_single_process_frame_exactly(gathered, single):
     assert len(single["heads"]) == 3 * 4 * len(PROMPTS)
     pd.testing.assert_frame_equal(gathered["heads"], single["heads"], check_exact=True)
@@ -126,6 +176,35 @@ def test_head_sweep_gathers_the_single_process_frame_exactly(gathered, single):
 def test_head_ablation_under_torchrun_equals_the_single_process_frame(gathered, single):
     assert len(single["head_ablation"]) >= 3 * 4
     pd.testing.assert_frame_equal(gathered["head_ablation"], single["head_ablation"], check_exact=True)
+
+
+@pytest.mark.parametrize("method", ["path", "activation", "attribution"])
+def test_path_patching_under_torchrun_equals_the_single_process_result(gathered, single, method):
+    (df_g, lp_g, lo_g), (df_s, lp_s, lo_s) = gathered["path_patching"][method], single["path_patching"][method]
+    assert len(df_s) > 4 and lo_s.shape[0] > 2  # several batches and nodes to split
+    pd.testing.assert_frame_equal(df_g, df_s, check_exact=True)
+    assert torch.equal(lp_g.nan_to_num(123.0), lp_s.nan_to_num(123.0)) and torch.equal(lo_g, lo_s)
+
+
+def test_exact_cna_over_a_dataset_under_torchrun_equals_one_process(gathered, single):
+    (imp_g, df_g), (imp_s, df_s) = gathered["exact_cna"], single["exact_cna"]
+    assert imp_s.shape[:2] == (len(PROMPTS), 3)
+    assert torch.equal(imp_g, imp_s)
+    pd.testing.assert_frame_equal(df_g, df_s, check_exact=True)
+
+
+def test_lora_sweep_under_torchrun_equals_one_process(gathered, single):
+    (df_g, search_g, losses_g), (df_s, search_s, losses_s) = gathered["lora"], single["lora"]
+    assert df_s["model"].tolist() == ["original", "lora0", "lora1", "lora2"]
+    pd.testing.assert_frame_equal(df_g, df_s, check_exact=True)
+    pd.testing.assert_frame_equal(search_g, search_s, check_exact=True)
+    assert losses_g == losses_s
+
+
+def test_alone_makes_a_rank_a_single_process():
+    with distributed.alone():
+        assert distributed.rank_and_world() == (0, 1)
+        assert distributed.shard([1, 2, 3]) == [1, 2, 3]
 
 
 def test_strided_layer_sweep_equals_single_process(gathered, single):

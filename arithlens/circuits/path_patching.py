@@ -73,7 +73,7 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from arithlens import attribution, forward, names, validate
+from arithlens import attribution, distributed, forward, names, validate
 from arithlens.attribution import ESTIMATES, Agreement
 from arithlens.circuits._nodes import all_nodes, as_node, parse_nodes
 from arithlens.circuits.counterfactual import CounterfactualPairs, as_pairs
@@ -304,28 +304,15 @@ class PathPatching:
         estimated = None
         batches = [(rows, _Batch(model, pairs, rows, ref, nodes, self, cache)) for rows, ref in model.batches(pairs.reference_ids, self.batch_size)]
         if self.estimate == "attribution":
-            est = torch.zeros(len(nodes), n)
-            for rows, batch in tqdm(batches, desc=f"{self.method} attribution", unit="batch", disable=not self.progress):
-                est[:, rows] = batch.attribute(readout)
-                logit_o[rows], logprob_o[rows] = batch.logit_o.cpu(), batch.logprob_o.cpu()
-                batch.release()
+            est, logit_o, logprob_o = self._attribute(batches, readout, len(nodes), n)
             estimated = est / logit_o[None]
             logit_p = logit_o[None] + est
             todo = attribution.candidates(estimated.mean(1).abs().nan_to_num(0.0), self.rescore).tolist()
         else:
             todo = list(range(len(nodes)))
         if todo:
-            steps = len(batches) * (1 if self.method == "path" else len({nodes[i].layer for i in todo}))
-            bar = tqdm(total=steps, desc=f"{self.method} patching (exact)", unit="batch" if self.method == "path" else "layer-batch", disable=not self.progress)
-            try:
-                for rows, batch in batches:
-                    lo, lp = batch.exact(readout, todo, bar)
-                    logit_p[torch.tensor(todo)[:, None], rows[None]] = lo
-                    logprob_p[torch.tensor(todo)[:, None], rows[None]] = lp
-                    logit_o[rows], logprob_o[rows] = batch.logit_o.cpu(), batch.logprob_o.cpu()
-                    batch.release()
-            finally:
-                bar.close()
+            lo, lp, logit_o, logprob_o = self._exact(batches, readout, nodes, todo, n)
+            logit_p[torch.tensor(todo)], logprob_p[torch.tensor(todo)] = lo, lp
             exact[todo] = True
         validate.check_finite(logit_p[exact], "the patched logits")
         effects = (logit_p - logit_o[None]) / logit_o[None]
@@ -354,6 +341,62 @@ class PathPatching:
             logprob_p=logprob_p, exact=exact, estimated_effects=estimated, pairs=pairs, method=self.method,
             position=self.position, estimate=self.estimate, n_layers=model.n_layers, n_heads=model.n_heads,
         )  # fmt: skip
+
+
+    def _attribute(self, batches: list, readout: Readout, n_nodes: int, n: int) -> tuple[torch.Tensor, ...]:
+        """Estimated logit changes `[node, pair]` and the reference logit / log-prob `[pair]`.
+
+        Under `torchrun` each rank takes whole batches (as one process batches them, so the
+        numbers are identical) and every rank gets all pairs back.
+        """
+        rows_done, est, logit_o, logprob_o = [], [], [], []
+        for rows, batch in tqdm(distributed.shard(batches), desc=f"{self.method} attribution", unit="batch", disable=not self.progress):
+            est.append(batch.attribute(readout).T.cpu())
+            logit_o.append(batch.logit_o.cpu())
+            logprob_o.append(batch.logprob_o.cpu())
+            rows_done.append(rows)
+            batch.release()
+        parts = _cat(rows_done, (0,)).long(), (_cat(est, (0, n_nodes)), _cat(logit_o, (0,)), _cat(logprob_o, (0,)))
+        est_all, lo, lp = distributed.gather_rows(*parts, n=n)
+        return est_all.T, lo, lp
+
+    def _exact(self, batches: list, readout: Readout, nodes: list[Node], todo: list[int], n: int) -> tuple[torch.Tensor, ...]:
+        """Patched logit and log-prob `[len(todo), pair]`, and the reference logit / log-prob `[pair]`.
+
+        Under `torchrun`, path patching splits whole batches of pairs across ranks and
+        activation patching whole layers (each rank then runs every batch's reference and
+        counterfactual forwards): either way a node is computed exactly as in one process.
+        """
+        by_batch = self.method == "path"
+        if by_batch:
+            mine, my_todo = distributed.shard(batches), todo
+        else:
+            my_layers = set(distributed.shard(sorted({nodes[i].layer for i in todo})))
+            mine, my_todo = batches, [i for i in todo if nodes[i].layer in my_layers]
+        lo, lp = torch.zeros(len(my_todo), n), torch.full((len(my_todo), n), float("nan"))
+        logit_o, logprob_o = torch.zeros(n), torch.zeros(n)
+        steps = len(mine) * (1 if by_batch else len({nodes[i].layer for i in my_todo}))
+        unit = "batch" if by_batch else "layer-batch"
+        with tqdm(total=steps, desc=f"{self.method} patching (exact)", unit=unit, disable=not self.progress) as bar:
+            for rows, batch in mine:
+                if my_todo:
+                    lo[:, rows], lp[:, rows] = batch.exact(readout, my_todo, bar)
+                else:  # a rank without layers still reads the reference logits
+                    batch.refc()
+                logit_o[rows], logprob_o[rows] = batch.logit_o.cpu(), batch.logprob_o.cpu()
+                batch.release()
+        if by_batch:
+            done = _cat([r for r, _ in mine], (0,)).long()
+            lo_t, lp_t, logit_o, logprob_o = distributed.gather_rows(done, (lo[:, done].T, lp[:, done].T, logit_o[done], logprob_o[done]), n=n)
+            return lo_t.T, lp_t.T, logit_o, logprob_o
+        where = torch.tensor([todo.index(i) for i in my_todo], dtype=torch.long)
+        lo, lp = distributed.gather_rows(where, (lo, lp), n=len(todo))
+        return lo, lp, logit_o, logprob_o
+
+
+def _cat(parts: list[torch.Tensor], empty: tuple[int, ...]) -> torch.Tensor:
+    """`torch.cat` that gives an empty `empty`-shaped tensor for a rank with no batches."""
+    return torch.cat(parts) if parts else torch.empty(empty)
 
 
 def _check_cache(model: Any, cache: Any, pairs: CounterfactualPairs, wanted: set[str], positions: str) -> None:

@@ -301,6 +301,7 @@ class PreciseSFT:
                 break
         return sorted(best, key=_node_order)
 
+    @torch.enable_grad()  # training works also when called under torch.no_grad()
     def _train(self, bridge: torch.nn.Module, masks: dict[str, torch.Tensor] | None, sequences: list[tuple[list[int], int]], desc: str) -> list[float]:
         """AdamW on the answer-token loss; `masks` (None: everything) select trainable entries."""
         torch.manual_seed(self.seed)

@@ -69,7 +69,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from arithlens import names, validate
+from arithlens import distributed, names, validate
 from arithlens.circuits.precise_sft import PreciseSFT, _answer_loss, _sequences
 from arithlens.cna.mask_keep import coef_decrease
 from arithlens.cna.pruning import fingerprint, hf_copy, lens_from_hf, top_mask
@@ -213,7 +213,8 @@ class LoRALayerSweep:
             `n_val` more held out from the training split for the learning rate.
         seed: Seeds the split, the batches and the adapter initialisation.
         out_dir: Adapters are saved in `out_dir/lora_L{layer}/` and re-used when present.
-        keep_models: Keep each merged model in the result (memory: one model copy each).
+        keep_models: Keep each merged model in the result (memory: one model copy each;
+            under `torchrun`, each rank keeps the layers it trained).
         full_answer: Also greedy-decode whole answers on the test split.
         progress: Progress bars.
     """
@@ -343,21 +344,32 @@ class LoRALayerSweep:
             return {"accuracy": ev.accuracy, "full_accuracy": full}
 
         rows = [{"model": "original", "lora_layer": pd.NA, "group": "", **score(model)}]
-        search, losses, models, dirs = [], {}, {}, {}
+        search, losses, models, dirs = [], [], {}, []
+        # Under torchrun each rank trains every world-th layer (strided: balanced when later
+        # layers cost more) on its own, and the records are gathered in layer order.
+        my_layers = distributed.shard(layers, strided=True)
+        with distributed.alone():
+            mine = list(self._fit_layers(model, my_layers, train, val, score, groups, models))
+        for row, found, curve, where in distributed.gather(mine, strided=True):
+            rows.append(row)
+            search += found
+            losses.append((row["lora_layer"], curve))
+            dirs += where
+        df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
+        return LoRASweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))
+
+    def _fit_layers(self, model: Any, layers: list[int], train: Any, val: Any, score: Any, groups: Any, models: dict) -> Iterator[tuple]:
+        """`(row, lr_search rows, loss curve, [(layer, adapter dir)])` per layer, trained (or loaded) and scored."""
         for layer in tqdm(layers, desc="LoRA sweep", unit="model", disable=not self.progress):
             directory = None if self.out_dir is None else self.out_dir / f"lora_L{layer}"
             lm, rec = self.fit(model, layer, train, val, directory)
-            rows.append({"model": f"lora{layer}", "lora_layer": layer, "group": group_of(layer, groups),
-                         **{k: rec[k] for k in ("lr", "steps", "epochs", "val_loss", "final_loss", "n_lora_params", "reused")},
-                         **score(lm)})  # fmt: skip
-            search += [{"lora_layer": layer, **s, "chosen": s["lr"] == rec["lr"]} for s in rec["lr_search"]]
-            losses[layer] = rec["losses"]
-            if directory is not None:
-                dirs[layer] = str(directory)
+            row = {"model": f"lora{layer}", "lora_layer": layer, "group": group_of(layer, groups),
+                   **{k: rec[k] for k in ("lr", "steps", "epochs", "val_loss", "final_loss", "n_lora_params", "reused")},
+                   **score(lm)}  # fmt: skip
+            found = [{"lora_layer": layer, **s, "chosen": s["lr"] == rec["lr"]} for s in rec["lr_search"]]
             if self.keep_models:
                 models[layer] = lm
-        df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
-        return LoRASweepResult(df=df, lr_search=pd.DataFrame(search), losses=losses, models=models, adapter_dirs=dirs)
+            yield row, found, rec["losses"], [] if directory is None else [(layer, str(directory))]
 
 
 def load_lora(model: Any, directory: str | pathlib.Path) -> Any:

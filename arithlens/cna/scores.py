@@ -61,7 +61,7 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from arithlens import validate
+from arithlens import distributed, validate
 from arithlens.cna import projections as proj
 from arithlens.cna.inputs import Activations
 from arithlens.readout import Readout
@@ -247,6 +247,10 @@ def exact_neuron_scores(
     All sides share each chunk of vocabulary projections (one `W_out @ W_U` matmul per chunk
     per call; none with a warm `projections` cache). `stats`, when given, receives
     `matmul_flops`: the FLOPs of the matrix products run.
+
+    Under `torchrun` each rank scores a contiguous block of `layers` (each layer exactly as
+    one process does: the same case blocks, chunks and series choice) and every rank gets
+    all layers back ([`arithlens.distributed`][arithlens.distributed]).
     """
     ro = Readout(model)
     dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
@@ -257,7 +261,8 @@ def exact_neuron_scores(
     roundoff = proj.UNIT_ROUNDOFF[dtype] if dtype != torch.float32 else 0.0
     if projections is not None:
         projections.check(model)
-    imps = [torch.empty(n, len(layers), d_mlp) for n in counts]
+    mine = distributed.shard(range(len(layers)))  # this rank's layer indices (all, in one process)
+    imps = [torch.empty(n, len(mine), d_mlp) for n in counts]
     bound = [0.0 for _ in sides]
     who = torch.cat([torch.full((n,), s) for s, n in enumerate(counts)])
     where = torch.cat([torch.arange(n) for n in counts])
@@ -267,9 +272,9 @@ def exact_neuron_scores(
     W_U = ro.W_U.contiguous() if ro.W_U.numel() * 4 <= 0.1 * memory_budget else ro.W_U
     # Three [neuron, vocab] buffers, reused: the projection, the series' powers, the direct logits.
     ubuf, pbuf, dbuf = (torch.empty(min(n_chunk, d_mlp), V, device=dev) for _ in range(3))
-    bar = tqdm(total=len(layers) * math.ceil(d_mlp / n_chunk), desc="neuron importance", unit="chunk", disable=not progress)
+    bar = tqdm(total=len(mine) * math.ceil(d_mlp / n_chunk), desc="neuron importance", unit="chunk", disable=not progress)
     try:
-        for li, layer in enumerate(layers):
+        for li, layer in enumerate(layers[i] for i in mine):
             x_all = torch.cat([s.at("resid_mid", layer) for s in sides]).to(dev)
             c_all = torch.cat([s.at("post", layer) for s in sides]).to(dev) / scale_all[:, None]
             validate.check_finite(c_all, f"the coefficient scores of layer {layer}")
@@ -303,6 +308,10 @@ def exact_neuron_scores(
                 bar.update(1)
     finally:
         bar.close()
+    if distributed.rank_and_world()[1] > 1:  # layers back together on every rank (gather joins dim 0)
+        parts = distributed.gather(tuple(einops.rearrange(t, "case layer n -> layer case n") for t in imps))
+        imps = [einops.rearrange(t, "layer case n -> case layer n") for t in parts]
+        bound = [max(b) for b in zip(*distributed.gather([bound]))]
     out = []
     for s, side in enumerate(sides):
         validate.check_finite(imps[s], "the importance scores")
