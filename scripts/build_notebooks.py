@@ -155,7 +155,7 @@ def quickstart() -> list:
         drop = paired_difference(base, heads.correct[row[(L, H)]].numpy())
         print(f"The sweep ran on {len(base)} correctly answered cases. Zeroing head {L}.{H} (layer {L}, head {H}) "
               f"costs {lost[(L, H)]} of them, a drop of {drop.points()}: "
-              + ("more than chance explains." if drop.above_zero
+              + ("more than chance alone explains." if drop.above_zero
                  else f"on {len(base)} cases not distinguishable from no change."))
         ahead = paired_difference(heads.correct[row[(L2, H2)]].numpy(), heads.correct[row[(L, H)]].numpy())
         print(f"{sum(v > 0 for v in lost.values())} of the {len(lost)} heads cost at least one answer; the runner-up, "
@@ -191,8 +191,9 @@ def heads() -> list:
 
         Template 4 (`"n1+n2="`), numeral operands, all four operations; every head of every
         layer is zeroed (270 ablations per case). An ablation can only *lose* a correct
-        answer, so the sweep runs on 6 correctly answered problems per operation
-        (`correct_under` reads them off one cached forward pass): the original accuracy
+        answer, so the sweep runs on 10 correctly answered problems per operation (all of
+        them where the model answers fewer; `correct_under` reads them off one cached
+        forward pass): the original accuracy
         (`ori`) is then 100 % and a head's drop is the share of correct answers it
         destroys. The paper uses every problem; pass the whole `one_digit` set for that
         (minutes on a CPU, seconds on a GPU).
@@ -203,7 +204,7 @@ def heads() -> list:
         one_digit = data.arithmetic(model.tokenizer, ops="+-*/", templates=[4], forms=["numeral"])
         right = one_digit.correct_under(model.cache(one_digit))   # one cached forward pass
         print(right.to_frame().groupby("op").size().to_dict(), "correct of", len(one_digit))
-        sweep_set = right.sample_per("op", 6, seed=0)             # 6 correct problems per operation
+        sweep_set = right.sample_per("op", 10, seed=0)            # at most 10 correct problems per operation
         sweep = HeadAblation(progress=False).run(model, sweep_set)
         sweep.top(5)          # Table 1: accuracy (%) of the original model (ori) and with each head zeroed
         """),
@@ -229,12 +230,12 @@ def heads() -> list:
         md("""
         ## Table 2: 1-, 2- and 3-digit addition
 
-        The top "+" heads, ablated on 1-, 2- and 3-digit addition (template 4, 20 problems
+        The top "+" heads, ablated on 1-, 2- and 3-digit addition (template 4, 50 problems
         per size). `relative_drop` is the paper's "accuracy decrease (%)" / 100.
         """),
         code("""
         sizes = data.arithmetic(model.tokenizer, ops="+", digits=(1, 2, 3), templates=[4],
-                                forms=["numeral"], n_per_op=20)
+                                forms=["numeral"], n_per_op=50)
         table2 = HeadAblation(heads=top_heads, group_by=("digits",), progress=False).run(model, sizes)
         table2.df.pivot_table(index=["layer", "head"], columns="digits", values="relative_drop").round(2)
         """),
@@ -246,7 +247,7 @@ def heads() -> list:
         """),
         code("""
         digits2 = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[4],
-                                  forms=["numeral"], n_per_op=30, per_digit=True)
+                                  forms=["numeral"], n_per_op=60, per_digit=True)
         digits2.groups
         """),
         code("""
@@ -262,7 +263,7 @@ def heads() -> list:
         printed are the plain 95 % ones.
         """),
         code("""
-        from arithlens.report import bonferroni, difference_interval, paired_difference, proportion
+        from arithlens.report import bonferroni, difference_interval, num, paired_difference, proportion
 
 
         def drop(result, head, mask, tests):
@@ -295,14 +296,14 @@ def heads() -> list:
             spread = ("more than 10× the median head's" if top_lp >= 10 * max(median, 0) and top_lp > 0
                       else "not 10× the median head's")
             print(f"{op!r}: zeroing head {head[0]}.{head[1]} costs {round(d.value * n_op)} of {n_op} correct answers "
-                  f"({d.points()}); its target log-prob drop, {top_lp:.2f} nats, is {spread} ({median:.4f}).")
+                  f"({d.points()}); its target log-prob drop, {top_lp:.2f} nats, is {spread} ({num(median, 4)}).")
         if measurable:
             print(f"Measurable once {tests} heads are accounted for: {', '.join(measurable)} — "
                   "a few heads carry these answers, as in the paper.")
         else:
-            print(f"No head lowers accuracy measurably once {tests} heads are accounted for: with "
-                  f"{len(sweep_set) // 4} cases per operation these samples cannot show arithmetic heads "
-                  "in the paper's sense; the whole `one_digit` set can.")
+            print(f"No head lowers accuracy measurably once {tests} heads are accounted for: with at most "
+                  f"{max(sweep.cases['op'].value_counts())} cases per operation these samples cannot show arithmetic "
+                  "heads in the paper's sense; the whole `one_digit` set can.")
 
         digits = table2.cases["digits"].to_numpy()
         ok2 = table2.cases["correct"].to_numpy(bool)
@@ -490,11 +491,12 @@ def comparative() -> list:
         t4 = cna.top(5)
         r = t4.iloc[0]
         readable = [f"{int(x.layer)}_{int(x.neuron)}" for x in t4.itertuples() if numbers(int(x.layer), int(x.neuron)) >= 3]
-        print(f"Table 4: zeroing head {head[0]}.{head[1]} moves log p({cna.w_str[0]!r}) from {float(cna.logprob[0]):.2f} "
-              f"to {float(cna.logprob_other[0]):.2f}. The neuron whose importance falls most, "
-              f"{int(r.layer)}_{int(r.neuron)}, goes from {r.importance:.3f} to {r.importance_other:.3f} nats "
-              f"(coefficient {r.coef:.3f} -> {r.coef_other:.3f}). "
-              + (f"{len(readable)} of the 5 neurons the head activates most read as numbers ({', '.join(readable)}): "
+        print(f"Table 4: zeroing head {head[0]}.{head[1]} moves log p({cna.w_str[0]!r}) from {num(cna.logprob[0], 2)} "
+              f"to {num(cna.logprob_other[0], 2)}. The neuron whose importance falls most, "
+              f"{int(r.layer)}_{int(r.neuron)}, goes from {num(r.importance, 3)} to {num(r.importance_other, 3)} nats "
+              f"(coefficient {num(r.coef, 3)} -> {num(r.coef_other, 3)}). "
+              + (f"{len(readable)} of the 5 neurons the head activates most {'reads' if len(readable) == 1 else 'read'} "
+                 f"as numbers ({', '.join(readable)}): "
                  + ("the head drives number-promoting neurons, as in the paper." if len(readable) >= 3
                     else "Table 4's picture (the head activates the neurons that write the answer) holds only in part.")
                  if readable else "None of the 5 neurons the head activates most reads as numbers, so Table 4's picture "
@@ -773,7 +775,7 @@ def circuits() -> list:
         from arithlens.circuits import Counterfactual, EndAttention, Knockout, MLPProbe, PathPatching
 
         cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
-                                forms=["numeral"], n_per_op=16, seed=0)
+                                forms=["numeral"], n_per_op=40, seed=0)
         pairs = Counterfactual().run(model, cases)
         pairs.df[["prompt", "counterfactual", "target_str"]].head()
         """),
@@ -847,16 +849,16 @@ def circuits() -> list:
         code("""
         import statistics
 
-        from arithlens.report import bonferroni, difference_interval, mean_interval, paired_difference, proportion
+        from arithlens.report import bonferroni, difference_interval, mean_interval, num, paired_difference, proportion
 
         n_pairs = len(pairs)
         strict = bonferroni(0.95, len(patching.nodes))
-        clear = [nd for i, nd in enumerate(patching.nodes) if mean_interval(patching.effects[i].tolist(), strict).known]
+        clear = {nd for i, nd in enumerate(patching.nodes) if mean_interval(patching.effects[i].tolist(), strict).known}
         top = patching.top(10)
-        print(f"Path patching on {n_pairs} pairs: the ten largest effects are "
-              + ", ".join(f"{r.name} ({r.effect:+.1%})" for r in top.itertuples())
-              + f"; {len(clear)} of the {len(patching.nodes)} nodes have an effect distinguishable from zero once "
-              f"{len(patching.nodes)} tests are accounted for" + (f" ({', '.join(nd.name for nd in clear[:10])})." if clear else "."))
+        print(f"Path patching on {n_pairs} pairs: the ten largest effects on the answer logit are "
+              + ", ".join(f"{r.name} ({num(100 * r.effect, 1, sign=True)}%)" for r in top.itertuples())
+              + f". {len(clear)} of the {len(patching.nodes)} nodes have an effect distinguishable from zero once "
+              f"{len(patching.nodes)} tests are accounted for, {sum(nd in clear for nd in key)} of these ten among them.")
         head_layers = [nd.layer for nd in key if not nd.is_mlp]
         mlp_layers = [nd.layer for nd in key if nd.is_mlp]
         if head_layers and mlp_layers:
@@ -871,7 +873,7 @@ def circuits() -> list:
               "prompts' first tokens correctly.")
         drops = {c: paired_difference(ok, knockout.correct[c].numpy()) for c in ("key", "random", "rest") if c in knockout.correct}
         for c, d in drops.items():
-            label = {"key": "the key nodes", "random": "random non-key nodes (first draw)", "rest": "every other node"}[c]
+            label = {"key": "the key nodes", "random": "random non-key nodes, first draw", "rest": "every other node"}[c]
             after = knockout.correct[c].float().mean()
             print(f"Ablating {label} ({knockout.df.loc[knockout.df['condition'] == c, 'n_ablated'].iloc[0]} nodes): accuracy "
                   f"{ok.mean():.0%} -> {after:.0%}, a drop of {d.points()}: "
@@ -902,8 +904,8 @@ def circuits() -> list:
         print("MLP probe: " + (f"the MLP outputs point more towards the answer C than towards either operand at layers "
                                f"{', '.join(map(str, answer_layers))}." if answer_layers
                                else f"at no layer do the MLP outputs point measurably more towards the answer C than "
-                                    f"towards an operand (intervals adjusted for {cos.shape[1]} layers)")
-              + f" The largest margin is at layer {probed.layers[j]}: cosine {margins[j].value:+.3f}.")
+                                    f"towards an operand (intervals adjusted for {cos.shape[1]} layers).")
+              + f" The largest margin is at layer {probed.layers[j]}: cosine {num(margins[j].value, 3, sign=True)}.")
 
         orig = sft.df.iloc[0]
         for r in sft.df.iloc[1:].itertuples():
@@ -911,7 +913,7 @@ def circuits() -> list:
             print(f"SFT {r.variant}: accuracy {orig.accuracy:.0%} -> {r.accuracy:.0%} ({d.points()}"
                   + ("" if d.known else f", within noise on {n_test} test problems")
                   + f"); general-text perplexity {orig.perplexity:,.1f} -> {r.perplexity:,.1f} "
-                  f"({r.perplexity / orig.perplexity:.2f}×).")
+                  f"(×{r.perplexity / orig.perplexity:,.2f}).")
         """),
     ]
 
