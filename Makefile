@@ -34,7 +34,8 @@ demo: $(STAMP)
 	$(VENV)/bin/arithlens run --quick --out results/demo
 	@echo "Report: $(CURDIR)/results/demo/report.html"
 
-# The report of `arithlens run` (on a tiny model) rendered in headless Chromium: fails on a
+# The report of `arithlens run` (on a tiny model) and a tutorial page of the built docs site,
+# rendered in headless Chromium: fails on a
 # console error or a figure that did not draw.
 render-check: $(STAMP) browser
 	$(PY) -m pytest -q tests/test_render.py

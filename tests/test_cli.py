@@ -275,3 +275,45 @@ def test_package_is_lazy_but_complete():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "load_model", "HeadAblation", "True"]
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """`arithlens <command> ...` lines quoted in the README and the docs (code spans and shell blocks)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    found = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        spans = re.findall(r"`(arithlens [a-z]+[^`]*)`", text)
+        lines = re.findall(r"^\s*(arithlens [a-z]+.*?)\s*(?:#.*)?$", text, flags=re.M)
+        for line in dict.fromkeys(spans + lines):
+            line = line.split(" #")[0].strip()
+            if line.split()[1] in ("run", "eval", "heads", "cna", "patch", "sft", "lora", "prune", "bias"):
+                found.append((page.name, line))
+    return found
+
+
+DOCUMENTED = _documented_commands()
+
+
+def test_the_docs_quote_commands():
+    assert len(DOCUMENTED) >= 10 and {line.split()[1] for _, line in DOCUMENTED} >= {"run", "heads", "cna", "patch", "lora"}
+
+
+@pytest.mark.parametrize("page, line", DOCUMENTED, ids=[f"{p}:{l[:60]}" for p, l in DOCUMENTED])
+def test_every_documented_command_line_parses_and_passes_the_checks(page, line, tmp_path, monkeypatch):
+    """Each command the docs show is accepted as written: options exist, values pass validation."""
+    import shlex
+
+    from arithlens.cli import precheck
+
+    monkeypatch.chdir(tmp_path)  # relative --out paths land here
+    argv = shlex.split(line)[1:]
+    if "--model" in argv:  # a user's own model path: only its form is shown
+        i = argv.index("--model")
+        del argv[i : i + 2]
+    args = build_parser().parse_args(argv)
+    precheck(args)

@@ -97,3 +97,28 @@ def test_probe_catches_a_broken_and_an_empty_figure(tmp_path):
     result = render(page, tmp_path)
     assert result["empty"] == ["empty"]
     assert result["errors"] and "undefinedVariable" in result["errors"][0]
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
+    """The docs site as `mkdocs build` writes it (the rendered tutorials are stored executed)."""
+    import pathlib
+    import sys
+
+    _browser()
+    pytest.importorskip("mkdocs")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    site = tmp_path_factory.mktemp("site")
+    env = {**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-d", str(site)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return site
+
+
+def test_a_tutorial_page_draws_every_figure(built_site, tmp_path):
+    """Tutorial 02 as the docs site serves it: plotly.js from the site itself, every figure drawn, no page error."""
+    page = built_site / "tutorials" / "02_arithmetic_heads" / "index.html"
+    assert page.exists(), sorted(p.name for p in (built_site / "tutorials").iterdir())
+    result = render(page, page.parent)  # the probed copy sits beside the page: its relative script paths hold
+    assert result["figures"] >= 2
+    assert result["empty"] == [] and result["errors"] == []
