@@ -115,7 +115,7 @@ def test_patching_reads_the_reference_from_a_cache(tiny, pairs):
         plain = patching.run(tiny, pairs)
         torch.testing.assert_close(cached.logit_p, plain.logit_p, atol=1e-4, rtol=0)
         torch.testing.assert_close(cached.logit_o, plain.logit_o, atol=1e-4, rtol=0)
-    last_only = tiny.cache(pairs.reference_ids, names=[PathPatching(method="activation")], memo=False)
+    last_only = tiny.cache(pairs.reference_ids, names=[PathPatching(method="activation")], positions="last", memo=False)
     with pytest.raises(ValueError, match="positions='all'"):
         PathPatching(method="activation", progress=False).run(tiny, pairs, cache=last_only)
     with pytest.raises(ValueError, match="lacks"):

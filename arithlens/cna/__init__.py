@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # what IDEs and Jupyter complete; the runtime imports lazily 
     from arithlens.cna.inputs import neuron_label
     from arithlens.cna.logic_chain import LogicChain, LogicChainResult
     from arithlens.cna.logit_lens import Component, LogitLens, LogitLensResult
-    from arithlens.cna.lora import LoRACoefResult, LoRACoefficients, LoRALayerSweep, LoRASweepResult, load_lora
+    from arithlens.cna.lora import LoRALayerSweep, LoRASweepResult, load_lora
+    from arithlens.cna.lora_coefficients import LoRACoefResult, LoRACoefficients
     from arithlens.cna.mask_keep import MaskKeep, MaskKeepResult
     from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
     from arithlens.cna.projections import ProjectionCache, projection_cache
@@ -64,8 +65,8 @@ _EXPORTS = {
     "LogicChainResult": "logic_chain",
     "LoRALayerSweep": "lora",
     "LoRASweepResult": "lora",
-    "LoRACoefficients": "lora",
-    "LoRACoefResult": "lora",
+    "LoRACoefficients": "lora_coefficients",
+    "LoRACoefResult": "lora_coefficients",
     "load_lora": "lora",
     "CNAPruning": "pruning",
     "PruningResult": "pruning",

@@ -52,7 +52,7 @@ from arithlens.cna import scores as kernels
 from arithlens.cna.config import CNAConfig, make_config
 from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
 from arithlens.cna.importance import pass_batch, score_sides, side_cache
-from arithlens.cna.inputs import Activations, choose_w, cna_hooks, neuron_label
+from arithlens.cna.inputs import Activations, check_layers, choose_w, cna_hooks, neuron_label
 from arithlens.cna.tokens import labelled_tokens, top_token_strings  # noqa: F401  (top_token_strings: re-exported)
 from arithlens.results import Result, case_frame
 
@@ -277,14 +277,9 @@ class ComparativeNeuronScores:
             return getattr(self.other_model, "name", "other model")
         return "other input"
 
-    def _layers(self, model: Any) -> list[int]:
-        if self.layers is None:
-            return list(range(model.n_layers))
-        return validate.int_sequence(self.layers, "layers", low=0, high=model.n_layers - 1, unique=True)
-
     def hook_names(self, model: Any) -> set[str]:
         """The hooks `run` reads from each side's cache."""
-        return cna_hooks(model, self._layers(model))
+        return cna_hooks(model, check_layers(model, self.layers))
 
     def _other_cache(self, model: Any, data: Any, other_cache: ActivationCache | None, hooks: set[str]) -> tuple[Any, ActivationCache]:
         """The other side's model and cache (built when not given: never memoized under an intervention)."""
@@ -331,7 +326,7 @@ class ComparativeNeuronScores:
         from arithlens.models import load_model
 
         model = load_model(model)
-        layers = self._layers(model)
+        layers = check_layers(model, self.layers)
         hooks = cna_hooks(model, layers)
         if self.intervention is not None:
             as_hooks(model, [self.intervention])  # a head out of range fails before any pass

@@ -50,7 +50,7 @@ from arithlens.cache import ActivationCache, ensure_cache
 from arithlens.cna import scores as kernels
 from arithlens.cna.config import CNAConfig, make_config
 from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame, top_mask  # noqa: F401  (top_mask: re-exported)
-from arithlens.cna.inputs import Activations, check_w, choose_w, cna_hooks, neuron_label
+from arithlens.cna.inputs import Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label
 from arithlens.cna.projections import projection_cache
 from arithlens.cna.tokens import labelled_tokens
 from arithlens.results import Result, case_frame
@@ -286,14 +286,9 @@ class NeuronImportance:
     batch_size = property(lambda self: self.config.batch_size)
     progress = property(lambda self: self.config.progress)
 
-    def _layers(self, model: Any) -> list[int]:
-        if self.layers is None:
-            return list(range(model.n_layers))
-        return validate.int_sequence(self.layers, "layers", low=0, high=model.n_layers - 1, unique=True)
-
     def hook_names(self, model: Any) -> set[str]:
         """The hooks `run` reads from the cache: `resid_mid` and `post` of the scored layers, and every layer's components."""
-        return cna_hooks(model, self._layers(model))
+        return cna_hooks(model, check_layers(model, self.layers))
 
     @torch.no_grad()
     def run(
@@ -312,7 +307,7 @@ class NeuronImportance:
         from arithlens.models import load_model
 
         model = load_model(model)
-        layers = self._layers(model)
+        layers = check_layers(model, self.layers)
         hooks = cna_hooks(model, layers)
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
         if any(i is not None for i in items):
@@ -364,7 +359,7 @@ class NeuronImportance:
 
         k = validate.positive_int(k, "k")
         model = load_model(model)
-        layers = self._layers(model)
+        layers = check_layers(model, self.layers)
         cache = side_cache(model, data, cache, cna_hooks(model, layers), self.config)
         acts = Activations(cache, choose_w(cache, self.config.target))
         (exact,) = score_sides(model, [acts], layers, replace(self.config, mode="exact"))

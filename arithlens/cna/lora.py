@@ -1,4 +1,4 @@
-"""What LoRA does — Yu & Ananiadou (EMNLP 2024) §5: Figure 2 and Tables 9, 10.
+"""What LoRA does — Yu & Ananiadou (EMNLP 2024) §5: Figure 2, the LoRA layer sweep.
 
 [`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] fine-tunes one model per chosen
 layer, each with a LoRA adapter (peft; rank `rank`, scale `alpha / rank`) on that
@@ -13,25 +13,9 @@ saved under `out_dir/lora_L{layer}/` and re-used, not retrained, by a later run 
 same configuration. Merged into a copy of the model, it is a
 [`LensModel`][arithlens.models.LensModel] like any other, so every analysis takes it.
 
-[`LoRACoefficients`][arithlens.cna.lora.LoRACoefficients] asks §5's question: does
-LoRA raise the coefficient scores `m_k` of the neurons that matter for the prediction?
-Per case, the top-K neurons are ranked and their coefficient-score increase is, as
-Table 5's "coef" row is a decrease ([`coef_decrease`][arithlens.cna.mask_keep.coef_decrease]),
-
-    increase = 100 · Σ_k s_k (m'_k − m_k) / Σ_k |m_k|,  s_k = sign(m_k)
-
-(`m` original, `m'` LoRA model). Table 9 lists the top neurons of one case ("3+5=")
-with their coefficient in each model; Table 10 averages the increase over cases and
-over the LoRA models of each layer range (the paper's 1–9, 10–16, 17–30 of 32 layers,
-scaled to the model's depth by [`layer_groups`][arithlens.cna.lora.layer_groups]).
-
-**Which model ranks "the most important neurons"?** The paper does not say. The default,
-`rank_on="original"`, ranks by the §4.1 importance in the *original* model — the
-neurons the original prediction rests on (Table 9's neurons are §4's) — so the
-coefficient change is measured on a set LoRA did not choose. `rank_on="lora"` ranks by
-importance in each LoRA model, `rank_on="change"` by CNA's importance change from the
-original to the LoRA model; both select neurons *because* LoRA made them matter, which
-biases the measured increase upwards.
+Tables 9 and 10 (does LoRA raise the important neurons' coefficient scores?) compare
+these models with the original: [`lora_coefficients`][arithlens.cna.lora_coefficients]
+(its names are importable from here too).
 
 CPU-sized defaults (three layers, one per range; 150 steps of 8; 1,000 training cases);
 on a GPU, e.g. `layers=range(model.n_layers), steps=9000, batch_size=8, n_train=18000,
@@ -41,7 +25,8 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.cna.lora import LoRACoefficients, LoRALayerSweep
+    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.lora_coefficients import LoRACoefficients
 
     model = arithlens.load_model()
     sweep = LoRALayerSweep(layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora").run(model)
@@ -55,32 +40,34 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import math
 import pathlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-import einops
 import pandas as pd
 import torch
-from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from arithlens import distributed, names, validate
+from arithlens import distributed, validate
 from arithlens.circuits.precise_sft import PreciseSFT, _answer_loss, _sequences
-from arithlens.cna.mask_keep import coef_decrease
-from arithlens.cna.pruning import fingerprint, hf_copy, lens_from_hf, top_mask
+from arithlens.cna.pruning import fingerprint, hf_copy, lens_from_hf
 from arithlens.results import Result
+
+if TYPE_CHECKING:  # re-exported lazily below (lora_coefficients imports this module)
+    from arithlens.cna.lora_coefficients import RANK_ON, LoRACoefResult, LoRACoefficients
 
 PAPER_LRS = (1e-3, 5e-4, 1e-4)
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 # The paper's ranges 1–9, 10–16, 17–30 of Llama-2-7B's 32 layers, as range starts (and the end).
 PAPER_GROUP_STARTS = (1, 10, 17, 31)
 META = "arithlens_lora.json"
-RANK_ON = ("original", "lora", "change")
+# Tables 9–10 moved to lora_coefficients; these names still import from here.
+_MOVED = ("LoRACoefficients", "LoRACoefResult", "RANK_ON")
 
 
 def layer_groups(n_layers: int) -> dict[str, list[int]]:
@@ -392,168 +379,8 @@ def _merge(model: Any, path: pathlib.Path, layer: int) -> Any:
     return lens_from_hf(merged, model, f"{model.name}-lora{layer}")
 
 
-@dataclass
-class LoRACoefResult(Result):
-    """Tables 9 and 10: coefficient scores of the top neurons, original vs LoRA models.
-
-    Attributes:
-        df: One row per (LoRA layer, K, case): `lora_layer, group, k, case, prompt,
-            coef_increase` (%, see the module docstring), `share_downstream` (fraction of
-            the top-K neurons at or above the LoRA layer: the others cannot change).
-        neurons: Table 9's rows, tidy: `neuron` ("L_N"), `layer, index, model, lora_layer, coef`.
-        ks: The top-K sizes, in the order given.
-        rank_on: Which model ranked the neurons (`"original"`, `"lora"`, `"change"`).
-    """
-
-    neurons: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
-    ks: list[int] = field(default_factory=list)
-    rank_on: str = "original"
-
-    def table9(self) -> pd.DataFrame:
-        """Table 9's layout: one row per neuron, one coefficient column per model."""
-        out = self.neurons.pivot_table(index="neuron", columns="model", values="coef", sort=False)
-        order = ["original"] + [m for m in self.neurons["model"].drop_duplicates() if m != "original"]
-        return out[order].rename_axis(columns=None)
-
-    def table(self) -> pd.DataFrame:
-        """Table 10 (see [`table10`][arithlens.cna.lora.LoRACoefResult.table10]; Table 9 is [`table9`][arithlens.cna.lora.LoRACoefResult.table9])."""
-        return self.table10()
-
-    def table10(self) -> pd.DataFrame:
-        """Table 10's layout: mean increase (%) per LoRA-layer range (rows) and top-K (columns)."""
-        mean = self.df.groupby(["group", "k"], sort=False)["coef_increase"].mean().reset_index()
-        out = mean.pivot(index="group", columns="k", values="coef_increase")
-        out = out.loc[self.df["group"].drop_duplicates(), self.ks]
-        out.columns = [f"top{k}" for k in self.ks]
-        return out.rename_axis("LoRA layer")
-
-    def plot(self, **kwargs: Any) -> Any:
-        """Mean coefficient-score increase (%) against LoRA layer, one line per top-K."""
-        import plotly.graph_objects as go
-
-        mean = self.df.groupby(["k", "lora_layer"])["coef_increase"].mean().reset_index()
-        fig = go.Figure()
-        for k in self.ks:
-            part = mean[mean["k"] == k]
-            fig.add_trace(go.Scatter(x=part["lora_layer"], y=part["coef_increase"], mode="lines+markers", name=f"top{k}"))
-        fig.add_hline(y=0, line_color="gray")
-        fig.update_layout(title=f"Coefficient-score increase of the top neurons (ranked on {self.rank_on})",
-                          xaxis_title="LoRA layer", yaxis_title="coefficient-score increase (%)", **kwargs)  # fmt: skip
-        return fig
-
-
-class LoRACoefficients:
-    """Do LoRA models raise the coefficient scores of the important neurons? (Tables 9, 10)
-
-    Args:
-        rank_on: `"original"` (default: §4.1 importance in the original model), `"lora"`
-            (importance in each LoRA model) or `"change"` (CNA: LoRA minus original).
-        ks: Top-K sizes of Table 10 (the paper's 50, 30, 20, 10).
-        target: Scored token: `"answer"` (the correct one, default: LoRA is trained to
-            raise it) or `"prediction"` (the original model's top token).
-        case: Table 9's prompt; case_answer: its answer (needed with `target="answer"`).
-        case_k: Neurons in Table 9.
-        groups: LoRA-layer ranges `{label: layers}` (default [`layer_groups`][arithlens.cna.lora.layer_groups]).
-        mode: CNA mode, `"fast"` (default) or `"exact"`.
-        batch_size: Cases per forward pass.
-        progress: Progress bars.
-    """
-
-    def __init__(
-        self,
-        rank_on: str = "original",
-        ks: Sequence[int] = (50, 30, 20, 10),
-        target: str = "answer",
-        case: str = "3+5=",
-        case_answer: str | None = "8",
-        case_k: int = 3,
-        groups: Mapping[str, Sequence[int]] | None = None,
-        mode: str = "fast",
-        batch_size: int | None = None,
-        progress: bool = False,
-    ):
-        self.rank_on = validate.choice(rank_on, "rank_on", RANK_ON)
-        self.ks = validate.int_sequence(ks, "ks", low=1)
-        self.target = validate.choice(target, "target", ("answer", "prediction"))
-        if not isinstance(case, str) or not case:
-            raise ValueError(f"case={case!r} must be a non-empty prompt such as '3+5='")
-        if self.target == "answer" and not case_answer:
-            raise ValueError(f"case_answer={case_answer!r}: target='answer' needs the answer of case {case!r}")
-        self.case, self.case_answer = case, case_answer
-        self.case_k = validate.positive_int(case_k, "case_k")
-        self.groups = None if groups is None else {str(g): validate.int_sequence(m, f"groups[{g!r}]", low=0) for g, m in groups.items()}
-        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
-        self.batch_size = validate.optional_positive_int(batch_size, "batch_size")
-        self.progress = validate.boolean(progress, "progress")
-
-    def run(self, model: Any, loras: Any, data: Any) -> LoRACoefResult:
-        """Rank each case's neurons, compare their coefficients in every LoRA model.
-
-        Args:
-            model: The original model.
-            loras: A [`LoRASweepResult`][arithlens.cna.lora.LoRASweepResult] (its kept models,
-                else its saved adapters), or `{lora layer: LensModel or adapter directory}`.
-            data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
-        """
-        from arithlens import data as datasets
-        from arithlens.cna.importance import NeuronImportance
-        from arithlens.models import load_model
-
-        model = load_model(model)
-        loras = _lora_map(loras)
-        groups = self.groups or layer_groups(model.n_layers)
-        cases = datasets.as_dataset(data, model.tokenizer)
-        case = datasets.prompts(model.tokenizer, [self.case], [self.case_answer] if self.case_answer else None)
-        both = case + cases
-        scorer = cna(NeuronImportance, target=self.target, mode=self.mode, batch_size=self.batch_size, progress=self.progress)
-        orig = scorer.run(model, both)
-        layers = list(orig.layers)
-        rows, scores9, coefs9 = [], [], {"original": orig.coef[0]}
-        for layer, lm in tqdm(sorted(loras.items()), desc="LoRA models", unit="model", disable=not self.progress):
-            lm = load_lora(model, lm) if isinstance(lm, (str, pathlib.Path)) else lm
-            if (lm.n_layers, lm.d_mlp) != (model.n_layers, model.d_mlp):
-                raise ValueError(f"LoRA model of layer {layer} ({lm!r}) does not have the shape of {model!r}")
-            coef = lm.cache(both, names=[names.post(L) for L in layers]).stack(names.post, layers)
-            rank = orig.importance
-            if self.rank_on != "original":
-                imp = scorer.run(lm, both, w=orig.w).importance
-                rank = imp if self.rank_on == "lora" else imp - orig.importance
-            downstream = torch.tensor([L >= layer for L in layers])  # LoRA cannot move neurons below its layer
-            for k in self.ks:
-                top = top_mask(rank[1:], k)
-                increase = -coef_decrease(orig.coef[1:], coef[1:], top)
-                share = (top & downstream[None, :, None]).sum((1, 2)) / top.sum((1, 2))
-                rows += [{"lora_layer": layer, "group": group_of(layer, groups), "k": k, "case": i, "prompt": cases[i].prompt,
-                          "coef_increase": float(v), "share_downstream": float(f)} for i, (v, f) in enumerate(zip(increase, share))]  # fmt: skip
-            scores9.append(rank[0])
-            coefs9[f"lora{layer}"] = coef[0]
-        rank9 = orig.importance[0] if self.rank_on == "original" else torch.stack(scores9).mean(0)
-        neurons = _table9(rank9, coefs9, layers, self.case_k)
-        df = pd.DataFrame(rows)
-        return LoRACoefResult(df=df, neurons=neurons, ks=self.ks, rank_on=self.rank_on)
-
-
-def _lora_map(loras: Any) -> dict[int, Any]:
-    if isinstance(loras, LoRASweepResult):
-        found = loras.models or loras.adapter_dirs
-        if not found:
-            raise ValueError("loras: the sweep kept no models and saved no adapters; run it with keep_models=True or out_dir=")
-        return dict(found)
-    if isinstance(loras, Mapping) and loras:
-        return {validate.non_negative_int(k, "loras key"): v for k, v in loras.items()}
-    raise ValueError(f"loras={loras!r} must be a LoRASweepResult or a non-empty {{layer: LensModel or adapter directory}}")
-
-
-def _table9(
-    rank: Float[torch.Tensor, "layer d_mlp"], coefs: dict[str, Float[torch.Tensor, "layer d_mlp"]], layers: list[int], k: int
-) -> pd.DataFrame:
-    """Tidy Table 9: the top-`k` neurons of `rank` and their coefficient in every model."""
-    picked = einops.rearrange(top_mask(rank[None], k)[0], "l n -> (l n)").nonzero()[:, 0]
-    order = einops.rearrange(rank, "l n -> (l n)")[picked].argsort(descending=True)
-    rows = []
-    for flat in picked[order].tolist():
-        li, n = divmod(flat, rank.shape[1])
-        for label, coef in coefs.items():
-            rows.append({"neuron": f"{layers[li]}_{n}", "layer": layers[li], "index": n, "model": label,
-                         "lora_layer": pd.NA if label == "original" else int(label[4:]), "coef": float(coef[li, n])})  # fmt: skip
-    return pd.DataFrame(rows)
+def __getattr__(name: str) -> Any:
+    # Lazy: lora_coefficients imports this module, so an eager import here would be circular.
+    if name in _MOVED:
+        return getattr(importlib.import_module("arithlens.cna.lora_coefficients"), name)
+    raise AttributeError(f"module 'arithlens.cna.lora' has no attribute {name!r}")

@@ -142,7 +142,7 @@ def register(subparsers: Any) -> None:
 def _cmd_lora(args: argparse.Namespace) -> int:
     from arithlens import data
     from arithlens.cli import _write_csv, dataset_kwargs, load_model_from_args
-    from arithlens.cna.lora import LoRACoefficients
+    from arithlens.cna.lora_coefficients import LoRACoefficients
 
     validate.output_path(args.out, "--out")
     dataset = dataset_kwargs(args)
