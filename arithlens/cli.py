@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 DESCRIPTION = "Find where a language model does arithmetic: the methods of Yu & Ananiadou (EMNLP 2024) and Zhang et al. (ICML 2024)."
 
@@ -96,6 +96,13 @@ def _csv_list(text: str, cast: Any = str, flag: str = "list") -> list[Any]:
     return [cast(x) for x in items]
 
 
+def _check_choices(values: Sequence[Any], allowed: Sequence[Any], message: Callable[[Any], str]) -> None:
+    """A ValueError with `message(value)` for the first of `values` not in `allowed`."""
+    for value in values:
+        if value not in allowed:
+            raise ValueError(message(value))
+
+
 def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The dataset flags, checked and converted to [`data.arithmetic`][arithlens.data.arithmetic]'s arguments.
 
@@ -105,21 +112,13 @@ def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     ops = str(args.ops).replace(",", "").replace(" ", "")
     if not ops:
         raise ValueError("--ops is empty: give any of + - * /")
-    for op in ops:
-        if op not in _OPS:
-            raise ValueError(f"--ops={args.ops!r}: op {op!r} is not one of + - * /")
+    _check_choices(ops, _OPS, lambda op: f"--ops={args.ops!r}: op {op!r} is not one of + - * /")
     digits = _csv_list(args.digits, int, "--digits")
-    for d in digits:
-        if d not in _DIGITS:
-            raise ValueError(f"--digits={args.digits!r}: {d} digits is not one of 1, 2, 3")
+    _check_choices(digits, _DIGITS, lambda d: f"--digits={args.digits!r}: {d} digits is not one of 1, 2, 3")
     templates = _csv_list(args.templates, int, "--templates")
-    for t in templates:
-        if t not in _TEMPLATES:
-            raise ValueError(f"--templates={args.templates!r}: template {t} is not one of 1, 2, 3, 4")
+    _check_choices(templates, _TEMPLATES, lambda t: f"--templates={args.templates!r}: template {t} is not one of 1, 2, 3, 4")
     forms = _csv_list(args.forms, str, "--forms")
-    for f in forms:
-        if f not in _FORMS:
-            raise ValueError(f"--forms={args.forms!r}: form {f!r} is not one of numeral, word")
+    _check_choices(forms, _FORMS, lambda f: f"--forms={args.forms!r}: form {f!r} is not one of numeral, word")
     n_per_op = None if args.n_per_op is None else _int_text(args.n_per_op, "--n-per-op")
     if n_per_op is not None and n_per_op < 1:
         raise ValueError(f"--n-per-op={n_per_op} is out of range: it must be >= 1")

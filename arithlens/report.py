@@ -1,4 +1,4 @@
-"""A self-contained HTML report, and the statistics every reading in it is derived from.
+"""A self-contained HTML report: sections of figures, readings, tables and CSVs.
 
 A [`Report`][arithlens.report.Report] is a title, run metadata (model, data,
 configuration, versions), a timings table and [`Section`][arithlens.report.Section]s: a
@@ -7,28 +7,19 @@ once, so the file opens offline; figures fill the page width and keep their titl
 axis titles and hover labels readable there.
 
 Readings never assert what their numbers do not show. They are computed from the
-results with the helpers here:
-
-* [`proportion_interval`][arithlens.report.proportion_interval] — the Wilson score
-  interval of an accuracy (`k` correct of `n`);
-* [`difference_interval`][arithlens.report.difference_interval] — two accuracies on
-  different cases (Newcombe's hybrid score interval, built from the Wilson intervals);
-* [`paired_difference`][arithlens.report.paired_difference] — two accuracies on the same
-  cases, e.g. before and after an ablation (Newcombe's interval for paired proportions);
-* [`mean_interval`][arithlens.report.mean_interval] — a mean over cases (Student t).
-
-Each returns an [`Estimate`][arithlens.report.Estimate]: a value with a 95 % interval and
-the case count, which says whether it is distinguishable from zero. A claim holds when
-its interval excludes the opposite; when it does not, the reading says that the cases
-are too few to tell, with the count and the interval.
+results with the statistics of [`arithlens.stats`][arithlens.stats] (Wilson and Newcombe
+intervals, paired differences, means, Bonferroni), which this module re-exports so that
+`from arithlens.report import proportion, paired_difference` keeps working, and worded
+with the helpers here ([`plural`][arithlens.report.plural],
+[`join_words`][arithlens.report.join_words], …). A claim holds when its interval excludes
+the opposite; when it does not, the reading says that the cases are too few to tell, with
+the count and the interval.
 
 Example:
     ```python
-    from arithlens.report import Report, Section, proportion_interval, paired_difference
+    from arithlens.report import Report, Section, paired_difference
 
-    low, high = proportion_interval(47, 100)            # (0.375, 0.567)
     drop = paired_difference([True] * 10 + [False] * 10, [True] * 4 + [False] * 16)
-    drop.above_zero                                     # True: the ablation lowers accuracy
     report = Report("arithlens", meta={"model": "SmolLM2-135M-Instruct"})
     report.add(Section("Accuracy", f"Accuracy fell by {drop.points()}."))
     report.write("results/report.html")
@@ -38,272 +29,32 @@ Example:
 from __future__ import annotations
 
 import html
-import math
 import os
 import re
 from dataclasses import dataclass, field
-from statistics import NormalDist
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-CONFIDENCE = 0.95
-"""The confidence level of every interval a reading quotes."""
+# Re-exported: readings, notebooks and users import the statistics from here.
+from arithlens.stats import (  # noqa: F401
+    CONFIDENCE,
+    Estimate,
+    bonferroni,
+    difference_interval,
+    mean_interval,
+    num,
+    paired_difference,
+    pct,
+    proportion,
+    proportion_interval,
+)
 
 NEURON_LABEL_NOTE = "a neuron label L_N (e.g. 29_545) is neuron N of the FFN of layer L, both counted from 0"
 """How the report names FFN neurons; every section that shows such labels quotes this."""
 
 
-# ----------------------------------------------------------------------------- statistics
-def _z(confidence: float) -> float:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence!r} must be strictly between 0 and 1")
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def _count(k: Any, n: Any) -> tuple[float, int]:
-    n_int = int(n)
-    if n_int != n or n_int < 0:
-        raise ValueError(f"n={n!r} must be a non-negative integer case count")
-    k_f = float(k)
-    if not math.isfinite(k_f) or k_f < -1e-9 or k_f > n_int + 1e-9:
-        raise ValueError(f"k={k!r} must be a count between 0 and n={n_int}")
-    return min(max(k_f, 0.0), float(n_int)), n_int
-
-
-def proportion_interval(k: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The Wilson score interval of a proportion: `k` successes out of `n`.
-
-    Unlike the normal ("Wald") interval it stays inside [0, 1] and is not degenerate at
-    0 % or 100 %, which small report samples often hit. `n = 0` gives `(0, 1)`: nothing
-    is known. `k` may be fractional (an accuracy averaged over several random draws).
-
-    Args:
-        k: Successes (e.g. correctly answered cases).
-        n: Cases.
-        confidence: Coverage of the interval.
-
-    Returns:
-        `(low, high)` as fractions.
-
-    Example:
-        ```python
-        proportion_interval(0, 8)      # (0.0, 0.324): 0 of 8 is compatible with up to 32 %
-        ```
-    """
-    k, n = _count(k, n)
-    if n == 0:
-        return 0.0, 1.0
-    z = _z(confidence)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A quantity with its confidence interval and the number of cases behind it.
-
-    Attributes:
-        value: The point estimate (a fraction for accuracies and their differences).
-        low: Lower end of the interval (NaN when it cannot be computed).
-        high: Upper end of the interval (NaN when it cannot be computed).
-        n: Cases behind the estimate.
-        confidence: Coverage of the interval.
-    """
-
-    value: float
-    low: float
-    high: float
-    n: int
-    confidence: float = CONFIDENCE
-
-    @property
-    def above_zero(self) -> bool:
-        """Whether the whole interval is above zero (a positive effect the cases establish)."""
-        return bool(math.isfinite(self.low) and self.low > 0)
-
-    @property
-    def below_zero(self) -> bool:
-        """Whether the whole interval is below zero."""
-        return bool(math.isfinite(self.high) and self.high < 0)
-
-    @property
-    def known(self) -> bool:
-        """Whether the sign is established (the interval excludes zero)."""
-        return self.above_zero or self.below_zero
-
-    def negated(self) -> "Estimate":
-        """The same estimate of the opposite quantity (a drop as a rise)."""
-        return Estimate(-self.value, -self.high, -self.low, self.n, self.confidence)
-
-    def change(self, digits: int = 0) -> str:
-        """A drop (`before − after`) in words: `"a drop of 16 points [...]"` or `"a rise of 2 points [...]"`."""
-        if self.value < 0:
-            return f"a rise of {self.negated().points(digits)}"
-        return f"a drop of {self.points(digits)}"
-
-    def ci(self, scale: float = 100.0, unit: str = "", digits: int = 0) -> str:
-        """`"95% CI 8 to 24"` in the given scale (percentage points by default).
-
-        More decimals are shown when the rounded ends would otherwise look equal.
-        """
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            return "no interval: too few cases"
-        lo, hi = self.low * scale, self.high * scale
-        digits = _digits_apart(lo, hi, digits)
-        return f"{round(100 * self.confidence)}% CI {_num(lo, digits)}{unit} to {_num(hi, digits)}{unit}"
-
-    def points(self, digits: int = 0) -> str:
-        """A difference of accuracies: `"16 points [95% CI 8 to 24]"`."""
-        digits = _digits_apart(self.low * 100, self.high * 100, digits) if math.isfinite(self.low) else digits
-        value = _num(100 * self.value, digits)
-        unit = "point" if value in ("1", "−1") else "points"
-        return f"{value} {unit} [{self.ci(digits=digits)}]"
-
-    def percent(self, digits: int = 0) -> str:
-        """A proportion: `"47% [95% CI 37% to 57%]"`."""
-        digits = _digits_apart(self.low * 100, self.high * 100, digits) if math.isfinite(self.low) else digits
-        return f"{_num(100 * self.value, digits)}% [{self.ci(unit='%', digits=digits)}]"
-
-
-def _digits_apart(low: float, high: float, digits: int, most: int = 2) -> int:
-    """The fewest decimals (from `digits`, at most `most`) that keep two different ends apart."""
-    while digits < most and high > low and _num(low, digits) == _num(high, digits):
-        digits += 1
-    return digits
-
-
-def num(x: float, digits: int = 1, sign: bool = False) -> str:
-    """A number as the readings print it: a true minus sign, never a negative zero (`"−0.3"`, `"0.0"`);
-    `sign=True` also marks positive values (`"+0.3"`)."""
-    if not math.isfinite(float(x)):
-        return "n/a"
-    text = _num(float(x), digits)
-    return "+" + text if sign and not text.startswith("−") and float(text) != 0 else text
-
-
-def _num(x: float, digits: int = 0) -> str:
-    text = f"{x:.{digits}f}"
-    if float(text) == 0:
-        text = text.lstrip("-")
-    return text.replace("-", "−")
-
-
-def proportion(k: float, n: int, confidence: float = CONFIDENCE) -> Estimate:
-    """The proportion `k / n` with its Wilson interval (`value` NaN when `n = 0`)."""
-    k_f, n_i = _count(k, n)
-    low, high = proportion_interval(k_f, n_i, confidence)
-    return Estimate(k_f / n_i if n_i else float("nan"), low, high, n_i, confidence)
-
-
-def difference_interval(k1: float, n1: int, k2: float, n2: int, confidence: float = CONFIDENCE) -> Estimate:
-    """`p1 − p2` for proportions measured on different cases (Newcombe's hybrid score interval).
-
-    The interval combines the two Wilson intervals (Newcombe 1998, method 10). Applied to
-    two accuracies measured on the *same* cases it is conservative (wider than the paired
-    interval), so a difference it establishes is established.
-
-    Returns:
-        An [`Estimate`][arithlens.report.Estimate] of `p1 − p2` with `n = min(n1, n2)`.
-    """
-    k1, n1 = _count(k1, n1)
-    k2, n2 = _count(k2, n2)
-    if n1 == 0 or n2 == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), min(n1, n2), confidence)
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = proportion_interval(k1, n1, confidence)
-    l2, u2 = proportion_interval(k2, n2, confidence)
-    d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return Estimate(d, max(-1.0, low), min(1.0, high), min(n1, n2), confidence)
-
-
-def paired_difference(first: Iterable[Any], second: Iterable[Any], confidence: float = CONFIDENCE) -> Estimate:
-    """`p_first − p_second` for two outcomes of the same cases (e.g. correct before / after an ablation).
-
-    Newcombe's (1998) method 10 for paired proportions: the two Wilson intervals combined
-    with the correlation φ of the paired outcomes. Cases where both outcomes agree carry
-    no evidence of a difference; the interval narrows as the flips grow one-sided.
-
-    Args:
-        first: Per case, a bool or a fraction in [0, 1] (e.g. correct on the original model).
-        second: The same cases' other outcome (e.g. correct with a head ablated).
-
-    Returns:
-        An [`Estimate`][arithlens.report.Estimate] of the difference (positive: `first`
-        is higher — for before/after an ablation, a drop).
-    """
-    x = [float(v) for v in first]
-    y = [float(v) for v in second]
-    if len(x) != len(y):
-        raise ValueError(f"paired outcomes must have one value per case each: got {len(x)} and {len(y)}")
-    n = len(x)
-    if n == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, confidence)
-    a = sum(min(u, v) for u, v in zip(x, y))  # both right (fractions: expected count)
-    b = sum(max(u - v, 0.0) for u, v in zip(x, y))  # first right only
-    c = sum(max(v - u, 0.0) for u, v in zip(x, y))  # second right only
-    d = n - a - b - c
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = proportion_interval(a + b, n, confidence)
-    l2, u2 = proportion_interval(a + c, n, confidence)
-    denom = (a + b) * (c + d) * (a + c) * (b + d)
-    # Newcombe's continuity-corrected correlation (his recommended form of method 10).
-    num = max(a * d - b * c - n / 2, 0.0) if a * d > b * c else a * d - b * c
-    phi = num / math.sqrt(denom) if denom > 0 else 0.0
-    diff = p1 - p2
-    dl = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
-    du = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
-    low, high = diff - math.sqrt(max(dl, 0.0)), diff + math.sqrt(max(du, 0.0))
-    return Estimate(diff, max(-1.0, low), min(1.0, high), n, confidence)
-
-
-def _t_quantile(q: float, df: int) -> float:
-    """Student-t quantile by the Cornish-Fisher expansion (Abramowitz & Stegun 26.7.5); exact for df = 1, 2."""
-    if df == 1:
-        return math.tan(math.pi * (q - 0.5))
-    if df == 2:
-        p = 2 * q - 1
-        return p * math.sqrt(2 / (1 - p * p))
-    z = NormalDist().inv_cdf(q)
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
-
-
-def mean_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> Estimate:
-    """The mean over cases with its Student-t interval (no interval with fewer than 2 finite values)."""
-    xs = [float(v) for v in values]
-    xs = [v for v in xs if math.isfinite(v)]
-    n = len(xs)
-    if n == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, confidence)
-    mean = sum(xs) / n
-    if n < 2:
-        return Estimate(mean, float("nan"), float("nan"), n, confidence)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in xs) / (n - 1))
-    half = _t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half, n, confidence)
-
-
-def bonferroni(confidence: float, tests: int) -> float:
-    """The per-test confidence that keeps `tests` intervals jointly at `confidence`."""
-    return 1 - (1 - confidence) / max(1, int(tests))
-
-
-def pct(x: float, digits: int = 0) -> str:
-    """A fraction as a percentage: `pct(0.4712) == "47%"` (`"n/a"` for NaN)."""
-    if x is None or not math.isfinite(float(x)):
-        return "n/a"
-    return f"{_num(100 * float(x), digits)}%"
-
-
+# ----------------------------------------------------------------------------- wording
 def count_phrase(k: int, n: int, noun: str = "case") -> str:
     """`"3 of 8 cases"`."""
     return f"{k} of {n} {noun}{'' if n == 1 else 's'}"

@@ -21,13 +21,14 @@ import shutil
 
 log = logging.getLogger("mkdocs.plugins.arithlens.docstrings")
 
-# Modules with an API reference page (docs/api/*.md).
+# Modules with an API reference page (docs/api/*.md), and the private ones whose public
+# names such a page shows through a re-export (the walk skips aliases).
 DOCUMENTED = (
     "arithlens.models", "arithlens.data", "arithlens.evaluate", "arithlens.interventions",
-    "arithlens.heads", "arithlens.results", "arithlens.report", "arithlens.pipeline",
+    "arithlens.heads", "arithlens.results", "arithlens.report", "arithlens.stats", "arithlens.pipeline",
     "arithlens.testing", "arithlens.cna", "arithlens.circuits", "arithlens.cache", "arithlens.readout",
     "arithlens.names", "arithlens.validate", "arithlens.forward", "arithlens.attribution",
-    "arithlens.loading", "arithlens.distributed",
+    "arithlens.loading", "arithlens.distributed", "arithlens._run_sections", "arithlens._placement",
 )  # fmt: skip
 
 BASELINE: set[str] = set()

@@ -21,13 +21,13 @@ from arithlens.report import (
     Estimate,
     Report,
     Section,
-    _t_quantile,
     difference_interval,
     mean_interval,
     paired_difference,
     proportion,
     proportion_interval,
 )
+from arithlens.stats import _t_quantile
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -22,19 +22,8 @@ from __future__ import annotations
 from statistics import NormalDist
 from typing import Any
 
-from arithlens.report import (
-    CONFIDENCE,
-    Section,
-    bonferroni,
-    difference_interval,
-    join_words,
-    mean_interval,
-    num,
-    paired_difference,
-    pct,
-    plural,
-    proportion,
-)
+from arithlens.report import Section, join_words, plural
+from arithlens.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion
 
 
 def _node_name(row: Any) -> str:

@@ -27,16 +27,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from arithlens.report import (
-    NEURON_LABEL_NOTE,
-    Section,
-    difference_interval,
-    join_words,
-    mean_interval,
-    num,
-    plural,
-    proportion,
-)
+from arithlens.report import NEURON_LABEL_NOTE, Section, join_words, plural
+from arithlens.stats import difference_interval, mean_interval, num, proportion
 
 
 # ----------------------------------------------------------------------------- readings

@@ -31,7 +31,8 @@ from typing import Any
 
 import pandas as pd
 
-from arithlens.report import NEURON_LABEL_NOTE, Section, difference_interval, join_words, plural, proportion
+from arithlens.report import NEURON_LABEL_NOTE, Section, join_words, plural
+from arithlens.stats import difference_interval, proportion
 
 
 def _drop(base: float, acc: float, n: int) -> Any:
