@@ -54,7 +54,7 @@ The sentences below are computed from the results above, so they stay true when 
 model, the data or the code change: a claim is stated only when the numbers show it.
 Intervals are 95 %: Wilson's for an accuracy, Newcombe's for a difference of two
 accuracies (paired when both are measured on the same cases), Student's t for a mean
-over cases (`arithlens.report`)."""
+over cases (`arithlens.stats`)."""
 
 
 def reading(text: str = "") -> nbformat.NotebookNode:
@@ -131,7 +131,7 @@ def quickstart() -> list:
         """),
         reading(),
         code("""
-        from arithlens.report import paired_difference, proportion
+        from arithlens.stats import paired_difference, proportion
 
         n = len(ev.cases)
         first = proportion(int(ev.cases["correct"].sum()), n)
@@ -263,7 +263,7 @@ def heads() -> list:
         printed are the plain 95 % ones.
         """),
         code("""
-        from arithlens.report import bonferroni, difference_interval, num, paired_difference, proportion
+        from arithlens.stats import bonferroni, difference_interval, num, paired_difference, proportion
 
 
         def drop(result, head, mask, tests):
@@ -369,7 +369,7 @@ def comparative() -> list:
         from arithlens.cna import CNAConfig
         from arithlens.heads import HeadAblation
         from arithlens.interventions import ZeroHead
-        from arithlens.report import paired_difference
+        from arithlens.stats import paired_difference
 
         head = (0, 8)      # the arithmetic head: your model's top "+" head from tutorial 02
         prompt = "1+2="
@@ -471,7 +471,7 @@ def comparative() -> list:
         code("""
         from arithlens.cna import NumberConceptTagger
         from arithlens.cna.tokens import neuron_top_token_ids
-        from arithlens.report import difference_interval, mean_interval, num, proportion
+        from arithlens.stats import difference_interval, mean_interval, num, proportion
 
         tagger = NumberConceptTagger()
 
@@ -608,7 +608,7 @@ def hidden() -> list:
         """),
         reading(),
         code("""
-        from arithlens.report import difference_interval, proportion
+        from arithlens.stats import difference_interval, proportion
 
         d = scan.df
         hidden = d[(d["direct_concepts"] == 0) & (d["n_concepts"] > 3)]
@@ -849,7 +849,7 @@ def circuits() -> list:
         code("""
         import statistics
 
-        from arithlens.report import bonferroni, difference_interval, mean_interval, num, paired_difference, proportion
+        from arithlens.stats import bonferroni, difference_interval, mean_interval, num, paired_difference, proportion
 
         n_pairs = len(pairs)
         strict = bonferroni(0.95, len(patching.nodes))
@@ -862,11 +862,14 @@ def circuits() -> list:
         head_layers = [nd.layer for nd in key if not nd.is_mlp]
         mlp_layers = [nd.layer for nd in key if nd.is_mlp]
         if head_layers and mlp_layers:
-            above = statistics.median(mlp_layers) > statistics.median(head_layers)
+            m_mlp, m_head = statistics.median(mlp_layers), statistics.median(head_layers)
+            below = sum(L <= max(head_layers) for L in mlp_layers)
             print(f"The key set holds {len(head_layers)} heads (layers {min(head_layers)}–{max(head_layers)}) and "
                   f"{len(mlp_layers)} MLPs (layers {min(mlp_layers)}–{max(mlp_layers)}): "
-                  + ("the MLPs sit above the heads, the paper's layout." if above
-                     else "the MLPs do not sit above the heads, unlike the paper's layout."))
+                  + (f"by median layer the MLPs ({num(m_mlp, 1)}) sit above the heads ({num(m_head, 1)}), the paper's layout"
+                     if m_mlp > m_head else
+                     f"by median layer the MLPs ({num(m_mlp, 1)}) do not sit above the heads ({num(m_head, 1)}), unlike the paper's layout")
+                  + (f"; {below} of the {len(mlp_layers)} MLPs are no higher than the highest head." if below else "; every MLP is above every head."))
 
         ok = knockout.correct["baseline"].numpy()
         print(f"Mean ablation: SmolLM2 answers {proportion(ok.sum(), len(ok)).percent()} of the {len(ok)} reference "

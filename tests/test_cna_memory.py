@@ -82,7 +82,9 @@ def _can_reset_peak() -> bool:
 
 @pytest.mark.skipif(not _can_reset_peak(), reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
 def test_peak_memory_is_flat_from_16_to_256_cases():
-    small, large = _measure(16), _measure(256)
+    # Peak RSS picks up one-off noise (allocator arenas, lazy imports) only upwards: the
+    # lower of two runs per size is the better estimate of what the analysis itself needs.
+    small, large = (min((_measure(n) for _ in range(2)), key=lambda m: m["rise"]) for n in (16, 256))
     assert (small["cases"], large["cases"]) == (16, 256)
     grown = large["rise"] - small["rise"]
     results = large["result"] - small["result"]
