@@ -280,7 +280,12 @@ def build_cache(
     wanted = sorted(names)
     has_scale = hooks.FINAL_SCALE in model.bridge.hook_dict
     filt = wanted + ([hooks.FINAL_SCALE] if has_scale and hooks.FINAL_SCALE not in names else [])
-    last_parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {nm: [] for nm in wanted}
+    # Last-position activations go straight into one [case, ...] tensor per hook (no second
+    # copy of the cache while it is built); a hook whose shape varies with the prompt (e.g.
+    # attention over keys) becomes a per-case list instead.
+    stacked: dict[str, torch.Tensor] = {}
+    ragged: set[str] = set()
+    filled: dict[str, list[int]] = {nm: [] for nm in wanted}
     per_case: dict[str, list[Any]] = {nm: [None] * n for nm in wanted}
     # Only the last position's logits are read: trimming before the final norm avoids a
     # [batch, pos, vocab] tensor (unless a final-norm hook was asked for at every position).
@@ -309,29 +314,21 @@ def build_cache(
                 act = acts[nm].detach().float().cpu()
                 if positions == "last":
                     act = act.squeeze(_pos_dim(nm))
-                    last_parts[nm].append((rows, act))
-                else:
-                    for j, r in enumerate(rows.tolist()):
-                        per_case[nm][r] = act[j]
+                    if nm not in stacked and nm not in ragged:
+                        stacked[nm] = torch.empty((n, *act.shape[1:]), dtype=act.dtype)
+                    if nm in stacked and stacked[nm].shape[1:] != act.shape[1:]:
+                        done = stacked.pop(nm)  # ragged from here on: the rows so far move to the list
+                        ragged.add(nm)
+                        for r in filled[nm]:
+                            per_case[nm][r] = done[r].clone()
+                    if nm in stacked:
+                        stacked[nm][rows] = act
+                        filled[nm].extend(rows.tolist())
+                        continue
+                for j, r in enumerate(rows.tolist()):
+                    per_case[nm][r] = act[j]
             del logits, acts
-    activations: dict[str, Any] = {}
-    for nm in wanted:
-        if positions == "last":
-            shapes = {tuple(act.shape[1:]) for _, act in last_parts[nm]}
-            if len(shapes) > 1:  # e.g. attention over keys: its length varies with the prompt
-                ragged: list[Any] = [None] * n
-                for rows, act in last_parts[nm]:
-                    for j, r in enumerate(rows.tolist()):
-                        ragged[r] = act[j]
-                activations[nm] = ragged
-                continue
-            first = last_parts[nm][0][1]
-            out = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
-            for rows, act in last_parts[nm]:
-                out[rows] = act
-            activations[nm] = out
-        else:
-            activations[nm] = per_case[nm]
+    activations: dict[str, Any] = {nm: stacked.get(nm, per_case[nm]) for nm in wanted}
     return ActivationCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean)
 
 

@@ -10,8 +10,9 @@ greedy full answer) on N cases for each N, and prints per analysis:
 * `peak MiB` — the highest RSS while it ran;
 * `rise MiB` — peak − base, the analysis's own high-water mark;
 * `result MiB` — the size of what it returned (tensors' bytes + the DataFrames' deep size);
+* `cache MiB` — the clean forward pass's activations it left memoized on the model;
 * then, between the smallest and the largest N, the rise per case, the result per case,
-  and their difference: memory per case held beyond the result (≈ 0 if it streams).
+  and what is left: memory per case beyond the result and the cache (≈ 0 if it streams).
 
 How it measures, and why this way: each (analysis, N) runs in a fresh Python subprocess,
 so allocator caches and memoised forward passes of one measurement cannot leak into the
@@ -25,8 +26,8 @@ forward pass. Where `clear_refs` cannot be written, the peak is `ru_maxrss` over
 whole process and `base` the RSS before the run, which over-states the rise when loading
 peaked higher (flagged in the output).
 
-On a tiny random Llama (default: 4 layers, d_model 64, d_mlp 256, the 1-digit numeral
-set) the four measurements, two at a time, take about a minute on 2 idle cores;
+On a tiny random Llama (default: 4 layers, d_model 64, d_mlp 256; 2-digit "a+b=" prompts,
+all of one length) the four measurements, two at a time, take about a minute on 2 idle cores;
 `--smollm2` measures SmolLM2-135M instead (slower: exact importance of 46,080 neurons per
 case; use `--layers` to restrict it).
 
@@ -108,15 +109,18 @@ def _child(analysis: str, n: int, args: argparse.Namespace) -> dict:
         from arithlens.testing import tiny_llama
 
         model = tiny_llama(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=256)
-    pool = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=(1, 2, 3, 4), forms=("numeral",))
+    # One prompt length ("12+34="): every batch is full at both N, so a difference in peak
+    # memory is what the analysis holds per case, not batches filling up (with many lengths
+    # and few cases, batches are small and the per-batch logits grow with N until full).
+    pool = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=(4,), forms=("numeral",), n_per_op=n)
     if n > len(pool):
-        raise SystemExit(f"--cases {n} is more than the {len(pool)} cases of the 1-digit set")
+        raise SystemExit(f"--cases {n} is more than the {len(pool)} cases of the 2-digit '+' set")
     cases = pool.sample(n, seed=0)
     layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
     if analysis == "importance":
         from arithlens.cna import NeuronImportance
 
-        job = NeuronImportance(layers=layers, top_tokens=0, progress=False)
+        job = NeuronImportance(layers=layers, top_tokens=0, progress=False, memory_budget=args.budget)
 
         def work() -> Any:
             return job.run(model, cases)
@@ -143,6 +147,7 @@ def _child(analysis: str, n: int, args: argparse.Namespace) -> dict:
         "base": (base or 0) * 1024,
         "peak": (peak or 0) * 1024,
         "result": _nbytes(result),
+        "cache": model._memo.nbytes,  # the clean forward's activations, memoized on the model
         "seconds": seconds,
         "exact_peak": exact,
     }
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--analyses", default="importance,evaluate", help="importance, evaluate")
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M instead of the tiny model")
     parser.add_argument("--layers", default=None, help="importance: FFN layers to score, e.g. 29 (default all)")
+    parser.add_argument("--budget", type=float, default=8e6, help="importance: memory_budget in bytes (default 8e6: on the tiny model a block then holds fewer than 100 cases, so both N run at the bounded working set)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement (default 1)")
     parser.add_argument("--jobs", type=int, default=2, help="measurements run at once, each in its own process (default 2)")
     parser.add_argument("--child", nargs=2, metavar=("ANALYSIS", "N"), help=argparse.SUPPRESS)
@@ -166,7 +172,8 @@ def main() -> None:
     counts = sorted({int(c) for c in args.cases.split(",")})
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()]
     model_name = "SmolLM2-135M-Instruct" if args.smollm2 else "tiny Llama (4 layers, d_model 64, d_mlp 256)"
-    print(f"Peak RSS per analysis, each (analysis, N) in a fresh process; model: {model_name}; {args.threads} thread(s) each")
+    print(f"Peak RSS per analysis, each (analysis, N) in a fresh process; model: {model_name}; {args.threads} thread(s) each; "
+          f"2-digit '+' prompts of one length; importance with memory_budget {args.budget / MiB:.0f} MiB")
     flags = (["--smollm2"] if args.smollm2 else []) + (["--layers", args.layers] if args.layers else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
     jobs = [(analysis, n) for analysis in analyses for n in counts]
@@ -177,7 +184,7 @@ def main() -> None:
     while jobs or running:
         while jobs and len(running) < args.jobs:
             analysis, n = jobs.pop(0)
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", analysis, str(n), "--threads", str(args.threads), *flags]
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", analysis, str(n), "--threads", str(args.threads), "--budget", str(args.budget), *flags]
             running.append(((analysis, n), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
         key, proc = running.pop(0)
         out, err = proc.communicate()
@@ -192,7 +199,7 @@ def main() -> None:
         note = "" if r["exact_peak"] else "  (peak since process start: clear_refs unavailable)"
         print(
             f"  {r['analysis']:<10} N={r['cases']:>5}: base {r['base'] / MiB:7.1f} MiB  peak {r['peak'] / MiB:7.1f} MiB  "
-            f"rise {(r['peak'] - r['base']) / MiB:7.1f} MiB  result {r['result'] / MiB:6.2f} MiB  "
+            f"rise {(r['peak'] - r['base']) / MiB:7.1f} MiB  result {r['result'] / MiB:6.2f} MiB  cache {r['cache'] / MiB:6.2f} MiB  "
             f"({r['seconds']:.1f} s){note}"
         )
     if len(counts) < 2:
@@ -204,9 +211,16 @@ def main() -> None:
         dn = hi["cases"] - lo["cases"]
         rise = ((hi["peak"] - hi["base"]) - (lo["peak"] - lo["base"])) / dn
         result = (hi["result"] - lo["result"]) / dn
+        cache = (hi["cache"] - lo["cache"]) / dn
+        beyond = rise - result - cache
+        # Below 1 KiB per case is measurement noise here.
+        if beyond < 1024:
+            verdict = "streams: nothing per case beyond its result and the cache"
+        else:
+            verdict = f"does not stream strictly: {beyond / max(result, 1):.1f}x its per-case result more per case"
         print(
-            f"  {analysis:<10} rise {rise / 1024:8.1f} KiB/case   result {result / 1024:8.1f} KiB/case   "
-            f"held beyond the result {(rise - result) / 1024:8.1f} KiB/case"
+            f"  {analysis:<10} rise {rise / 1024:8.1f} KiB/case   result {result / 1024:6.1f}   cache {cache / 1024:6.1f}   "
+            f"beyond both {beyond / 1024:6.1f} KiB/case: {verdict}"
         )
 
 

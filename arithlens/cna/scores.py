@@ -105,17 +105,18 @@ def series_terms(t: Float[torch.Tensor, "..."], tolerance: float, roundoff: floa
     precision (terms `j ≥ 2`; `μ_1` is always computed from float32 weights).
     """
     t = t.double()
-    js = torch.arange(1, MAX_TERMS + 1, dtype=torch.float64)
-    fact = torch.tensor(_FACT[2 : MAX_TERMS + 2], dtype=torch.float64)
-    js, fact = (einops.rearrange(v, "j -> j" + " 1" * t.ndim) for v in (js, fact))  # broadcast over t
-    rem = t[None] ** (js + 1) * torch.exp(t)[None] / fact
-    rem = rem + roundoff * t[None] * torch.expm1(t)[None] * (1 + roundoff) ** js
-    low = torch.exp(-t)[None] - rem
-    bound = torch.where(low > 0, rem / low.clamp_min(1e-300), torch.full_like(rem, math.inf))
-    ok = bound <= tolerance
-    first = torch.where(ok.any(0), ok.double().argmax(0) + 1, torch.full_like(t, MAX_TERMS + 1, dtype=torch.long))
-    chosen = torch.gather(bound, 0, (first.clamp(max=MAX_TERMS) - 1)[None])[0]
-    return first.long(), torch.where(first <= MAX_TERMS, chosen, torch.full_like(chosen, math.inf))
+    # One term count at a time: memory stays a few `t`-sized tensors, not MAX_TERMS of them.
+    exp_t, exp_neg, extra = torch.exp(t), torch.exp(-t), roundoff * t * torch.expm1(t)
+    first = torch.full_like(t, MAX_TERMS + 1, dtype=torch.long)
+    chosen = torch.full_like(t, math.inf)
+    for j in range(1, MAX_TERMS + 1):
+        rem = t ** (j + 1) * exp_t / _FACT[j + 1]
+        rem = rem + extra * (1 + roundoff) ** j
+        low = exp_neg - rem
+        bound = torch.where(low > 0, rem / low.clamp_min(1e-300), torch.full_like(rem, math.inf))
+        new = (bound <= tolerance) & (first > MAX_TERMS)
+        first[new], chosen[new] = j, bound[new]
+    return first, chosen
 
 
 def _count(stats: dict | None, flops: float) -> None:
@@ -162,11 +163,13 @@ def _sizes(budget: float, vocab: int, d_mlp: int, n_sides: int) -> tuple[int, in
 
     `[neuron, vocab]` float32 buffers take 60 % (projection, powers, direct logits, and up
     to two compacted copies in the series); a block's base logits, probabilities and their
-    temporaries (about eight `[vocab]` rows per pair) 30 %; a row-major copy of `W_U` 10 %.
+    temporaries (about eight `[vocab]` rows per pair, and per (pair, neuron) of the chunk
+    about sixteen float64 numbers: the series' sums, powers and term counts) 30 %; a
+    row-major copy of `W_U` 10 %.
     """
     row = vocab * 4
     n_chunk = int(max(1, min(d_mlp, budget * 0.6 // (5 * row))))
-    n_block = int(max(1, min(n_sides, budget * 0.3 // (8 * row))))
+    n_block = int(max(1, min(n_sides, budget * 0.3 // (8 * row + 16 * 8 * n_chunk))))
     return n_chunk, n_block
 
 
