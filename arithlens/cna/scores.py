@@ -265,7 +265,7 @@ def exact_neuron_scores(
     if projections is not None:
         projections.check(model)
     mine = distributed.shard(range(len(layers)))  # this rank's layer indices (all, in one process)
-    imps = [torch.empty(n, len(mine), d_mlp) for n in counts]
+    imps = [torch.empty(n, len(mine), d_mlp, device=dev) for n in counts]  # on the device: no copy per chunk
     bound = [0.0 for _ in sides]
     who = torch.cat([torch.full((n,), s) for s, n in enumerate(counts)])
     where = torch.cat([torch.arange(n) for n in counts])
@@ -304,13 +304,14 @@ def exact_neuron_scores(
                     lse = _chunk_lse(blk, pr, c, fc2, ro, tolerance, roundoff, pbuf, dbuf, bound, who[sp[0] : sp[1]], stats)
                     u_w = (fc2 @ ro.W_U[:, blk.w]).double()  # [n, b]: the exact w column
                     _count(stats, 2 * fc2.shape[0] * fc2.shape[1] * c.shape[0])
-                    imp = (c.T.double() * u_w - lse).T.float().cpu()  # [b, n]
+                    imp = (c.T.double() * u_w - lse).T.float()  # [b, n]
                     for s in who[sp[0] : sp[1]].unique().tolist():
                         sel = who[sp[0] : sp[1]] == s
-                        imps[s][where[sp[0] : sp[1]][sel], li, k0:k1] = imp[sel]
+                        imps[s][where[sp[0] : sp[1]][sel].to(dev), li, k0:k1] = imp[sel.to(dev)]
                 bar.update(1)
     finally:
         bar.close()
+    imps = [t.cpu() for t in imps]
     if distributed.rank_and_world()[1] > 1:  # layers back together on every rank (gather joins dim 0)
         parts = distributed.gather(tuple(einops.rearrange(t, "case layer n -> layer case n") for t in imps))
         imps = [einops.rearrange(t, "layer case n -> case layer n") for t in parts]
