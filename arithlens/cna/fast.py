@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 
 from arithlens import validate
 from arithlens.cna.inputs import Activations
@@ -62,6 +63,7 @@ def rescore(
     layers: Sequence[int],
     candidates: Int[torch.Tensor, "case r"],
     memory_budget: float = 1e9,
+    progress: bool = False,
 ) -> Float[torch.Tensor, "case r"]:
     """Exact importance of chosen neurons per case; `candidates` index the flattened `(layer, neuron)` grid."""
     ro = Readout(model)
@@ -71,7 +73,7 @@ def rescore(
     out = torch.empty(candidates.shape, dtype=torch.float32)
     xs = torch.stack([acts.at("resid_mid", L) for L in layers], dim=1)  # [case, layer, d_model]: the cache's own rows
     posts = torch.stack([acts.at("post", L) for L in layers], dim=1)
-    for i in range(len(acts)):
+    for i in tqdm(range(len(acts)), desc="re-scoring candidates", unit="case", disable=not progress):
         s, wi = acts.scale[i].to(dev), int(acts.w[i])
         for r0 in range(0, candidates.shape[1], step):
             cand = candidates[i, r0 : r0 + step]

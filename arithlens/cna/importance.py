@@ -216,7 +216,7 @@ def score_sides(model: Any, sides: Sequence[Activations], layers: list[int], con
         flat = kernels.flatten(validate.check_finite(fo, "the first-order scores"))
         cand = flat.topk(min(config.rescore, flat.shape[1]), dim=-1).indices
         imp = flat.clone()
-        imp.scatter_(1, cand, kernels.rescore(model, acts, layers, cand, config.memory_budget))
+        imp.scatter_(1, cand, kernels.rescore(model, acts, layers, cand, config.memory_budget, config.progress))
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask.scatter_(1, cand, True)
         unflat = lambda t: einops.rearrange(t, "c (l n) -> c l n", l=len(layers))  # noqa: E731

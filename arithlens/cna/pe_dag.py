@@ -54,6 +54,7 @@ import einops
 import pandas as pd
 import torch
 from jaxtyping import Float
+from tqdm.auto import tqdm
 
 from arithlens import names, validate
 from arithlens.cache import ActivationCache
@@ -303,7 +304,7 @@ class PredictionEnhancingDAG:
         flat = einops.rearrange(scores, "c l n -> c (l n)")
         post = cache.stack(names.post, range(model.n_layers)).float()
         node_rows, pair_frames = [], []
-        for i in range(flat.shape[0]):
+        for i in tqdm(range(flat.shape[0]), desc="PE-DAG edges", unit="case", disable=not self.config.progress):
             idx = flat[i].topk(min(self.k, flat.shape[1])).indices
             nodes = [(int(j) // model.d_mlp, int(j) % model.d_mlp) for j in idx]
             pairs = edge_scores(model, cache, i, nodes)
@@ -336,7 +337,7 @@ class PredictionEnhancingDAG:
 
         rows, per_case = [], {}
         shape = dict(l=model.n_layers)
-        for k in self.k_table:
+        for k in tqdm(self.k_table, desc="Table 6", unit="K", disable=not self.config.progress):
             top = flat.topk(min(k, flat.shape[1]), dim=-1).indices  # [case, k]
             layer_of, score = top // model.d_mlp, flat.gather(1, top)
             # Lowest layer first, then the largest score within it.
