@@ -159,14 +159,11 @@ def _evaluate_in_chunks(
 
     from arithlens.cache import ensure_cache
     from arithlens.data import ArithmeticDataset
+    from arithlens.models import equal_length_chunks
 
     if cache is not None:
         cache = ensure_cache(model, data, cache)
-    size = 4 * (batch_size or model.batch_size)
-    by_len: dict[int, list[int]] = {}
-    for i, case in enumerate(data):
-        by_len.setdefault(case.n_tokens, []).append(i)
-    chunks = [rows[i : i + size] for _, rows in sorted(by_len.items()) for i in range(0, len(rows), size)]
+    chunks = equal_length_chunks([c.input_ids for c in data], 4 * (batch_size or model.batch_size))
     frames = []
     with tqdm(total=len(data), desc="evaluation", unit="case") as bar:
         for idx in chunks:

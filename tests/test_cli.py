@@ -9,19 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from arithlens import cli
 from arithlens.cli import build_parser, dataset_kwargs, main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from arithlens.testing import tiny_llama_hf
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    hf, tok = tiny_llama_hf()
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Core: model wrapper, batching, interventions, head ablation, evaluation, CLI errors."""
 
-import os
 
 import pandas as pd
 import pytest
@@ -17,7 +16,7 @@ from arithlens.interventions import (
     ZeroHead,
     ZeroNeurons,
 )
-from arithlens.models import LensModel, load_model
+from arithlens.models import LensModel
 from arithlens.testing import tiny_llama_hf
 from conftest import assert_untouched, params_snapshot
 

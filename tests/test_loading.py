@@ -12,19 +12,9 @@ import torch
 
 from arithlens.loading import _placement, available_devices, load_model
 from arithlens.models import LensModel
-from arithlens.testing import tiny_llama_hf
 
 HAS_CUDA = torch.cuda.is_available()
 PROMPTS = ["3+5=", "12+7=", "The sum of 3 and 4 is "]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    hf, tok = tiny_llama_hf()
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 class _Loaded(Exception):

@@ -295,7 +295,7 @@ class PathPatching:
         nodes = check_nodes(model, self.nodes)
         pairs = as_pairs(model, data)
         if cache is not None:
-            check_cache(model, cache, pairs, self.hook_names(model), "all" if self.method == "activation" else "last")
+            check_cache(model, cache, pairs, self.hook_names(model), self.cache_positions(model))
         readout = Readout(model)
         n = len(pairs)
         logit_o, logprob_o = torch.zeros(n), torch.zeros(n)
@@ -389,7 +389,8 @@ class PathPatching:
             done = _cat([r for r, _ in mine], (0,)).long()
             lo_t, lp_t, logit_o, logprob_o = distributed.gather_rows(done, (lo[:, done].T, lp[:, done].T, logit_o[done], logprob_o[done]), n=n)
             return lo_t.T, lp_t.T, logit_o, logprob_o
-        where = torch.tensor([todo.index(i) for i in my_todo], dtype=torch.long)
+        slot = {i: j for j, i in enumerate(todo)}
+        where = torch.tensor([slot[i] for i in my_todo], dtype=torch.long)
         lo, lp = distributed.gather_rows(where, (lo, lp), n=len(todo))
         return lo, lp, logit_o, logprob_o
 
