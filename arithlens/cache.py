@@ -192,12 +192,15 @@ class ActivationCache:
 
 
 # ---------------------------------------------------------------------------- building
+def _items(names: Any) -> list[Any]:
+    """`names` as a list: one hook name or analysis, or a sequence of them."""
+    return [names] if isinstance(names, str) or hasattr(names, "hook_names") else list(names or ())
+
+
 def hook_names_of(model: "LensModel", names: Any) -> set[str]:
     """Hook names from a mix of names and analyses (objects with `hook_names(model)`)."""
-    if isinstance(names, str) or hasattr(names, "hook_names"):
-        names = [names]
     out: set[str] = set()
-    for item in names or ():
+    for item in _items(names):
         if isinstance(item, str):
             out.add(item)
         elif hasattr(item, "hook_names"):
@@ -213,8 +216,7 @@ def positions_of(model: "LensModel", names: Any, positions: str | None) -> str:
     else `"last"`."""
     if positions is not None:
         return hooks.check_position(positions, "positions")
-    items = [names] if isinstance(names, str) or hasattr(names, "hook_names") else list(names or ())
-    wants_all = any(getattr(i, "cache_positions", None) is not None and i.cache_positions(model) == "all" for i in items)
+    wants_all = any(hasattr(i, "cache_positions") and i.cache_positions(model) == "all" for i in _items(names))
     return "all" if wants_all else "last"
 
 
