@@ -30,22 +30,22 @@ __version__ = "0.1.0"
 
 # Public name -> module defining it.
 _EXPORTS = {
-    "Evaluation": "arithlens.evaluate",
-    "evaluate": "arithlens.evaluate",
-    "HeadAblation": "arithlens.heads",
-    "HeadAblationResult": "arithlens.heads",
-    "LensModel": "arithlens.models",
-    "Run": "arithlens.models",
-    "load_model": "arithlens.loading",
+    "Evaluation": "arithlens.analysis.evaluation",
+    "evaluate": "arithlens.analysis.evaluation",
+    "HeadAblation": "arithlens.cna.heads",
+    "HeadAblationResult": "arithlens.cna.heads",
+    "LensModel": "arithlens.core.model",
+    "Run": "arithlens.core.model",
+    "load_model": "arithlens.core.loading",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
-    from arithlens.evaluate import Evaluation, evaluate
-    from arithlens.heads import HeadAblation, HeadAblationResult
-    from arithlens.loading import load_model
-    from arithlens.models import LensModel, Run
+    from arithlens.analysis.evaluation import Evaluation, evaluate
+    from arithlens.cna.heads import HeadAblation, HeadAblationResult
+    from arithlens.core.loading import load_model
+    from arithlens.core.model import LensModel, Run
 
 
 def __getattr__(name: str) -> Any:
@@ -71,7 +71,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps `arithlens.evaluate` the function when the `arithlens.evaluate` module is imported.
+    """Keeps `arithlens.analysis.evaluation` the function when the `arithlens.analysis.evaluation` module is imported.
 
     Importing a submodule binds it as an attribute of its package; for a submodule that
     shares its name with an exported function (`evaluate`) the function wins, as it did

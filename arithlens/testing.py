@@ -3,7 +3,7 @@
 [`char_tokenizer`][arithlens.testing.char_tokenizer] builds a character-level Hugging Face tokenizer (one token per
 character, so "is 8" gives `'i'`, `'s'`, `' '`, `'8'`: the bare-whitespace
 behaviour of SmolLM2's tokenizer), and [`tiny_llama`][arithlens.testing.tiny_llama] a randomly initialised Llama
-with grouped-query attention wrapped as a [`LensModel`][arithlens.models.LensModel]. Both
+with grouped-query attention wrapped as a [`LensModel`][arithlens.core.model.LensModel]. Both
 build in well under a second and never touch the network.
 
 Example:
@@ -23,6 +23,7 @@ import tempfile
 from functools import lru_cache
 
 import torch
+from arithlens.core.model import LensModel
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = list(" " + string.digits + "+-*/=?:.,'" + string.ascii_letters)
@@ -95,7 +96,6 @@ def tiny_llama(
     device: str | None = None,
 ):
     """A random GQA Llama on the character tokenizer, as a `LensModel`."""
-    from arithlens.models import LensModel
 
     hf, tok = tiny_llama_hf(n_layers, d_model, n_heads, n_kv_heads, d_mlp, seed)
     return LensModel.from_hf(hf, tok, name="tiny-llama", device=device or "cpu")
@@ -134,8 +134,7 @@ def tiny_gpt2_hf(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: i
 
 
 def tiny_gpt2(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0, device: str | None = None):
-    """A random GPT-2-style model with `b_U ≠ 0` after folding, as a [`LensModel`][arithlens.models.LensModel]."""
-    from arithlens.models import LensModel
+    """A random GPT-2-style model with `b_U ≠ 0` after folding, as a [`LensModel`][arithlens.core.model.LensModel]."""
 
     hf, tok = tiny_gpt2_hf(n_layers, d_model, n_heads, seed)
     return LensModel.from_hf(hf, tok, name="tiny-gpt2", device=device or "cpu")

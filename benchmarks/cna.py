@@ -92,7 +92,7 @@ def main() -> None:
     from arithlens.cna.inputs import Activations, neuron_hooks
     from arithlens.cna.projections import ProjectionCache
     from arithlens.cna.scores import exact_neuron_scores
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model(device=args.device)
     L_h, H = map(int, args.head.split("."))

@@ -41,7 +41,7 @@ from _peak import describe_device, forward_flops, line, peak_flops, timed  # noq
 
 def batched_hooks(model, tokens, target, heads):
     """One full forward per head, all prompts batched, a zeroing hook on the head's z."""
-    from arithlens import names
+    from arithlens.core import names
 
     out = torch.empty(len(heads), tokens.shape[0], device=tokens.device)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def main() -> None:
 
     import arithlens
     from arithlens import data
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     if args.tiny:
         from arithlens.testing import tiny_llama, tiny_llama_hf
@@ -95,7 +95,7 @@ def main() -> None:
     else:
         from transformers import AutoModelForCausalLM
 
-        from arithlens.loading import smollm2_path
+        from arithlens.core.loading import smollm2_path
 
         model = arithlens.load_model(device=args.device)
         directory, gguf = smollm2_path()

@@ -3,7 +3,7 @@
 Issue 12 asks that analyses over large datasets stream: peak memory may grow with the
 number of cases only by the per-case results they return. This benchmark measures the
 peak resident set size (RSS) of [`NeuronImportance`][arithlens.cna.importance.NeuronImportance]
-(exact, every neuron) and [`evaluate`][arithlens.evaluate.evaluate] (first token and
+(exact, every neuron) and [`evaluate`][arithlens.analysis.evaluation.evaluate] (first token and
 greedy full answer) on N cases for each N, and prints per analysis:
 
 * `base MiB` — RSS just before the analysis (interpreter, torch, model, dataset);
@@ -126,7 +126,7 @@ def _child(analysis: str, n: int, args: argparse.Namespace) -> dict:
             return job.run(model, cases)
 
     elif analysis == "evaluate":
-        from arithlens.evaluate import evaluate
+        from arithlens.analysis.evaluation import evaluate
 
         def work() -> Any:
             return evaluate(model, cases)

@@ -39,7 +39,7 @@ from _peak import describe_device, forward_flops, line, peak_flops, timed  # noq
 
 
 def _capture(model, tokens):
-    from arithlens import forward, names
+    from arithlens.core import forward, names
 
     hooks = [f(L) for L in range(model.n_layers) for f in (names.z, names.mlp_out)]
     return forward.capture(model, tokens, hooks)
@@ -47,7 +47,7 @@ def _capture(model, tokens):
 
 def batched_loop(model, ref, cf, target, nodes, method):
     """One forward per node over all pairs; returns the patched target logits [node, pair]."""
-    from arithlens import names
+    from arithlens.core import names
 
     r, c = _capture(model, ref), _capture(model, cf)
     out = torch.empty(len(nodes), ref.shape[0], device=ref.device)
@@ -94,7 +94,7 @@ def main() -> None:
     import arithlens
     from arithlens import data
     from arithlens.circuits import Counterfactual, PathPatching
-    from arithlens.names import Node
+    from arithlens.core.names import Node
 
     if args.tiny:
         from arithlens.testing import tiny_llama

@@ -24,11 +24,11 @@ log = logging.getLogger("mkdocs.plugins.arithlens.docstrings")
 # Modules with an API reference page (docs/api/*.md), and the private ones whose public
 # names such a page shows through a re-export (the walk skips aliases).
 DOCUMENTED = (
-    "arithlens.models", "arithlens.data", "arithlens.evaluate", "arithlens.interventions",
-    "arithlens.heads", "arithlens.results", "arithlens.report", "arithlens.stats", "arithlens.pipeline",
-    "arithlens.testing", "arithlens.cna", "arithlens.circuits", "arithlens.cache", "arithlens.readout",
-    "arithlens.names", "arithlens.validate", "arithlens.forward", "arithlens.attribution",
-    "arithlens.loading", "arithlens.distributed", "arithlens._run_sections", "arithlens._placement",
+    "arithlens.core.model", "arithlens.data", "arithlens.analysis.evaluation", "arithlens.core.interventions",
+    "arithlens.cna.heads", "arithlens.analysis.results", "arithlens.app.report", "arithlens.core.stats", "arithlens.app.pipeline",
+    "arithlens.testing", "arithlens.cna", "arithlens.circuits", "arithlens.core.cache", "arithlens.core.readout",
+    "arithlens.core.names", "arithlens.core.validate", "arithlens.core.forward", "arithlens.analysis.attribution",
+    "arithlens.core.loading", "arithlens.core.distributed", "arithlens.app.pipeline", "arithlens.core.placement",
 )  # fmt: skip
 
 BASELINE: set[str] = set()
@@ -43,7 +43,7 @@ def missing_docstrings(module: object) -> list[str]:
             if name.startswith("_") or member.is_alias:
                 continue
             if member.is_module:
-                if not name.endswith(("cli", "report")) or member.path == "arithlens.report":
+                if not name.endswith(("cli", "report")) or member.path == "arithlens.app.report":
                     walk(member)
             elif member.is_class or member.is_function:
                 if not member.docstring:

@@ -54,7 +54,7 @@ The sentences below are computed from the results above, so they stay true when 
 model, the data or the code change: a claim is stated only when the numbers show it.
 Intervals are 95 %: Wilson's for an accuracy, Newcombe's for a difference of two
 accuracies (paired when both are measured on the same cases), Student's t for a mean
-over cases (`arithlens.stats`)."""
+over cases (`arithlens.core.stats`)."""
 
 
 def reading(text: str = "") -> nbformat.NotebookNode:
@@ -94,7 +94,7 @@ def quickstart() -> list:
         reads the same cache.
         """),
         code("""
-        from arithlens.evaluate import evaluate
+        from arithlens.analysis.evaluation import evaluate
 
         cache = model.cache(cases)                  # one forward pass over every prompt
         ev = evaluate(model, cases, cache=cache)    # no further first-token pass
@@ -113,7 +113,7 @@ def quickstart() -> list:
         them keep the sweep to about a minute on a laptop CPU (270 heads × 12 cases).
         """),
         code("""
-        from arithlens.heads import HeadAblation
+        from arithlens.cna.heads import HeadAblation
 
         right = cases.correct_under(cache)          # the cases the model answers correctly
         sample = right.sample(12, seed=0)
@@ -131,7 +131,7 @@ def quickstart() -> list:
         """),
         reading(),
         code("""
-        from arithlens.stats import paired_difference, proportion
+        from arithlens.core.stats import paired_difference, proportion
 
         n = len(ev.cases)
         first = proportion(int(ev.cases["correct"].sum()), n)
@@ -199,7 +199,7 @@ def heads() -> list:
         (minutes on a CPU, seconds on a GPU).
         """),
         code("""
-        from arithlens.heads import HeadAblation
+        from arithlens.cna.heads import HeadAblation
 
         one_digit = data.arithmetic(model.tokenizer, ops="+-*/", templates=[4], forms=["numeral"])
         right = one_digit.correct_under(model.cache(one_digit))   # one cached forward pass
@@ -263,7 +263,7 @@ def heads() -> list:
         printed are the plain 95 % ones.
         """),
         code("""
-        from arithlens.stats import bonferroni, difference_interval, num, paired_difference, proportion
+        from arithlens.core.stats import bonferroni, difference_interval, num, paired_difference, proportion
 
 
         def drop(result, head, mask, tests):
@@ -367,9 +367,9 @@ def comparative() -> list:
         """),
         code("""
         from arithlens.cna import CNAConfig
-        from arithlens.heads import HeadAblation
-        from arithlens.interventions import ZeroHead
-        from arithlens.stats import paired_difference
+        from arithlens.cna.heads import HeadAblation
+        from arithlens.core.interventions import ZeroHead
+        from arithlens.core.stats import paired_difference
 
         head = (0, 8)      # the arithmetic head: your model's top "+" head from tutorial 02
         prompt = "1+2="
@@ -471,7 +471,7 @@ def comparative() -> list:
         code("""
         from arithlens.cna import NumberConceptTagger
         from arithlens.cna.tokens import neuron_top_token_ids
-        from arithlens.stats import difference_interval, mean_interval, num, proportion
+        from arithlens.core.stats import difference_interval, mean_interval, num, proportion
 
         tagger = NumberConceptTagger()
 
@@ -608,7 +608,7 @@ def hidden() -> list:
         """),
         reading(),
         code("""
-        from arithlens.stats import difference_interval, proportion
+        from arithlens.core.stats import difference_interval, proportion
 
         d = scan.df
         hidden = d[(d["direct_concepts"] == 0) & (d["n_concepts"] > 3)]
@@ -679,7 +679,7 @@ def chain() -> list:
         """),
         code("""
         from arithlens.cna import CNAConfig, LogicChain
-        from arithlens.interventions import ZeroHead
+        from arithlens.core.interventions import ZeroHead
 
         logic = LogicChain(intervention=ZeroHead(*head), k=10, k_shallow=8, shallow_layers=list(range(10)),
                            config=CNAConfig(mode="fast"))
@@ -849,7 +849,7 @@ def circuits() -> list:
         code("""
         import statistics
 
-        from arithlens.stats import bonferroni, difference_interval, mean_interval, num, paired_difference, proportion
+        from arithlens.core.stats import bonferroni, difference_interval, mean_interval, num, paired_difference, proportion
 
         n_pairs = len(pairs)
         strict = bonferroni(0.95, len(patching.nodes))
@@ -956,7 +956,8 @@ def lora_pruning_bias() -> list:
         `LensModel` like any other. With `out_dir=` the adapters are saved and re-used.
         """),
         code("""
-        from arithlens.cna.lora import LoRACoefficients, LoRALayerSweep
+        from arithlens.cna.lora import LoRALayerSweep
+        from arithlens.cna.lora_coefficients import LoRACoefficients
 
         lora_setting = LoRALayerSweep(layers=[4, 20], lrs=[1e-3], steps=20, n_train=200, n_val=40,
                                       n_test=80, progress=False)
@@ -992,7 +993,8 @@ def lora_pruning_bias() -> list:
         pruned at random with as many neurons per layer.
         """),
         code("""
-        from arithlens.cna.pruning import CNAPruning, load_saved, prune, save_model
+        from arithlens.cna.pruning import CNAPruning, prune
+        from arithlens.analysis.tuning import load_saved, save_model
 
         pruning = CNAPruning(lora_layer=4, n_cases=12, sweep=lora_setting, progress=False).run(model, lora_model=sweep.models[4])
         pruning.df[["model", "accuracy", "n_params", "deep_neurons", "forward_ms"]]

@@ -35,7 +35,7 @@ def correct_cases(model, ds):
 
 def heads(model, out: Path) -> None:
     """Tables 1/24: zero each head on 1-digit '+' with "n1+n2=" (all 100 problems)."""
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     ds = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"])
     res = HeadAblation(progress=False).run(model, ds)
@@ -52,7 +52,7 @@ def heads(model, out: Path) -> None:
 def table5(model, out: Path, head=(0, 8), n: int = 40) -> None:
     """Tables 5 and 6 on correctly answered 1-digit + and - cases, all four templates."""
     from arithlens.cna import MaskKeep, PredictionEnhancingDAG
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     ds = data.arithmetic(model.tokenizer, ops="+-", templates=[1, 2, 3, 4], forms=["numeral"])
     sub = correct_cases(model, ds).sample(n, seed=0)
@@ -141,7 +141,7 @@ def lora_lr(model, out: Path) -> None:
 
 def lora(model, out: Path) -> None:
     """CNA §5: Figure 2 and Tables 9, 10 (ranked on the original model, the correct answer token)."""
-    from arithlens.cna.lora import LoRACoefficients
+    from arithlens.cna.lora_coefficients import LoRACoefficients
 
     sweep = _sweep(out).run(model)
     sweep.df.to_csv(out / "lora.csv", index=False)
@@ -178,7 +178,7 @@ def lora(model, out: Path) -> None:
 
 def lora_rank(model, out: Path) -> None:
     """CNA §5, Table 10 with the other reading of "most important": ranked in each LoRA model (run `lora` first)."""
-    from arithlens.cna.lora import LoRACoefficients
+    from arithlens.cna.lora_coefficients import LoRACoefficients
 
     adapters = {L: out / "lora" / f"lora_L{L}" for L in LORA_LAYERS}
     cases = data.arithmetic(model.tokenizer, ops="+-*/", templates=[1, 2, 3, 4], forms=["numeral"]).sample(64, seed=0)

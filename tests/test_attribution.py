@@ -5,9 +5,13 @@ import pytest
 import torch
 from conftest import assert_untouched, model_state
 
-from arithlens import attribution, data, names
+from arithlens.analysis import attribution
+
+from arithlens import data
+
+from arithlens.core import names
 from arithlens.circuits import Counterfactual, PathPatching
-from arithlens.names import Node
+from arithlens.core.names import Node
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,12 @@ import pytest
 import torch
 from conftest import assert_untouched, forward_counter, model_state
 
-from arithlens import data, names
-from arithlens.cache import ActivationCache, ensure_cache
-from arithlens.evaluate import evaluate
-from arithlens.interventions import MeanHead, ZeroHead
+from arithlens import data
+
+from arithlens.core import names
+from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.analysis.evaluation import evaluate
+from arithlens.core.interventions import MeanHead, ZeroHead
 
 PROMPTS = ["3+5=", "2+4=", "12+3=", "7+1="]
 SAME_LENGTH = ["3+5=", "2+4=", "7+1="]  # one batch: one embedding call per pass
@@ -111,7 +113,7 @@ def test_a_cache_for_analyses_keeps_the_positions_they_restart_from(tiny):
     """An exact head sweep restarts from whole sequences: a cache built for it keeps every
     position, so neither it nor CNA runs another clean pass, and the numbers are the uncached ones."""
     from arithlens.cna import NeuronImportance
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     importance, heads = NeuronImportance(mode="fast"), HeadAblation(layers=[0, 1], progress=False)
     assert tiny.cache(SAME_LENGTH, names=[importance], memo=False).positions == "last"

@@ -7,7 +7,7 @@ full forward calls it once per batch (one prompt: one batch), and nothing else d
 import pytest
 
 from arithlens.cna import ComparativeNeuronScores, LogicChain, MaskKeep, PredictionEnhancingDAG
-from arithlens.interventions import ZeroHead
+from arithlens.core.interventions import ZeroHead
 
 PROMPT = "12+7="
 HEAD = ZeroHead(1, 2)

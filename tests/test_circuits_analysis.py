@@ -8,15 +8,17 @@ import pytest
 import torch
 from conftest import assert_untouched, model_state, forward_counter
 
-from arithlens import data, names
+from arithlens import data
+
+from arithlens.core import names
 from arithlens.circuits import Counterfactual, CounterfactualPairs, EndAttention, Knockout, MeanMLP, MLPProbe, PathPatching
-from arithlens.circuits.counterfactual import locate, token_roles
+from arithlens.circuits.operands import locate, token_roles
 from arithlens.circuits.end_attention import ROLES
 from arithlens.circuits.mean_ablation import MeanNodes, MLPMeans
 from arithlens.data import as_dataset
-from arithlens.interventions import HeadMeans
-from arithlens.names import Node
-from arithlens.validate import NonFiniteError
+from arithlens.core.interventions import HeadMeans
+from arithlens.core.names import Node
+from arithlens.core.validate import NonFiniteError
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.circuits import Counterfactual, PathPatching
-from arithlens.circuits.counterfactual import locate, token_roles
+from arithlens.circuits.operands import locate, token_roles
 from arithlens.circuits.path_patching import MLP
-from arithlens.names import Node
+from arithlens.core.names import Node
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from conftest import assert_untouched, model_state
 from arithlens import data
 from arithlens.circuits import PreciseSFT, general_text, perplexity
 from arithlens.circuits.components import _canonical, component_masks, n_params
-from arithlens.circuits.precise_sft import _answer_loss
-from arithlens.names import Node
-from arithlens.validate import NonFiniteError
+from arithlens.analysis.tuning import answer_loss
+from arithlens.core.names import Node
+from arithlens.core.validate import NonFiniteError
 
 TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
 
@@ -50,7 +50,7 @@ def test_answer_loss_counts_answer_tokens_only():
     for b, s in enumerate(starts):
         for t in range(s, 6):  # answer tokens t, predicted at position t - 1
             terms.append(float(F.cross_entropy(logits[b, t - 1][None], tokens[b, t][None])))
-    assert float(_answer_loss(logits, tokens, starts)) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert float(answer_loss(logits, tokens, starts)) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
 
 
 def test_perplexity_equals_brute_force(tiny):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from arithlens.cli import build_parser, dataset_kwargs, main
+from arithlens.app.cli import build_parser, dataset_kwargs, main
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad argument was reported")
 
-    monkeypatch.setattr("arithlens.loading.load_model", refuse)
+    monkeypatch.setattr("arithlens.core.loading.load_model", refuse)
 
 
 def _one_line_error(capsys, code, *fragments):
@@ -102,7 +102,7 @@ def test_expected_failures_during_work_are_one_line(monkeypatch, capsys, tmp_pat
     def fail(**kwargs):
         raise error
 
-    monkeypatch.setattr("arithlens.pipeline.run_pipeline", fail)
+    monkeypatch.setattr("arithlens.app.pipeline.run_pipeline", fail)
     assert main(["run", "--quick", "--out", str(tmp_path / "r")]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and fragment in err
@@ -119,7 +119,7 @@ def test_version(capsys):
 
 
 def test_importing_the_cli_loads_no_torch():
-    code = "import sys, arithlens.cli; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens') if m in sys.modules))"
+    code = "import sys, arithlens.app.cli; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -148,7 +148,7 @@ def test_a_broken_command_module_fails_loudly(monkeypatch):
 
     build_parser()  # imports the module, then make it vanish as if renamed away
     monkeypatch.delattr(arithlens.circuits, "cli")
-    monkeypatch.setitem(sys.modules, "arithlens.circuits.cli", None)
+    monkeypatch.setitem(sys.modules, "arithlens.app.cli", None)
     with pytest.raises(ImportError):
         build_parser()
 
@@ -166,7 +166,7 @@ def test_patch_help_defaults_are_the_defaults_used(capsys):
 
 
 def test_run_help_states_the_time_and_the_sizes_used():
-    from arithlens.pipeline import QUICK
+    from arithlens.app.pipeline import QUICK
 
     text = " ".join(_subparsers(build_parser())["run"].format_help().split())
     assert "within 10 minutes on 2 idle CPU cores" in text and "hours on a CPU" in text
@@ -211,7 +211,7 @@ def test_cna_command_columns_match_the_python_result(tiny_dir, tmp_path):
 
 
 def cli_columns():
-    from arithlens.cna.cli import COLUMNS
+    from arithlens.app.cli import COLUMNS
 
     return COLUMNS
 
@@ -257,8 +257,8 @@ def test_sft_command_writes_an_offline_page(tiny_dir, tmp_path):
 def test_package_is_lazy_but_complete():
     code = (
         "import sys, arithlens; lazy = 'torch' not in sys.modules; "
-        "import arithlens.evaluate; from arithlens import data; "
-        "print(lazy, callable(arithlens.evaluate), arithlens.load_model.__name__, arithlens.HeadAblation.__name__, "
+        "import arithlens.analysis.evaluation; from arithlens import data; "
+        "print(lazy, callable(arithlens.analysis.evaluation), arithlens.load_model.__name__, arithlens.HeadAblation.__name__, "
         "{'load_model', 'evaluate', 'HeadAblation', 'cna', 'circuits'} <= set(dir(arithlens)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -296,7 +296,7 @@ def test_every_documented_command_line_parses_and_passes_the_checks(page, line, 
     """Each command the docs show is accepted as written: options exist, values pass validation."""
     import shlex
 
-    from arithlens.cli import precheck
+    from arithlens.app.cli import precheck
 
     monkeypatch.chdir(tmp_path)  # relative --out paths land here
     argv = shlex.split(line)[1:]

@@ -25,7 +25,7 @@ from arithlens.cna.bias import (
 )
 from arithlens.cna.comparative import ComparativeNeuronScores
 from arithlens.cna.lora import cna
-from arithlens.cna.pruning import save_model
+from arithlens.analysis.tuning import save_model
 
 SMALL = BiasData(("A <gend> works as a", "The job of a <gend> is"), {"woman": ("nurse", "maid"), "man": ("guard", "dental assistant")})
 NEURONS = [(2, 5), (0, 63), (2, 17)]
@@ -149,13 +149,13 @@ def test_bad_input_is_refused(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 def test_bias_cli(monkeypatch, capsys, tmp_path, tiny):
-    import arithlens.cli
-    from arithlens.cli import main
+    import arithlens.app.cli
+    from arithlens.app.cli import main
 
     def refuse(args):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", refuse)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", refuse)
     out = str(tmp_path / "b.csv")
     for argv, message in [
         (["--professions", str(tmp_path / "none.json")], "does not exist"),
@@ -171,7 +171,7 @@ def test_bias_cli(monkeypatch, capsys, tmp_path, tiny):
     (tmp_path / "b.csv").unlink()
     profs = tmp_path / "p.txt"
     profs.write_text("woman: nurse\nman: guard\n")
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", lambda args: tiny)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", lambda args: tiny)
     assert main(["bias", "--professions", str(profs), "--n-neurons", "2", "--no-collateral", "--out", out,
                  "--save-edited", str(tmp_path / "edited")]) == 0  # fmt: skip
     df = pd.read_csv(out)

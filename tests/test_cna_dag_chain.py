@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from arithlens import names
+from arithlens.core import names
 from arithlens.cna import ComparativeNeuronScores, LogicChain, PredictionEnhancingDAG
 from arithlens.cna.drive import position_activations, root_key, shallow_scores, transformed_vector
 from arithlens.cna.logic_chain import STAGES
 from arithlens.cna.pe_dag import edge_scores
-from arithlens.interventions import ZeroHead, ZeroNeurons
+from arithlens.core.interventions import ZeroHead, ZeroNeurons
 from conftest import assert_untouched, params_snapshot
 
 PROMPTS = ["3+5=", "2+2=", "12+3="]

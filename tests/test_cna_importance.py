@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from arithlens import data, names, validate
+from arithlens import data
+
+from arithlens.core import names, validate
 from arithlens.cna import CNAConfig, ComparativeNeuronScores, ComparativeResult, NeuronImportance, importance_scores
 from arithlens.cna import scores as kernels
-from arithlens.cna.fast import first_order_scores
+from arithlens.cna.scores import first_order_scores
 from arithlens.cna.inputs import Activations, cna_hooks
 from arithlens.cna.projections import projection_cache
-from arithlens.interventions import ScaleNeurons, ZeroHead
+from arithlens.core.interventions import ScaleNeurons, ZeroHead
 from conftest import assert_untouched, forward_counter, params_snapshot
 
 PROMPTS = ["3+5=", "2+2=", "12+3=", "7*8="]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from arithlens import names, validate
+from arithlens.core import names, validate
 from arithlens.cna import Component, LogitLens, NumberConceptTagger
 from conftest import assert_untouched, params_snapshot
 

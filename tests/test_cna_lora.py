@@ -7,17 +7,11 @@ import torch
 from conftest import assert_untouched, model_state
 
 from arithlens import data
-from arithlens.circuits.precise_sft import _sequences
+from arithlens.analysis.tuning import answer_sequences
 from arithlens.cna.importance import NeuronImportance
-from arithlens.cna.lora import (
-    LoRACoefficients,
-    LoRALayerSweep,
-    cna,
-    default_layers,
-    layer_groups,
-    load_lora,
-)
-from arithlens.cna.pruning import _canonical_state, hf_copy
+from arithlens.cna.lora import LoRALayerSweep, cna, default_layers, layer_groups, load_lora
+from arithlens.cna.lora_coefficients import LoRACoefficients
+from arithlens.analysis.tuning import canonical_state, hf_copy
 from arithlens.testing import tiny_llama
 
 SMALL = dict(steps=3, n_train=24, n_val=6, n_test=8, progress=False)
@@ -66,7 +60,7 @@ def test_learning_rate_is_the_one_with_lowest_held_out_loss(swept):
     _, val, _ = sweep.split(model)
     lm = result.models[1]
     total, count = 0.0, 0
-    for ids, start in _sequences(val):
+    for ids, start in answer_sequences(val):
         with torch.no_grad():
             logp = lm.bridge(torch.tensor([ids[:-1]])).float().log_softmax(-1)[0]
         for t in range(start, len(ids)):
@@ -77,7 +71,7 @@ def test_learning_rate_is_the_one_with_lowest_held_out_loss(swept):
 def test_accuracy_and_figure(swept):
     model, _, sweep, result, _ = swept
     _, _, test = sweep.split(model)
-    from arithlens.evaluate import evaluate
+    from arithlens.analysis.evaluation import evaluate
 
     df = result.df.set_index("model")
     assert df.loc["original", "accuracy"] == evaluate(model, test, full_answer=False).accuracy
@@ -90,7 +84,7 @@ def test_saved_adapter_is_reused_not_retrained(swept):
     model, _, sweep, result, out = swept
     again = sweep.run(model)
     assert bool(again.df.set_index("model").loc["lora1", "reused"])
-    a, b = _canonical_state(result.models[1]), _canonical_state(again.models[1])
+    a, b = canonical_state(result.models[1]), canonical_state(again.models[1])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     loaded = load_lora(model, out / "lora_L1")
     tokens = torch.tensor([model.encode("12+3=")])
@@ -185,13 +179,13 @@ def test_coefficients_reject_bad_input(tiny):
 
 # ---------------------------------------------------------------------------- CLI
 def test_lora_cli_rejects_bad_arguments_before_loading(monkeypatch, capsys, tmp_path):
-    import arithlens.cli
-    from arithlens.cli import main
+    import arithlens.app.cli
+    from arithlens.app.cli import main
 
     def refuse(args):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", refuse)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", refuse)
     out = str(tmp_path / "f.csv")
     for argv, message in [
         (["--layers", "1,x"], "--layers='x' is not a comma-separated list of integers"),
@@ -208,10 +202,10 @@ def test_lora_cli_rejects_bad_arguments_before_loading(monkeypatch, capsys, tmp_
 def test_lora_cli_writes_one_row_per_model(monkeypatch, tmp_path, tiny):
     import pandas as pd
 
-    import arithlens.cli
-    from arithlens.cli import main
+    import arithlens.app.cli
+    from arithlens.app.cli import main
 
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", lambda args: tiny)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", lambda args: tiny)
     assert main(["lora", "--layers", "3", "--out", str(tmp_path / "f.csv")]) == 2
     argv = ["lora", "--layers", "0,2", "--lrs", "1e-3", "--steps", "2", "--n-train", "16", "--n-val", "4", "--n-test", "6",
             "--ops", "+", "--cases", "3", "--ks", "4,2", "--out", str(tmp_path / "f.csv"), "--coef-out", str(tmp_path / "c.csv")]  # fmt: skip

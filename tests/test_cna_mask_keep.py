@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from arithlens import validate
+from arithlens.core import validate
 from arithlens.cna import ComparativeNeuronScores, MaskKeep
 from arithlens.cna.config import CNAConfig
 from arithlens.cna.mask_keep import coef_decrease
-from arithlens.interventions import KeepNeurons, ZeroHead, ZeroNeurons
+from arithlens.core.interventions import KeepNeurons, ZeroHead, ZeroNeurons
 from conftest import assert_untouched, params_snapshot
 
 PROMPTS = ["3+5=", "2+2=", "12+3=", "7*8=", "9-4=", "6/3="]

@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 n, budget, vocab, layers = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 from transformers import LlamaConfig, LlamaForCausalLM
 from arithlens.cna import CNAConfig, NeuronImportance
-from arithlens.models import LensModel
+from arithlens.core.model import LensModel
 from arithlens.testing import char_tokenizer
 
 def kib(field):

@@ -10,17 +10,10 @@ from conftest import assert_untouched, model_state
 from arithlens import data
 from arithlens.cna.comparative import ComparativeNeuronScores
 from arithlens.cna.lora import LoRALayerSweep, cna
-from arithlens.cna.pruning import (
-    CNAPruning,
-    hf_copy,
-    layer_widths,
-    load_saved,
-    n_parameters,
-    prune,
-    save_model,
-    top_mask,
-)
-from arithlens.interventions import KeepNeurons
+from arithlens.cna.pruning import CNAPruning, prune
+from arithlens.analysis.tuning import hf_copy, layer_widths, load_saved, n_parameters, save_model
+from arithlens.cna.frames import top_mask
+from arithlens.core.interventions import KeepNeurons
 from arithlens.testing import tiny_llama
 
 KEEP = {1: [0, 5, 9, 63], 2: [3]}
@@ -103,7 +96,7 @@ def test_resolve_checks_layers_and_neuron_count(tiny):
 def test_model_without_gated_mlp_is_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from arithlens.models import LensModel
+    from arithlens.core.model import LensModel
     from arithlens.testing import char_tokenizer
 
     tok = char_tokenizer()
@@ -146,12 +139,12 @@ def test_cna_pruning_keeps_the_union_of_each_case_top_n(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 def _no_load(monkeypatch):
-    import arithlens.cli
+    import arithlens.app.cli
 
     def refuse(args):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", refuse)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", refuse)
 
 
 @pytest.mark.parametrize(
@@ -167,7 +160,7 @@ def _no_load(monkeypatch):
     ],
 )
 def test_prune_cli_rejects_bad_arguments_before_loading(monkeypatch, capsys, tmp_path, argv, message):
-    from arithlens.cli import main
+    from arithlens.app.cli import main
 
     _no_load(monkeypatch)
     assert main(["prune", *argv, "--out", str(tmp_path / "t.csv")]) == 2
@@ -180,10 +173,10 @@ def test_prune_cli_rejects_bad_arguments_before_loading(monkeypatch, capsys, tmp
     [(["--lora-layer", "3"], "lora_layer=3 is out of range"), (["--top-n", "500"], "larger than the model's 192 FFN neurons")],
 )
 def test_prune_cli_rejects_what_the_model_cannot_take(monkeypatch, capsys, tmp_path, tiny, argv, message):
-    import arithlens.cli
-    from arithlens.cli import main
+    import arithlens.app.cli
+    from arithlens.app.cli import main
 
-    monkeypatch.setattr(arithlens.cli, "load_model_from_args", lambda args: tiny)
+    monkeypatch.setattr(arithlens.app.cli, "load_model_from_args", lambda args: tiny)
     assert main(["prune", *argv, "--out", str(tmp_path / "t.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

@@ -9,7 +9,7 @@ import torch
 from arithlens.cna import HiddenInterpretable, LogitLens, NumberConceptTagger, VOTransform
 from arithlens.cna.vo_transform import ov_matrix
 from arithlens.data import ArithmeticDataset, Case
-from arithlens.interventions import ZeroNeurons
+from arithlens.core.interventions import ZeroNeurons
 from conftest import assert_untouched, params_snapshot
 
 
@@ -51,7 +51,7 @@ def tiny_norms():
     original (unfolded) attention weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from arithlens.models import LensModel
+    from arithlens.core.model import LensModel
     from arithlens.testing import char_tokenizer
 
     tok = char_tokenizer()

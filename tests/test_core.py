@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from arithlens import data
-from arithlens.evaluate import evaluate
-from arithlens.heads import HeadAblation
-from arithlens.interventions import (
+from arithlens.analysis.evaluation import evaluate
+from arithlens.cna.heads import HeadAblation
+from arithlens.core.interventions import (
     CaseNeurons,
     KeepNeurons,
     MeanHead,
@@ -16,7 +16,7 @@ from arithlens.interventions import (
     ZeroHead,
     ZeroNeurons,
 )
-from arithlens.models import LensModel
+from arithlens.core.model import LensModel
 from arithlens.testing import tiny_llama_hf
 from conftest import assert_untouched, params_snapshot
 

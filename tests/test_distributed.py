@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-from arithlens import distributed
+from arithlens.core import distributed
 
 PROMPTS = ["3+5=", "12+7=", "9-2=", "44*2=", "1+1=", "8/4=", "7+70="]
 
 
 def head_sweep(model) -> pd.DataFrame:
     """Per-head zero-ablation: target log-prob and prediction of every prompt, heads sharded."""
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     pairs = [(L, H) for L in range(model.n_layers) for H in range(model.n_heads)]
     rows = []
@@ -60,7 +60,7 @@ def batch_cases(model) -> torch.Tensor:
 
 def head_ablation(model) -> pd.DataFrame:
     """arithlens's own head sweep: under torchrun its heads are split across ranks."""
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     return HeadAblation(progress=False, batch_size=2).run(model, PROMPTS).df
 
@@ -242,7 +242,7 @@ def test_bounds_cover_every_item_once(n, world):
 
 @pytest.mark.parametrize("strided", [False, True])
 def test_merge_of_simulated_ranks_restores_order(strided):
-    from arithlens.distributed import _merge, shard_bounds
+    from arithlens.core.distributed import _merge, shard_bounds
 
     n, world = 7, 3
     full = pd.DataFrame({"item": range(n), "value": [i * 1.5 for i in range(n)]})
@@ -258,7 +258,7 @@ def test_merge_of_simulated_ranks_restores_order(strided):
 
 
 def test_merge_errors():
-    from arithlens.distributed import _merge
+    from arithlens.core.distributed import _merge
 
     with pytest.raises(ValueError, match="different kinds"):
         _merge([torch.zeros(1), [1]], strided=False)

@@ -1,10 +1,10 @@
-"""The real restart (arithlens.forward): blocks before the restart never run, the result equals a full forward."""
+"""The real restart (arithlens.core.forward): blocks before the restart never run, the result equals a full forward."""
 
 import pytest
 import torch
 from conftest import assert_untouched, model_state
 
-from arithlens import forward, names
+from arithlens.core import forward, names
 
 PROMPTS = ["12+7=", "33+4=", "9-2=5"]
 
@@ -63,7 +63,7 @@ def test_blocks_before_the_restart_never_run(tiny, tokens):
 
 
 def test_the_bridges_own_start_at_layer_runs_every_block(tiny, tokens):
-    """Why arithlens.forward exists: TL 4.3's start_at_layer computes (and discards) blocks < L."""
+    """Why arithlens.core.forward exists: TL 4.3's start_at_layer computes (and discards) blocks < L."""
     resid = _clean_resid(tiny, tokens)
     L = tiny.n_layers - 1
     with BlockCounter(tiny) as counter, torch.no_grad():

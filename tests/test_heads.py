@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import assert_untouched, model_state
 
-from arithlens import data, names
-from arithlens.heads import HeadAblation, HeadAblationResult
-from arithlens.interventions import ZeroHead
+from arithlens import data
+
+from arithlens.core import names
+from arithlens.cna.heads import HeadAblation, HeadAblationResult
+from arithlens.core.interventions import ZeroHead
 
 # No targets: the baseline is the model's own prediction (accuracy 100 %), so ablations
 # that flip a prediction show a positive drop even on a random tiny model.
@@ -146,7 +148,7 @@ def test_attribution_estimate_is_the_first_order_change(tiny, cases, method, pos
     delta = fast.estimated_logprob - base[None]
     means = None
     if method == "mean":
-        from arithlens.interventions import HeadMeans
+        from arithlens.core.interventions import HeadMeans
 
         means = HeadMeans.compute(tiny, cases, list(range(tiny.n_layers)))
     targets = torch.tensor([c.target_id for c in cases])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arithlens.loading import _placement, available_devices, load_model
-from arithlens.models import LensModel
+from arithlens.core.loading import load_model
+from arithlens.core.placement import available_devices, resolve_placement
+from arithlens.core.model import LensModel
 
 HAS_CUDA = torch.cuda.is_available()
 PROMPTS = ["3+5=", "12+7=", "The sum of 3 and 4 is "]
@@ -98,7 +99,7 @@ def test_cuda_without_cuda_names_the_available_devices(tiny_dir, no_loading, dev
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
 def test_cli_surfaces_the_device_error(tiny_dir, tmp_path, capsys):
-    from arithlens.cli import main
+    from arithlens.app.cli import main
 
     code = main(["eval", "--model", tiny_dir, "--device", "cuda", "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
@@ -175,29 +176,29 @@ def test_a_loaded_model_cannot_be_re_placed(tiny):
 
 # ---------------------------------------------------------------------------- resolution (simulated GPUs)
 def test_resolution_on_two_simulated_gpus(two_gpus):
-    assert _placement(None, "auto", None, None).device_map == "auto"
-    p = _placement(None, "balanced", None, {0: "1GiB", "cuda:1": 2**30})
+    assert resolve_placement(None, "auto", None, None).device_map == "auto"
+    p = resolve_placement(None, "balanced", None, {0: "1GiB", "cuda:1": 2**30})
     assert (p.device_map, p.max_memory) == ("balanced", {0: "1GiB", 1: 2**30})
     split = {"model.embed_tokens": 0, "model.layers.0": "cuda:0", "model.layers.1": 1, "model.norm": 1, "lm_head": "cuda:1"}
-    p = _placement(None, split, None, None)
+    p = resolve_placement(None, split, None, None)
     assert p.device is None and set(p.device_map.values()) == {"cuda:0", "cuda:1"}
     # n_devices is TransformerLens's shorthand: "balanced" over GPUs 0..n-1.
-    p = _placement(None, None, 2, {0: "1GiB", 1: "1GiB"})
+    p = resolve_placement(None, None, 2, {0: "1GiB", 1: "1GiB"})
     assert (p.device_map, p.max_memory) == ("balanced", {0: "1GiB", 1: "1GiB"})
     # One device in a map means that device; nothing to dispatch.
-    assert _placement(None, {"": 1}, None, None).device == "cuda:1"
-    assert _placement(None, None, 1, None).device in ("cuda", "cuda:0")
-    assert _placement("cuda:1", None, None, None).device == "cuda:1"
+    assert resolve_placement(None, {"": 1}, None, None).device == "cuda:1"
+    assert resolve_placement(None, None, 1, None).device in ("cuda", "cuda:0")
+    assert resolve_placement("cuda:1", None, None, None).device == "cuda:1"
     with pytest.raises(ValueError, match="cuda:2.*not available"):
-        _placement("cuda:2", None, None, None)
+        resolve_placement("cuda:2", None, None, None)
     with pytest.raises(ValueError, match="mix CPU offload"):
-        _placement(None, {"model.layers.0": 0, "lm_head": "cpu"}, None, None)
+        resolve_placement(None, {"model.layers.0": 0, "lm_head": "cpu"}, None, None)
     with pytest.raises(ValueError, match="needs 3 CUDA GPUs but this machine has 2"):
-        _placement(None, None, 3, None)
+        resolve_placement(None, None, 3, None)
     with pytest.raises(ValueError, match="names GPU 2"):
-        _placement(None, "auto", None, {2: "1GiB"})
+        resolve_placement(None, "auto", None, {2: "1GiB"})
     with pytest.raises(ValueError, match="names no GPU"):
-        _placement(None, None, 2, {"cpu": "1GiB"})
+        resolve_placement(None, None, 2, {"cpu": "1GiB"})
 
 
 def test_split_arguments_reach_from_pretrained(tiny_dir, two_gpus, capture_loading):

@@ -4,7 +4,7 @@ included, and top tokens ranked as the model's final norm and unembedding rank t
 import pytest
 import torch
 
-from arithlens import names, readout
+from arithlens.core import names, readout
 
 
 @pytest.fixture(scope="module")

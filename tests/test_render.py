@@ -55,7 +55,7 @@ def render(html_path, tmp_path) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_report(tiny, tmp_path_factory):
-    from arithlens.pipeline import run_pipeline
+    from arithlens.app.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("report")
     return run_pipeline(model=tiny, out=str(out), quick=True)

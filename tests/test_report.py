@@ -13,21 +13,20 @@ import pandas as pd
 import pytest
 import torch
 
-from arithlens.circuits.report import attention_reading, knockout_reading, patching_reading, probe_reading, sft_reading
-from arithlens.cna.report import chain_reading, table4_reading, table5_reading, table6_reading
-from arithlens.cna.vo_report import table7_reading, table8_reading
-from arithlens.pipeline import accuracy_reading, case_type_reading, heads_reading, top_head
-from arithlens.report import (
+from arithlens.app.circuits_sections import attention_reading, knockout_reading, patching_reading, probe_reading, sft_reading
+from arithlens.app.cna_sections import chain_reading, table4_reading, table5_reading, table6_reading
+from arithlens.app.cna_sections import table7_reading, table8_reading
+from arithlens.app.pipeline import accuracy_reading, case_type_reading, heads_reading, top_head
+from arithlens.app.report import Report, Section
+from arithlens.core.stats import (
     Estimate,
-    Report,
-    Section,
     difference_interval,
     mean_interval,
     paired_difference,
     proportion,
     proportion_interval,
+    t_quantile,
 )
-from arithlens.stats import _t_quantile
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -83,7 +82,7 @@ def test_paired_difference_signs():
 
 def test_t_quantile_and_mean_interval():
     for df, t in [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)]:
-        assert _t_quantile(0.975, df) == pytest.approx(t, abs=2e-3)
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=2e-3)
     e = mean_interval([1.0, 2.0, 3.0, 4.0])
     assert e.value == 2.5 and e.low == pytest.approx(2.5 - 3.182 * math.sqrt(5 / 3) / 2, abs=1e-2)
     single = mean_interval([3.0])

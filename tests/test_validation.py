@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from arithlens import data, names, validate
-from arithlens.evaluate import evaluate
-from arithlens.interventions import KeepNeurons, MeanHead, ScaleNeurons, ZeroHead, ZeroNeurons
+from arithlens import data
+
+from arithlens.core import names, validate
+from arithlens.analysis.evaluation import evaluate
+from arithlens.core.interventions import KeepNeurons, MeanHead, ScaleNeurons, ZeroHead, ZeroNeurons
 
 
 @pytest.mark.parametrize("bad", [-1, 0, "8", 2.5, True])

@@ -20,10 +20,10 @@ One module per idea of the paper:
 * [`precise_sft`][arithlens.circuits.precise_sft] — §4.3 precise SFT of the key
   components vs full and random-component fine-tuning: `PreciseSFT` (the components'
   parameters: [`components`][arithlens.circuits.components]).
-* `arithlens.circuits.cli` (`arithlens patch`, `arithlens sft`) and
-  `arithlens.circuits.report` (the `arithlens run` section).
+* `arithlens.app.cli` (`arithlens patch`, `arithlens sft`) and
+  `arithlens.app.circuits_sections` (the `arithlens run` section).
 
-Components are [`Node`][arithlens.names.Node]s everywhere: `Node(layer, head)` for a
+Components are [`Node`][arithlens.core.names.Node]s everywhere: `Node(layer, head)` for a
 head, `Node(layer)` for an MLP. Every analysis reads the clean cache
 (`run(model, data, *, cache=...)`), so one forward pass serves several.
 
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from arithlens.circuits.mlp_probe import MLPProbe, MLPProbeResult
     from arithlens.circuits.operands import Spans, locate, token_roles
     from arithlens.circuits.path_patching import PathPatching, PathPatchingResult
-    from arithlens.circuits.precise_sft import PreciseSFT, SFTResult, general_text, perplexity
+    from arithlens.circuits.precise_sft import PreciseSFT, SFTResult
+    from arithlens.analysis.tuning import general_text, perplexity
 
 _EXPORTS = {
     "Counterfactual": "counterfactual",

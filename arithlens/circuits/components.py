@@ -9,7 +9,7 @@ returns them as 0/1 masks over the bridge's parameters, for gradient masking.
 Example:
     ```python
     from arithlens.circuits.components import component_masks, n_params
-    from arithlens.names import Node
+    from arithlens.core.names import Node
     from arithlens.testing import tiny_llama
 
     model = tiny_llama()
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from arithlens.circuits._nodes import parse_nodes
+from arithlens.core.names import parse_nodes
 
 _ATTN = re.compile(r"layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$")
 _MLP = re.compile(r"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$")

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
-from arithlens.circuits.operands import ROLES, Spans, locate, role_masks, token_roles  # noqa: F401  (re-exported)
+from arithlens.circuits.operands import Spans, locate
 from arithlens.data import ArithmeticDataset, Case, as_dataset
 
 # Irrelevant replacements, tried in order; the first giving the same token count wins.
@@ -157,7 +157,7 @@ class CounterfactualPairs(ArithmeticDataset):
 
     @property
     def spans(self) -> list[Spans]:
-        """[`Spans`][arithlens.circuits.counterfactual.Spans] of each reference prompt."""
+        """[`Spans`][arithlens.circuits.operands.Spans] of each reference prompt."""
         return [cf.spans for cf in self._pairs]
 
     @property
@@ -271,7 +271,7 @@ class Counterfactual:
     def run(self, model: Any, data: Any) -> CounterfactualPairs:
         """Pair every case of `data` (a dataset, cases, prompts or token ids) with its counterfactual.
 
-        `model` is a [`LensModel`][arithlens.models.LensModel] or a tokenizer; only the
+        `model` is a [`LensModel`][arithlens.core.model.LensModel] or a tokenizer; only the
         tokenizer is used (no forward pass).
         """
         tokenizer = getattr(model, "tokenizer", model)

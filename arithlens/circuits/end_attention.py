@@ -41,16 +41,17 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache, ensure_cache
-from arithlens.circuits._nodes import parse_nodes, top_nodes
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.names import parse_nodes, top_nodes
 from arithlens.circuits.operands import ROLES, role_masks
 from arithlens.data import as_dataset
-from arithlens.names import Node
-from arithlens.results import Result
+from arithlens.core.names import Node
+from arithlens.analysis.results import Result
+from arithlens.core.loading import load_model
 
 if TYPE_CHECKING:
-    from arithlens.models import LensModel
+    from arithlens.core.model import LensModel
 
 
 @dataclass
@@ -94,7 +95,7 @@ class EndAttention:
     """Average END-row attention of key heads, by token role.
 
     Args:
-        heads: The heads to read ([`Node`][arithlens.names.Node]s, `"L.H"` strings or
+        heads: The heads to read ([`Node`][arithlens.core.names.Node]s, `"L.H"` strings or
             `(layer, head)` pairs); or take them from a patching result given to `run`.
         k: Heads taken from a patching result (largest |effect|, heads only).
         top_n: The former name of `k` (deprecated).
@@ -124,7 +125,6 @@ class EndAttention:
             patching: A path-patching result to take the top `k` heads from (when `heads` is not set).
             cache: A clean cache of `data` holding the heads' attention patterns.
         """
-        from arithlens.models import load_model
 
         model = load_model(model)
         cases = as_dataset(data, model.tokenizer)

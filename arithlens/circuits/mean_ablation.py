@@ -15,12 +15,12 @@ model's, per op. The conditions reported:
   matter).
 
 Node outputs: a head's `z` (`blocks.L.attn.hook_z`, query-head granularity —
-[`MeanHead`][arithlens.interventions.MeanHead] semantics), an MLP's output
+[`MeanHead`][arithlens.core.interventions.MeanHead] semantics), an MLP's output
 (`blocks.L.hook_mlp_out`, [`MeanMLP`][arithlens.circuits.mean_ablation.MeanMLP]). Means
 are per position over the counterfactual prompts of each length (pairs align token by
 token), or the last-position mean with `position="last"`; head and MLP means come from
 one forward pass over the counterfactual prompts
-([`compute_means`][arithlens.interventions.compute_means]). Accuracy counts a case as
+([`compute_means`][arithlens.core.interventions.compute_means]). Accuracy counts a case as
 correct when the prediction is its target (the unablated prediction where a prompt has
 no answer); the unablated predictions are read off the reference's clean cache.
 
@@ -51,21 +51,23 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache, ensure_cache
-from arithlens.circuits._nodes import all_nodes, as_node, parse_nodes, top_nodes
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.names import all_nodes, as_node, parse_nodes, top_nodes
 from arithlens.circuits.counterfactual import as_pairs
-from arithlens.interventions import ActivationMeans, HeadMeans, Intervention, _UsesMeans, _where, compute_means
-from arithlens.names import Node, Position
-from arithlens.results import Result, percent
+from arithlens.core.interventions import ActivationMeans, HeadMeans, Intervention, _UsesMeans, _where, compute_means
+from arithlens.core.names import Node, Position
+from arithlens.analysis.results import Result, percent
+from arithlens.circuits.path_patching import PathPatching
+from arithlens.core.loading import load_model
 
 if TYPE_CHECKING:
-    from arithlens.models import Hook, LensModel
+    from arithlens.core.model import Hook, LensModel
 
 
 @dataclass
 class MLPMeans(ActivationMeans):
-    """Mean MLP outputs of one layer over reference cases (the MLP twin of [`HeadMeans`][arithlens.interventions.HeadMeans]).
+    """Mean MLP outputs of one layer over reference cases (the MLP twin of [`HeadMeans`][arithlens.core.interventions.HeadMeans]).
 
     Attributes:
         by_length: `{n: [pos, d_model]}` per-position mean over the reference prompts of `n` tokens.
@@ -120,8 +122,8 @@ class MeanNodes(Intervention):
     """Mean-ablate many nodes at once: one hook per layer (heads by index, the MLP whole).
 
     Attributes:
-        nodes: The [`Node`][arithlens.names.Node]s to ablate (`"L.H"`, `"MLP L"` and pairs accepted).
-        head_means: Per-layer [`HeadMeans`][arithlens.interventions.HeadMeans] covering the heads' layers.
+        nodes: The [`Node`][arithlens.core.names.Node]s to ablate (`"L.H"`, `"MLP L"` and pairs accepted).
+        head_means: Per-layer [`HeadMeans`][arithlens.core.interventions.HeadMeans] covering the heads' layers.
         mlp_means: Per-layer [`MLPMeans`][arithlens.circuits.mean_ablation.MLPMeans] covering the MLPs' layers.
         position: `"all"` positions or the `"last"` one.
     """
@@ -218,7 +220,7 @@ class Knockout:
 
     Args:
         k: Number of key nodes (largest |effect|) taken from the patching result.
-        nodes: Explicit key nodes instead (overrides `k`): [`Node`][arithlens.names.Node]s,
+        nodes: Explicit key nodes instead (overrides `k`): [`Node`][arithlens.core.names.Node]s,
             `"L.H"` / `"MLP L"` strings or `(layer, head)` / `(layer, None)` pairs.
         position: `"all"` positions (per-position means) or `"last"`.
         individual: Also ablate each key node alone.
@@ -272,8 +274,6 @@ class Knockout:
                 neither it nor `nodes` is given).
             cache: The clean cache of the reference cases (`model.cache(pairs)`), if at hand.
         """
-        from arithlens.circuits.path_patching import PathPatching
-        from arithlens.models import load_model
 
         model = load_model(model)
         pairs = as_pairs(model, data)

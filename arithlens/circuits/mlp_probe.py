@@ -18,7 +18,7 @@ relative to the average token).
 Beside the cosines, each vector's *top tokens* — the tokens it promotes most, in the
 spirit of Geva et al. (2022), whom the paper follows — are read with the model's own
 readout of a residual vector: final norm, `W_U` and `b_U`
-([`readout.top_token_ids`][arithlens.readout.top_token_ids]), i.e. what the model would
+([`readout.top_token_ids`][arithlens.core.readout.top_token_ids]), i.e. what the model would
 predict if that vector were the final residual. On GPT-2-style models (`b_U ≠ 0`) this
 ranks tokens differently from a raw `v @ W_U`. `in_top_k` is the share of prompts where
 A, B or C is among the `k` top tokens.
@@ -49,14 +49,15 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from arithlens import names, readout, validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import names, readout, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.circuits.operands import operand_tokens
 from arithlens.data import as_dataset
-from arithlens.results import Result
+from arithlens.analysis.results import Result
+from arithlens.core.loading import load_model
 
 if TYPE_CHECKING:
-    from arithlens.models import LensModel
+    from arithlens.core.model import LensModel
 
 QUANTITIES = ("mlp_in", "mlp_out", "mlp_diff")
 TOKENS = ("A", "B", "C")
@@ -158,7 +159,6 @@ class MLPProbe:
             data: The reference cases (a dataset, counterfactual pairs, prompts or token ids).
             cache: A clean cache of `data` holding this probe's hooks (`model.cache(data, names=[probe])`).
         """
-        from arithlens.models import load_model
 
         model = load_model(model)
         cases = as_dataset(data, model.tokenizer)

@@ -33,6 +33,8 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.data import Case
+from arithlens.data import TEMPLATES, number_to_words
+from arithlens.core.dataset import decode_many
 
 # The words carrying the operation in each op's templates (Table 14), longest first so
 # "divided by" wins over "by".
@@ -96,7 +98,6 @@ def _find_operator(text: str, op: str | None, start: int = 0, end: int | None = 
 
 def _from_template(case: Any) -> Spans | None:
     """Spans read off the case's template: exact, no searching in the prompt."""
-    from arithlens.data import TEMPLATES, number_to_words
 
     op, t, a, b = (getattr(case, k, None) for k in ("op", "template", "a", "b"))
     if op not in OPERATOR_WORDS or t is None or a is None or b is None:
@@ -157,10 +158,9 @@ def locate(case: Any) -> Spans:
 
 def token_spans(tokenizer: Any, ids: Sequence[int]) -> list[Span]:
     """Character span of every token of `ids` in `decode(ids)` (by cumulative decoding)."""
-    from arithlens.data import _decode_many
 
     ids = list(ids)
-    ends = [len(t) for t in _decode_many(tokenizer, [ids[: i + 1] for i in range(len(ids))])]
+    ends = [len(t) for t in decode_many(tokenizer, [ids[: i + 1] for i in range(len(ids))])]
     starts = [0] + ends[:-1]
     return list(zip(starts, ends))
 
@@ -171,9 +171,8 @@ def token_roles(tokenizer: Any, ids: Sequence[int], spans: Spans) -> list[str]:
     A token belongs to an operand / the operator when its text overlaps that span and is
     not whitespace only (SmolLM2's bare `' '` before a number counts as other).
     """
-    from arithlens.data import _decode_many
 
-    texts = _decode_many(tokenizer, [[int(i)] for i in ids])
+    texts = decode_many(tokenizer, [[int(i)] for i in ids])
     roles = []
     for (s, e), text in zip(token_spans(tokenizer, ids), texts):
         role = "other"

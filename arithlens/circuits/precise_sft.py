@@ -24,7 +24,7 @@ copy trains that equivalent parametrisation). Training data: 2-digit problems
 ([`lora_split`][arithlens.data.lora_split], all ops, templates 1–4), sequences
 `prompt + answer tokens` with the loss (cross-entropy) on the answer tokens only, batches
 of equal-length sequences (no padding), seeded. A non-finite training loss (too large a
-learning rate) stops with [`NonFiniteError`][arithlens.validate.NonFiniteError].
+learning rate) stops with [`NonFiniteError`][arithlens.core.validate.NonFiniteError].
 Evaluation: first-token and greedy full-answer accuracy on the test split, and perplexity
 on a shipped sample of general English prose (`arithlens/resources/general_text.txt`) —
 the paper's check that general ability survives.
@@ -47,60 +47,37 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import math
 import random
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import einops
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from arithlens import validate
-from arithlens.circuits._nodes import all_nodes, parse_nodes, top_nodes
+from arithlens.core import validate
+from arithlens.core.names import all_nodes, parse_nodes, top_nodes
 from arithlens.circuits.components import component_masks, n_params
-from arithlens.names import Node
-from arithlens.results import Result, percent
+from arithlens.core.names import Node
+from arithlens.analysis.results import Result, percent
+from arithlens import data
+from arithlens.circuits.path_patching import PathPatching
+from arithlens.analysis.evaluation import evaluate
+from arithlens.core.loading import load_model
+from arithlens.core.model import LensModel
+from arithlens.analysis.tuning import answer_loss
+from arithlens.analysis.tuning import answer_sequences
+from arithlens.analysis.tuning import general_text
+from arithlens.analysis.tuning import perplexity
 
 VARIANTS = ("precise", "full", "random")
-
-
-def general_text() -> str:
-    """The shipped general-English sample used for perplexity."""
-    return importlib.resources.files("arithlens").joinpath("resources/general_text.txt").read_text(encoding="utf-8")
 
 
 def _node_order(node: Node) -> tuple[int, bool, int]:
     """Layer order, heads before the layer's MLP."""
     return (node.layer, node.is_mlp, node.head or 0)
-
-
-@torch.no_grad()
-def perplexity(model: Any, text: str, window: int = 128, max_tokens: int | None = 2048) -> float:
-    """exp(mean next-token NLL) of `text` in non-overlapping windows of `window` tokens."""
-    if not isinstance(text, str):
-        raise ValueError(f"text={type(text).__name__} must be a string")
-    window = validate.positive_int(window, "window")
-    max_tokens = validate.optional_positive_int(max_tokens, "max_tokens")
-    ids = model.encode(text)
-    if max_tokens:
-        ids = ids[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("perplexity needs a text of at least two tokens")
-    total, count = 0.0, 0
-    for s in range(0, len(ids) - 1, window):
-        chunk = torch.tensor([ids[s : s + window + 1]], device=model.device)
-        if chunk.shape[1] < 2:
-            break
-        logits = validate.check_finite(model.bridge(chunk[:, :-1]).float(), "the model's logits")
-        nll = F.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
-        total, count = total + float(nll), count + chunk.shape[1] - 1
-    return float(torch.exp(torch.tensor(total / count)))
 
 
 @dataclass
@@ -110,8 +87,8 @@ class SFTResult(Result):
     Attributes:
         df: One row per variant (`original` first): `variant, n_params, steps,
             final_loss, accuracy` (first token), `full_accuracy` (greedy whole answer),
-            [`perplexity`][arithlens.circuits.precise_sft.perplexity] (general text), `accuracy_change`, `perplexity_change`, `nodes`.
-        models: Trained [`LensModel`][arithlens.models.LensModel] per variant (copies).
+            [`perplexity`][arithlens.analysis.tuning.perplexity] (general text), `accuracy_change`, `perplexity_change`, `nodes`.
+        models: Trained [`LensModel`][arithlens.core.model.LensModel] per variant (copies).
         losses: Training loss per step per variant.
         nodes: Key nodes (`precise`).
         random_nodes: The control's nodes (`random`).
@@ -154,7 +131,7 @@ class PreciseSFT:
     """Fine-tune key components only; compare with full and random-component tuning.
 
     Args:
-        nodes: Key nodes ([`Node`][arithlens.names.Node]s, `"L.H"` / `"MLP L"` strings or
+        nodes: Key nodes ([`Node`][arithlens.core.names.Node]s, `"L.H"` / `"MLP L"` strings or
             pairs); default the top `k` of a patching result (computed on Zhang et al.'s
             dataset, [`data.zhang`][arithlens.data.zhang], when none is given).
         k: Number of key nodes taken from the patching result.
@@ -214,8 +191,6 @@ class PreciseSFT:
         if self.nodes is not None:
             return [nd.check(model) for nd in self.nodes]
         if patching is None:
-            from arithlens import data
-            from arithlens.circuits.path_patching import PathPatching
 
             cases = data.zhang(model.tokenizer, n_per_op=16, seed=self.seed)
             patching = PathPatching(progress=self.progress).run(model, cases)
@@ -238,16 +213,13 @@ class PreciseSFT:
             patching: A path-patching result to take the key nodes from (when `nodes` is not set).
             text: General text for perplexity (default the shipped sample).
         """
-        from arithlens import data
-        from arithlens.evaluate import evaluate
-        from arithlens.models import LensModel, load_model
 
         model = load_model(model)
         if train is None or test is None:
             tr, te = data.lora_split(model.tokenizer, n_train=self.n_train, n_test=self.n_test, seed=self.seed)
             train, test = train if train is not None else tr, test if test is not None else te
         train, test = data.as_dataset(train, model.tokenizer), data.as_dataset(test, model.tokenizer)
-        sequences = _sequences(train)
+        sequences = answer_sequences(train)
         text = general_text() if text is None else text
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text={text!r} must be a non-empty string")
@@ -331,7 +303,7 @@ class PreciseSFT:
                 pick = [bucket[rng.randrange(len(bucket))] for _ in range(self.batch_size)]
                 tokens = torch.tensor([sequences[i][0] for i in pick], device=device)
                 starts = [sequences[i][1] for i in pick]
-                loss = _answer_loss(bridge(tokens[:, :-1]), tokens, starts)
+                loss = answer_loss(bridge(tokens[:, :-1]), tokens, starts)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise validate.NonFiniteError(
@@ -349,27 +321,3 @@ class PreciseSFT:
         return curve
 
 
-def _sequences(train: Any) -> list[tuple[list[int], int]]:
-    """`(prompt + answer ids, index of the first answer token)` per training case."""
-    out = []
-    for case in train:
-        answer = list(getattr(case, "answer_ids", ()) or ())
-        if not answer:
-            raise ValueError(f"training case {getattr(case, 'prompt', case)!r} has no answer tokens")
-        prompt = [int(t) for t in case.input_ids]
-        out.append((prompt + [int(t) for t in answer], len(prompt)))
-    return out
-
-
-def _answer_loss(
-    logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch seq"], starts: list[int]
-) -> torch.Tensor:
-    """Cross-entropy on the answer tokens only (position t predicts token t + 1)."""
-    seq = tokens.shape[1]
-    pos = torch.arange(seq - 1, device=tokens.device)
-    mask = pos[None, :] >= (torch.tensor(starts, device=tokens.device)[:, None] - 1)
-    flat = F.cross_entropy(
-        einops.rearrange(logits.float(), "b p v -> (b p) v"), einops.rearrange(tokens[:, 1:], "b p -> (b p)"), reduction="none"
-    )
-    nll = einops.rearrange(flat, "(b p) -> b p", b=tokens.shape[0])
-    return (nll * mask).sum() / mask.sum()

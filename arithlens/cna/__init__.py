@@ -38,7 +38,8 @@ if TYPE_CHECKING:  # what IDEs and Jupyter complete; the runtime imports lazily 
     from arithlens.cna.mask_keep import MaskKeep, MaskKeepResult
     from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG
     from arithlens.cna.projections import ProjectionCache, projection_cache
-    from arithlens.cna.pruning import CNAPruning, PruningResult, load_saved, prune, save_model
+    from arithlens.cna.pruning import CNAPruning, PruningResult, prune
+    from arithlens.analysis.tuning import load_saved, save_model
     from arithlens.cna.scores import NeuronScores
     from arithlens.cna.vo_transform import DirectVsTransformed, VOScan, VOTransform
 

@@ -54,8 +54,16 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from arithlens import validate
-from arithlens.results import Result
+from arithlens.core import validate
+from arithlens.analysis.results import Result
+from arithlens.core.interventions import Interventions, ZeroNeurons
+from arithlens.analysis.tuning import check_gated, hf_copy, lens_from_hf, mlp_path
+from arithlens.core.loading import load_model
+from arithlens import data as datasets
+from arithlens.cna.comparative import ComparativeNeuronScores
+from arithlens.cna.lora import cna
+from arithlens.analysis.tuning import general_text, perplexity
+from arithlens.analysis.evaluation import evaluate
 
 PLACEHOLDER = "<gend>"
 GENDERS = ("woman", "man")
@@ -172,21 +180,19 @@ def neuron_dict(model: Any, neurons: Any) -> dict[int, list[int]]:
 
 def zero_neurons(model: Any, neurons: Any) -> Any:
     """The edit as an intervention: the neurons' coefficient scores zeroed (`ZeroNeurons` per layer)."""
-    from arithlens.interventions import Interventions, ZeroNeurons
 
     return Interventions([ZeroNeurons(L, idx) for L, idx in neuron_dict(model, neurons).items()])
 
 
 def edit(model: Any, neurons: Any, name: str | None = None) -> Any:
     """A copy of `model` whose `neurons` have every parameter zeroed (`gate_proj`/`up_proj` rows,
-    `down_proj` column); save it with [`save_model`][arithlens.cna.pruning.save_model].
+    `down_proj` column); save it with [`save_model`][arithlens.analysis.tuning.save_model].
 
     Args:
-        model: The model ([`LensModel`][arithlens.models.LensModel]); never modified.
+        model: The model ([`LensModel`][arithlens.core.model.LensModel]); never modified.
         neurons: `(layer, neuron)` pairs (e.g. [`BiasResult.neurons`][arithlens.cna.bias.BiasResult]) or `{layer: indices}`.
         name: The copy's display name.
     """
-    from arithlens.cna.pruning import _mlp_path, check_gated, hf_copy, lens_from_hf
 
     chosen = neuron_dict(model, neurons)
     check_gated(model, list(chosen))
@@ -194,7 +200,7 @@ def edit(model: Any, neurons: Any, name: str | None = None) -> Any:
     params = dict(hf.named_parameters())
     with torch.no_grad():
         for layer, idx in chosen.items():
-            mlp = hf.get_submodule(_mlp_path(params, layer))
+            mlp = hf.get_submodule(mlp_path(params, layer))
             index = torch.tensor(idx, dtype=torch.long, device=model.device)
             for proj in (mlp.gate_proj, mlp.up_proj):
                 proj.weight[index] = 0.0
@@ -248,7 +254,6 @@ class ProfessionDiscovery:
     @torch.no_grad()
     def run(self, model: Any) -> DiscoveryResult:
         """Rank the next tokens of every filled prompt."""
-        from arithlens.models import load_model
 
         model = load_model(model)
         k = min(self.top_k, model.d_vocab)
@@ -373,10 +378,6 @@ class GenderBias:
 
     def run(self, model: Any) -> BiasResult:
         """Find the bias neurons by CNA, then measure bias (and collateral) with them zeroed."""
-        from arithlens import data as datasets
-        from arithlens.cna.comparative import ComparativeNeuronScores
-        from arithlens.cna.lora import cna
-        from arithlens.models import load_model
 
         model = load_model(model)
         if self.n_neurons > model.n_layers * model.d_mlp:
@@ -410,9 +411,6 @@ class GenderBias:
 
     def _collateral(self, model: Any, interventions: Sequence[Any]) -> dict[str, float]:
         """General-text perplexity and 1-digit arithmetic accuracy under `interventions`."""
-        from arithlens import data as datasets
-        from arithlens.circuits.precise_sft import general_text, perplexity
-        from arithlens.evaluate import evaluate
 
         arith = datasets.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
         if self.n_arithmetic < len(arith):

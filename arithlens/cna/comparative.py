@@ -26,7 +26,7 @@ Example:
     ```python
     import arithlens
     from arithlens.cna import ComparativeNeuronScores
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
     cna = ComparativeNeuronScores(intervention=ZeroHead(17, 2))
@@ -46,15 +46,18 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
-from arithlens import validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.cna import scores as kernels
 from arithlens.cna.config import CNAConfig, make_config
 from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
 from arithlens.cna.importance import pass_batch, score_sides, side_cache
 from arithlens.cna.inputs import Activations, check_layers, choose_w, cna_hooks, neuron_label
-from arithlens.cna.tokens import labelled_tokens, top_token_strings  # noqa: F401  (top_token_strings: re-exported)
-from arithlens.results import Result, case_frame
+from arithlens.cna.tokens import labelled_tokens
+from arithlens.analysis.results import Result, case_frame
+from arithlens.data import as_dataset
+from arithlens.core.loading import load_model
+from arithlens.core.interventions import as_hooks
 
 SCORES = ("importance", "importance_other", "importance_change", "coef", "coef_other", "coef_change")
 """The per-neuron quantities, one name each (the `df` columns, the CLI CSV, `table4()`)."""
@@ -218,7 +221,7 @@ class ComparativeNeuronScores:
 
     Args:
         intervention: An intervention (`ZeroHead(17, 22)`; several combined with `+`).
-        other_model: Another [`LensModel`][arithlens.models.LensModel] of the same shape.
+        other_model: Another [`LensModel`][arithlens.core.model.LensModel] of the same shape.
         other_data: Other inputs, one per case of the data passed to `run`.
         target: `"prediction"` (the paper) or `"answer"`; fixed from the original side.
         mode: `"exact"` or `"fast"` (see [`CNAConfig`][arithlens.cna.config.CNAConfig]).
@@ -283,8 +286,6 @@ class ComparativeNeuronScores:
 
     def _other_cache(self, model: Any, data: Any, other_cache: ActivationCache | None, hooks: set[str]) -> tuple[Any, ActivationCache]:
         """The other side's model and cache (built when not given: never memoized under an intervention)."""
-        from arithlens.data import as_dataset
-        from arithlens.models import load_model
 
         if self.intervention is not None:
             if other_cache is None:
@@ -322,8 +323,6 @@ class ComparativeNeuronScores:
             other_cache: The other side's cache (under the intervention, of `other_data`, or
                 of `other_model` on `data`); given one, no forward pass runs at all.
         """
-        from arithlens.interventions import as_hooks
-        from arithlens.models import load_model
 
         model = load_model(model)
         layers = check_layers(model, self.layers)

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from arithlens import validate
+from arithlens.core import validate
 from arithlens.cna.inputs import Activations
-from arithlens.readout import Readout
+from arithlens.core.readout import Readout
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ from typing import Any, Iterable
 import torch
 from jaxtyping import Bool, Int
 
-from arithlens import validate
+from arithlens.core import validate
 
 # ---------------------------------------------------------------------------- lexicon
 _EN_CARDINALS = [

@@ -3,7 +3,7 @@
 Example:
     ```python
     from arithlens.cna import CNAConfig, ComparativeNeuronScores
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     config = CNAConfig(mode="fast", rescore=500, scale="original")
     ComparativeNeuronScores(config=config, intervention=ZeroHead(17, 2))
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from arithlens import validate
+from arithlens.core import validate
 
 Target = Literal["prediction", "answer"]
 TARGETS: tuple[str, ...] = ("prediction", "answer")

@@ -26,7 +26,7 @@ norm weight into `W_V`).
 Example:
     ```python
     import torch
-    from arithlens import names
+    from arithlens.core import names
     from arithlens.cna.drive import neuron_keys
     from arithlens.testing import tiny_llama
 
@@ -44,8 +44,8 @@ import einops
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import names
-from arithlens.cache import ActivationCache
+from arithlens.core import names
+from arithlens.core.cache import ActivationCache
 from arithlens.cna.vo_transform import head_ov
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
-from arithlens import validate
+from arithlens.core import validate
 from arithlens.cna.scores import flatten
 
 

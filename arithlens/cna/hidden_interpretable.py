@@ -5,7 +5,7 @@ Appendix B (Table 17).
 shallow FFN neuron, the number/operation tokens among the top 50 of its
 attention-transformed value vector. For `M = 0…3` the set of neurons whose count is
 more than `M` (`rule="gt"`, the default) is zero-ablated (coefficient scores `m_k` set
-to 0 at every position: [`ZeroNeurons`][arithlens.interventions.ZeroNeurons]) and the
+to 0 at every position: [`ZeroNeurons`][arithlens.core.interventions.ZeroNeurons]) and the
 first-token accuracy on a dataset is compared with the original model's:
 `accuracy_decrease = 100 · (base − acc) / base` (the paper's "decrease (%)"). The
 paper's words say "M or more", but with `M = 0` that set is every neuron (176,128),
@@ -14,7 +14,7 @@ while its Table 8 lists 51,980, so the table can only come from "more than M" �
 uniformly from the same neuron layers, is ablated as the control.
 
 The original model's predictions come from one clean pass (an
-[`ActivationCache`][arithlens.cache.ActivationCache], given or built); each ablated set
+[`ActivationCache`][arithlens.core.cache.ActivationCache], given or built); each ablated set
 costs one pass.
 
 Example:
@@ -40,10 +40,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.cna.vo_transform import RULES, Rule, VOScan, VOTransform
-from arithlens.results import Result
+from arithlens.analysis.results import Result
+from arithlens.core.interventions import ZeroNeurons
+from arithlens.data import as_dataset
 
 
 @dataclass
@@ -134,8 +136,7 @@ class HiddenInterpretable:
         return set()
 
     def interventions(self, model: Any, neurons: dict[int, torch.Tensor]) -> list[Any]:
-        """One [`ZeroNeurons`][arithlens.interventions.ZeroNeurons] per layer of a neuron set."""
-        from arithlens.interventions import ZeroNeurons
+        """One [`ZeroNeurons`][arithlens.core.interventions.ZeroNeurons] per layer of a neuron set."""
 
         return [ZeroNeurons(L, idx.tolist(), position=self.position) for L, idx in sorted(neurons.items()) if len(idx)]
 
@@ -173,7 +174,6 @@ class HiddenInterpretable:
                 ([`correct_under`][arithlens.data.ArithmeticDataset.correct_under]); the
                 baseline accuracy is then 1 and the decrease is `100 · (1 − acc)`.
         """
-        from arithlens.data import as_dataset
 
         only_correct = validate.boolean(only_correct, "only_correct")
         if scan is not None and not isinstance(scan, VOScan):

@@ -11,7 +11,7 @@ frozen (Yu & Ananiadou 2024b):
 * `m_k` — the coefficient score, `blocks.l.mlp.hook_post[..., k]` (Eq. 6);
 * `fc2_k` — the FFN value, `W_out[l, k]` (Eq. 5);
 * `σ` — the final norm's scale of the same forward pass (`ActivationCache.final_scale`,
-  the reference code's `final_var`); see [`arithlens.readout`][arithlens.readout].
+  the reference code's `final_var`); see [`arithlens.core.readout`][arithlens.core.readout].
 
 `w` is the model's top prediction (the paper) or, with `target="answer"`, the case's
 correct token. The same score is given for each attention head's output (added to
@@ -45,20 +45,18 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
-from arithlens import validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.cna import scores as kernels
 from arithlens.cna.config import CNAConfig, make_config
-from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame, top_mask  # noqa: F401  (top_mask: re-exported)
+from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame
 from arithlens.cna.inputs import Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label
 from arithlens.cna.projections import projection_cache
 from arithlens.cna.tokens import labelled_tokens
-from arithlens.results import Result, case_frame
+from arithlens.analysis.results import Result, case_frame
 
 # Names other modules imported from here before the split: kept working.
-from arithlens.cna.inputs import check_head_arg, check_k, check_ks, check_target  # noqa: E402,F401
-from arithlens.cna.scores import NeuronScores, exact_neuron_scores, first_order_scores, head_scores, layer_scores, rescore  # noqa: E402,F401
-from arithlens.cna.tokens import neuron_top_token_ids, top_token_strings  # noqa: E402,F401
+from arithlens.core.loading import load_model
 
 
 # ---------------------------------------------------------------------------- result
@@ -297,14 +295,13 @@ class NeuronImportance:
         """Score every neuron on `data`.
 
         Args:
-            model: A [`LensModel`][arithlens.models.LensModel] (or a name `load_model` takes).
+            model: A [`LensModel`][arithlens.core.model.LensModel] (or a name `load_model` takes).
             data: Prompts, token ids or a dataset.
             cache: A cache of `data` holding [`hook_names`][arithlens.cna.importance.NeuronImportance.hook_names];
                 given one, no forward pass runs.
             w: Fixed token ids to score, one per case (default: from `target`).
             interventions: Score the model under these interventions (a new, unmemoized pass).
         """
-        from arithlens.models import load_model
 
         model = load_model(model)
         layers = check_layers(model, self.layers)
@@ -355,7 +352,6 @@ class NeuronImportance:
         """
         from dataclasses import replace
 
-        from arithlens.models import load_model
 
         k = validate.positive_int(k, "k")
         model = load_model(model)

@@ -1,7 +1,7 @@
 """What CNA reads from a forward pass, and the shared argument checks of the CNA analyses.
 
 [`Activations`][arithlens.cna.inputs.Activations] is a view of an
-[`ActivationCache`][arithlens.cache.ActivationCache] — nothing is copied — that adds what a
+[`ActivationCache`][arithlens.core.cache.ActivationCache] — nothing is copied — that adds what a
 side of a comparison needs on top of the cache: the scored token of each case (`w`) and
 the final-norm scale its residual vectors are read with (the cache's own, or the original
 side's under `CNAConfig(scale="original")`). The score kernels
@@ -32,8 +32,8 @@ import einops
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache
 from arithlens.cna.config import TARGETS
 
 _KINDS: dict[str, Callable[[int], str]] = {
@@ -166,7 +166,7 @@ def check_layers(model: Any, layers: Any) -> list[int]:
 
 
 def check_head_arg(model: Any, head: Any) -> tuple[int, int]:
-    """`(layer, head)`, `"L.H"` or a [`Node`][arithlens.names.Node] → a validated `(layer, head)`."""
+    """`(layer, head)`, `"L.H"` or a [`Node`][arithlens.core.names.Node] → a validated `(layer, head)`."""
     node = names.Node.parse(head)
     if node.is_mlp:
         raise ValueError(f"head={head!r} names an MLP; give an attention head as (layer, head) or 'L.H'")

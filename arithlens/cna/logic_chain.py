@@ -9,25 +9,25 @@ Four stages from input to prediction, each located on one prompt (e.g. "3+5=" �
    the same first-order "drive" as the PE-DAG edges
    ([`drive`][arithlens.cna.drive] has the formulas). `top_tokens` are those of `T` read
    through the final norm and unembedding
-   ([`readout.top_token_ids`][arithlens.readout.top_token_ids]).
+   ([`readout.top_token_ids`][arithlens.core.readout.top_token_ids]).
 2. **feature transferring** — for every layer up to the head's, the attention weight
    from the last position to each earlier position (mean over heads), and the §4.1
    importance of the layer's whole attention output at the last position (frozen-scale
-   readout, [`arithlens.readout`][arithlens.readout]).
+   readout, [`arithlens.core.readout`][arithlens.core.readout]).
 3. **feature predicting** (§4.2) — the arithmetic head (score: the drop of `log p(w)`
    when the intervention is applied) and the deep neurons with the largest CNA
    importance change under it.
 4. **prediction enhancing** (§4.3) — the PE-DAG among those neurons.
 
 Every stage reads one clean `positions="all"`
-[`ActivationCache`][arithlens.cache.ActivationCache] (given, or built in one pass) and the
+[`ActivationCache`][arithlens.core.cache.ActivationCache] (given, or built in one pass) and the
 CNA result (given as `cna=`, or computed — one pass under the intervention).
 
 Example:
     ```python
     import arithlens
     from arithlens.cna import LogicChain
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
     chain = LogicChain(ZeroHead(17, 2)).run(model, "3+5=")
@@ -48,15 +48,15 @@ import einops
 import pandas as pd
 import torch
 
-from arithlens import names, readout, validate
-from arithlens.cache import ActivationCache
+from arithlens.core import names, readout, validate
+from arithlens.core.cache import ActivationCache
 from arithlens.cna.config import CNAConfig, make_config
 from arithlens.cna.logit_lens import top_token_lists
 from arithlens.cna.mask_keep import _clean_cache, _start, check_cna, comparative, resolve_intervention
 from arithlens.cna.drive import position_activations, position_hooks, root_key, shallow_scores, transformed_vector
 from arithlens.cna.inputs import neuron_label
 from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG, _dag_hooks
-from arithlens.results import Result
+from arithlens.analysis.results import Result
 
 if TYPE_CHECKING:
     from arithlens.cna.comparative import ComparativeResult

@@ -7,7 +7,7 @@ al., 2022), here through the model's own final norm and unembedding:
 
     logits(v) = ln_final(v) @ W_U + b_U
 
-computed by [`readout.top_token_ids`][arithlens.readout.top_token_ids] (TransformerLens's
+computed by [`readout.top_token_ids`][arithlens.core.readout.top_token_ids] (TransformerLens's
 `logit_readout`, final-norm statistics recomputed per vector, `b_U` included). On RMSNorm
 models compatibility mode folds the final norm's weight into `W_U` and `b_U` is zero, so
 the norm contributes only the positive scalar `1 / rms(v)`: the ranking of tokens is
@@ -44,11 +44,11 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import names, readout, validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import names, readout, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.cna.concepts import NumberConceptTagger
 from arithlens.cna.inputs import neuron_label
-from arithlens.results import Result
+from arithlens.analysis.results import Result
 
 Direction = Literal["top", "bottom"]
 _DIRECTIONS = ("top", "bottom")
@@ -266,7 +266,7 @@ class LogitLens:
         """`ln_final(v) @ W_U + b_U` of every vector (full vocabulary; mind the memory).
 
         The same TransformerLens `logit_readout` as
-        [`readout.top_token_ids`][arithlens.readout.top_token_ids], without the top-k.
+        [`readout.top_token_ids`][arithlens.core.readout.top_token_ids], without the top-k.
         """
         from transformer_lens.tools.analysis.logit_lens import logit_readout
 
@@ -373,7 +373,7 @@ def tagged_tokens(model: Any, tagger: NumberConceptTagger, values: list[float], 
 
 
 def top_token_lists(model: Any, vectors: Float[torch.Tensor, "n d_model"], k: int = 10) -> list[str]:
-    """Each vector's top-`k` tokens ([`readout.top_token_ids`][arithlens.readout.top_token_ids])
+    """Each vector's top-`k` tokens ([`readout.top_token_ids`][arithlens.core.readout.top_token_ids])
     as one printable list string, `"['8', ' eight', …]"` (the tables' `top_tokens` column)."""
     if vectors.shape[0] == 0:
         return []

@@ -11,7 +11,7 @@ passes over the data, whichever comes first. Figure 2 is the test accuracy of ea
 model against its LoRA layer, the original model as a line. Each trained adapter is
 saved under `out_dir/lora_L{layer}/` and re-used, not retrained, by a later run with the
 same configuration. Merged into a copy of the model, it is a
-[`LensModel`][arithlens.models.LensModel] like any other, so every analysis takes it.
+[`LensModel`][arithlens.core.model.LensModel] like any other, so every analysis takes it.
 
 Tables 9 and 10 (does LoRA raise the important neurons' coefficient scores?) compare
 these models with the original: [`lora_coefficients`][arithlens.cna.lora_coefficients]
@@ -40,26 +40,30 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import json
 import math
 import pathlib
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from arithlens import distributed, validate
-from arithlens.circuits.precise_sft import PreciseSFT, _answer_loss, _sequences
-from arithlens.cna.pruning import fingerprint, hf_copy, lens_from_hf
-from arithlens.results import Result
+from arithlens.core import distributed, validate
+from arithlens.circuits.precise_sft import PreciseSFT
+from arithlens.analysis.tuning import answer_sequences
+from arithlens.analysis.tuning import fingerprint, hf_copy, lens_from_hf
+from arithlens.analysis.results import Result
+from arithlens.cna.config import CNAConfig
+from arithlens import data
+from arithlens.analysis.evaluation import evaluate
+from arithlens.core.loading import load_model
+from arithlens.analysis.tuning import LogitsOnly
+from arithlens.analysis.tuning import answer_nll
 
-if TYPE_CHECKING:  # re-exported lazily below (lora_coefficients imports this module)
-    from arithlens.cna.lora_coefficients import RANK_ON, LoRACoefResult, LoRACoefficients
 
 PAPER_LRS = (1e-3, 5e-4, 1e-4)
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -67,7 +71,6 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PAPER_GROUP_STARTS = (1, 10, 17, 31)
 META = "arithlens_lora.json"
 # Tables 9–10 moved to lora_coefficients; these names still import from here.
-_MOVED = ("LoRACoefficients", "LoRACoefResult", "RANK_ON")
 
 
 def layer_groups(n_layers: int) -> dict[str, list[int]]:
@@ -97,7 +100,6 @@ def cna(cls: type, top_tokens: int = 0, **options: Any) -> Any:
     params = inspect.signature(cls.__init__).parameters
     extra = {"top_tokens": top_tokens} if "top_tokens" in params else {}
     if "config" in params:
-        from arithlens.cna.config import CNAConfig
 
         fields = set(inspect.signature(CNAConfig).parameters)
         config = CNAConfig(**{k: options.pop(k) for k in list(options) if k in fields})
@@ -115,36 +117,6 @@ def _quiet_peft() -> Iterator[None]:
         yield
 
 
-class _Logits(torch.nn.Module):
-    """A Hugging Face causal LM as `tokens -> logits` (the shape PreciseSFT's loop trains)."""
-
-    def __init__(self, hf: torch.nn.Module):
-        super().__init__()
-        self.hf = hf
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=tokens).logits
-
-
-@torch.no_grad()
-def answer_nll(module: torch.nn.Module, sequences: list[tuple[list[int], int]], batch_size: int = 32) -> float:
-    """Mean cross-entropy per answer token of `(ids, answer start)` sequences, teacher-forced."""
-    device = next(module.parameters()).device
-    by_len: dict[int, list[int]] = {}
-    for i, (ids, _) in enumerate(sequences):
-        by_len.setdefault(len(ids), []).append(i)
-    total, count = 0.0, 0
-    for rows in by_len.values():
-        for s in range(0, len(rows), batch_size):
-            pick = rows[s : s + batch_size]
-            tokens = torch.tensor([sequences[i][0] for i in pick], device=device)
-            starts = [sequences[i][1] for i in pick]
-            n_answer = sum(len(sequences[i][0]) - sequences[i][1] for i in pick)
-            total += float(_answer_loss(module(tokens[:, :-1]), tokens, starts)) * n_answer
-            count += n_answer
-    return total / max(count, 1)
-
-
 @dataclass
 class LoRASweepResult(Result):
     """Figure 2: test accuracy of each single-layer LoRA model and of the original.
@@ -156,7 +128,7 @@ class LoRASweepResult(Result):
             unless asked for), `reused` (adapter loaded from `out_dir`).
         lr_search: One row per (LoRA layer, learning rate): `lora_layer, lr, val_loss, chosen`.
         losses: Training loss per step of each chosen adapter, by LoRA layer.
-        models: The merged models ([`LensModel`][arithlens.models.LensModel]), by LoRA layer
+        models: The merged models ([`LensModel`][arithlens.core.model.LensModel]), by LoRA layer
             (empty with `keep_models=False`).
         adapter_dirs: Where each adapter is saved, by LoRA layer (empty without `out_dir`).
     """
@@ -251,7 +223,6 @@ class LoRALayerSweep:
 
     def split(self, model: Any, train: Any = None, test: Any = None) -> tuple[Any, Any, Any]:
         """`(train, val, test)`: the held-out `val` is the first `n_val` cases of the training split."""
-        from arithlens import data
 
         if train is None or test is None:
             tr, te = data.lora_split(model.tokenizer, n_train=self.n_train + self.n_val, n_test=self.n_test, seed=self.seed)
@@ -275,7 +246,7 @@ class LoRALayerSweep:
                     f"{self.config()} on {base}: use another out_dir or delete that folder"
                 )
             return _merge(model, meta_path.parent, layer), {**meta["record"], "reused": True}
-        seqs, val_seqs = _sequences(train), _sequences(val)
+        seqs, val_seqs = answer_sequences(train), answer_sequences(val)
         steps = min(self.steps, self.epochs * math.ceil(len(seqs) / self.batch_size))
         lcfg = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=list(ATTENTION),
                           layers_to_transform=[layer], layers_pattern="layers", bias="none")  # fmt: skip
@@ -285,7 +256,7 @@ class LoRALayerSweep:
             torch.manual_seed(self.seed)  # the same initial adapter for every learning rate
             with _quiet_peft():
                 peft_model = get_peft_model(hf_copy(model), lcfg)
-            net = _Logits(peft_model)
+            net = LogitsOnly(peft_model)
             masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if "lora_" in n}
             trainer = PreciseSFT(steps=steps, lr=lr, batch_size=self.batch_size, seed=self.seed, progress=self.progress)
             curve = trainer._train(net, masks, seqs, desc=f"LoRA layer {layer}, lr {lr:g} (steps)")
@@ -310,13 +281,11 @@ class LoRALayerSweep:
         """Train (or load) one LoRA model per layer and evaluate each on `test`.
 
         Args:
-            model: The model ([`LensModel`][arithlens.models.LensModel] or what `load_model` takes).
+            model: The model ([`LensModel`][arithlens.core.model.LensModel] or what `load_model` takes).
             train: Training cases with answers (default: the §5 split); its first
                 `n_val` cases are held out for the learning rate.
             test: Test cases (default: the §5 split's test part).
         """
-        from arithlens.evaluate import evaluate
-        from arithlens.models import load_model
 
         model = load_model(model)
         layers = default_layers(model.n_layers) if self.layers is None else self.layers
@@ -360,7 +329,7 @@ class LoRALayerSweep:
 
 
 def load_lora(model: Any, directory: str | pathlib.Path) -> Any:
-    """The merged [`LensModel`][arithlens.models.LensModel] of an adapter saved by a sweep on `model`."""
+    """The merged [`LensModel`][arithlens.core.model.LensModel] of an adapter saved by a sweep on `model`."""
     path = pathlib.Path(directory)
     if not (path / META).exists():
         raise ValueError(f"directory={str(directory)!r} holds no adapter saved by LoRALayerSweep ({META} missing)")
@@ -377,10 +346,3 @@ def _merge(model: Any, path: pathlib.Path, layer: int) -> Any:
     with _quiet_peft():
         merged = PeftModel.from_pretrained(hf_copy(model), str(path)).merge_and_unload()
     return lens_from_hf(merged, model, f"{model.name}-lora{layer}")
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: lora_coefficients imports this module, so an eager import here would be circular.
-    if name in _MOVED:
-        return getattr(importlib.import_module("arithlens.cna.lora_coefficients"), name)
-    raise AttributeError(f"module 'arithlens.cna.lora' has no attribute {name!r}")

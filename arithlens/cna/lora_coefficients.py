@@ -51,11 +51,14 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from arithlens import names, validate
+from arithlens.core import names, validate
 from arithlens.cna.lora import LoRASweepResult, cna, group_of, layer_groups, load_lora
 from arithlens.cna.mask_keep import coef_decrease
-from arithlens.cna.pruning import top_mask
-from arithlens.results import Result
+from arithlens.cna.frames import top_mask
+from arithlens.analysis.results import Result
+from arithlens import data as datasets
+from arithlens.cna.importance import NeuronImportance
+from arithlens.core.loading import load_model
 
 RANK_ON = ("original", "lora", "change")
 
@@ -163,9 +166,6 @@ class LoRACoefficients:
                 else its saved adapters), or `{lora layer: LensModel or adapter directory}`.
             data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
         """
-        from arithlens import data as datasets
-        from arithlens.cna.importance import NeuronImportance
-        from arithlens.models import load_model
 
         model = load_model(model)
         loras = _lora_map(loras)

@@ -6,7 +6,7 @@ model and the model under an intervention — the paper's: the arithmetic head z
 `intervention=ZeroHead(L, H)` — and the top-K of each case are then
 
 * **mask** — zeroed in the original model (their coefficient scores `m_k` set to 0 at
-  every position, [`CaseNeurons`][arithlens.interventions.CaseNeurons]), and
+  every position, [`CaseNeurons`][arithlens.core.interventions.CaseNeurons]), and
 * **keep** — kept while every *other* neuron of a deep layer range is zeroed (default the
   upper half of the layers; the paper used layers 17–31 of Llama-7B's 32).
 
@@ -24,7 +24,7 @@ Measures, in % like the paper, for each K:
   coefficient scores; the signs make it well defined for SwiGLU's negative ones (a
   coefficient shrinking towards zero from either side counts as a decrease).
 
-The clean pass is read off an [`ActivationCache`][arithlens.cache.ActivationCache]
+The clean pass is read off an [`ActivationCache`][arithlens.core.cache.ActivationCache]
 (given as `cache=`, or built once); a CNA result already computed on the same data can be
 passed as `cna=`. Each K then costs two forward passes (mask, keep).
 
@@ -33,7 +33,7 @@ Example:
     import arithlens
     from arithlens import data
     from arithlens.cna import CNAConfig, MaskKeep
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+-", digits=1, templates=[4])
@@ -52,10 +52,16 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache, ensure_cache
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache, ensure_cache
 from arithlens.cna.config import CNAConfig, make_config
-from arithlens.results import Result
+from arithlens.analysis.results import Result
+from arithlens.core.interventions import Intervention, ZeroHead
+from arithlens.cna.comparative import ComparativeNeuronScores
+from arithlens.data import as_dataset
+from arithlens.core.interventions import as_hooks
+from arithlens.data import ArithmeticDataset
+from arithlens.core.interventions import CaseNeurons
 
 if TYPE_CHECKING:
     from arithlens.cna.comparative import ComparativeResult
@@ -69,10 +75,9 @@ TABLE_K = (99, 50, 30, 20, 10)
 def resolve_intervention(intervention: Any, head: Any, required: bool = True) -> Any:
     """The intervention of a CNA-based analysis: `intervention=`, or `head=` as shorthand for `ZeroHead`.
 
-    `head` may be `(layer, head)`, `"L.H"` or a [`Node`][arithlens.names.Node]; it builds
+    `head` may be `(layer, head)`, `"L.H"` or a [`Node`][arithlens.core.names.Node]; it builds
     `ZeroHead(layer, head)`. Giving both is an error; giving neither is one when `required`.
     """
-    from arithlens.interventions import Intervention, ZeroHead
 
     if intervention is not None and head is not None:
         raise ValueError("give intervention= or head= (a shorthand for intervention=ZeroHead(layer, head)), not both")
@@ -89,20 +94,18 @@ def resolve_intervention(intervention: Any, head: Any, required: bool = True) ->
             )
         return None
     if not isinstance(intervention, Intervention):
-        raise ValueError(f"intervention={intervention!r} is not an intervention (see arithlens.interventions)")
+        raise ValueError(f"intervention={intervention!r} is not an intervention (see arithlens.core.interventions)")
     return intervention
 
 
 def comparative(intervention: Any, config: CNAConfig, top_tokens: int = 0) -> Any:
     """The [`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores] these analyses run."""
-    from arithlens.cna.comparative import ComparativeNeuronScores
 
     return ComparativeNeuronScores(intervention=intervention, config=config, top_tokens=top_tokens)
 
 
 def check_cna(cna: Any, n_cases: int, model: Any) -> "ComparativeResult":
     """A given CNA result, checked to cover `n_cases` cases and every layer, with finite scores."""
-    from arithlens.cna.comparative import ComparativeResult
 
     if not isinstance(cna, ComparativeResult):
         raise ValueError(f"cna={type(cna).__name__} must be a ComparativeResult (ComparativeNeuronScores(...).run)")
@@ -116,8 +119,6 @@ def check_cna(cna: Any, n_cases: int, model: Any) -> "ComparativeResult":
 
 def _start(model: Any, data: Any, intervention: Any) -> Any:
     """`data` as a dataset, after checking the intervention fits the model (before any pass)."""
-    from arithlens.data import as_dataset
-    from arithlens.interventions import as_hooks
 
     ds = as_dataset(data, model.tokenizer)
     if intervention is not None:
@@ -251,8 +252,6 @@ class MaskKeep:
                 (`model.cache(data, names=[analysis])`); built when not given.
             cna: CNA of `data` under the same intervention, to reuse.
         """
-        from arithlens.data import ArithmeticDataset
-        from arithlens.interventions import CaseNeurons
 
         ds = _start(model, data, self.intervention)
         keep_layers = (

@@ -29,13 +29,13 @@ lowest layer) is zeroed in the original model, and the decrease (%) of the *othe
 neurons' coefficient scores is `100 · Σ s_k (m_k − m'_k) / Σ |m_k|` (`s_k = sign(m_k)`,
 as in [`mask_keep`][arithlens.cna.mask_keep]), averaged over cases. Each K costs one
 forward pass; everything else is read off the clean
-[`ActivationCache`][arithlens.cache.ActivationCache] and the CNA result.
+[`ActivationCache`][arithlens.core.cache.ActivationCache] and the CNA result.
 
 Example:
     ```python
     import arithlens
     from arithlens.cna import PredictionEnhancingDAG
-    from arithlens.interventions import ZeroHead
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
     dag = PredictionEnhancingDAG(ZeroHead(17, 2), k=10).run(model, ["3+5="])
@@ -56,8 +56,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from arithlens import names, validate
-from arithlens.cache import ActivationCache
+from arithlens.core import names, validate
+from arithlens.core.cache import ActivationCache
 from arithlens.cna.config import CNAConfig, make_config
 from arithlens.cna.drive import neuron_keys
 from arithlens.cna.inputs import neuron_label
@@ -71,7 +71,10 @@ from arithlens.cna.mask_keep import (
     comparative,
     resolve_intervention,
 )
-from arithlens.results import Result
+from arithlens.analysis.results import Result
+from arithlens.cna.importance import NeuronImportance
+from arithlens.data import as_dataset
+from arithlens.core.interventions import CaseNeurons
 
 if TYPE_CHECKING:
     from arithlens.cna.comparative import ComparativeResult
@@ -260,7 +263,6 @@ class PredictionEnhancingDAG:
     def _scorer(self) -> Any:
         if self.intervention is not None:
             return comparative(self.intervention, self.config)
-        from arithlens.cna.importance import NeuronImportance
 
         return NeuronImportance(config=self.config, top_tokens=0)
 
@@ -275,7 +277,6 @@ class PredictionEnhancingDAG:
         if cna is not None:
             if self.intervention is None:
                 raise ValueError("cna= needs intervention=: without one the DAG ranks neurons by their §4.1 importance")
-            from arithlens.data import as_dataset
 
             return check_cna(cna, len(as_dataset(data, model.tokenizer)), model).importance_change
         if self.intervention is None:
@@ -333,7 +334,6 @@ class PredictionEnhancingDAG:
     def _table6(
         self, model: Any, ds: Any, flat: torch.Tensor, post: Float[torch.Tensor, "case layer d_mlp"]
     ) -> tuple[pd.DataFrame, dict]:
-        from arithlens.interventions import CaseNeurons
 
         rows, per_case = [], {}
         shape = dict(l=model.n_layers)

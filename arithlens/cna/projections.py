@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from arithlens import validate
+from arithlens.core import validate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}

@@ -9,9 +9,9 @@ those layers is **pruned for real**: [`prune`][arithlens.cna.pruning.prune] slic
 rows of `gate_proj` / `up_proj` and the columns of `down_proj` of a copy, so the
 parameter count drops and the layers compute only the kept neurons. A pruned model
 computes exactly what the original computes with those neurons' coefficient scores
-zeroed (`KeepNeurons`); it saves with [`save_model`][arithlens.cna.pruning.save_model]
+zeroed (`KeepNeurons`); it saves with [`save_model`][arithlens.analysis.tuning.save_model]
 (`save_pretrained` plus each layer's FFN width in the config) and re-loads with
-[`load_saved`][arithlens.cna.pruning.load_saved]. A LoRA adapter on the shallow layer
+[`load_saved`][arithlens.analysis.tuning.load_saved]. A LoRA adapter on the shallow layer
 is then trained on the pruned model, and on a randomly pruned model that keeps the same
 number of neurons in every deep layer (the control). Table 11 is the accuracy on the
 2-digit test split of the original, LoRA, LoRA on the CNA-pruned and LoRA on the randomly
@@ -27,7 +27,8 @@ Example:
     ```python
     import arithlens
     from arithlens.cna.lora import LoRALayerSweep
-    from arithlens.cna.pruning import CNAPruning, load_saved
+    from arithlens.cna.pruning import CNAPruning
+    from arithlens.analysis.tuning import load_saved
 
     model = arithlens.load_model()
     sweep = LoRALayerSweep(lrs=[1e-3], steps=60)
@@ -39,207 +40,54 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import pathlib
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import einops
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
 
-from arithlens import validate
-from arithlens.results import Result
+from arithlens.core import validate
+from arithlens.analysis.results import Result
+from arithlens import data
+from arithlens.cna.comparative import ComparativeNeuronScores
+from arithlens.analysis.evaluation import evaluate
+from arithlens.core.loading import load_model
+from arithlens.analysis.tuning import SIZES_KEY
+from arithlens.analysis.tuning import check_gated
+from arithlens.analysis.tuning import ffn_sizes
+from arithlens.analysis.tuning import hf_copy
+from arithlens.analysis.tuning import layer_widths
+from arithlens.analysis.tuning import lens_from_hf
+from arithlens.analysis.tuning import n_parameters
+from arithlens.analysis.tuning import save_model
+from arithlens.analysis.tuning import set_ffn_width
+from arithlens.cna.frames import top_mask
 
 PAPER_TOP_FRACTION = 500 / (32 * 11008)  # top 500 of Llama-2-7B's 32 × 11,008 FFN neurons
-SIZES_KEY = "arithlens_intermediate_sizes"
-
-
-# ---------------------------------------------------------------------------- model surgery
-def _canonical_state(model: Any) -> dict[str, torch.Tensor]:
-    """The Hugging Face state dict behind a LensModel, under the plain transformers names."""
-    state: dict[str, torch.Tensor] = {}
-    for key, value in model.bridge.original_model.state_dict().items():
-        state.setdefault(key.replace("._original_component", ""), value)
-    return state
-
-
-def _mlp_path(state: Mapping[str, Any], layer: int) -> str | None:
-    suffix = f"layers.{layer}.mlp.gate_proj.weight"
-    key = next((k for k in state if k == suffix or k.endswith("." + suffix)), None)
-    return None if key is None else key[: -len(".gate_proj.weight")]
-
-
-def check_gated(model: Any, layers: Sequence[int]) -> None:
-    """Raise `ValueError` unless each of `layers` has a gated (Llama-style) MLP."""
-    state = _canonical_state(model)
-    for layer in layers:
-        if _mlp_path(state, layer) is None:
-            raise ValueError(f"layer {layer} of {model.name!r} has no gated MLP (gate_proj/up_proj/down_proj): "
-                             "slicing neurons needs a Llama-style FFN")  # fmt: skip
-
-
-def ffn_sizes(hf: Any, n_layers: int) -> list[int] | None:
-    """Each layer's FFN width (rows of `up_proj`) of a transformers model; None without gated MLPs."""
-    return _widths(dict(hf.named_parameters()), n_layers)
-
-
-def layer_widths(model: Any) -> list[int]:
-    """Each layer's FFN width of a [`LensModel`][arithlens.models.LensModel] (pruned layers are narrower)."""
-    return _widths(_canonical_state(model), model.n_layers) or [model.d_mlp] * model.n_layers
-
-
-def _widths(state: Mapping[str, torch.Tensor], n_layers: int) -> list[int] | None:
-    paths = [_mlp_path(state, L) for L in range(n_layers)]
-    return None if None in paths else [int(state[f"{p}.up_proj.weight"].shape[0]) for p in paths]
-
-
-def _set_width(hf: Any, layer: int, width: int, index: torch.Tensor | None = None) -> None:
-    """Give layer `layer`'s gated MLP `width` neurons: the rows/columns `index` of the old weights, or fresh ones."""
-    path = _mlp_path(dict(hf.named_parameters()), layer)
-    if path is None:
-        raise ValueError(f"layer {layer} has no gated MLP (gate_proj/up_proj/down_proj) to resize")
-    mlp = hf.get_submodule(path)
-    for name, rows in (("gate_proj", True), ("up_proj", True), ("down_proj", False)):
-        old = getattr(mlp, name)
-        shape = (old.in_features, width) if rows else (width, old.out_features)
-        new = torch.nn.Linear(*shape, bias=old.bias is not None, dtype=old.weight.dtype, device=old.weight.device)
-        if index is not None:
-            with torch.no_grad():
-                new.weight.copy_(old.weight[index] if rows else old.weight[:, index])
-                if old.bias is not None:
-                    new.bias.copy_(old.bias[index] if rows else old.bias)
-        setattr(mlp, name, new)
-
-
-def hf_copy(model: Any) -> Any:
-    """A plain transformers model computing what `model` computes (a [`LensModel`][arithlens.models.LensModel]).
-
-    The bridge folded the norms into the weights in place; the copy holds that equivalent
-    parametrisation (norm weights 1, an untied, centred unembedding) and each layer's own
-    FFN width, so it trains, merges and saves like any transformers model.
-    """
-    from transformers import AutoModelForCausalLM
-
-    state = _canonical_state(model)
-    config = copy.deepcopy(model.bridge.original_model.config)
-    config.tie_word_embeddings = False  # the bridge centred the unembedding: it no longer equals the embedding
-    dtype = next(v for v in state.values() if v.is_floating_point()).dtype
-    fresh = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
-    for layer in range(model.n_layers):  # pruned layers keep their own width
-        path = _mlp_path(state, layer)
-        if path is not None and state[f"{path}.up_proj.weight"].shape[0] != config.intermediate_size:
-            _set_width(fresh, layer, int(state[f"{path}.up_proj.weight"].shape[0]))
-    wanted = fresh.state_dict()
-    missing = [k for k in wanted if k not in state]
-    if missing:
-        raise ValueError(f"cannot copy {model.name!r} into a plain transformers model: no weights for {missing[:3]}")
-    extra_bias = state.get("lm_head.bias")
-    if "lm_head.bias" not in wanted and extra_bias is not None and bool(extra_bias.any()):
-        raise ValueError(f"{model.name!r} has an unembedding bias that its transformers class cannot hold")
-    fresh.load_state_dict({k: state[k].detach().clone() for k in wanted})
-    return fresh.to(model.device).eval()
-
-
-def lens_from_hf(hf: Any, like: Any, name: str) -> Any:
-    """Wrap a transformers model as a [`LensModel`][arithlens.models.LensModel] with `like`'s tokenizer and device."""
-    from arithlens.models import LensModel
-
-    bridge_name = getattr(like.cfg, "model_name", None)
-    lm = LensModel.from_hf(hf, like.tokenizer, name=name, bridge_name=bridge_name, device=str(like.device))
-    lm.batch_size = like.batch_size
-    return lm
-
-
-def fingerprint(model: Any) -> str:
-    """A short hash of a model's weights (names, shapes, sums): which base an adapter belongs to."""
-    digest = hashlib.sha1()
-    for key, value in sorted(_canonical_state(model).items()):
-        digest.update(f"{key}{tuple(value.shape)}{float(value.double().sum()):.6g}".encode())
-    return digest.hexdigest()[:16]
-
-
-def n_parameters(model: Any) -> int:
-    """Number of parameters of a [`LensModel`][arithlens.models.LensModel] (shared tensors counted once)."""
-    return sum(int(p.numel()) for p in model.bridge.original_model.parameters())
-
-
-def top_mask(scores: Float[torch.Tensor, "case layer d_mlp"], k: int) -> Bool[torch.Tensor, "case layer d_mlp"]:
-    """Each case's top-`k` neurons of `scores`."""
-    flat = einops.rearrange(scores, "c l n -> c (l n)")
-    idx = flat.topk(min(int(k), flat.shape[1]), dim=-1).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
-    return einops.rearrange(mask, "c (l n) -> c l n", l=scores.shape[1])
 
 
 def prune(model: Any, keep: Mapping[int, Sequence[int]], name: str | None = None) -> Any:
     """A copy of `model` whose layers in `keep` have only the kept FFN neurons (sliced, not masked).
 
     Args:
-        model: The model ([`LensModel`][arithlens.models.LensModel]); never modified.
+        model: The model ([`LensModel`][arithlens.core.model.LensModel]); never modified.
         keep: `{layer: neuron indices kept}`; layers not named keep every neuron.
         name: The copy's display name.
 
     Returns:
-        A [`LensModel`][arithlens.models.LensModel] with fewer parameters.
+        A [`LensModel`][arithlens.core.model.LensModel] with fewer parameters.
     """
     hf = hf_copy(model)
     sizes = ffn_sizes(hf, model.n_layers)
     check_gated(model, [validate.integer(L, "keep layer", low=0, high=model.n_layers - 1) for L in keep])
     for layer, idx in keep.items():
         idx = sorted(set(validate.int_sequence(idx, f"keep[{layer}]", low=0, high=sizes[layer] - 1, allow_empty=True)))
-        _set_width(hf, int(layer), len(idx), torch.tensor(idx, dtype=torch.long, device=model.device))
+        set_ffn_width(hf, int(layer), len(idx), torch.tensor(idx, dtype=torch.long, device=model.device))
     setattr(hf.config, SIZES_KEY, ffn_sizes(hf, model.n_layers))
     return lens_from_hf(hf, model, name or f"{model.name}-pruned")
-
-
-def save_model(model: Any, path: str | pathlib.Path) -> pathlib.Path:
-    """Save a (pruned, edited or fine-tuned) model and its tokenizer with `save_pretrained`.
-
-    Models with per-layer FFN widths record them in `config.json`; re-load those with
-    [`load_saved`][arithlens.cna.pruning.load_saved] (the others also with `arithlens.load_model(path)`).
-    """
-    path = validate.output_dir(path, "path")
-    hf = hf_copy(model)
-    sizes = ffn_sizes(hf, model.n_layers)
-    if sizes and len(set(sizes)) > 1:
-        setattr(hf.config, SIZES_KEY, sizes)
-    elif hasattr(hf.config, SIZES_KEY):
-        delattr(hf.config, SIZES_KEY)
-    hf.save_pretrained(str(path))
-    model.tokenizer.save_pretrained(str(path))
-    return path
-
-
-def load_saved(path: str | pathlib.Path, device: str | None = None) -> Any:
-    """Load a model written by [`save_model`][arithlens.cna.pruning.save_model] as a [`LensModel`][arithlens.models.LensModel]."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from arithlens.models import LensModel, load_model
-
-    path = pathlib.Path(path)
-    if not (path / "config.json").exists():
-        raise ValueError(f"path={str(path)!r} holds no saved model (config.json missing)")
-    config = AutoConfig.from_pretrained(str(path))
-    sizes = getattr(config, SIZES_KEY, None)
-    if not sizes:
-        return load_model(str(path), device=device)
-    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    for layer, width in enumerate(sizes):
-        _set_width(hf, layer, width)
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(path / f)))
-    hf.load_state_dict(state)
-    return LensModel.from_hf(hf, AutoTokenizer.from_pretrained(str(path)), name=path.name, device=device)
 
 
 @torch.no_grad()
@@ -376,11 +224,7 @@ class CNAPruning:
             cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
             train, test: LoRA data (default: `sweep`'s §5 split).
         """
-        from arithlens import data
-        from arithlens.cna.comparative import ComparativeNeuronScores
         from arithlens.cna.lora import cna
-        from arithlens.evaluate import evaluate
-        from arithlens.models import load_model
 
         model = load_model(model)
         layer, deep, top_n = self.resolve(model)

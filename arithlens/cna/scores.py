@@ -3,7 +3,7 @@
 The importance of FFN neuron `k` of layer `l` for a case is the increase of the log
 probability of its scored token `w` when the neuron's subvalue is added to the residual
 stream entering the MLP (Yu & Ananiadou 2024b), read out with the final norm's scale `σ`
-frozen ([`arithlens.readout`][arithlens.readout]):
+frozen ([`arithlens.core.readout`][arithlens.core.readout]):
 
     imp(l, k) = log p(w | x_mid + m_k fc2_k) − log p(w | x_mid),   p(· | v) = softmax((v / σ) W_U + b_U)
 
@@ -31,7 +31,7 @@ exact to a stated bound:
 The series is used when a chunk has at least `SERIES_MIN_SIDES` (case, side) pairs (or
 the kept projections are stored in a reduced dtype); below that the direct form is faster.
 
-Fast mode (first order, then exact re-scoring) is in [`arithlens.cna.fast`][arithlens.cna.fast];
+Fast mode (first order, then exact re-scoring) is in [`arithlens.cna.scores`][arithlens.cna.scores];
 the same score of heads and whole layers in [`arithlens.cna.components`][arithlens.cna.components].
 
 Memory: the kernel works in chunks of neurons and blocks of (case, side) pairs sized to
@@ -55,16 +55,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
-
 import einops
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 from tqdm.auto import tqdm
-
-from arithlens import distributed, validate
+from arithlens.core import distributed
 from arithlens.cna import projections as proj
 from arithlens.cna.inputs import Activations
-from arithlens.readout import Readout
+from arithlens.core.readout import Readout
+from jaxtyping import Float, Int
+from arithlens.core import validate
 
 SERIES_MIN_SIDES = 8
 """(case, side) pairs per block from which the series evaluation is used (it is faster there)."""
@@ -253,7 +253,7 @@ def exact_neuron_scores(
 
     Under `torchrun` each rank scores a contiguous block of `layers` (each layer exactly as
     one process does: the same case blocks, chunks and series choice) and every rank gets
-    all layers back ([`arithlens.distributed`][arithlens.distributed]).
+    all layers back ([`arithlens.core.distributed`][arithlens.core.distributed]).
     """
     ro = Readout(model)
     dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
@@ -374,5 +374,60 @@ def flatten(t: Float[torch.Tensor, "case layer d_mlp"]) -> Float[torch.Tensor, "
 
 
 # Names imported from here before fast mode and the component scores moved out.
-from arithlens.cna.components import final_logprob, head_scores, layer_scores  # noqa: E402,F401
-from arithlens.cna.fast import first_order_scores, rescore  # noqa: E402,F401
+
+
+@torch.no_grad()
+def first_order_scores(
+    model: Any, acts: Activations, layers: Sequence[int], memory_budget: float = 1e9
+) -> Float[torch.Tensor, "case layer d_mlp"]:
+    """`m_k fc2_k · ∇_x log p(w | x)` at `x = x_mid` (frozen scale): the first-order score.
+
+    `∇_x log p(w) = (W_U[:, w] − W_U p) / σ`, with `p` the readout at `x_mid`.
+    """
+    ro = Readout(model)
+    dev = ro.device
+    n = len(acts)
+    step = int(max(1, min(n, memory_budget // (5 * 4 * ro.W_U.shape[1]))))  # logits, p and temporaries
+    out = torch.empty(n, len(layers), model.d_mlp)
+    for li, layer in enumerate(layers):
+        x, post = acts.at("resid_mid", layer), acts.at("post", layer)
+        for c0 in range(0, n, step):
+            sl = slice(c0, min(n, c0 + step))
+            s, w = acts.scale[sl].to(dev), acts.w[sl].to(dev)
+            p = validate.check_finite(ro.logits(x[sl].to(dev), s), "the base logits").softmax(-1)
+            grad = (ro.W_U[:, w].T - p @ ro.W_U.T) / s[:, None]  # [b, d_model]
+            out[sl, li] = (post[sl].to(dev) * (grad @ layer_w_out(model, layer).float().T)).cpu()
+    return out
+
+
+@torch.no_grad()
+def rescore(
+    model: Any,
+    acts: Activations,
+    layers: Sequence[int],
+    candidates: Int[torch.Tensor, "case r"],
+    memory_budget: float = 1e9,
+    progress: bool = False,
+) -> Float[torch.Tensor, "case r"]:
+    """Exact importance of chosen neurons per case; `candidates` index the flattened `(layer, neuron)` grid."""
+    ro = Readout(model)
+    dev, V = ro.device, ro.W_U.shape[1]
+    layer_t = torch.tensor(list(layers))
+    step = int(max(1, memory_budget // (6 * 4 * V)))
+    out = torch.empty(candidates.shape, dtype=torch.float32)
+    xs = torch.stack([acts.at("resid_mid", L) for L in layers], dim=1)  # [case, layer, d_model]: the cache's own rows
+    posts = torch.stack([acts.at("post", L) for L in layers], dim=1)
+    for i in tqdm(range(len(acts)), desc="re-scoring candidates", unit="case", disable=not progress):
+        s, wi = acts.scale[i].to(dev), int(acts.w[i])
+        for r0 in range(0, candidates.shape[1], step):
+            cand = candidates[i, r0 : r0 + step]
+            li, k = cand // model.d_mlp, cand % model.d_mlp
+            lay = layer_t[li]
+            x = xs[i, li].to(dev)
+            m = posts[i, li, k].to(dev)
+            base = ro.logits(x, s.expand(len(lay)))  # [r, V]
+            fc2 = torch.stack([layer_w_out(model, L)[kk] for L, kk in zip(lay.tolist(), k.tolist())]).float()
+            new = base + (m / s)[:, None] * (fc2 @ ro.W_U)
+            delta = (new[:, wi] - new.logsumexp(-1)) - (base[:, wi] - base.logsumexp(-1))
+            out[i, r0 : r0 + len(cand)] = validate.check_finite(delta, "the re-scored importances").cpu()
+    return out

@@ -2,7 +2,7 @@
 
 A neuron's top tokens are those its FFN value `fc2_k = W_out[l, k]` promotes: the vector
 goes through the model's final norm, `W_U` and `b_U` — TransformerLens's `logit_readout`,
-via [`readout.top_token_ids`][arithlens.readout.top_token_ids] — so on a model with
+via [`readout.top_token_ids`][arithlens.core.readout.top_token_ids] — so on a model with
 `b_U ≠ 0` (GPT-2 style, LayerNorm with bias folded) the ranking is the model's own, not
 raw `fc2_k @ W_U`.
 
@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import readout, validate
+from arithlens.core import readout, validate
+from arithlens.cna.scores import layer_w_out
+from arithlens.cna.logit_lens import top_token_lists
 
 
 def neuron_vectors(model: Any, neurons: Sequence[tuple[int, int]]) -> Float[torch.Tensor, "n d_model"]:
@@ -31,7 +33,6 @@ def neuron_vectors(model: Any, neurons: Sequence[tuple[int, int]]) -> Float[torc
     pairs = [(model.check_layer(L), validate.integer(n, "neuron", low=0, high=model.d_mlp - 1)) for L, n in neurons]
     if not pairs:
         return torch.empty(0, model.d_model)
-    from arithlens.cna.scores import layer_w_out
 
     return torch.stack([layer_w_out(model, L)[n] for L, n in pairs])
 
@@ -48,7 +49,6 @@ def neuron_top_token_ids(model: Any, neurons: Sequence[tuple[int, int]], k: int 
 
 def top_token_strings(model: Any, neurons: Sequence[tuple[int, int]], k: int = 10) -> list[str]:
     """Each neuron's top-`k` tokens as one printable list string (the `top_tokens` column)."""
-    from arithlens.cna.logit_lens import top_token_lists
 
     k = validate.integer(k, "k", low=1, high=model.d_vocab)
     return top_token_lists(model, neuron_vectors(model, neurons), k)

@@ -24,7 +24,7 @@ query head; [`ov_matrix`][arithlens.cna.vo_transform.ov_matrix] precomputes the
 * *Biases* `b_V`, `b_O` (absent on Llama) do not depend on `v` and are left out.
 
 The transformed vector is then read like any other, through
-[`readout.top_token_ids`][arithlens.readout.top_token_ids]: `ln_final(T_a(v)) @ W_U + b_U`,
+[`readout.top_token_ids`][arithlens.core.readout.top_token_ids]: `ln_final(T_a(v)) @ W_U + b_U`,
 its top `k = 50` tokens, and the number of them the
 [`NumberConceptTagger`][arithlens.cna.concepts.NumberConceptTagger] marks as numbers or
 operations.
@@ -69,10 +69,10 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from arithlens import readout, validate
+from arithlens.core import readout, validate
 from arithlens.cna.concepts import NumberConceptTagger
 from arithlens.cna.logit_lens import Component, LogitLens, neuron_vectors, tagged_tokens
-from arithlens.results import Result
+from arithlens.analysis.results import Result
 
 Rule = Literal["gt", "ge"]
 RULES: tuple[str, ...] = ("gt", "ge")

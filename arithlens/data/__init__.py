@@ -36,9 +36,7 @@ from arithlens.data.arithmetic import (
     number_to_words,
     zhang,
 )
-from arithlens.data.dataset import ArithmeticDataset, Case, as_dataset
-from arithlens.data.prompts import prompts
-from arithlens.data.tokenize import _decode_many, _encode_many
+from arithlens.core.dataset import ArithmeticDataset, Case, as_dataset, prompts
 
 __all__ = [
     "OPS",

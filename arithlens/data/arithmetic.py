@@ -6,8 +6,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from arithlens.data.dataset import ArithmeticDataset
-from arithlens.data.tokenize import _Item, _tokenize_items
+from arithlens.core.dataset import ArithmeticDataset
+from arithlens.core.dataset import Item, tokenize_items
 
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
 FORMS: tuple[str, ...] = ("numeral", "word")
@@ -82,7 +82,7 @@ def _case_type(op: str, a: int, b: int, answer: str, index: int) -> str:
     return "change-one" if changed else "memorize"
 
 
-def _arith_labeller(item: _Item, index: int) -> str | None:
+def _arith_labeller(item: Item, index: int) -> str | None:
     m = item.meta
     return _case_type(m["op"], m["a"], m["b"], item.answer, index)
 
@@ -185,7 +185,7 @@ def _sep(core: str) -> str:
 
 def _problem_items(
     op: str, pairs: Sequence[tuple[int, int]], d: int, templates: Sequence[int | str], forms: Sequence[str]
-) -> list[_Item]:
+) -> list[Item]:
     items = []
     for t in templates:
         text = TEMPLATES[op][t - 1] if isinstance(t, int) else t
@@ -194,7 +194,7 @@ def _problem_items(
             for a, b in pairs:
                 core = text.format(n1=spell(a), n2=spell(b))
                 meta = dict(op=op, a=a, b=b, digits=d, template=t, form=form)
-                items.append(_Item(core, str(_result(op, a, b)), _sep(core), meta))
+                items.append(Item(core, str(_result(op, a, b)), _sep(core), meta))
     return items
 
 
@@ -219,14 +219,14 @@ def arithmetic(
     template_list, form_list = _as_templates(templates), _as_forms(forms)
     if n_per_op is not None and n_per_op <= 0:
         raise ValueError(f"n_per_op must be positive or None, got {n_per_op}")
-    items: list[_Item] = []
+    items: list[Item] = []
     for op in op_list:
         for d in digit_list:
             n = n_per_op if (n_per_op is not None or d == 1) else DEFAULT_N_PER_OP
             pairs = _operand_pairs(op, d, n, seed, negatives)
             items += _problem_items(op, pairs, d, template_list, form_list)
     name = f"arithmetic[{''.join(op_list)}; {','.join(map(str, digit_list))}D]"
-    return ArithmeticDataset(_tokenize_items(tokenizer, items, per_digit, _arith_labeller), name=name)
+    return ArithmeticDataset(tokenize_items(tokenizer, items, per_digit, _arith_labeller), name=name)
 
 
 def lora_split(
@@ -253,7 +253,7 @@ def lora_split(
             quota[op] += min(share + (i < extra), capacity[op] - quota[op])
         left = total - sum(quota.values())
         open_ops = [op for op in OPS if quota[op] < capacity[op]]
-    items: list[_Item] = []
+    items: list[Item] = []
     for op in OPS:
         rng = random.Random(f"arithlens-lora:{seed}:{op}")
         # Sample (pair, template) items directly: a pair may appear with several templates.
@@ -263,7 +263,7 @@ def lora_split(
             a, b = pairs[key // n_templates]
             items += _problem_items(op, [(a, b)], 2, [key % n_templates + 1], ["numeral"])
     random.Random(f"arithlens-lora-split:{seed}").shuffle(items)
-    cases = _tokenize_items(tokenizer, items, per_digit=False, labeller=_arith_labeller)
+    cases = tokenize_items(tokenizer, items, per_digit=False, labeller=_arith_labeller)
     return ArithmeticDataset(cases[:n_train], name="lora-train"), ArithmeticDataset(cases[n_train:], name="lora-test")
 
 

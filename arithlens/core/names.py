@@ -3,12 +3,12 @@
 Every analysis builds the TransformerLens hook names it reads or writes through these
 functions, so a renamed hook is changed in one place. `Position` is the one option for
 "which positions" across interventions, head ablation and path patching, and
-[`Node`][arithlens.names.Node] names a component — an attention head or a whole MLP layer —
+[`Node`][arithlens.core.names.Node] names a component — an attention head or a whole MLP layer —
 everywhere a result lists components.
 
 Example:
     ```python
-    from arithlens import names
+    from arithlens.core import names
     names.resid_mid(3)            # 'blocks.3.hook_resid_mid'
     names.Node.parse("17.2")      # Node(layer=17, head=2)
     ```
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
-from arithlens import validate
+from arithlens.core import validate
+
+# A TransformerLens hook: (hook name, function of (activation, hook)).
+Hook = tuple[str, Callable]
 
 Position = Literal["all", "last"]
 POSITIONS: tuple[str, ...] = ("all", "last")
@@ -65,7 +68,7 @@ def mlp_in(layer: int) -> str:
 
 
 def z(layer: int) -> str:
-    """Per-head attention output [`z`][arithlens.names.z] of block `layer`, `[batch, pos, head, d_head]`."""
+    """Per-head attention output [`z`][arithlens.core.names.z] of block `layer`, `[batch, pos, head, d_head]`."""
     return f"blocks.{layer}.attn.hook_z"
 
 
@@ -151,7 +154,7 @@ class Node:
 
     @classmethod
     def parse(cls, value: Any) -> "Node":
-        """A [`Node`][arithlens.names.Node], `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
+        """A [`Node`][arithlens.core.names.Node], `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
         if isinstance(value, Node):
             return value
         if isinstance(value, str):
@@ -171,3 +174,34 @@ class Node:
                 head = None
             return cls(validate.integer(layer, "layer"), None if head is None else validate.integer(head, "head"))
         raise ValueError(f"component {value!r} must be a Node, 'LAYER.HEAD', 'MLP LAYER' or a (layer, head) pair")
+
+
+def as_node(value: Any) -> Node:
+    """A `Node` from anything `Node.parse` accepts, or the old `(layer, "mlp")` pair."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], str) and value[1].lower() == "mlp":
+        return Node(value[0])
+    return Node.parse(value)
+
+
+def parse_nodes(values: Any, name: str, *, heads_only: bool = False) -> list[Node]:
+    """Validate a non-empty list of distinct components (no model needed)."""
+    if isinstance(values, (str, Node)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name}={values!r} must be a list of components, e.g. [Node(17, 2), Node(20)] or ['17.2', 'MLP 20']")
+    nodes = [as_node(v) for v in values]
+    if not nodes:
+        raise ValueError(f"{name} is empty: give at least one component")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"{name} has repeated components: {[n.name for n in nodes]}")
+    if heads_only and any(n.is_mlp for n in nodes):
+        raise ValueError(f"{name} must be attention heads, got {[n.name for n in nodes if n.is_mlp]}")
+    return nodes
+
+
+def all_nodes(model: Any) -> list[Node]:
+    """Every head and every MLP of `model`, in layer order (heads, then the MLP)."""
+    return [Node(L, h) for L in range(model.n_layers) for h in [*range(model.n_heads), None]]
+
+
+def top_nodes(patching: Any, k: int, *, heads_only: bool = False) -> list[Node]:
+    """The `k` strongest nodes (largest |effect|) of a path-patching result, heads only if asked."""
+    return [as_node(n) for n in patching.top_nodes(k, kind="head" if heads_only else None)]

@@ -4,16 +4,16 @@ TransformerLens 4.3's `bridge(resid, start_at_layer=L)` feeds `resid` to the Hug
 model as `inputs_embeds` and swaps it in at block `L`, but blocks `0..L-1` still execute
 (their output is discarded), so a restart costs a full forward. This module skips them:
 
-1. [`block_kwargs`][arithlens.forward.block_kwargs] asks the Hugging Face model for the
+1. [`block_kwargs`][arithlens.core.forward.block_kwargs] asks the Hugging Face model for the
    keyword arguments it gives its blocks for a batch of this shape — rotary
    `position_embeddings`, the causal `attention_mask`, `position_ids` — by starting its
    forward on `inputs_embeds` and stopping it as block 0 is entered (no block runs, no
    embedding is computed; only the position / mask prologue);
-2. [`run_blocks`][arithlens.forward.run_blocks] calls the bridge's blocks `L…` itself with
+2. [`run_blocks`][arithlens.core.forward.run_blocks] calls the bridge's blocks `L…` itself with
    those arguments. The blocks are the bridge's own `BlockBridge` modules, so every hook
    point of a block `>= L` fires as in a full forward (ablation hooks, caches), and no
    block `< L` runs;
-3. [`logits_from`][arithlens.forward.logits_from] adds the final norm and unembedding
+3. [`logits_from`][arithlens.core.forward.logits_from] adds the final norm and unembedding
    (the bridge's `ln_final` and `unembed`, which are the modules the full forward calls),
    at the last position only by default.
 
@@ -24,18 +24,18 @@ The result equals a full forward with the same hooks to float precision (tests c
 Models whose blocks take different arguments per layer (alternating sliding-window and
 global attention: `config.layer_types` with more than one value, e.g. Gemma 2/3) fall
 back to the bridge's own `start_at_layer`, which is correct but runs every block;
-[`restarts_for_real`][arithlens.forward.restarts_for_real] says which path a model takes.
+[`restarts_for_real`][arithlens.core.forward.restarts_for_real] says which path a model takes.
 
 Two more per-batch passes that sweeps share, both on the model's device:
-[`capture`][arithlens.forward.capture] (activations of one clean forward, stopped after the
-last block needed) and [`gradients`][arithlens.forward.gradients] (one forward and one
+[`capture`][arithlens.core.forward.capture] (activations of one clean forward, stopped after the
+last block needed) and [`gradients`][arithlens.core.forward.gradients] (one forward and one
 backward pass: the activations and the gradient of a score with respect to them, for
-attribution patching, [`arithlens.attribution`][arithlens.attribution]).
+attribution patching, [`arithlens.analysis.attribution`][arithlens.analysis.attribution]).
 
 Example:
     ```python
     import torch
-    from arithlens import forward, names
+    from arithlens.core import forward, names
     from arithlens.testing import tiny_llama
 
     model = tiny_llama()
@@ -48,15 +48,15 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import validate
+from arithlens.core import validate
+from arithlens.core import names
+from arithlens.core.model import LensModel
 
-if TYPE_CHECKING:
-    from arithlens.models import LensModel
 
 
 class _Entered(Exception):
@@ -68,7 +68,7 @@ class _Entered(Exception):
 
 
 def restarts_for_real(model: "LensModel") -> bool:
-    """Whether [`run_blocks`][arithlens.forward.run_blocks] skips the blocks before the restart.
+    """Whether [`run_blocks`][arithlens.core.forward.run_blocks] skips the blocks before the restart.
 
     False for models whose layers take different attention masks (more than one
     `config.layer_types` value): those restart through the bridge's `start_at_layer`.
@@ -146,7 +146,7 @@ def capture(
     The forward stops before block `stop_at_layer` when that is below the number of
     layers (the bridge's own `stop_at_layer`), so blocks after the last hook never run;
     otherwise it runs to the logits of the last position only. The per-batch, on-device
-    twin of [`LensModel.cache`][arithlens.models.LensModel.cache], for sweeps whose inner
+    twin of [`LensModel.cache`][arithlens.core.model.LensModel.cache], for sweeps whose inner
     loops must not leave the device.
     """
     found: dict[str, torch.Tensor] = {}
@@ -187,7 +187,6 @@ def gradients(
         `(activations, gradients, scores)`: detached tensors per hook name, and the
         `[batch]` scores of the clean pass.
     """
-    from arithlens import names
 
     saved: dict[str, torch.Tensor] = {}
 
@@ -225,7 +224,7 @@ def logits_from(
 ) -> Float[torch.Tensor, "batch ... vocab"]:
     """Logits from the residual stream entering block `start_at_layer`.
 
-    Runs blocks `start_at_layer…` (see [`run_blocks`][arithlens.forward.run_blocks]), then
+    Runs blocks `start_at_layer…` (see [`run_blocks`][arithlens.core.forward.run_blocks]), then
     the model's final norm and unembedding. With `last_only` (default) only the last
     position is normed and unembedded and the result is `[batch, vocab]`; otherwise
     `[batch, pos, vocab]`.

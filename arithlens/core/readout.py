@@ -2,7 +2,7 @@
 
 Two readouts, both with the model's own unembedding bias `b_U`:
 
-* **Frozen-scale** ([`frozen_logits`][arithlens.readout.frozen_logits]):
+* **Frozen-scale** ([`frozen_logits`][arithlens.core.readout.frozen_logits]):
   `logits(v) = (v / σ) W_U + b_U`, with the final norm's scale `σ` frozen at the value of
   a forward pass (the reference code's `final_var`; `ActivationCache.final_scale`).
   Compatibility mode folds the final norm's weight (and, for LayerNorm, its centring and
@@ -10,7 +10,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
   readout of the final residual — and it is linear in `v`, which is what makes adding one
   neuron's or head's vector to a residual (CNA §4.1, the VO transform, the logic chain)
    a cheap, exact computation.
-* **Top tokens of a direction** ([`top_token_ids`][arithlens.readout.top_token_ids]): the
+* **Top tokens of a direction** ([`top_token_ids`][arithlens.core.readout.top_token_ids]): the
   model's final norm applied to each vector, then `W_U` and `b_U`, through
   TransformerLens's `logit_readout` (Table 4's and Table 7's token lists). For RMSNorm
   the norm does not change the ranking; for LayerNorm (GPT-2 style, `b_U ≠ 0` after
@@ -19,7 +19,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
 Example:
     ```python
     import arithlens
-    from arithlens import readout
+    from arithlens.core import readout
 
     model = arithlens.load_model()
     cache = model.cache(["3+5="], names=["blocks.29.hook_resid_post"])
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import validate
+from arithlens.core import validate
 
 
 class Readout:
@@ -72,7 +72,7 @@ def frozen_logits(
 def frozen_logprob(
     model: Any, v: Float[torch.Tensor, "... d_model"], scale: Float[torch.Tensor, "..."], w: Int[torch.Tensor, "..."]
 ) -> Float[torch.Tensor, "..."]:
-    """`log p(w | v)` under [`frozen_logits`][arithlens.readout.frozen_logits]."""
+    """`log p(w | v)` under [`frozen_logits`][arithlens.core.readout.frozen_logits]."""
     return Readout(model).logprob(v, scale, w)
 
 

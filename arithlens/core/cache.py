@@ -1,9 +1,9 @@
 """One activation store that every analysis composes over.
 
-[`LensModel.cache`][arithlens.models.LensModel.cache] runs a dataset once — batches of
+[`LensModel.cache`][arithlens.core.model.LensModel.cache] runs a dataset once — batches of
 equal-length prompts, never padded, through TransformerLens's own
 `run_with_cache(names_filter=..., pos_slice=...)` — and returns an
-[`ActivationCache`][arithlens.cache.ActivationCache]: per-case predictions, target
+[`ActivationCache`][arithlens.core.cache.ActivationCache]: per-case predictions, target
 log-probs, the final norm's scale at the last position and any requested hook
 activations, keyed by hook name, at the last position (`positions="last"`) or at every
 position (`positions="all"`).
@@ -15,7 +15,7 @@ accepts analyses as well as hook names, so one forward pass serves them all.
 
 Clean caches (no intervention passed, no hook attached to the model) are memoized on the
 model, least-recently-used first out, bounded by
-[`LensModel.memo_entries`][arithlens.models.LensModel] and `memo_bytes`; a run inside
+[`LensModel.memo_entries`][arithlens.core.model.LensModel] and `memo_bytes`; a run inside
 `with model.intervened(...)` or with `interventions=` is never memoized nor served from
 the memo. `model.clear_cache()` empties it.
 
@@ -23,7 +23,7 @@ Example:
     ```python
     import arithlens
     from arithlens.cna import NeuronImportance
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     model = arithlens.load_model()
     prompts = ["3+5=", "2+4="]
@@ -38,17 +38,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import einops
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import names as hooks
-from arithlens import validate
+from arithlens.core import names as hooks
+from arithlens.core import validate
+from arithlens.core.dataset import as_dataset
+from arithlens.core.model import LensModel
 
-if TYPE_CHECKING:
-    from arithlens.models import LensModel
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ActivationCache:
     def stack(self, name: Callable[[int], str], layers: Iterable[int]) -> torch.Tensor:
         """Last-position activations of one hook kind over `layers`, `[case, layer, ...]`.
 
-        `name` builds the hook name of a layer (e.g. [`names.resid_mid`][arithlens.names.resid_mid]).
+        `name` builds the hook name of a layer (e.g. [`names.resid_mid`][arithlens.core.names.resid_mid]).
         """
         parts = [self.last(name(int(L))) for L in layers]
         return einops.rearrange(torch.stack(parts), "layer case ... -> case layer ...")
@@ -274,7 +274,7 @@ def build_cache(
     described: str,
     clean: bool,
 ) -> ActivationCache:
-    """One forward pass over the cases through `run_with_cache`; see [`ActivationCache`][arithlens.cache.ActivationCache]."""
+    """One forward pass over the cases through `run_with_cache`; see [`ActivationCache`][arithlens.core.cache.ActivationCache]."""
     n = len(input_ids)
     preds = torch.empty(n, dtype=torch.long)
     tlp, plp, scale = torch.empty(n), torch.empty(n), torch.full((n,), float("nan"))
@@ -350,7 +350,6 @@ def ensure_cache(
     `clean=True` it must also be a clean pass. Otherwise `ValueError` says what is missing
     and how to build a cache that has it.
     """
-    from arithlens.data import as_dataset
 
     wanted = hook_names_of(model, names)
     positions = hooks.check_position(positions, "positions")

@@ -1,13 +1,13 @@
-"""The model every analysis takes: [`LensModel`][arithlens.models.LensModel].
+"""The model every analysis takes: [`LensModel`][arithlens.core.model.LensModel].
 
-A [`LensModel`][arithlens.models.LensModel] (made by [`load_model`][arithlens.load_model]) holds the bridge (in
+A [`LensModel`][arithlens.core.model.LensModel] (made by [`load_model`][arithlens.load_model]) holds the bridge (in
 compatibility mode, so hook names, weight accessors and numerics are HookedTransformer's)
 and the model's own tokenizer, and runs datasets in batches of equal-length prompts: no
 padding ever enters a forward pass, so a batched prediction is the prediction of that
 prompt alone.
 
-[`LensModel.cache`][arithlens.models.LensModel.cache] runs a dataset once and keeps what
-analyses read (see [`arithlens.cache`][arithlens.cache]); analyses given that cache run no
+[`LensModel.cache`][arithlens.core.model.LensModel.cache] runs a dataset once and keeps what
+analyses read (see [`arithlens.core.cache`][arithlens.core.cache]); analyses given that cache run no
 clean forward pass of their own.
 
 Example:
@@ -22,16 +22,20 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import names as names_mod
-from arithlens import validate
-from arithlens.cache import ActivationCache, Memo, build_cache, hook_names_of, positions_of
+from arithlens.core import names as names_mod
+from arithlens.core.dataset import as_dataset
+from arithlens.core.placement import default_device
+from arithlens.core.forward import logits_from
+from arithlens.core.interventions import as_hooks
+from arithlens.core.names import Hook
+from arithlens.core import validate
+from arithlens.core.cache import ActivationCache, Memo, build_cache, hook_names_of, positions_of
 
-Hook = tuple[str, Callable]
 
 Run = ActivationCache  # the name earlier versions returned from LensModel.run
 
@@ -178,7 +182,6 @@ class LensModel:
     # ------------------------------------------------------------------ forward passes
     def _ids_targets(self, data: Any) -> tuple[list[tuple[int, ...]], list[int]]:
         """Input and target ids of `data` (see [`as_dataset`][arithlens.data.as_dataset]), checked against the model."""
-        from arithlens.data import as_dataset
 
         ds = as_dataset(data, self.tokenizer)
         ids = [tuple(c.input_ids) for c in ds]
@@ -235,8 +238,7 @@ class LensModel:
 
     @contextlib.contextmanager
     def intervened(self, *interventions: Any) -> Iterator["LensModel"]:
-        """Apply interventions (see [`arithlens.interventions`][arithlens.interventions]) inside the context."""
-        from arithlens.interventions import as_hooks
+        """Apply interventions (see [`arithlens.core.interventions`][arithlens.core.interventions]) inside the context."""
 
         with self.hooked(as_hooks(self, interventions)):
             yield self
@@ -255,11 +257,10 @@ class LensModel:
         The final norm and unembedding see just the last position (a hook trims the
         sequence before `ln_final`), so no `[batch, pos, vocab]` tensor is built. With
         `start_at_layer` the input is the residual stream entering that block and only
-        blocks `start_at_layer…` run (see [`arithlens.forward`][arithlens.forward]; hooks
+        blocks `start_at_layer…` run (see [`arithlens.core.forward`][arithlens.core.forward]; hooks
         on those blocks fire, blocks before never run).
         """
         if start_at_layer is not None:
-            from arithlens.forward import logits_from
 
             return logits_from(self, tokens, start_at_layer)
         with self.hooked(self.last_position_trim()):
@@ -275,7 +276,7 @@ class LensModel:
         batch_size: int | None = None,
         memo: bool = True,
     ) -> ActivationCache:
-        """One forward pass over `data`, kept as an [`ActivationCache`][arithlens.cache.ActivationCache].
+        """One forward pass over `data`, kept as an [`ActivationCache`][arithlens.core.cache.ActivationCache].
 
         Args:
             data: A prompt, prompts, token ids or a dataset ([`as_dataset`][arithlens.data.as_dataset]).
@@ -297,7 +298,7 @@ class LensModel:
         if unknown:
             raise ValueError(
                 f"names: {', '.join(map(repr, unknown[:3]))} {'is not a hook' if len(unknown) == 1 else 'are not hooks'} "
-                f"of this model (hook names look like {names_mod.resid_mid(0)!r}; see arithlens.names)"
+                f"of this model (hook names look like {names_mod.resid_mid(0)!r}; see arithlens.core.names)"
             )
         positions = positions_of(self, names, positions)
         batch_size = validate.optional_positive_int(batch_size, "batch_size")
@@ -326,7 +327,7 @@ class LensModel:
         batch_size: int | None = None,
         cache: bool = True,
     ) -> ActivationCache:
-        """Last-position forward pass of `data`: [`cache`][arithlens.models.LensModel.cache] with `positions="last"`."""
+        """Last-position forward pass of `data`: [`cache`][arithlens.core.model.LensModel.cache] with `positions="last"`."""
         return self.cache(data, names=names, interventions=interventions, batch_size=batch_size, memo=cache)
 
     @torch.no_grad()
@@ -374,5 +375,3 @@ class LensModel:
             f"({self.n_kv_heads} KV), d_mlp {self.d_mlp}, on {self.device})"
         )
 
-
-from arithlens.loading import default_device, load_model, smollm2_path  # noqa: E402  (re-exported)

@@ -3,9 +3,9 @@
 Every attention head (or a chosen subset) is intervened on, one at a time, and the
 first-token accuracy on an arithmetic dataset is compared with the original model's.
 The paper zero-ablates a head ("setting all the head's parameters into zero", which is
-the head's output `z` being zero: [`ZeroHead`][arithlens.interventions.ZeroHead]);
+the head's output `z` being zero: [`ZeroHead`][arithlens.core.interventions.ZeroHead]);
 `method="mean"` replaces it by its mean over reference data instead
-([`MeanHead`][arithlens.interventions.MeanHead]).
+([`MeanHead`][arithlens.core.interventions.MeanHead]).
 
 Per head and group (op by default) the result reports `accuracy`, `baseline_accuracy`,
 `accuracy_drop = baseline_accuracy - accuracy` (a fraction of cases),
@@ -18,7 +18,7 @@ breakdown, `.top(5)` Table 1's layout.
 the residual stream entering every swept layer comes from the clean pass (from the
 `cache=` when it holds them at every position, else from one forward stopped after the
 last swept layer); the ablated forward for layer `L` restarts there and runs only blocks
-`L…` ([`arithlens.forward`][arithlens.forward]), and all heads of a layer are ablated in
+`L…` ([`arithlens.core.forward`][arithlens.core.forward]), and all heads of a layer are ablated in
 one forward over the batch stacked head-by-case.
 
 **Attribution estimate** (`estimate="attribution"`; attribution patching, Nanda 2023;
@@ -28,7 +28,7 @@ ablating head `h` is estimated to first order as `Σ_pos g_h · (z_ablated_h −
 the ablated positions. The `rescore` heads with the largest `|estimate|` are then swept
 exactly (like CNA's fast mode); the other rows are estimates of `logprob_drop` only (their
 `accuracy` is `NaN`) and the `estimated` column says which rows are which.
-[`HeadAblationResult.agreement`][arithlens.heads.HeadAblationResult.agreement] measures
+[`HeadAblationResult.agreement`][arithlens.cna.heads.HeadAblationResult.agreement] measures
 the rank agreement with an exact sweep. The estimate is first order: on SmolLM2 it ranks
 heads of later layers well but underestimates, even with the wrong sign, the strongest
 layer-0 heads (a zeroed layer-0 head changes the small early residual a lot, and every
@@ -38,8 +38,9 @@ re-scoring budget well above the number of heads you report is wise.
 Example:
     ```python
     import arithlens
-    from arithlens import distributed, data
-    from arithlens.heads import HeadAblation
+    from arithlens.core import distributed
+    from arithlens import data
+    from arithlens.cna.heads import HeadAblation
 
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[4]).sample(40)
@@ -56,17 +57,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+import einops
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
+from tqdm.auto import tqdm
 
-from arithlens import attribution, distributed, names, validate
-from arithlens._head_sweep import HeadSweep, tabulate
-from arithlens.attribution import ESTIMATES, Agreement
-from arithlens.interventions import HeadMeans
-from arithlens.results import Result, percent
-
+from arithlens.analysis import attribution
+from arithlens.analysis.attribution import ESTIMATES, Agreement
+from arithlens.analysis.results import Result, percent
+from arithlens.core import distributed, forward, names, validate
+from arithlens.core.interventions import HeadMeans
+from arithlens.core.cache import ensure_cache
+from arithlens.data import as_dataset
+from arithlens.core.loading import load_model
 
 @dataclass
 class HeadAblationResult(Result):
@@ -225,7 +230,7 @@ class HeadAblation:
         method: `"zero"` (the paper) or `"mean"` (mean over `reference`).
         layers: Layers to sweep (default all).
         heads: Heads to sweep in each layer (default all) — or explicit heads as
-            `(layer, head)` pairs, `"L.H"` strings or [`Node`][arithlens.names.Node]s, in
+            `(layer, head)` pairs, `"L.H"` strings or [`Node`][arithlens.core.names.Node]s, in
             which case `layers` is ignored.
         position: `"all"` positions (the paper) or the `"last"` only.
         reference: Data the mean is taken over (default: the swept dataset).
@@ -295,15 +300,12 @@ class HeadAblation:
         Args:
             model: The model.
             data: Prompts, token ids or a dataset.
-            cache: An [`ActivationCache`][arithlens.cache.ActivationCache] of the clean pass
+            cache: An [`ActivationCache`][arithlens.core.cache.ActivationCache] of the clean pass
                 over `data` (predictions and target log-probs are read from it; built when
                 not given). With `positions="all"` and this analysis's
-                [`hook_names`][arithlens.heads.HeadAblation.hook_names], the residual
+                [`hook_names`][arithlens.cna.heads.HeadAblation.hook_names], the residual
                 streams come from it too.
         """
-        from arithlens.cache import ensure_cache
-        from arithlens.data import as_dataset
-        from arithlens.models import load_model
 
         model = load_model(model)
         pairs = self._head_list(model)
@@ -363,7 +365,7 @@ class HeadAblation:
 
 
 def _heads_arg(heads: Any) -> list[Any]:
-    """`heads` as a list of head indices, or of [`Node`][arithlens.names.Node]s for explicit heads."""
+    """`heads` as a list of head indices, or of [`Node`][arithlens.core.names.Node]s for explicit heads."""
     if isinstance(heads, (str, names.Node)) or not isinstance(heads, (list, tuple, range, np.ndarray, torch.Tensor)):
         heads = [heads]
     items = list(heads)
@@ -376,3 +378,186 @@ def _heads_arg(heads: Any) -> list[Any]:
             raise ValueError(f"heads contains an MLP ({mlp[0].name}); head ablation sweeps attention heads only")
         return nodes
     return validate.int_sequence(items, "heads", low=0, unique=True)
+
+
+class HeadSweep:
+    """One sweep's shared inputs; `exact` and `attribute` score any list of `(layer, head)`.
+
+    Args:
+        config: The [`HeadAblation`][arithlens.cna.heads.HeadAblation] (position, batch sizes, progress).
+        model: The model.
+        ids: Token ids of each case.
+        scoring: The scored token of each case, on the logits' device.
+        means: Per-layer head means (`method="mean"`), else `None` (zero ablation).
+        resid_cache: A `positions="all"` cache holding the residual streams, or `None`.
+    """
+
+    def __init__(
+        self,
+        config: HeadAblation,
+        model: Any,
+        ids: list[tuple[int, ...]],
+        scoring: torch.Tensor,
+        means: dict[int, HeadMeans] | None,
+        resid_cache: Any = None,
+    ):
+        self.config, self.model, self.ids, self.scoring, self.means, self.resid_cache = config, model, ids, scoring, means, resid_cache
+
+    # ------------------------------------------------------------------ exact sweep
+    def exact(self, pairs: list[tuple[int, int]]) -> tuple[Bool[torch.Tensor, "head case"], Float[torch.Tensor, "head case"]]:
+        """Each head of `pairs` ablated on every case: restart at its layer, heads of a layer stacked."""
+        model, scoring, config = self.model, self.scoring, self.config
+        device = scoring.device
+        by_layer: dict[int, list[tuple[int, int]]] = {}
+        for row, (L, H) in enumerate(pairs):
+            by_layer.setdefault(L, []).append((row, H))
+        layers = sorted(by_layer)
+        correct = torch.zeros(len(pairs), len(self.ids), dtype=torch.bool, device=device)
+        logprob = torch.zeros(len(pairs), len(self.ids), device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        batches = list(model.batches(self.ids, config.batch_size))
+        bar = tqdm(total=len(batches) * len(layers), desc="head ablation (exact)", unit="layer-batch", disable=not config.progress)
+        try:
+            for rows, tokens in batches:
+                resid = self._resid(rows, tokens, layers)
+                rows_d = rows.to(device)
+                target = scoring[rows_d]
+                chunk = max(1, config.max_rows // len(rows))
+                for L in layers:
+                    entries = by_layer[L]
+                    for start in range(0, len(entries), chunk):
+                        part = entries[start : start + chunk]
+                        logits = self._ablated(resid[L], L, [H for _, H in part], self.means[L] if self.means else None)
+                        logits = einops.rearrange(logits.float(), "(h b) v -> h b v", h=len(part))
+                        lse = logits.logsumexp(-1)
+                        finite &= torch.isfinite(lse).all()
+                        hit = logits.gather(-1, einops.repeat(target, "b -> h b 1", h=len(part)))[..., 0]
+                        idx = torch.tensor([r for r, _ in part], device=device)[:, None]
+                        logprob[idx, rows_d[None]] = hit - lse
+                        correct[idx, rows_d[None]] = logits.argmax(-1) == target[None]
+                    bar.update(1)
+        finally:
+            bar.close()
+        if not bool(finite):
+            raise validate.NonFiniteError(
+                "the ablated model's logits contain NaN or infinite values; an intervention attached to the "
+                "model or its numerics broke the forward pass, and ranking heads on them would be meaningless"
+            )
+        return correct.cpu(), logprob.cpu()
+
+    def _resid(self, rows: torch.Tensor, tokens: torch.Tensor, layers: list[int]) -> dict[int, Float[torch.Tensor, "batch pos d_model"]]:
+        """The clean residual stream entering each layer, on the model's device."""
+        model, resid_cache = self.model, self.resid_cache
+        hooks = [names.resid_pre(L) for L in layers]
+        if resid_cache is None:
+            acts = forward.capture(model, tokens, hooks, stop_at_layer=max(layers) + 1)
+            return {L: acts[h] for L, h in zip(layers, hooks)}
+        dtype = model.bridge.W_U.dtype
+        return {
+            L: torch.stack([resid_cache.per_position(h)[r] for r in rows.tolist()]).to(model.device, dtype)
+            for L, h in zip(layers, hooks)
+        }
+
+    def _ablated(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        layer: int,
+        heads: list[int],
+        means: HeadMeans | None,
+    ) -> Float[torch.Tensor, "rows vocab"]:
+        """Last-position logits with each of `heads` ablated, stacked head-major."""
+        model = self.model
+        x = einops.repeat(resid, "b p d -> (h b) p d", h=len(heads))
+        # keep[j, n] is 0 where replica j ablates head n.
+        keep = torch.ones(len(heads), model.n_heads, device=resid.device, dtype=resid.dtype)
+        keep[torch.arange(len(heads), device=resid.device), torch.tensor(heads, device=resid.device)] = 0.0
+        position = self.config.position
+
+        def ablate(z: Float[torch.Tensor, "rows pos head d_head"], hook: Any) -> torch.Tensor:
+            view = z if position == "all" else z[:, -1:]
+            zh = einops.rearrange(view, "(h b) p n d -> h b p n d", h=len(heads))
+            k = keep.to(z.dtype)[:, None, None, :, None]
+            if means is None:
+                new = zh * k
+            else:
+                mean = means.for_length(z.shape[1], position).to(z)  # [p, n, d]
+                new = zh * k + (1 - k) * mean[None, None]
+            view.copy_(einops.rearrange(new, "h b p n d -> (h b) p n d"))
+            return z
+
+        with model.hooked([(names.z(layer), ablate)]):
+            return forward.logits_from(model, x, layer)
+
+    # ------------------------------------------------------------------ attribution
+    def attribute(self, pairs: list[tuple[int, int]]) -> Float[torch.Tensor, "head case"]:
+        """First-order estimate of each head's ablation effect on the target log-prob."""
+        model, scoring, means, position = self.model, self.scoring, self.means, self.config.position
+        device = scoring.device
+        layers = sorted({L for L, _ in pairs})
+        layer_of = {names.z(L): L for L in layers}
+        rows_of = {L: torch.tensor([i for i, (L2, _) in enumerate(pairs) if L2 == L], device=device) for L in layers}
+        heads_of = {L: torch.tensor([H for L2, H in pairs if L2 == L], device=device) for L in layers}
+        delta = torch.zeros(len(pairs), len(self.ids), device=device)
+        batches = list(model.batches(self.ids, self.config.batch_size))
+        bar = tqdm(total=len(batches), desc="head attribution", unit="batch", disable=not self.config.progress)
+        try:
+            for rows, tokens in batches:
+                rows_d = rows.to(device)
+                target = scoring[rows_d]
+
+                def score(logits: torch.Tensor) -> torch.Tensor:
+                    return logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
+
+                def ablated(name: str, z: torch.Tensor) -> torch.Tensor:
+                    if means is None:
+                        return torch.zeros_like(z)
+                    return means[layer_of[name]].for_length(tokens.shape[1], position)[None]
+
+                found, _ = attribution.effects(model, tokens, list(layer_of), score, ablated, position, layers[0])
+                for name, L in layer_of.items():
+                    delta[rows_of[L][:, None], rows_d[None]] = found[name].to(device).T[heads_of[L]]
+                bar.update(1)
+        finally:
+            bar.close()
+        return validate.check_finite(delta, "the attribution estimates").cpu()
+
+
+def tabulate(
+    cases: pd.DataFrame,
+    heads: list[tuple[int, int]],
+    correct: torch.Tensor,
+    logprob: torch.Tensor,
+    group_by: tuple[str, ...],
+    exact: torch.Tensor | None = None,
+    estimated: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """The per-(head, group value) table of [`HeadAblationResult.df`][arithlens.cna.heads.HeadAblationResult] from per-case outcomes."""
+    base_correct = torch.tensor(cases["correct"].to_numpy(), dtype=torch.float32)
+    base_lp = torch.tensor(cases["target_logprob"].to_numpy(), dtype=torch.float32)
+    exact = torch.ones(len(heads), dtype=torch.bool) if exact is None else exact
+    groups: list[tuple[dict, torch.Tensor]] = [({c: "all" for c in group_by}, torch.arange(len(cases)))]
+    if group_by:
+        for values, part in cases.groupby(list(group_by), sort=False, dropna=False):
+            values = values if isinstance(values, tuple) else (values,)
+            groups.append((dict(zip(group_by, values)), torch.tensor(part.index.to_list(), dtype=torch.long)))
+    layer = np.array([h[0] for h in heads])
+    head = np.array([h[1] for h in heads])
+    nan = torch.tensor(float("nan"))
+    frames = []
+    for label, idx in groups:
+        acc = torch.where(exact, correct[:, idx].float().mean(1), nan).numpy()
+        base = float(base_correct[idx].mean())
+        frame = pd.DataFrame({"layer": layer, "head": head})
+        for c, v in label.items():
+            frame[c] = v
+        frame["n"] = len(idx)
+        frame["accuracy"] = acc
+        frame["baseline_accuracy"] = base
+        frame["accuracy_drop"] = base - acc
+        frame["relative_drop"] = (base - acc) / base if base > 0 else float("nan")
+        frame["logprob_drop"] = (base_lp[idx][None, :] - logprob[:, idx]).mean(1).numpy()
+        frame["estimated"] = (~exact).numpy()
+        if estimated is not None:
+            frame["logprob_drop_estimate"] = (base_lp[idx][None, :] - estimated[:, idx]).mean(1).numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

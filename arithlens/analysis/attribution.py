@@ -8,15 +8,15 @@ logit) is
 
 — attribution patching (Nanda 2023; Kramár et al. 2024, "AtP*"). One forward and one
 backward pass give `∂m/∂a_n` for every component at once
-([`forward.gradients`][arithlens.forward.gradients]), so a sweep over hundreds of heads
+([`forward.gradients`][arithlens.core.forward.gradients]), so a sweep over hundreds of heads
 costs about three forwards per batch instead of one forward per head. The estimate is
 poor where attention saturates or a component's effect is far from linear, so the sweeps
-that offer it ([`HeadAblation`][arithlens.heads.HeadAblation] and
+that offer it ([`HeadAblation`][arithlens.cna.heads.HeadAblation] and
 [`PathPatching`][arithlens.circuits.path_patching.PathPatching] with
 `estimate="attribution"`) re-score their top `rescore` candidates exactly, like CNA's fast
 mode, and mark every row that is still an estimate.
 
-[`agreement`][arithlens.attribution.agreement] measures how well an estimate ranks
+[`agreement`][arithlens.analysis.attribution.agreement] measures how well an estimate ranks
 components against the exact sweep: Spearman's rank correlation over all components and
 the overlap of the top-`k` sets, before and after re-scoring.
 
@@ -24,7 +24,7 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.heads import HeadAblation
+    from arithlens.cna.heads import HeadAblation
 
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(16)
@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from arithlens import forward, validate
+from arithlens.core import forward, validate
 
 ESTIMATES = ("exact", "attribution")
 

@@ -1,32 +1,32 @@
 """The statistics behind every reading of the report, and how readings print them.
 
 A reading states a claim only when the cases establish it, so each number it quotes comes
-with a 95 % interval ([`CONFIDENCE`][arithlens.stats.CONFIDENCE]) and its case count:
+with a 95 % interval ([`CONFIDENCE`][arithlens.core.stats.CONFIDENCE]) and its case count:
 
-* [`proportion_interval`][arithlens.stats.proportion_interval] and
-  [`proportion`][arithlens.stats.proportion] — an accuracy (`k` correct of `n`) with its
+* [`proportion_interval`][arithlens.core.stats.proportion_interval] and
+  [`proportion`][arithlens.core.stats.proportion] — an accuracy (`k` correct of `n`) with its
   Wilson score interval, which stays inside [0, 1] and is not degenerate at 0 % or 100 %;
-* [`difference_interval`][arithlens.stats.difference_interval] — two accuracies on
+* [`difference_interval`][arithlens.core.stats.difference_interval] — two accuracies on
   different cases: Newcombe's hybrid score interval, built from the two Wilson intervals
   (conservative when the cases are in fact the same);
-* [`paired_difference`][arithlens.stats.paired_difference] — two accuracies on the same
+* [`paired_difference`][arithlens.core.stats.paired_difference] — two accuracies on the same
   cases, e.g. before and after an ablation: Newcombe's interval for paired proportions,
   which uses the correlation of the paired outcomes;
-* [`mean_interval`][arithlens.stats.mean_interval] — a mean over cases with its Student-t
+* [`mean_interval`][arithlens.core.stats.mean_interval] — a mean over cases with its Student-t
   interval;
-* [`bonferroni`][arithlens.stats.bonferroni] — the per-test confidence that keeps many
+* [`bonferroni`][arithlens.core.stats.bonferroni] — the per-test confidence that keeps many
   intervals (one per head, one per node) jointly at 95 %.
 
-The intervals are returned as an [`Estimate`][arithlens.stats.Estimate]: a value with its
+The intervals are returned as an [`Estimate`][arithlens.core.stats.Estimate]: a value with its
 interval and case count, which says whether it is distinguishable from zero
 (`above_zero`, `below_zero`, `known`) and prints itself as a reading quotes it
-(`percent()`, `points()`, `change()`, `ci()`). [`num`][arithlens.stats.num] and
-[`pct`][arithlens.stats.pct] print plain numbers the same way: a true minus sign, never a
-negative zero. [`arithlens.report`][arithlens.report] re-exports every name here.
+(`percent()`, `points()`, `change()`, `ci()`). [`num`][arithlens.core.stats.num] and
+[`pct`][arithlens.core.stats.pct] print plain numbers the same way: a true minus sign, never a
+negative zero. [`arithlens.app.report`][arithlens.app.report] re-exports every name here.
 
 Example:
     ```python
-    from arithlens.stats import difference_interval, paired_difference, proportion, proportion_interval
+    from arithlens.core.stats import difference_interval, paired_difference, proportion, proportion_interval
 
     proportion_interval(47, 100)                      # (0.375, 0.567): the Wilson interval
     proportion(47, 100).percent()                     # '47% [95% CI 38% to 57%]'
@@ -200,7 +200,7 @@ def difference_interval(k1: float, n1: int, k2: float, n2: int, confidence: floa
     interval), so a difference it establishes is established.
 
     Returns:
-        An [`Estimate`][arithlens.stats.Estimate] of `p1 − p2` with `n = min(n1, n2)`.
+        An [`Estimate`][arithlens.core.stats.Estimate] of `p1 − p2` with `n = min(n1, n2)`.
     """
     k1, n1 = _count(k1, n1)
     k2, n2 = _count(k2, n2)
@@ -227,7 +227,7 @@ def paired_difference(first: Iterable[Any], second: Iterable[Any], confidence: f
         second: The same cases' other outcome (e.g. correct with a head ablated).
 
     Returns:
-        An [`Estimate`][arithlens.stats.Estimate] of the difference (positive: `first`
+        An [`Estimate`][arithlens.core.stats.Estimate] of the difference (positive: `first`
         is higher — for before/after an ablation, a drop).
     """
     x = [float(v) for v in first]
@@ -255,7 +255,7 @@ def paired_difference(first: Iterable[Any], second: Iterable[Any], confidence: f
     return Estimate(diff, max(-1.0, low), min(1.0, high), n, confidence)
 
 
-def _t_quantile(q: float, df: int) -> float:
+def t_quantile(q: float, df: int) -> float:
     """Student-t quantile by the Cornish-Fisher expansion (Abramowitz & Stegun 26.7.5); exact for df = 1, 2."""
     if df == 1:
         return math.tan(math.pi * (q - 0.5))
@@ -281,7 +281,7 @@ def mean_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> Esti
     if n < 2:
         return Estimate(mean, float("nan"), float("nan"), n, confidence)
     sd = math.sqrt(sum((v - mean) ** 2 for v in xs) / (n - 1))
-    half = _t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, n, confidence)
 
 

@@ -5,15 +5,15 @@ coefficient scores); `LensModel.intervened` turns it into forward hooks that exi
 only inside a `with` block and are removed on exit, also when the body raised. No
 parameter is ever written, so after any analysis the model is bit-identical.
 
-* [`ZeroHead`][arithlens.interventions.ZeroHead] — the paper's head intervention: the head's output `z` is zero,
+* [`ZeroHead`][arithlens.core.interventions.ZeroHead] — the paper's head intervention: the head's output `z` is zero,
   which equals zeroing that head's columns of `W_O` (its parameters, §3.2). Query-head
   granularity: on GQA models one query head is ablated, not its shared KV group.
-* [`MeanHead`][arithlens.interventions.MeanHead] — the head's output replaced by its mean over reference data
+* [`MeanHead`][arithlens.core.interventions.MeanHead] — the head's output replaced by its mean over reference data
   (Zhang et al.'s mean ablation).
-* [`ZeroNeurons`][arithlens.interventions.ZeroNeurons], [`KeepNeurons`][arithlens.interventions.KeepNeurons], [`ScaleNeurons`][arithlens.interventions.ScaleNeurons] — FFN neurons'
+* [`ZeroNeurons`][arithlens.core.interventions.ZeroNeurons], [`KeepNeurons`][arithlens.core.interventions.KeepNeurons], [`ScaleNeurons`][arithlens.core.interventions.ScaleNeurons] — FFN neurons'
   coefficient scores `m_k` (`blocks.L.mlp.hook_post`) zeroed, all others of some
   layers zeroed, or scaled.
-* [`CaseNeurons`][arithlens.interventions.CaseNeurons] — a different neuron set per case (the per-case top-K sets of
+* [`CaseNeurons`][arithlens.core.interventions.CaseNeurons] — a different neuron set per case (the per-case top-K sets of
   Table 5), zeroed or kept.
 
 Interventions combine with `+` and apply to every position by default
@@ -22,7 +22,7 @@ Interventions combine with `+` and apply to every position by default
 Example:
     ```python
     from arithlens import load_model
-    from arithlens.interventions import ZeroHead, ZeroNeurons
+    from arithlens.core.interventions import ZeroHead, ZeroNeurons
 
     model = load_model()
     with model.intervened(ZeroHead(17, 2) + ZeroNeurons(25, [7, 164])):
@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float
 
-from arithlens import names, validate
+from arithlens.core import names, validate
+from arithlens.core.dataset import as_dataset
+from arithlens.core.names import Hook
+from arithlens.core.model import LensModel
 
-if TYPE_CHECKING:
-    from arithlens.models import Hook, LensModel
 
 z_hook = names.z  # kept for callers of the old names
 post_hook = names.post
@@ -106,7 +107,7 @@ def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
         elif isinstance(item, (list, tuple)):
             hooks.extend(as_hooks(model, item))
         else:
-            raise ValueError(f"{item!r} is not an intervention (see arithlens.interventions)")
+            raise ValueError(f"{item!r} is not an intervention (see arithlens.core.interventions)")
     return hooks
 
 
@@ -209,11 +210,10 @@ def compute_means(
 ) -> dict[tuple[type[ActivationMeans], int], ActivationMeans]:
     """Means of several (kind, layer) activations over `reference`, in one forward pass.
 
-    `specs` pairs an [`ActivationMeans`][arithlens.interventions.ActivationMeans] subclass
+    `specs` pairs an [`ActivationMeans`][arithlens.core.interventions.ActivationMeans] subclass
     (which names the hook) with a layer. The pass stops after the deepest layer asked for;
     only per-length sums are kept, so memory does not grow with the reference set.
     """
-    from arithlens.data import as_dataset
 
     if not specs:
         raise ValueError("compute_means needs at least one (kind, layer)")
@@ -246,7 +246,7 @@ class _UsesMeans:
     means_class: type[ActivationMeans] = ActivationMeans
 
     def means(self, model: "LensModel") -> Any:
-        """The [`ActivationMeans`][arithlens.interventions.ActivationMeans] of this layer on `model`.
+        """The [`ActivationMeans`][arithlens.core.interventions.ActivationMeans] of this layer on `model`.
 
         Computed on first use for each model (stored per model identity, so one
         intervention reused on a second model never applies the first model's means).
@@ -270,7 +270,7 @@ class MeanHead(_UsesMeans, Intervention):
     """Replace head `head`'s output by its mean over `reference` data.
 
     `reference` is a dataset / list of prompts (means are computed on first use) or a
-    [`HeadMeans`][arithlens.interventions.HeadMeans] of that layer.
+    [`HeadMeans`][arithlens.core.interventions.HeadMeans] of that layer.
     """
 
     layer: int

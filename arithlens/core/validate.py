@@ -10,7 +10,7 @@ what is wrong.
 
 Example:
     ```python
-    from arithlens import validate
+    from arithlens.core import validate
     validate.positive_int(8, "batch_size")        # 8
     validate.choice("last", "position", ("all", "last"))
     ```
@@ -212,7 +212,7 @@ class NonFiniteError(ValueError):
 
 
 def check_finite(tensor: Any, what: str) -> Any:
-    """Return `tensor`, or raise [`NonFiniteError`][arithlens.validate.NonFiniteError] if any value is NaN/inf."""
+    """Return `tensor`, or raise [`NonFiniteError`][arithlens.core.validate.NonFiniteError] if any value is NaN/inf."""
     import torch
 
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

@@ -1,6 +1,6 @@
 """The shape every analysis returns: a tidy DataFrame and a plotly figure.
 
-Each analysis's result is a dataclass deriving from [`Result`][arithlens.results.Result]: `.df` is a tidy
+Each analysis's result is a dataclass deriving from [`Result`][arithlens.analysis.results.Result]: `.df` is a tidy
 `pandas.DataFrame` (one row per observation, columns named `layer`, `head`,
 `neuron`, `op`, `accuracy_drop`, …), `.plot()` returns a
 `plotly.graph_objects.Figure`, and `.to_csv(path)` writes `.df`. In Jupyter a result
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from arithlens.data import as_dataset
 
 
 @dataclass
@@ -45,7 +46,6 @@ REPR_ROWS = 50
 
 def case_frame(data: Any, model: Any) -> pd.DataFrame:
     """One row per case with whatever labels the dataset carries (prompts get a bare frame)."""
-    from arithlens.data import as_dataset
 
     frame = as_dataset(data, model.tokenizer).to_frame().reset_index(drop=True)
     if not frame["op"].notna().any():  # free prompts: only the prompt (and any answer) mean anything

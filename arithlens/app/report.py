@@ -1,23 +1,22 @@
 """A self-contained HTML report: sections of figures, readings, tables and CSVs.
 
-A [`Report`][arithlens.report.Report] is a title, run metadata (model, data,
-configuration, versions), a timings table and [`Section`][arithlens.report.Section]s: a
+A [`Report`][arithlens.app.report.Report] is a title, run metadata (model, data,
+configuration, versions), a timings table and [`Section`][arithlens.app.report.Section]s: a
 figure, a short reading, an optional table and a linked CSV each. plotly.js is embedded
 once, so the file opens offline; figures fill the page width and keep their titles,
 axis titles and hover labels readable there.
 
 Readings never assert what their numbers do not show. They are computed from the
-results with the statistics of [`arithlens.stats`][arithlens.stats] (Wilson and Newcombe
-intervals, paired differences, means, Bonferroni), which this module re-exports so that
-`from arithlens.report import proportion, paired_difference` keeps working, and worded
-with the helpers here ([`plural`][arithlens.report.plural],
-[`join_words`][arithlens.report.join_words], …). A claim holds when its interval excludes
+results with the statistics of [`arithlens.core.stats`][arithlens.core.stats] (Wilson and Newcombe
+intervals, paired differences, means, Bonferroni), and worded with the helpers here ([`plural`][arithlens.app.report.plural],
+[`join_words`][arithlens.app.report.join_words], …). A claim holds when its interval excludes
 the opposite; when it does not, the reading says that the cases are too few to tell, with
 the count and the interval.
 
 Example:
     ```python
-    from arithlens.report import Report, Section, paired_difference
+    from arithlens.app.report import Report, Section
+    from arithlens.core.stats import paired_difference
 
     drop = paired_difference([True] * 10 + [False] * 10, [True] * 4 + [False] * 16)
     report = Report("arithlens", meta={"model": "SmolLM2-135M-Instruct"})
@@ -36,19 +35,6 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-# Re-exported: readings, notebooks and users import the statistics from here.
-from arithlens.stats import (  # noqa: F401
-    CONFIDENCE,
-    Estimate,
-    bonferroni,
-    difference_interval,
-    mean_interval,
-    num,
-    paired_difference,
-    pct,
-    proportion,
-    proportion_interval,
-)
 
 NEURON_LABEL_NOTE = "a neuron label L_N (e.g. 29_545) is neuron N of the FFN of layer L, both counted from 0"
 """How the report names FFN neurons; every section that shows such labels quotes this."""

@@ -12,7 +12,7 @@ interval establishes it; otherwise the reading says the cases are too few, with 
 
 Example:
     ```python
-    from arithlens.pipeline import run_pipeline
+    from arithlens.app.pipeline import run_pipeline
     run_pipeline(quick=True, out="results/demo")     # includes these sections
     ```
 """
@@ -22,8 +22,15 @@ from __future__ import annotations
 from statistics import NormalDist
 from typing import Any
 
-from arithlens.report import Section, join_words, plural
-from arithlens.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion
+from arithlens.app.report import Section, join_words, plural
+from arithlens.core.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion
+from arithlens import data
+from arithlens.circuits.counterfactual import Counterfactual
+from arithlens.circuits.end_attention import EndAttention
+from arithlens.circuits.mean_ablation import Knockout
+from arithlens.circuits.mlp_probe import MLPProbe
+from arithlens.circuits.path_patching import PathPatching
+from arithlens.circuits.precise_sft import PreciseSFT
 
 
 def _node_name(row: Any) -> str:
@@ -239,12 +246,6 @@ def sft_reading(sft: Any, n_test: int) -> str:
 # ----------------------------------------------------------------------------- sections
 def sections(ctx: Any) -> list[Any]:
     """Zhang et al.'s sections of the `arithlens run` report."""
-    from arithlens import data
-    from arithlens.circuits.counterfactual import Counterfactual
-    from arithlens.circuits.end_attention import EndAttention
-    from arithlens.circuits.mean_ablation import Knockout
-    from arithlens.circuits.mlp_probe import MLPProbe
-    from arithlens.circuits.path_patching import PathPatching
 
     model, out, sizes = ctx.model, ctx.out, ctx.sizes
     with ctx.timed("circuits: path patching"):
@@ -283,7 +284,6 @@ def sections(ctx: Any) -> list[Any]:
     out_sections.append(Section("MLP unembedding probe", probe_reading(probe), figure=probe.plot()))
 
     if sizes.sft:
-        from arithlens.circuits.precise_sft import PreciseSFT
 
         n_test, steps = 80, 60
         # The random control needs as many non-key nodes as key ones.

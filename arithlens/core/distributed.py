@@ -2,10 +2,10 @@
 
 Launched under `torchrun --nproc_per_node=K script.py`, each of the K processes (ranks)
 runs the same script; a sweep takes only its share of the work with
-[`shard`][arithlens.distributed.shard] and puts the pieces back together, in the original
-order, with [`gather`][arithlens.distributed.gather] — every rank gets the whole result,
+[`shard`][arithlens.core.distributed.shard] and puts the pieces back together, in the original
+order, with [`gather`][arithlens.core.distributed.gather] — every rank gets the whole result,
 identical to what one process computes alone. Run as a plain `python script.py`, the same
-code sees one process: [`shard`][arithlens.distributed.shard] returns every item and [`gather`][arithlens.distributed.gather] returns its argument
+code sees one process: [`shard`][arithlens.core.distributed.shard] returns every item and [`gather`][arithlens.core.distributed.gather] returns its argument
 unchanged, so nothing needs an `if distributed:`.
 
 The process group is created lazily, once, on the first call that needs it, from the
@@ -19,15 +19,15 @@ single process does. Splitting heads, layers or nodes does (every rank runs the 
 batches); splitting *cases* only does if each case lands in the same batch as in one
 process — batched matmuls of different batch shapes round differently. Shard whole
 batches (`shard(list(model.batches(ids)))`) and reassemble per-case rows with
-[`gather_rows`][arithlens.distributed.gather_rows].
+[`gather_rows`][arithlens.core.distributed.gather_rows].
 
 Example:
     ```python
     # torchrun --nproc_per_node=4 sweep.py
     import pandas as pd
     import arithlens
-    from arithlens import distributed
-    from arithlens.interventions import ZeroHead
+    from arithlens.core import distributed
+    from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model(device=distributed.device())
     prompts = ["3+5=", "2+2="]
@@ -51,7 +51,7 @@ from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
-from arithlens import validate
+from arithlens.core import validate
 
 T = TypeVar("T")
 
@@ -121,7 +121,7 @@ def is_main() -> bool:
 def device() -> str:
     """This rank's device: `cuda:$LOCAL_RANK` when CUDA is available, else `"cpu"`.
 
-    Pass it to [`load_model`][arithlens.loading.load_model] so each process of a
+    Pass it to [`load_model`][arithlens.core.loading.load_model] so each process of a
     `torchrun` job uses its own GPU.
     """
     if torch.cuda.is_available():
@@ -161,7 +161,7 @@ def shard(items: Sequence[T], *, strided: bool = False) -> list[T]:
     Args:
         items: The whole work list, identical on every rank (heads, layers, cases, batches).
         strided: `False` (default): a contiguous block (see
-            [`shard_bounds`][arithlens.distributed.shard_bounds]). `True`: every
+            [`shard_bounds`][arithlens.core.distributed.shard_bounds]). `True`: every
             `world`-th item from `rank` on, which balances work that grows along the
             list (e.g. layers, when later layers cost more).
 
@@ -170,7 +170,7 @@ def shard(items: Sequence[T], *, strided: bool = False) -> list[T]:
 
     Example:
         ```python
-        from arithlens import distributed
+        from arithlens.core import distributed
         mine = distributed.shard(list(range(10)))   # rank 0 of 2: [0..4]; rank 1: [5..9]
         ```
     """
@@ -187,7 +187,7 @@ def shard(items: Sequence[T], *, strided: bool = False) -> list[T]:
 def gather(part: Any, *, strided: bool = False) -> Any:
     """The whole result, in the original item order, on every rank.
 
-    Each rank passes what it computed for its [`shard`][arithlens.distributed.shard]
+    Each rank passes what it computed for its [`shard`][arithlens.core.distributed.shard]
     (with the same `strided`), one row per item, in shard order:
 
     * a `torch.Tensor` or numpy array: rows along dimension 0;
@@ -217,7 +217,7 @@ def gather(part: Any, *, strided: bool = False) -> Any:
 def gather_rows(index: Any, values: Any, n: int | None = None) -> Any:
     """Put per-item rows computed anywhere back at their positions, on every rank.
 
-    For work not split by [`shard`][arithlens.distributed.shard]'s order — e.g. cases
+    For work not split by [`shard`][arithlens.core.distributed.shard]'s order — e.g. cases
     computed in whole batches of equal-length prompts, `rows, tokens` from
     `model.batches(ids)`, each rank taking `shard(batches)`.
 

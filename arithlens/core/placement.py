@@ -1,12 +1,12 @@
 """Where a model's weights go: the placement arguments of `load_model`, checked and resolved.
 
-[`load_model`][arithlens.loading.load_model] takes one `device`, a Hugging Face
+[`load_model`][arithlens.core.loading.load_model] takes one `device`, a Hugging Face
 `device_map` (a strategy or a dict of module name → device, optionally with `max_memory`)
-or TransformerLens's `n_devices`; `_placement` checks them against the devices this
-machine has and resolves them to a `_Placement`, loading nothing, so a typo or a missing
-GPU costs no weight reading. [`arithlens.loading`][arithlens.loading] re-exports the public
-names ([`default_device`][arithlens.loading.default_device],
-[`available_devices`][arithlens.loading.available_devices]).
+or TransformerLens's `n_devices`; `resolve_placement` checks them against the devices this
+machine has and resolves them to a `Placement`, loading nothing, so a typo or a missing
+GPU costs no weight reading. [`arithlens.core.loading`][arithlens.core.loading] re-exports the public
+names ([`default_device`][arithlens.core.placement.default_device],
+[`available_devices`][arithlens.core.placement.available_devices]).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from arithlens import validate
+from arithlens.core import validate
 
 # Hugging Face's dispatch strategies (accelerate's `infer_auto_device_map` variants).
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -50,7 +50,7 @@ def available_devices() -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Placement:
+class Placement:
     """Where the weights go: one `device`, or a Hugging Face `device_map` (+ `max_memory`)."""
 
     device: str | None = None
@@ -187,7 +187,7 @@ def _check_max_memory(max_memory: Any) -> dict[int | str, int | str]:
     return out
 
 
-def _placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) -> _Placement:
+def resolve_placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) -> Placement:
     """Validate and resolve the placement arguments, loading nothing."""
     if n_devices is not None:
         n_devices = validate.positive_int(n_devices, "n_devices")
@@ -222,7 +222,7 @@ def _placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) ->
 
         # TransformerLens's own translation: ("balanced", {0: bytes, ..., n-1: bytes}).
         strategy, budget = resolve_device_map(n_devices, None, None, mm)
-        return _Placement(device_map=strategy, max_memory=budget)
+        return Placement(device_map=strategy, max_memory=budget)
     if isinstance(dm, str):  # a strategy
         if not torch.cuda.is_available():
             # Nothing to split across: the whole model goes to the CPU (as accelerate would
@@ -232,8 +232,8 @@ def _placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) ->
                     f"max_memory is given but this machine has no CUDA GPU to split the model over "
                     f"(available devices: {_devices_text()}); device_map={dm!r} loads it whole on the CPU"
                 )
-            return _Placement(device="cpu")
-        return _Placement(device_map=dm, max_memory=mm)
+            return Placement(device="cpu")
+        return Placement(device_map=dm, max_memory=mm)
     if mm is not None:
         raise ValueError(
             "max_memory only applies when the model is split by a strategy: pass it with "
@@ -242,12 +242,12 @@ def _placement(device: Any, device_map: Any, n_devices: Any, max_memory: Any) ->
     if dm is not None:
         targets = set(dm.values())
         if len(targets) == 1:  # one device: no dispatch needed
-            return _Placement(device=targets.pop())
-        return _Placement(device_map=dm)
-    return _Placement(device=dev or default_device())
+            return Placement(device=targets.pop())
+        return Placement(device_map=dm)
+    return Placement(device=dev or default_device())
 
 
-def _check_loaded(model: Any, placement: _Placement, given: dict[str, Any]) -> None:
+def check_loaded(model: Any, placement: Placement, given: dict[str, Any]) -> None:
     """A model already loaded can only be asked for the device it is on."""
     split = {k: v for k, v in given.items() if k != "device"}
     if split:
