@@ -47,7 +47,6 @@ from jaxtyping import Float, Int
 from arithlens.core import names as hooks
 from arithlens.core import validate
 from arithlens.core.dataset import as_dataset
-from arithlens.core.model import LensModel
 
 
 

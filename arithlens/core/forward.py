@@ -55,7 +55,6 @@ from jaxtyping import Float, Int
 
 from arithlens.core import validate
 from arithlens.core import names
-from arithlens.core.model import LensModel
 
 
 

@@ -42,7 +42,6 @@ from jaxtyping import Bool, Float
 from arithlens.core import names, validate
 from arithlens.core.dataset import as_dataset
 from arithlens.core.names import Hook
-from arithlens.core.model import LensModel
 
 
 z_hook = names.z  # kept for callers of the old names
