@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 # Public name -> module defining it.
 _EXPORTS = {
-    "Evaluation": "arithlens.analysis.evaluation",
+    "EvaluationResult": "arithlens.analysis.evaluation",
     "evaluate": "arithlens.analysis.evaluation",
     "HeadAblation": "arithlens.cna.heads",
     "HeadAblationResult": "arithlens.cna.heads",
@@ -42,7 +42,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
-    from arithlens.analysis.evaluation import Evaluation, evaluate
+    from arithlens.analysis.evaluation import EvaluationResult, evaluate
     from arithlens.cna.heads import HeadAblation, HeadAblationResult
     from arithlens.core.loading import load_model
     from arithlens.core.model import LensModel, Run

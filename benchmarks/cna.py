@@ -11,7 +11,7 @@ final-norm scale, as the paper's code), for 1 and for 32 prompts.
   `ComparativeNeuronScores(mode="exact")` runs): the projections `W_out[l] @ W_U` once per
   call for every case and both sides, then a log-sum-exp per (case, side, neuron) — direct
   for few pairs, by the bounded series for many. Also timed *warm*: with the projections
-  kept from an earlier call (`CNAConfig(keep_projections=True)`).
+  kept from an earlier call (`CNAAnalysis(keep_projections=True)`).
 
 Both are timed on the same activations (the forward passes are not timed) over the last
 `--layers` layers (every layer has the same shape, so per-layer times extrapolate); the

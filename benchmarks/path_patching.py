@@ -94,7 +94,7 @@ def main() -> None:
     import arithlens
     from arithlens import data
     from arithlens.circuits import Counterfactual, PathPatching
-    from arithlens.core.names import Node
+    from arithlens.core.names import Component
 
     if args.tiny:
         from arithlens.testing import tiny_llama
@@ -105,7 +105,7 @@ def main() -> None:
     dtype = model.bridge.W_U.dtype
     peak = peak_flops(args.device, dtype)
     layers = list(range(0, model.n_layers, args.stride))
-    nodes = [Node(L, h) for L in layers for h in [*range(model.n_heads), None]]
+    nodes = [Component(L, h) for L in layers for h in [*range(model.n_heads), None]]
     loop_nodes = nodes if not args.loop_nodes or args.loop_nodes >= len(nodes) else nodes[:: -(-len(nodes) // args.loop_nodes)]
     extrapolated = "" if len(loop_nodes) == len(nodes) else f" (extrapolated from {len(loop_nodes)} nodes)"
     cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=max(args.pairs))

@@ -359,21 +359,21 @@ def comparative() -> list:
         answers correctly, how many of those answers zeroing it costs, and whether the
         model gets the case analysed, `"1+2="`, right.
 
-        CNA scores every one of the 46,080 FFN neurons. `CNAConfig(mode="fast")` ranks them
+        CNA scores every one of the 46,080 FFN neurons. `CNAAnalysis(mode="fast")` ranks them
         to first order and re-scores the top 200 of each case exactly, so the top-K listed
         are exact scores; `mode="exact"` (the default) scores all exactly, which costs a
         `W_out @ W_U` product per layer: minutes on a CPU, seconds on a GPU. One
-        `CNAConfig` serves every CNA-based analysis below.
+        `CNAAnalysis` serves every CNA-based analysis below.
         """),
         code("""
-        from arithlens.cna import CNAConfig
+        from arithlens.cna import CNAAnalysis
         from arithlens.cna.heads import HeadAblation
         from arithlens.core.interventions import ZeroHead
         from arithlens.core.stats import paired_difference
 
         head = (0, 8)      # the arithmetic head: your model's top "+" head from tutorial 02
         prompt = "1+2="
-        config = CNAConfig(mode="fast")
+        config = CNAAnalysis(mode="fast")
         plus = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"])
         right = plus.correct_under(model.cache(plus))          # the "+" prompts answered correctly
         check = HeadAblation(heads=[head], progress=False).run(model, right)
@@ -678,11 +678,11 @@ def chain() -> list:
         print(prompt, "->", model.predict([prompt]))
         """),
         code("""
-        from arithlens.cna import CNAConfig, LogicChain
+        from arithlens.cna import CNAAnalysis, LogicChain
         from arithlens.core.interventions import ZeroHead
 
         logic = LogicChain(intervention=ZeroHead(*head), k=10, k_shallow=8, shallow_layers=list(range(10)),
-                           config=CNAConfig(mode="fast"))
+                           config=CNAAnalysis(mode="fast"))
         chain = logic.run(model, prompt)
         chain.plot()
         """),
@@ -791,7 +791,7 @@ def circuits() -> list:
         patching.plot()
         """),
         code("""
-        key = patching.top_nodes(10)      # the 10 nodes with the largest |effect|, as Nodes
+        key = patching.top_components(10)      # the 10 nodes with the largest |effect|, as Nodes
         patching.top(10)
         """),
         md("""

@@ -11,7 +11,7 @@ from arithlens import data
 
 from arithlens.core import names
 from arithlens.circuits import Counterfactual, PathPatching
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_patching_rescored_rows_are_exact_and_the_rest_flagged(tiny, pairs, meth
 
 def test_path_estimate_is_the_linearised_final_norm(tiny, pairs):
     """For "path" the only non-linearity is the final norm: a small patch is predicted exactly."""
-    nodes = [Node(2, 1), Node(2), Node(0, 3)]
+    nodes = [Component(2, 1), Component(2), Component(0, 3)]
     fast = PathPatching(nodes=nodes, estimate="attribution", rescore=0, progress=False).run(tiny, pairs)
     exact = PathPatching(nodes=nodes, progress=False).run(tiny, pairs)
     # first order: agree to within the curvature of the norm, and in sign for sizeable effects
@@ -86,7 +86,7 @@ def test_activation_estimate_is_the_first_order_change(tiny, pairs):
     """Brute force: patch a node a fraction α of the way to its counterfactual output, finite difference."""
     fast = PathPatching(method="activation", estimate="attribution", rescore=0, progress=False).run(tiny, pairs)
     alpha = 1e-3
-    for node in [Node(1, 2), Node(0), Node(2, 0)]:
+    for node in [Component(1, 2), Component(0), Component(2, 0)]:
         k = fast.nodes.index(node)
         for i in range(2):
             ref = torch.tensor([pairs.reference_ids[i]])
@@ -151,5 +151,5 @@ def test_top_arguments(tiny, pairs):
     with pytest.raises(ValueError, match="kind='attn' is not one of"):
         result.top(3, kind="attn")
     with pytest.raises(ValueError, match="by='size' is not one of"):
-        result.top_nodes(3, by="size")
-    assert len(result.top(np.int64(4))) == 4 and all(isinstance(n, Node) for n in result.top_nodes(4))
+        result.top_components(3, by="size")
+    assert len(result.top(np.int64(4))) == 4 and all(isinstance(n, Component) for n in result.top_components(4))

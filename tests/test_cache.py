@@ -9,7 +9,7 @@ from conftest import assert_untouched, forward_counter, model_state
 from arithlens import data
 
 from arithlens.core import names
-from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.cache import DatasetCache, ensure_cache
 from arithlens.analysis.evaluation import evaluate
 from arithlens.core.interventions import MeanHead, ZeroHead
 
@@ -141,7 +141,7 @@ def test_ensure_cache_rejects_a_cache_of_other_data_or_missing_hooks(tiny):
     ablated = tiny.cache(PROMPTS, interventions=[ZeroHead(0, 0)])
     with pytest.raises(ValueError, match="clean forward pass"):
         ensure_cache(tiny, PROMPTS, ablated)
-    with pytest.raises(ValueError, match="not an ActivationCache"):
+    with pytest.raises(ValueError, match="not an DatasetCache"):
         ensure_cache(tiny, PROMPTS, {"predictions": 1})
     assert ensure_cache(tiny, PROMPTS, cache, names=[names.resid_mid(0)]) is cache
 
@@ -186,5 +186,5 @@ def test_caching_leaves_the_model_untouched(tiny):
 
 def test_cache_type_and_repr(tiny):
     cache = tiny.cache(PROMPTS[:2], memo=False)
-    assert isinstance(cache, ActivationCache) and len(cache) == 2
+    assert isinstance(cache, DatasetCache) and len(cache) == 2
     assert "2 cases" in repr(cache) and "clean" in repr(cache)

@@ -17,7 +17,7 @@ from arithlens.circuits.end_attention import ROLES
 from arithlens.circuits.mean_ablation import MeanNodes, MLPMeans
 from arithlens.data import as_dataset
 from arithlens.core.interventions import HeadMeans
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.core.validate import NonFiniteError
 
 
@@ -120,13 +120,13 @@ def test_mean_nodes_equals_explicit_replacement(tiny, pairs):
     with tiny.hooked(hooks), torch.no_grad():
         expected = tiny.bridge(ref)[:, -1]
     layers = range(tiny.n_layers)
-    iv = MeanNodes(("0.1", Node(2, 3), Node(2)), HeadMeans.compute(tiny, pairs.counterfactual_ids, layers), MLPMeans.compute(tiny, pairs.counterfactual_ids, layers))
-    assert iv.nodes == (Node(0, 1), Node(2, 3), Node(2))
+    iv = MeanNodes(("0.1", Component(2, 3), Component(2)), HeadMeans.compute(tiny, pairs.counterfactual_ids, layers), MLPMeans.compute(tiny, pairs.counterfactual_ids, layers))
+    assert iv.nodes == (Component(0, 1), Component(2, 3), Component(2))
     with tiny.intervened(iv), torch.no_grad():
         got = tiny.bridge(ref)[:, -1]
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="no MLP means for layer 1"):
-        MeanNodes((Node(1),), {}, {})
+        MeanNodes((Component(1),), {}, {})
 
 
 def test_knockout_equals_explicit_interventions(tiny, scored_pairs):
@@ -139,7 +139,7 @@ def test_knockout_equals_explicit_interventions(tiny, scored_pairs):
         result = knockout.run(tiny, pairs, patching, cache=cache)
     assert_untouched(tiny, snap, n_hooks)
     key = result.key_nodes
-    assert key == patching.top_nodes(3) and all(isinstance(n, Node) for n in key)
+    assert key == patching.top_components(3) and all(isinstance(n, Component) for n in key)
     conditions = list(dict.fromkeys(result.df["condition"]))
     assert conditions == ["baseline", "key", *(f"key {n.name}" for n in key), "random", "rest"]
     # one pass for the head and MLP means, one per ablated condition (a random draw each), none clean
@@ -153,7 +153,7 @@ def test_knockout_equals_explicit_interventions(tiny, scored_pairs):
         run = tiny.cache(pairs, interventions=[MeanNodes(tuple(nodes), means_h, means_m)])
         return (run.predictions == pairs.target_ids).float()
 
-    others = [Node(L, h) for L in range(tiny.n_layers) for h in [*range(tiny.n_heads), None] if Node(L, h) not in key]
+    others = [Component(L, h) for L in range(tiny.n_layers) for h in [*range(tiny.n_heads), None] if Component(L, h) not in key]
     expected = {"baseline": torch.ones(len(pairs)), "key": accuracy(key), "rest": accuracy(others)}
     expected |= {f"key {n.name}": accuracy([n]) for n in key}
     assert len(result.random_nodes) == 2
@@ -203,7 +203,7 @@ def test_knockout_bad_input(tiny, pairs):
     with pytest.raises(ValueError, match="repeated components"):
         Knockout(nodes=["1.2", (1, 2)])
     with pytest.raises(ValueError, match="layer=5 is out of range"):
-        Knockout(nodes=[Node(5)]).run(tiny, pairs)
+        Knockout(nodes=[Component(5)]).run(tiny, pairs)
     assert Knockout(k=np.int64(3)).k == 3
     with pytest.warns(DeprecationWarning, match="k="):
         assert Knockout(top_n=4).k == 4
@@ -216,7 +216,7 @@ def test_knockout_non_finite_logits_raise(tiny, pairs):
 
 # ------------------------------------------------------------------------- attention
 def test_end_attention_equals_brute_force(tiny, cases):
-    heads = [Node(0, 1), Node(2, 3)]
+    heads = [Component(0, 1), Component(2, 3)]
     snap, n_hooks = model_state(tiny)
     result = EndAttention(heads=["0.1", (2, 3)]).run(tiny, cases)
     assert_untouched(tiny, snap, n_hooks)
@@ -260,12 +260,12 @@ def test_end_attention_prompts_of_several_lengths(tiny):
 def test_end_attention_takes_the_strongest_heads_of_a_patching_result(tiny, cases):
     class Ranked:  # the path-patching result's interface: nodes ranked by |effect|
         @staticmethod
-        def top_nodes(k, kind=None):
-            ranked = [Node(2), Node(1, 3), Node(0), Node(0, 2), Node(2, 1)]
+        def top_components(k, kind=None):
+            ranked = [Component(2), Component(1, 3), Component(0), Component(0, 2), Component(2, 1)]
             return [n for n in ranked if kind is None or n.kind == kind][:k]
 
     result = EndAttention(k=2).run(tiny, cases, Ranked())
-    assert result.heads == [Node(1, 3), Node(0, 2)]
+    assert result.heads == [Component(1, 3), Component(0, 2)]
 
 
 def test_end_attention_bad_input(tiny, cases):
@@ -274,7 +274,7 @@ def test_end_attention_bad_input(tiny, cases):
     with pytest.raises(ValueError, match="head=9 is out of range"):
         EndAttention(heads=[(0, 9)]).run(tiny, cases)
     with pytest.raises(ValueError, match="must be attention heads"):
-        EndAttention(heads=[Node(1)])
+        EndAttention(heads=[Component(1)])
     with pytest.raises(ValueError, match="top_n='3' must be an integer"):
         EndAttention(top_n="3")
     with pytest.raises(ValueError, match="empty dataset"):

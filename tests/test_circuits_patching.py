@@ -10,7 +10,7 @@ from arithlens import data
 from arithlens.circuits import Counterfactual, PathPatching
 from arithlens.circuits.operands import locate, token_roles
 from arithlens.circuits.path_patching import MLP
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def _naive_path_logit(model, ref, cf, target, node, r=None, c=None):
     def set_mlp(L):
         def fn(x, hook):
             x[:] = r[("mlp", L)]
-            if node == Node(L):
+            if node == Component(L):
                 x[:, -1] = c[("mlp", L)][:, -1]
             return x
 
@@ -181,11 +181,11 @@ def test_top_plot_and_by(tiny, pairs):
     top = result.top(3)
     mags = result.df["effect"].abs().sort_values(ascending=False).to_numpy()
     assert list(top["effect"].abs()) == pytest.approx(mags[:3])
-    nodes = result.top_nodes(3)
+    nodes = result.top_components(3)
     assert [n.name for n in nodes] == list(top["name"])
     got = [abs(result.df.loc[result.nodes.index(n), "effect"]) for n in nodes]
     assert got == pytest.approx(mags[:3])
-    assert all(n.is_mlp for n in result.top_nodes(2, kind="mlp"))
+    assert all(n.is_mlp for n in result.top_components(2, kind="mlp"))
     assert set(result.top(2, kind="head")["kind"]) == {"head"}
     assert set(result.by("op")["op"]) == {"+", "-"}
     fig = result.plot()
@@ -217,6 +217,6 @@ def test_smollm2_patching_few_pairs(smollm2):
     # one literal Algorithm-1 check on a late head and the last MLP (no downstream nodes)
     ref, cf = torch.tensor([pairs.reference_ids[0]]), torch.tensor([pairs.counterfactual_ids[0]])
     target = int(pairs.target_ids[0])
-    for node in [Node(29), Node(28, 3)]:
+    for node in [Component(29), Component(28, 3)]:
         k = result.nodes.index(node)
         assert math.isclose(float(result.logit_p[k, 0]), _naive_path_logit(smollm2, ref, cf, target, node), rel_tol=1e-3, abs_tol=1e-3)

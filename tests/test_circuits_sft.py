@@ -12,7 +12,7 @@ from arithlens import data
 from arithlens.circuits import PreciseSFT, general_text, perplexity
 from arithlens.circuits.components import _canonical, component_masks, n_params
 from arithlens.analysis.tuning import answer_loss
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.core.validate import NonFiniteError
 
 TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
@@ -24,7 +24,7 @@ def _param(bridge, suffix):
 
 def test_component_masks_select_head_slices_and_whole_mlps(tiny):
     d, group = tiny.d_head, tiny.n_heads // tiny.n_kv_heads
-    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [Node(1, 3), Node(2)]).items()}
+    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [Component(1, 3), Component(2)]).items()}
     q = masks["model.layers.1.self_attn.q_proj.weight"]
     assert q[3 * d : 4 * d].all() and q.sum() == d * tiny.d_model
     g = 3 // group
@@ -69,7 +69,7 @@ def test_precise_sft_trains_only_key_components(tiny):
     train, test = data.lora_split(tiny.tokenizer, n_train=40, n_test=8)
     tiny.cache(test, memo=False)  # the bridge adds torch hooks of its own on its first run_with_cache
     snap, n_hooks = model_state(tiny)
-    key = [Node(1, 3), Node(2)]
+    key = [Component(1, 3), Component(2)]
     sft = PreciseSFT(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
     result = sft.run(tiny, train, test, text=TEXT)
     assert_untouched(tiny, snap, n_hooks)
@@ -135,7 +135,7 @@ def test_precise_sft_bad_input(tiny):
     with pytest.warns(DeprecationWarning):
         assert PreciseSFT(top_n=6).k == 6
     with pytest.raises(ValueError, match="layer=3 is out of range"):
-        PreciseSFT(nodes=[Node(3)]).key_nodes(tiny)
+        PreciseSFT(nodes=[Component(3)]).key_nodes(tiny)
     with pytest.raises(ValueError, match="has no answer tokens"):
         PreciseSFT(nodes=["1.3"], steps=1).run(tiny, ["1+2="], ["3+4="], text=TEXT)
     with pytest.raises(ValueError, match="window=0 is out of range"):

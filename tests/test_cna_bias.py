@@ -24,7 +24,6 @@ from arithlens.cna.bias import (
     zero_neurons,
 )
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.lora import cna
 from arithlens.analysis.tuning import save_model
 
 SMALL = BiasData(("A <gend> works as a", "The job of a <gend> is"), {"woman": ("nurse", "maid"), "man": ("guard", "dental assistant")})
@@ -86,7 +85,7 @@ def test_gender_bias_against_brute_force(tiny):
     mine = data.prompts(tiny.tokenizer, [fill(SMALL.prompts[0], g) for g in profs["biased_to"]], list(profs["profession"]))
     other = {"woman": "man", "man": "woman"}
     theirs = data.prompts(tiny.tokenizer, [fill(SMALL.prompts[0], other[g]) for g in profs["biased_to"]], list(profs["profession"]))
-    res = cna(ComparativeNeuronScores, other_data=theirs, target="answer", mode="exact").run(tiny, mine)
+    res = ComparativeNeuronScores(top_tokens=0, other_data=theirs, target="answer", mode="exact").run(tiny, mine)
     top = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)").topk(3).indices.tolist()
     assert result.neurons == [(j // 64, j % 64) for j in top]
     # Table 13: |log p(prof | woman) - log p(prof | man)| averaged, with and without the edit.

@@ -13,7 +13,7 @@ import torch
 from arithlens import data
 
 from arithlens.core import names, validate
-from arithlens.cna import CNAConfig, ComparativeNeuronScores, ComparativeResult, NeuronImportance, importance_scores
+from arithlens.cna import CNAAnalysis, ComparativeNeuronScores, ComparativeNeuronScoresResult, NeuronImportance
 from arithlens.cna import scores as kernels
 from arithlens.cna.scores import first_order_scores
 from arithlens.cna.inputs import Activations, cna_hooks
@@ -74,7 +74,7 @@ def own_scale(model, prompt, intervention=None):
 
 # ---------------------------------------------------------------------------- exact scores
 def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
-    direct = NeuronImportance(config=CNAConfig(tolerance=0)).run(tiny, PROMPTS)  # direct log-sum-exp only
+    direct = NeuronImportance(config=CNAAnalysis(tolerance=0)).run(tiny, PROMPTS)  # direct log-sum-exp only
     for i, p in enumerate(PROMPTS):
         ref = brute_force(tiny, p, int(direct.w[i]), range(tiny.n_layers))
         torch.testing.assert_close(direct.importance[i], ref, atol=1e-4, rtol=0)
@@ -84,8 +84,8 @@ def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
     monkeypatch.setattr(kernels, "SERIES_MIN_SIDES", 1)  # the series on every block
     series = NeuronImportance().run(tiny, PROMPTS)
     torch.testing.assert_close(series.importance, direct.importance, atol=1e-5, rtol=0)
-    assert 0 < series.bound <= CNAConfig().tolerance
-    loose = NeuronImportance(config=CNAConfig(tolerance=1e-3)).run(tiny, PROMPTS)  # fewer terms, a larger stated bound
+    assert 0 < series.bound <= CNAAnalysis().tolerance
+    loose = NeuronImportance(config=CNAAnalysis(tolerance=1e-3)).run(tiny, PROMPTS)  # fewer terms, a larger stated bound
     assert series.bound < loose.bound <= 1e-3
     assert float((loose.importance - direct.importance).abs().max()) <= loose.bound + 1e-5
 
@@ -107,7 +107,7 @@ def test_kept_projections_are_reused_and_reduced_dtypes_stay_within_bound(tiny):
     kept = projection_cache(tiny)
     kept.clear()
     fresh = NeuronImportance().run(tiny, PROMPTS)
-    job = NeuronImportance(config=CNAConfig(keep_projections=True))
+    job = NeuronImportance(config=CNAAnalysis(keep_projections=True))
     first = job.run(tiny, PROMPTS)
     held, misses = len(kept), kept.misses
     again = job.run(tiny, PROMPTS[:2])
@@ -115,14 +115,14 @@ def test_kept_projections_are_reused_and_reduced_dtypes_stay_within_bound(tiny):
     torch.testing.assert_close(first.importance, fresh.importance, atol=1e-5, rtol=0)
     torch.testing.assert_close(again.importance, fresh.importance[:2], atol=1e-5, rtol=0)
     for dtype in ("bfloat16", "float16"):
-        low = NeuronImportance(config=CNAConfig(keep_projections=True, projection_dtype=dtype)).run(tiny, PROMPTS)
+        low = NeuronImportance(config=CNAAnalysis(keep_projections=True, projection_dtype=dtype)).run(tiny, PROMPTS)
         assert low.bound <= 1e-7
         torch.testing.assert_close(low.importance, fresh.importance, atol=1e-5, rtol=0)
     assert kept.nbytes > 0
     kept.clear()
     assert len(kept) == 0 and kept.nbytes == 0
     with pytest.raises(ValueError, match="tolerance"):
-        CNAConfig(projection_dtype="bfloat16", tolerance=0)
+        CNAAnalysis(projection_dtype="bfloat16", tolerance=0)
 
 
 def test_answer_target_and_fixed_w(tiny):
@@ -130,13 +130,13 @@ def test_answer_target_and_fixed_w(tiny):
     res = NeuronImportance(target="answer").run(tiny, cases)
     assert res.w.tolist() == [c.target_id for c in cases]
     torch.testing.assert_close(res.importance[0, 1], brute_force(tiny, cases[0].prompt, cases[0].target_id, [1])[0], atol=1e-4, rtol=0)
-    fixed = importance_scores(tiny, PROMPTS[:2], w=np.array([5, 6]))
+    fixed = NeuronImportance(top_tokens=0).run(tiny, PROMPTS[:2], w=np.array([5, 6]))
     assert fixed.w.tolist() == [5, 6]
     torch.testing.assert_close(fixed.importance[1, 2], brute_force(tiny, PROMPTS[1], 6, [2])[0], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="target='answer'"):
         NeuronImportance(target="answer").run(tiny, ["3+5="])
     with pytest.raises(ValueError, match="w has 1 tokens"):
-        importance_scores(tiny, PROMPTS[:2], w=[1])
+        NeuronImportance(top_tokens=0).run(tiny, PROMPTS[:2], w=[1])
 
 
 def test_heads_and_layers_scores(tiny):
@@ -201,7 +201,7 @@ def test_first_order_score_is_the_gradient(tiny):
 # ---------------------------------------------------------------------------- comparisons and scales
 def test_comparative_intervention_both_scales(tiny):
     iv = ZeroHead(1, 2)
-    own = ComparativeNeuronScores(intervention=iv, config=CNAConfig(scale="own")).run(tiny, PROMPTS[:2])
+    own = ComparativeNeuronScores(intervention=iv, config=CNAAnalysis(scale="own")).run(tiny, PROMPTS[:2])
     orig = ComparativeNeuronScores(intervention=iv).run(tiny, PROMPTS[:2])  # default: the reference code's scale
     assert orig.scale == "original" and own.scale == "own"
     for i, p in enumerate(PROMPTS[:2]):
@@ -237,14 +237,14 @@ def test_comparative_intervention_both_scales(tiny):
 def test_comparative_two_inputs_and_two_models(tiny):
     from arithlens.testing import tiny_llama
 
-    own = ComparativeNeuronScores(other_data=["3-5="], config=CNAConfig(scale="own")).run(tiny, ["3+5="])
+    own = ComparativeNeuronScores(other_data=["3-5="], config=CNAAnalysis(scale="own")).run(tiny, ["3+5="])
     w = int(own.w[0])
     torch.testing.assert_close(own.importance_other[0], brute_force(tiny, "3-5=", w, range(tiny.n_layers)), atol=1e-4, rtol=0)
     orig = ComparativeNeuronScores(other_data=["3-5="]).run(tiny, ["3+5="])  # read with "3+5="'s scale
     ref = brute_force(tiny, "3-5=", w, range(tiny.n_layers), scale=own_scale(tiny, "3+5="))
     torch.testing.assert_close(orig.importance_other[0], ref, atol=1e-4, rtol=0)
     other = tiny_llama(seed=1)
-    res = ComparativeNeuronScores(other_model=other, config=CNAConfig(scale="own")).run(tiny, ["3+5="])
+    res = ComparativeNeuronScores(other_model=other, config=CNAAnalysis(scale="own")).run(tiny, ["3+5="])
     torch.testing.assert_close(res.importance_other[0, :1], brute_force(other, "3+5=", w, [0]), atol=1e-4, rtol=0)
     res = ComparativeNeuronScores(other_model=other).run(tiny, ["3+5="])
     ref = brute_force(other, "3+5=", w, [0], scale=own_scale(tiny, "3+5="))
@@ -338,14 +338,14 @@ def test_numpy_integers_and_bad_calls(tiny):
     with pytest.raises(ValueError, match="empty dataset"):
         NeuronImportance().run(tiny, [])
     with pytest.raises(ValueError, match="scale"):
-        CNAConfig(scale="frozen")
+        CNAAnalysis(scale="frozen")
 
 
 def test_non_finite_scores_raise(tiny):
     blowup = ScaleNeurons(1, list(range(tiny.d_mlp)), 1e30)  # the final norm's scale overflows to inf
     for scale in ("original", "own"):
         with pytest.raises(validate.NonFiniteError):
-            ComparativeNeuronScores(intervention=blowup, config=CNAConfig(scale=scale)).run(tiny, PROMPTS[:2])
+            ComparativeNeuronScores(intervention=blowup, config=CNAAnalysis(scale=scale)).run(tiny, PROMPTS[:2])
     with pytest.raises(validate.NonFiniteError):
         NeuronImportance().run(tiny, PROMPTS[:2], interventions=[blowup])
     cache = tiny.cache(PROMPTS[:2], names=cna_hooks(tiny, range(tiny.n_layers)), memo=False)
@@ -363,15 +363,15 @@ def test_analyses_leave_model_untouched_even_on_error(tiny):
     with pytest.raises(ValueError):
         ComparativeNeuronScores(intervention=ZeroHead(1, 99)).run(tiny, PROMPTS)
     with pytest.raises(ValueError):  # fails after the clean pass
-        importance_scores(tiny, PROMPTS, w=[1, 2])
+        NeuronImportance(top_tokens=0).run(tiny, PROMPTS, w=[1, 2])
     assert_untouched(tiny, snap, hooks)
 
 
 def test_old_keywords_fold_into_one_config():
     job = NeuronImportance(target="answer", mode="fast", rescore=7, memory_budget=5e6, batch_size=3, progress=False)
-    assert job.config == CNAConfig(target="answer", mode="fast", rescore=7, memory_budget=5e6, batch_size=3)
-    over = ComparativeNeuronScores(intervention=ZeroHead(0, 0), mode="exact", config=CNAConfig(mode="fast", scale="own"))
-    assert over.config == CNAConfig(mode="exact", scale="own")
+    assert job.config == CNAAnalysis(target="answer", mode="fast", rescore=7, memory_budget=5e6, batch_size=3)
+    over = ComparativeNeuronScores(intervention=ZeroHead(0, 0), mode="exact", config=CNAAnalysis(mode="fast", scale="own"))
+    assert over.config == CNAAnalysis(mode="exact", scale="own")
 
 
 def test_package_lists_its_exports():
@@ -379,9 +379,9 @@ def test_package_lists_its_exports():
 
     listed = set(dir(cna))
     assert set(cna._EXPORTS) <= listed
-    for name in ("CNAConfig", "NeuronImportance", "ImportanceResult", "ComparativeNeuronScores", "ComparativeResult", "ProjectionCache"):
+    for name in ("CNAAnalysis", "NeuronImportance", "NeuronImportanceResult", "ComparativeNeuronScores", "ComparativeNeuronScoresResult", "ProjectionCache"):
         assert getattr(cna, name).__name__ == name
-    assert cna.ComparativeResult is ComparativeResult
+    assert cna.ComparativeNeuronScoresResult is ComparativeNeuronScoresResult
     tree = ast.parse(pathlib.Path(cna.__file__).read_text())
     typed = {
         alias.asname or alias.name
@@ -398,7 +398,7 @@ def test_smollm2_exact_matches_brute_force(smollm2):
     """One prompt, the last layer on both sides under both scales; the literal loop checks every 48th neuron."""
     iv, some = ZeroHead(3, 0), range(0, smollm2.d_mlp, 48)
     for scale in ("own", "original"):
-        res = ComparativeNeuronScores(intervention=iv, layers=[29], top_tokens=0, config=CNAConfig(scale=scale)).run(smollm2, ["3+5="])
+        res = ComparativeNeuronScores(intervention=iv, layers=[29], top_tokens=0, config=CNAAnalysis(scale=scale)).run(smollm2, ["3+5="])
         w = int(res.w[0])
         assert w == int(smollm2.cache(["3+5="]).predictions[0])
         torch.testing.assert_close(res.importance[0, 0, some], brute_force(smollm2, "3+5=", w, [29], neurons=some)[0, some], atol=1e-4, rtol=0)

@@ -9,7 +9,7 @@ from conftest import assert_untouched, model_state
 from arithlens import data
 from arithlens.analysis.tuning import answer_sequences
 from arithlens.cna.importance import NeuronImportance
-from arithlens.cna.lora import LoRALayerSweep, cna, default_layers, layer_groups, load_lora
+from arithlens.cna.lora import LoRALayerSweep, default_layers, layer_groups, load_lora
 from arithlens.cna.lora_coefficients import LoRACoefficients
 from arithlens.analysis.tuning import canonical_state, hf_copy
 from arithlens.testing import tiny_llama
@@ -102,7 +102,7 @@ def test_coefficient_increase_against_brute_force(tiny):
         result = LoRACoefficients(rank_on=rank_on, ks=(5, 2), mode="exact", case_k=3, groups={"low": [0, 1], "high": [2]}).run(
             tiny, {2: other}, cases
         )
-        scorer = cna(NeuronImportance, target="answer", mode="exact")
+        scorer = NeuronImportance(top_tokens=0, target="answer", mode="exact")
         ours = scorer.run(tiny, cases)
         coef_other = _post(other, cases)
         rank = ours.importance if rank_on == "original" else scorer.run(other, cases, w=ours.w).importance - ours.importance

@@ -8,7 +8,7 @@ import torch
 
 from arithlens.core import validate
 from arithlens.cna import ComparativeNeuronScores, MaskKeep
-from arithlens.cna.config import CNAConfig
+from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.mask_keep import coef_decrease
 from arithlens.core.interventions import KeepNeurons, ZeroHead, ZeroNeurons
 from conftest import assert_untouched, params_snapshot
@@ -111,7 +111,7 @@ def test_bad_input_raises_before_any_work(tiny):
     with pytest.raises(ValueError, match="config"):
         MaskKeep(head=(1, 2), config={"mode": "fast"})
     with pytest.raises(ValueError, match="batch_size=-1"):
-        MaskKeep(head=(1, 2), config=CNAConfig(batch_size=-1))
+        MaskKeep(head=(1, 2), config=CNAAnalysis(batch_size=-1))
     with pytest.raises(ValueError, match="LAYER.HEAD"):
         MaskKeep(head="1-2", k=(5,))
     with pytest.raises(ValueError, match="MLP"):
@@ -137,7 +137,7 @@ def test_smollm2_mask_keep_runs_on_correct_cases(smollm2):
     from arithlens import data
 
     cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(4, seed=1)
-    res = MaskKeep(head=(3, 0), k=(50,), config=CNAConfig(mode="fast")).run(smollm2, cases)
+    res = MaskKeep(head=(3, 0), k=(50,), config=CNAAnalysis(mode="fast")).run(smollm2, cases)
     t = res.table()
     assert res.baseline_accuracy == 1.0 and 1 <= res.n_cases <= 4
     assert 0 <= t.loc["mask", "top50"] <= 100 and 0 <= t.loc["keep", "top50"] <= 100

@@ -9,7 +9,7 @@ from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.lora import LoRALayerSweep, cna
+from arithlens.cna.lora import LoRALayerSweep
 from arithlens.cna.pruning import CNAPruning, prune
 from arithlens.analysis.tuning import hf_copy, layer_widths, load_saved, n_parameters, save_model
 from arithlens.cna.frames import top_mask
@@ -115,7 +115,7 @@ def test_cna_pruning_keeps_the_union_of_each_case_top_n(tiny, tmp_path):
     result = CNAPruning(lora_layer=0, top_n=7, deep_layers=[1, 2], mode="exact", sweep=sweep, out_dir=tmp_path,
                         keep_models=True, progress=False).run(tiny, lora_model=other, cases=cases)  # fmt: skip
     # Brute force: CNA with the LoRA model first, each case's top 7, their union in layers 1-2.
-    res = cna(ComparativeNeuronScores, other_model=tiny, target="prediction", mode="exact").run(other, cases)
+    res = ComparativeNeuronScores(top_tokens=0, other_model=tiny, target="prediction", mode="exact").run(other, cases)
     flat = einops.rearrange(res.importance_change, "c l n -> c (l n)")
     expected = {1: set(), 2: set()}
     for row in flat:

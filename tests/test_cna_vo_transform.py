@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arithlens.cna import HiddenInterpretable, LogitLens, NumberConceptTagger, VOTransform
+from arithlens.cna import HiddenInterpretable, VocabularyProjection, NumberConceptTagger, VOTransform
 from arithlens.cna.vo_transform import ov_matrix
 from arithlens.data import ArithmeticDataset, Case
 from arithlens.core.interventions import ZeroNeurons
@@ -242,7 +242,7 @@ def test_direct_vs_transformed(tiny):
     table = result.table()
     assert list(table["item"]) == ["0_3", "word '3'", "1_7"]
     assert (table["attn layer"] == 2).all()
-    lens = LogitLens(k=5)
+    lens = VocabularyProjection(k=5)
     v = tiny.bridge.W_out[0, 3]
     moved = result.df[(result.df["item"] == "0_3") & (result.df["view"] == "transformed")].sort_values("rank")
     assert list(moved["token"]) == lens.top_tokens(tiny, vo.transform(tiny, v, 2))[0]
@@ -251,7 +251,7 @@ def test_direct_vs_transformed(tiny):
     # layer=None: each item's most concept-rich readable attention layer.
     best = vo.run(tiny, [(1, 7), "5"]).table()
     assert best.loc[0, "attn layer"] == 2  # FFN layer 1 is only read by attention 2
-    counts = [int(vo.concept_counts(tiny, LogitLens.embedding(tiny, "5").vector[None], layer=a)[0]) for a in range(3)]
+    counts = [int(vo.concept_counts(tiny, VocabularyProjection.embedding(tiny, "5").vector[None], layer=a)[0]) for a in range(3)]
     assert best.loc[1, "attn layer"] == counts.index(max(counts))
     # A figure, not the table again: concept counts per item, direct and transformed.
     fig = result.plot()
@@ -351,8 +351,8 @@ def test_smollm2_transform_is_the_attention_layer(smollm2):
     # Table 7 on a real vocabulary: the transformed view is the lens reading of T_a(W_E["3"]).
     result = vo.run(smollm2, ["3"], layer=smollm2.n_layers // 2)
     moved = result.df[result.df["view"] == "transformed"].sort_values("rank")
-    emb = LogitLens.embedding(smollm2, "3").vector
-    expected = LogitLens(k=10).top_tokens(smollm2, vo.transform(smollm2, emb, smollm2.n_layers // 2))[0]
+    emb = VocabularyProjection.embedding(smollm2, "3").vector
+    expected = VocabularyProjection(k=10).top_tokens(smollm2, vo.transform(smollm2, emb, smollm2.n_layers // 2))[0]
     assert list(moved["token"]) == expected
     # SmolLM2 ties W_E and W_U, so the embedding of "3" reads directly as digits.
     assert result.table().loc[0, "origin concepts"] >= 5

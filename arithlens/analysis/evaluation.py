@@ -1,9 +1,9 @@
-"""Evaluation: first-token and greedy full-answer accuracy of a model on a dataset.
+"""EvaluationResult: first-token and greedy full-answer accuracy of a model on a dataset.
 
 [`evaluate`][arithlens.analysis.evaluation.evaluate] runs every case once (batched, equal-length prompts together, never
 padded) and reports, per case, the token the model predicts next, whether it is the
 target token, the target's log-probability and, optionally, whether greedy decoding
-reproduces the whole answer. [`Evaluation`][arithlens.analysis.evaluation.Evaluation] aggregates by op / digits / template /
+reproduces the whole answer. [`EvaluationResult`][arithlens.analysis.evaluation.EvaluationResult] aggregates by op / digits / template /
 form / case type.
 
 Example:
@@ -37,7 +37,7 @@ GROUP_COLUMNS = ("op", "digits", "template", "form")
 
 
 @dataclass
-class Evaluation(Result):
+class EvaluationResult(Result):
     """Per-group accuracy (`df`) and per-case outcomes (`cases`)."""
 
     cases: pd.DataFrame
@@ -98,7 +98,7 @@ def evaluate(
     batch_size: int | None = None,
     cache: Any = None,
     progress: bool = False,
-) -> Evaluation:
+) -> EvaluationResult:
     """Evaluate `model` on `data` (a dataset from [`arithlens.data`][arithlens.data] or prompts).
 
     Args:
@@ -107,7 +107,7 @@ def evaluate(
         interventions: Applied during the evaluation only (never memoized).
         group_by: Columns of `df`.
         batch_size: Cases per forward pass (default the model's).
-        cache: A clean [`ActivationCache`][arithlens.core.cache.ActivationCache] of `data`
+        cache: A clean [`DatasetCache`][arithlens.core.cache.DatasetCache] of `data`
             (from `model.cache(data)`); then no first-token forward pass runs.
         progress: Show a progress bar in cases (with an ETA). The cases are then run in
             chunks of equal-length prompts, each its own pass; the numbers are the same.
@@ -150,12 +150,12 @@ def evaluate(
         longest = max(len(a) for a in answers)
         generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)
         cases["full_correct"] = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
-    return Evaluation(df=_aggregate(cases, tuple(group_by)), cases=cases, group_by=tuple(group_by))
+    return EvaluationResult(df=_aggregate(cases, tuple(group_by)), cases=cases, group_by=tuple(group_by))
 
 
 def _evaluate_in_chunks(
     model: Any, data: Any, full_answer: bool, interventions: Sequence[Any], group_by: tuple[str, ...], batch_size: int | None, cache: Any
-) -> Evaluation:
+) -> EvaluationResult:
     """[`evaluate`][arithlens.analysis.evaluation.evaluate] a few batches at a time, with a progress bar in cases."""
     from tqdm.auto import tqdm
 
@@ -176,5 +176,5 @@ def _evaluate_in_chunks(
     cases = pd.concat(frames).sort_index().reset_index(drop=True)  # back in dataset order
     if "full_correct" in cases and cases["full_correct"].isna().any():  # some chunks had no full answers
         cases = cases.drop(columns="full_correct")
-    return Evaluation(df=_aggregate(cases, group_by), cases=cases, group_by=group_by)
+    return EvaluationResult(df=_aggregate(cases, group_by), cases=cases, group_by=group_by)
 

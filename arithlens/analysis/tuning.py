@@ -19,10 +19,14 @@ import json
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import math
+import random
+
 import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 
 from arithlens.core import validate
 from arithlens.core.loading import load_model
@@ -267,3 +271,66 @@ def answer_nll(module: torch.nn.Module, sequences: list[tuple[list[int], int]], 
             total += float(answer_loss(module(tokens[:, :-1]), tokens, starts)) * n_answer
             count += n_answer
     return total / max(count, 1)
+
+
+@torch.enable_grad()  # training works also when called under torch.no_grad()
+def train_on_answers(
+    bridge: torch.nn.Module,
+    masks: dict[str, torch.Tensor] | None,
+    sequences: list[tuple[list[int], int]],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+    desc: str = "fine-tuning (steps)",
+) -> list[float]:
+    """AdamW on the answer-token loss ([`answer_loss`][arithlens.analysis.tuning.answer_loss]); returns the loss per step.
+
+    `masks` (None: every parameter) select the trainable entries of each parameter; every
+    batch holds `batch_size` sequences of one length (never padded), drawn by `seed`.
+    """
+    torch.manual_seed(seed)
+    params = dict(bridge.named_parameters())
+    handles = []
+    trainable = []
+    for name, p in params.items():
+        on = masks is None or name in masks
+        p.requires_grad_(on)
+        if on:
+            trainable.append(p)
+            if masks is not None:
+                keep = masks[name].to(p.dtype)
+                handles.append(p.register_hook(lambda g, keep=keep: g * keep))
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    by_len: dict[int, list[int]] = {}
+    for i, (ids, _) in enumerate(sequences):
+        by_len.setdefault(len(ids), []).append(i)
+    buckets = list(by_len.values())
+    weights = [len(b) for b in buckets]
+    rng = random.Random(seed)
+    curve = []
+    device = next(bridge.parameters()).device
+    try:
+        for step in tqdm(range(steps), desc=desc, disable=not progress):
+            bucket = rng.choices(buckets, weights=weights)[0]
+            pick = [bucket[rng.randrange(len(bucket))] for _ in range(batch_size)]
+            tokens = torch.tensor([sequences[i][0] for i in pick], device=device)
+            starts = [sequences[i][1] for i in pick]
+            loss = answer_loss(bridge(tokens[:, :-1]), tokens, starts)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise validate.NonFiniteError(
+                    f"{desc}: the training loss is {value} at step {step}; the run diverged (lower lr, now {lr})"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curve.append(value)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in bridge.parameters():
+            p.requires_grad_(False)
+    return curve

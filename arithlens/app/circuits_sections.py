@@ -215,7 +215,7 @@ def sft_reading(sft: Any, n_test: int) -> str:
     """Precise SFT's reading: each variant's test accuracy against the original's, and the perplexity cost.
 
     Args:
-        sft: An [`SFTResult`][arithlens.circuits.precise_sft.SFTResult] (uses `df`:
+        sft: An [`PreciseSFTResult`][arithlens.circuits.precise_sft.PreciseSFTResult] (uses `df`:
             `variant, accuracy, perplexity, steps`).
         n_test: Test cases the accuracies are over.
     """

@@ -35,10 +35,10 @@ from arithlens.core.placement import available_devices
 from arithlens.app.pipeline import run_pipeline
 from arithlens.analysis.evaluation import evaluate
 from arithlens.cna.heads import HeadAblation
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.data import Case, as_dataset
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.config import CNAConfig
+from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.importance import NeuronImportance
 from arithlens.core.interventions import ZeroHead
 from arithlens.cna.lora import LoRALayerSweep
@@ -407,7 +407,7 @@ def _check(args: argparse.Namespace) -> None:
     args.head_node = None
     if args.ablate_head is not None:
         try:
-            node = Node.parse(args.ablate_head)
+            node = Component.parse(args.ablate_head)
         except ValueError:
             raise ValueError(f"--ablate-head={args.ablate_head!r} is not a head: give LAYER.HEAD, e.g. 17.2") from None
         if node.is_mlp:
@@ -432,7 +432,7 @@ def _case(model: Any, prompt: str, target: str | None) -> Any:
 
 def _cmd_cna(args: argparse.Namespace) -> int:
 
-    config = CNAConfig(
+    config = CNAAnalysis(
         target="prediction" if args.target is None else "answer",
         mode=args.mode,
         rescore=args.rescore_n,

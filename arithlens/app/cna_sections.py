@@ -32,7 +32,7 @@ import pandas as pd
 
 from arithlens.core.stats import difference_interval, mean_interval, num, proportion
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.config import CNAConfig
+from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.logic_chain import LogicChain
 from arithlens.cna.mask_keep import MaskKeep
 from arithlens.cna.pe_dag import PredictionEnhancingDAG
@@ -46,7 +46,7 @@ def table4_reading(cna: Any, other_prediction: str | None = None, case: int = 0,
     """Table 4's reading: how the scored token's log-probability and the top neurons change.
 
     Args:
-        cna: A [`ComparativeResult`][arithlens.cna.comparative.ComparativeResult] (uses
+        cna: A [`ComparativeNeuronScoresResult`][arithlens.cna.comparative.ComparativeNeuronScoresResult] (uses
             `case_frame`, `w_str`, `other`, `logprob`, `logprob_other`, `layers`).
         other_prediction: The other side's top token, when known.
         case: The case described.
@@ -146,7 +146,7 @@ def table6_reading(dag: Any, case: int = 0) -> str:
     others' coefficients (the paper's prediction enhancing), and the case's DAG.
 
     Args:
-        dag: A [`DAGResult`][arithlens.cna.pe_dag.DAGResult] (uses `table6`,
+        dag: A [`PredictionEnhancingDAGResult`][arithlens.cna.pe_dag.PredictionEnhancingDAGResult] (uses `table6`,
             `coef_per_case`, `df`, `nodes`, `threshold`, `root`).
     """
     lines = []
@@ -298,7 +298,7 @@ def sections(ctx: Any) -> list[Any]:
 
     model, head, sizes = ctx.model, ctx.top_head, ctx.sizes
     hname = f"{head[0]}.{head[1]}"
-    config = CNAConfig(mode=sizes.cna_mode, rescore=500, progress=True)
+    config = CNAAnalysis(mode=sizes.cna_mode, rescore=500, progress=True)
     out = []
 
     case, right = _pick_prompt(ctx)
@@ -424,7 +424,7 @@ def table7_reading(table7: pd.DataFrame) -> str:
     """Table 7's reading: how many items gain number/operation tokens through the attention transform.
 
     Args:
-        table7: [`DirectVsTransformed.table`][arithlens.cna.vo_transform.DirectVsTransformed.table]
+        table7: [`VOTransformResult.table`][arithlens.cna.vo_transform.VOTransformResult.table]
             (`item, origin concepts, attn layer, transform concepts`).
     """
     if table7.empty:

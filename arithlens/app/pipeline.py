@@ -159,7 +159,7 @@ class RunContext:
     Attributes:
         model: The [`LensModel`][arithlens.core.model.LensModel].
         dataset: The evaluated 1-digit dataset.
-        evaluation: Its [`Evaluation`][arithlens.analysis.evaluation.Evaluation].
+        evaluation: Its [`EvaluationResult`][arithlens.analysis.evaluation.EvaluationResult].
         heads: The head sweep's [`HeadAblationResult`][arithlens.cna.heads.HeadAblationResult].
         top_head: `(layer, head)` whose ablation lowers "+" accuracy most.
         quick: Whether this is a quick run.

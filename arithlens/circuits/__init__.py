@@ -23,8 +23,8 @@ One module per idea of the paper:
 * `arithlens.app.cli` (`arithlens patch`, `arithlens sft`) and
   `arithlens.app.circuits_sections` (the `arithlens run` section).
 
-Components are [`Node`][arithlens.core.names.Node]s everywhere: `Node(layer, head)` for a
-head, `Node(layer)` for an MLP. Every analysis reads the clean cache
+Components are [`Component`][arithlens.core.names.Component]s everywhere: `Component(layer, head)` for a
+head, `Component(layer)` for an MLP. Every analysis reads the clean cache
 (`run(model, data, *, cache=...)`), so one forward pass serves several.
 
 Example:
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from arithlens.circuits.mlp_probe import MLPProbe, MLPProbeResult
     from arithlens.circuits.operands import Spans, locate, token_roles
     from arithlens.circuits.path_patching import PathPatching, PathPatchingResult
-    from arithlens.circuits.precise_sft import PreciseSFT, SFTResult
+    from arithlens.circuits.precise_sft import PreciseSFT, PreciseSFTResult
     from arithlens.analysis.tuning import general_text, perplexity
 
 _EXPORTS = {
@@ -78,7 +78,7 @@ _EXPORTS = {
     "MLPProbe": "mlp_probe",
     "MLPProbeResult": "mlp_probe",
     "PreciseSFT": "precise_sft",
-    "SFTResult": "precise_sft",
+    "PreciseSFTResult": "precise_sft",
     "perplexity": "precise_sft",
     "general_text": "precise_sft",
 }

@@ -9,11 +9,11 @@ returns them as 0/1 masks over the bridge's parameters, for gradient masking.
 Example:
     ```python
     from arithlens.circuits.components import component_masks, n_params
-    from arithlens.core.names import Node
+    from arithlens.core.names import Component
     from arithlens.testing import tiny_llama
 
     model = tiny_llama()
-    masks = component_masks(model, model.bridge, [Node(1, 3), Node(2)])
+    masks = component_masks(model, model.bridge, [Component(1, 3), Component(2)])
     n_params(masks)          # trainable entries of head 1.3 and MLP 2
     ```
 """
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from arithlens.core.names import parse_nodes
+from arithlens.core.names import parse_components
 
 _ATTN = re.compile(r"layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$")
 _MLP = re.compile(r"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$")
@@ -41,7 +41,7 @@ def component_masks(model: Any, bridge: torch.nn.Module, nodes: Sequence[Any]) -
     Raises:
         ValueError: The model has no Llama-style projection modules for a node.
     """
-    nodes = [nd.check(model) for nd in parse_nodes(list(nodes), "nodes")]
+    nodes = [nd.check(model) for nd in parse_components(list(nodes), "nodes")]
     n_heads, n_kv, d_head = model.n_heads, model.n_kv_heads, model.d_head
     group = n_heads // n_kv
     params = dict(bridge.named_parameters())

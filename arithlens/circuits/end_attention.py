@@ -42,11 +42,11 @@ import torch
 from jaxtyping import Float
 
 from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
-from arithlens.core.names import parse_nodes, top_nodes
+from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.names import parse_components, top_components
 from arithlens.circuits.operands import ROLES, role_masks
 from arithlens.data import as_dataset
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.analysis.results import Result
 from arithlens.core.loading import load_model
 
@@ -66,7 +66,7 @@ class EndAttentionResult(Result):
     """
 
     per_case: Float[torch.Tensor, "head case role"] = field(default=None, repr=False)
-    heads: list[Node] = field(default_factory=list)
+    heads: list[Component] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """Mean attention with one row per head (`layer.head`) and one column per role."""
@@ -95,7 +95,7 @@ class EndAttention:
     """Average END-row attention of key heads, by token role.
 
     Args:
-        heads: The heads to read ([`Node`][arithlens.core.names.Node]s, `"L.H"` strings or
+        heads: The heads to read ([`Component`][arithlens.core.names.Component]s, `"L.H"` strings or
             `(layer, head)` pairs); or take them from a patching result given to `run`.
         k: Heads taken from a patching result (largest |effect|, heads only).
         top_n: The former name of `k` (deprecated).
@@ -105,7 +105,7 @@ class EndAttention:
         if top_n is not None:
             warnings.warn("EndAttention(top_n=...) is now EndAttention(k=...)", DeprecationWarning, stacklevel=2)
             k = top_n
-        self.heads = None if heads is None else parse_nodes(heads, "heads", heads_only=True)
+        self.heads = None if heads is None else parse_components(heads, "heads", heads_only=True)
         self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
 
     def hook_names(self, model: "LensModel") -> set[str]:
@@ -115,7 +115,7 @@ class EndAttention:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, patching: Any | None = None, *, cache: ActivationCache | None = None
+        self, model: Any, data: Any, patching: Any | None = None, *, cache: DatasetCache | None = None
     ) -> EndAttentionResult:
         """Average END-position attention of the heads to operand A, operand B, the operator and other tokens.
 
@@ -131,9 +131,9 @@ class EndAttention:
         if self.heads is not None:
             heads = [h.check(model) for h in self.heads]
         elif patching is not None:
-            heads = top_nodes(patching, self.k, heads_only=True)
+            heads = top_components(patching, self.k, heads_only=True)
         else:
-            raise ValueError("EndAttention needs heads=[Node(layer, head), ...] or a patching result: run(model, data, patching)")
+            raise ValueError("EndAttention needs heads=[Component(layer, head), ...] or a patching result: run(model, data, patching)")
         if not heads:
             raise ValueError("no heads to read: the patching result ranks no attention head")
         masks = role_masks(model.tokenizer, cases)

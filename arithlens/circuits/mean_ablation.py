@@ -14,7 +14,7 @@ model's, per op. The conditions reported:
 * `rest` — every node *except* the key ones (the paper's check that the others do not
   matter).
 
-Node outputs: a head's `z` (`blocks.L.attn.hook_z`, query-head granularity —
+Component outputs: a head's `z` (`blocks.L.attn.hook_z`, query-head granularity —
 [`MeanHead`][arithlens.core.interventions.MeanHead] semantics), an MLP's output
 (`blocks.L.hook_mlp_out`, [`MeanMLP`][arithlens.circuits.mean_ablation.MeanMLP]). Means
 are per position over the counterfactual prompts of each length (pairs align token by
@@ -52,11 +52,11 @@ import torch
 from jaxtyping import Float
 
 from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
-from arithlens.core.names import all_nodes, as_node, parse_nodes, top_nodes
+from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.names import all_components, as_component, parse_components, top_components
 from arithlens.circuits.counterfactual import as_pairs
 from arithlens.core.interventions import ActivationMeans, HeadMeans, Intervention, _UsesMeans, _where, compute_means
-from arithlens.core.names import Node, Position
+from arithlens.core.names import Component, Position
 from arithlens.analysis.results import Result, percent
 from arithlens.circuits.path_patching import PathPatching
 from arithlens.core.loading import load_model
@@ -122,19 +122,19 @@ class MeanNodes(Intervention):
     """Mean-ablate many nodes at once: one hook per layer (heads by index, the MLP whole).
 
     Attributes:
-        nodes: The [`Node`][arithlens.core.names.Node]s to ablate (`"L.H"`, `"MLP L"` and pairs accepted).
+        nodes: The [`Component`][arithlens.core.names.Component]s to ablate (`"L.H"`, `"MLP L"` and pairs accepted).
         head_means: Per-layer [`HeadMeans`][arithlens.core.interventions.HeadMeans] covering the heads' layers.
         mlp_means: Per-layer [`MLPMeans`][arithlens.circuits.mean_ablation.MLPMeans] covering the MLPs' layers.
         position: `"all"` positions or the `"last"` one.
     """
 
-    nodes: tuple[Node, ...]
+    nodes: tuple[Component, ...]
     head_means: dict[int, HeadMeans] = field(repr=False, default_factory=dict)
     mlp_means: dict[int, MLPMeans] = field(repr=False, default_factory=dict)
     position: str = "all"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "nodes", tuple(as_node(n) for n in self.nodes))
+        object.__setattr__(self, "nodes", tuple(as_component(n) for n in self.nodes))
         names.check_position(self.position)
         for nd in self.nodes:
             means = self.mlp_means if nd.is_mlp else self.head_means
@@ -178,8 +178,8 @@ class KnockoutResult(Result):
         position: Where the means replaced the activations (`"all"` or `"last"`).
     """
 
-    key_nodes: list[Node] = field(default_factory=list)
-    random_nodes: list[list[Node]] = field(default_factory=list)
+    key_nodes: list[Component] = field(default_factory=list)
+    random_nodes: list[list[Component]] = field(default_factory=list)
     correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     position: str = "all"
 
@@ -220,7 +220,7 @@ class Knockout:
 
     Args:
         k: Number of key nodes (largest |effect|) taken from the patching result.
-        nodes: Explicit key nodes instead (overrides `k`): [`Node`][arithlens.core.names.Node]s,
+        nodes: Explicit key nodes instead (overrides `k`): [`Component`][arithlens.core.names.Component]s,
             `"L.H"` / `"MLP L"` strings or `(layer, head)` / `(layer, None)` pairs.
         position: `"all"` positions (per-position means) or `"last"`.
         individual: Also ablate each key node alone.
@@ -248,7 +248,7 @@ class Knockout:
             warnings.warn("Knockout(top_n=...) is now Knockout(k=...)", DeprecationWarning, stacklevel=2)
             k = top_n
         self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
-        self.nodes = None if nodes is None else parse_nodes(nodes, "nodes")
+        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
         self.position = names.check_position(position)
         self.individual = validate.boolean(individual, "individual")
         self.n_random = validate.non_negative_int(n_random, "n_random")
@@ -262,7 +262,7 @@ class Knockout:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, patching: Any | None = None, *, cache: ActivationCache | None = None
+        self, model: Any, data: Any, patching: Any | None = None, *, cache: DatasetCache | None = None
     ) -> KnockoutResult:
         """Accuracy of the reference prompts of `data` (pairs, a dataset or prompts) under each condition.
 
@@ -282,11 +282,11 @@ class Knockout:
         else:
             if patching is None:
                 patching = PathPatching(progress=self.progress).run(model, pairs)
-            key = top_nodes(patching, self.k)
+            key = top_components(patching, self.k)
         base = ensure_cache(model, pairs, cache, self)
-        others = [nd for nd in all_nodes(model) if nd not in key]
+        others = [nd for nd in all_components(model) if nd not in key]
         draws = self._random_draws(key, others)
-        groups: list[tuple[str, list[list[Node]], int]] = [("baseline", [], 0), ("key", [key], len(key))]
+        groups: list[tuple[str, list[list[Component]], int]] = [("baseline", [], 0), ("key", [key], len(key))]
         if self.individual:
             groups += [(f"key {nd.name}", [[nd]], 1) for nd in key]
         if draws:
@@ -321,7 +321,7 @@ class Knockout:
         df["accuracy_drop"] = df["baseline_accuracy"] - df["accuracy"]
         return KnockoutResult(df=df, key_nodes=key, random_nodes=draws, correct=correct, position=self.position)
 
-    def _random_draws(self, key: list[Node], others: list[Node]) -> list[list[Node]]:
+    def _random_draws(self, key: list[Component], others: list[Component]) -> list[list[Component]]:
         """`n_random` seeded draws of non-key nodes with as many heads and MLPs as `key`."""
         rng = random.Random(self.seed)
         n_heads = sum(1 for nd in key if not nd.is_mlp)
@@ -332,7 +332,7 @@ class Knockout:
         return [rng.sample(other_heads, n_heads) + rng.sample(other_mlps, len(key) - n_heads) for _ in range(self.n_random)]
 
 
-def _means(model: "LensModel", reference: Any, nodes: Sequence[Node]) -> tuple[dict[int, HeadMeans], dict[int, MLPMeans]]:
+def _means(model: "LensModel", reference: Any, nodes: Sequence[Component]) -> tuple[dict[int, HeadMeans], dict[int, MLPMeans]]:
     """Head and MLP means of every layer `nodes` need, in one forward pass over `reference`."""
     specs = sorted({(HeadMeans if not nd.is_mlp else MLPMeans, nd.layer) for nd in nodes}, key=lambda s: (s[1], s[0].__name__))
     if not specs:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from arithlens.core import names, readout, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.cache import DatasetCache, ensure_cache
 from arithlens.circuits.operands import operand_tokens
 from arithlens.data import as_dataset
 from arithlens.analysis.results import Result
@@ -151,7 +151,7 @@ class MLPProbe:
         return {names.resid_mid(L) for L in layers} | {names.mlp_out(L) for L in layers}
 
     @torch.no_grad()
-    def run(self, model: Any, data: Any, *, cache: ActivationCache | None = None) -> MLPProbeResult:
+    def run(self, model: Any, data: Any, *, cache: DatasetCache | None = None) -> MLPProbeResult:
         """Cosines with W_U[A], W_U[B], W_U[C] and top tokens of MLP_in, MLP_out and their difference, per layer.
 
         Args:

@@ -1,7 +1,7 @@
 """Key-component identification by path patching — Zhang et al. (ICML 2024) §4.1, Algorithm 1.
 
 Nodes are every attention head (query-head granularity: on GQA models one query head,
-not its shared KV group) and every MLP layer, as [`Node`][arithlens.core.names.Node]s. For each
+not its shared KV group) and every MLP layer, as [`Component`][arithlens.core.names.Component]s. For each
 reference / counterfactual pair ([`counterfactual`][arithlens.circuits.counterfactual])
 and each node `n` the node's output at the END position (the last prompt token) is
 replaced by its output on the counterfactual `X_c` and the ground-truth token's logit is
@@ -56,7 +56,7 @@ Example:
                             forms=["numeral"], n_per_op=10)
     result = PathPatching().run(model, cases)    # builds the counterfactual pairs
     result.top(5)                                 # strongest nodes by |effect| (a DataFrame)
-    result.top_nodes(5)                           # the same as a list of Node
+    result.top_components(5)                           # the same as a list of Component
     result.plot()                                 # layers x (heads + MLP) heatmap
     ```
 """
@@ -73,9 +73,9 @@ from tqdm.auto import tqdm
 from arithlens.analysis import attribution
 from arithlens.core import distributed, validate
 from arithlens.analysis.attribution import ESTIMATES, Agreement
-from arithlens.core.names import all_nodes, as_node, parse_nodes
+from arithlens.core.names import all_components, as_component, parse_components
 from arithlens.circuits.counterfactual import as_pairs
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.core.readout import Readout
 from arithlens.analysis.results import Result
 from typing import Any
@@ -83,7 +83,7 @@ import einops
 from jaxtyping import Float
 from arithlens.core import forward, names
 from arithlens.circuits.counterfactual import CounterfactualPairs
-from arithlens.core.cache import ActivationCache
+from arithlens.core.cache import DatasetCache
 from arithlens.core.loading import load_model
 
 MLP = "mlp"
@@ -91,18 +91,18 @@ METHODS = ("path", "activation")
 
 
 def node_label(node: Any) -> str:
-    """`'L.H'` for a head, `'MLP L'` for an MLP (the node's [`name`][arithlens.core.names.Node.name])."""
-    return as_node(node).name
+    """`'L.H'` for a head, `'MLP L'` for an MLP (the node's [`name`][arithlens.core.names.Component.name])."""
+    return as_component(node).name
 
 
-def check_nodes(model: Any, nodes: Any | None) -> list[Node]:
+def check_nodes(model: Any, nodes: Any | None) -> list[Component]:
     """Nodes checked against `model`; default every head and every MLP, in layer order (heads, then MLP).
 
-    A node is a [`Node`][arithlens.core.names.Node], `"L.H"`, `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
+    A node is a [`Component`][arithlens.core.names.Component], `"L.H"`, `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
     """
     if nodes is None:
-        return all_nodes(model)
-    return [n.check(model) for n in parse_nodes(nodes, "nodes")]
+        return all_components(model)
+    return [n.check(model) for n in parse_components(nodes, "nodes")]
 
 
 @dataclass
@@ -131,7 +131,7 @@ class PathPatchingResult(Result):
         n_heads: Query heads per layer of the model.
     """
 
-    nodes: list[Node] = field(default_factory=list)
+    nodes: list[Component] = field(default_factory=list)
     effects: Float[torch.Tensor, "node pair"] = field(default=None, repr=False)
     logit_o: Float[torch.Tensor, "pair"] = field(default=None, repr=False)
     logit_p: Float[torch.Tensor, "node pair"] = field(default=None, repr=False)
@@ -163,8 +163,8 @@ class PathPatchingResult(Result):
         """
         return self._ranked(k, kind, by)
 
-    def top_nodes(self, k: int = 10, kind: str | None = None, by: str = "effect") -> list[Node]:
-        """The nodes of [`top`][arithlens.circuits.path_patching.PathPatchingResult.top], as [`Node`][arithlens.core.names.Node]s."""
+    def top_components(self, k: int = 10, kind: str | None = None, by: str = "effect") -> list[Component]:
+        """The nodes of [`top`][arithlens.circuits.path_patching.PathPatchingResult.top], as [`Component`][arithlens.core.names.Component]s."""
         return [self.nodes[i] for i in self._ranked(k, kind, by).index]
 
     def by(self, column: str = "op") -> pd.DataFrame:
@@ -238,7 +238,7 @@ class PathPatching:
             Algorithm 1) or `"activation"` (downstream nodes recompute).
         position: `"last"` (END, the paper) or `"all"` positions (only activation patching
             differs; for `"path"` the two coincide). `"end"` was renamed `"last"`.
-        nodes: Nodes to patch (default all): [`Node`][arithlens.core.names.Node]s, `"L.H"`,
+        nodes: Nodes to patch (default all): [`Component`][arithlens.core.names.Component]s, `"L.H"`,
             `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
         batch_size: Pairs per forward.
         max_rows: Most (replica x pair) rows in one activation-patching forward.
@@ -265,7 +265,7 @@ class PathPatching:
         if position == "end":
             raise ValueError("position='end' was renamed: use position='last' (the END token is the last position)")
         self.position = names.check_position(position)
-        self.nodes = None if nodes is None else parse_nodes(nodes, "nodes")
+        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
         self.batch_size = validate.positive_int(batch_size, "batch_size")
         self.max_rows = validate.positive_int(max_rows, "max_rows")
         self.logprobs = validate.boolean(logprobs, "logprobs") or self.method == "activation"
@@ -289,7 +289,7 @@ class PathPatching:
     def run(self, model: Any, data: Any, *, cache: Any = None) -> PathPatchingResult:
         """Patch every node for every pair of `data` (pairs, a dataset or prompts).
 
-        `cache`: an [`ActivationCache`][arithlens.core.cache.ActivationCache] of the reference
+        `cache`: an [`DatasetCache`][arithlens.core.cache.DatasetCache] of the reference
         prompts holding [`hook_names`][arithlens.circuits.path_patching.PathPatching.hook_names]
         (`positions="all"` for `"activation"`); the reference forward is then skipped. The
         counterfactual prompts always run.
@@ -364,7 +364,7 @@ class PathPatching:
         est_all, lo, lp = distributed.gather_rows(*parts, n=n)
         return est_all.T, lo, lp
 
-    def _exact(self, batches: list, readout: Readout, nodes: list[Node], todo: list[int], n: int) -> tuple[torch.Tensor, ...]:
+    def _exact(self, batches: list, readout: Readout, nodes: list[Component], todo: list[int], n: int) -> tuple[torch.Tensor, ...]:
         """Patched logit and log-prob `[len(todo), pair]`, and the reference logit / log-prob `[pair]`.
 
         Under `torchrun`, path patching splits whole batches of pairs across ranks and
@@ -407,8 +407,8 @@ def _cat(parts: list[torch.Tensor], empty: tuple[int, ...]) -> torch.Tensor:
 def check_cache(model: Any, cache: Any, pairs: CounterfactualPairs, wanted: set[str], positions: str) -> None:
     """Raise unless `cache` is the clean reference pass of `pairs` holding `wanted` (at every position for `"all"`)."""
 
-    if not isinstance(cache, ActivationCache):
-        raise ValueError(f"cache={type(cache).__name__} is not an ActivationCache (build one with model.cache(reference prompts, ...))")
+    if not isinstance(cache, DatasetCache):
+        raise ValueError(f"cache={type(cache).__name__} is not an DatasetCache (build one with model.cache(reference prompts, ...))")
     cache.check_matches(pairs.reference_ids, "the reference prompts")
     missing = sorted(wanted - cache.names)
     if missing:
@@ -422,7 +422,7 @@ def check_cache(model: Any, cache: Any, pairs: CounterfactualPairs, wanted: set[
 class Batch:
     """One batch of pairs: reference and counterfactual activations on the device, and the patched logits."""
 
-    def __init__(self, model: Any, pairs: CounterfactualPairs, rows: torch.Tensor, ref: torch.Tensor, nodes: list[Node], config: PathPatching, cache: Any):
+    def __init__(self, model: Any, pairs: CounterfactualPairs, rows: torch.Tensor, ref: torch.Tensor, nodes: list[Component], config: PathPatching, cache: Any):
         self.model, self.rows, self.ref, self.nodes, self.config, self.cache = model, rows, ref, nodes, config, cache
         self.cf = torch.tensor([list(pairs.counterfactual_ids[i]) for i in rows.tolist()], device=model.device)
         self.layers = sorted({nd.layer for nd in nodes})
@@ -511,7 +511,7 @@ class Batch:
             logprob[s : s + chunk] = full.gather(-1, tgt[s : s + chunk, :, None])[..., 0] - full.logsumexp(-1)
         return logits.cpu(), logprob.cpu()
 
-    def _activation(self, layer: int, here: list[Node]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _activation(self, layer: int, here: list[Component]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch each node of `layer` in its own replica; downstream recomputes."""
         resid, cfc, b = self.refc()[names.resid_pre(layer)], self.cfc(), len(self.rows)
         pos = slice(None) if self.config.position == "all" else slice(-1, None)

@@ -25,7 +25,7 @@ copy trains that equivalent parametrisation). Training data: 2-digit problems
 `prompt + answer tokens` with the loss (cross-entropy) on the answer tokens only, batches
 of equal-length sequences (no padding), seeded. A non-finite training loss (too large a
 learning rate) stops with [`NonFiniteError`][arithlens.core.validate.NonFiniteError].
-Evaluation: first-token and greedy full-answer accuracy on the test split, and perplexity
+EvaluationResult: first-token and greedy full-answer accuracy on the test split, and perplexity
 on a shipped sample of general English prose (`arithlens/resources/general_text.txt`) —
 the paper's check that general ability survives.
 
@@ -47,27 +47,24 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import random
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from arithlens.core import validate
-from arithlens.core.names import all_nodes, parse_nodes, top_nodes
+from arithlens.core.names import all_components, parse_components, top_components
 from arithlens.circuits.components import component_masks, n_params
-from arithlens.core.names import Node
+from arithlens.core.names import Component
 from arithlens.analysis.results import Result, percent
 from arithlens import data
 from arithlens.circuits.path_patching import PathPatching
 from arithlens.analysis.evaluation import evaluate
 from arithlens.core.loading import load_model
 from arithlens.core.model import LensModel
-from arithlens.analysis.tuning import answer_loss
+from arithlens.analysis.tuning import train_on_answers
 from arithlens.analysis.tuning import answer_sequences
 from arithlens.analysis.tuning import general_text
 from arithlens.analysis.tuning import perplexity
@@ -75,13 +72,13 @@ from arithlens.analysis.tuning import perplexity
 VARIANTS = ("precise", "full", "random")
 
 
-def _node_order(node: Node) -> tuple[int, bool, int]:
+def _node_order(node: Component) -> tuple[int, bool, int]:
     """Layer order, heads before the layer's MLP."""
     return (node.layer, node.is_mlp, node.head or 0)
 
 
 @dataclass
-class SFTResult(Result):
+class PreciseSFTResult(Result):
     """Precise vs full vs random fine-tuning.
 
     Attributes:
@@ -96,8 +93,8 @@ class SFTResult(Result):
 
     models: dict[str, Any] = field(default_factory=dict, repr=False)
     losses: dict[str, list[float]] = field(default_factory=dict, repr=False)
-    nodes: list[Node] = field(default_factory=list)
-    random_nodes: list[Node] = field(default_factory=list)
+    nodes: list[Component] = field(default_factory=list)
+    random_nodes: list[Component] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """The paper's comparison: one row per variant, accuracies in %, perplexity and their changes."""
@@ -131,7 +128,7 @@ class PreciseSFT:
     """Fine-tune key components only; compare with full and random-component tuning.
 
     Args:
-        nodes: Key nodes ([`Node`][arithlens.core.names.Node]s, `"L.H"` / `"MLP L"` strings or
+        nodes: Key nodes ([`Component`][arithlens.core.names.Component]s, `"L.H"` / `"MLP L"` strings or
             pairs); default the top `k` of a patching result (computed on Zhang et al.'s
             dataset, [`data.zhang`][arithlens.data.zhang], when none is given).
         k: Number of key nodes taken from the patching result.
@@ -174,7 +171,7 @@ class PreciseSFT:
         self.variants = tuple(validate.choice(v, "variants item", VARIANTS) for v in variants)
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants={list(variants)!r} has repeated values")
-        self.nodes = None if nodes is None else parse_nodes(nodes, "nodes")
+        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
         self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
         self.steps = validate.positive_int(steps, "steps")
         self.lr = validate.positive_number(lr, "lr")
@@ -186,7 +183,7 @@ class PreciseSFT:
         self.ppl_tokens = validate.positive_int(ppl_tokens, "ppl_tokens")
         self.progress = validate.boolean(progress, "progress")
 
-    def key_nodes(self, model: Any, patching: Any | None = None) -> list[Node]:
+    def key_nodes(self, model: Any, patching: Any | None = None) -> list[Component]:
         """`nodes`, or the top `k` of `patching` (path patching on Zhang et al.'s dataset when `None`)."""
         if self.nodes is not None:
             return [nd.check(model) for nd in self.nodes]
@@ -194,7 +191,7 @@ class PreciseSFT:
 
             cases = data.zhang(model.tokenizer, n_per_op=16, seed=self.seed)
             patching = PathPatching(progress=self.progress).run(model, cases)
-        return top_nodes(patching, self.k)
+        return top_components(patching, self.k)
 
     def run(
         self,
@@ -203,7 +200,7 @@ class PreciseSFT:
         test: Any = None,
         patching: Any | None = None,
         text: str | None = None,
-    ) -> SFTResult:
+    ) -> PreciseSFTResult:
         """Train each variant on `train` (default: the 2-digit LoRA split) and evaluate on `test`.
 
         Args:
@@ -242,7 +239,8 @@ class PreciseSFT:
             else:
                 masks = component_masks(model, bridge, key if variant == "precise" else random_nodes)
             count = sum(p.numel() for p in bridge.parameters()) if masks is None else n_params(masks)
-            loss_curve = self._train(bridge, masks, sequences, desc=f"SFT {variant}")
+            loss_curve = train_on_answers(bridge, masks, sequences, steps=self.steps, lr=self.lr, batch_size=self.batch_size,
+                                          seed=self.seed, progress=self.progress, desc=f"SFT {variant}")
             lm = LensModel(bridge, model.tokenizer, name=f"{model.name}-sft-{variant}", batch_size=model.batch_size)
             models[variant], losses[variant] = lm, loss_curve
             rows.append({"variant": variant, "n_params": count, "steps": self.steps, "final_loss": float(sum(loss_curve[-10:]) / len(loss_curve[-10:])), **score(lm)})
@@ -251,12 +249,12 @@ class PreciseSFT:
         df["perplexity_change"] = df["perplexity"] - df["perplexity"].iloc[0]
         labels = {"precise": ", ".join(n.name for n in key), "full": "all", "random": ", ".join(n.name for n in random_nodes)}
         df["nodes"] = [""] + [labels[v] for v in self.variants]
-        return SFTResult(df=df, models=models, losses=losses, nodes=key, random_nodes=random_nodes)
+        return PreciseSFTResult(df=df, models=models, losses=losses, nodes=key, random_nodes=random_nodes)
 
-    def _random_nodes(self, model: Any, key: list[Node], target: int) -> list[Node]:
+    def _random_nodes(self, model: Any, key: list[Component], target: int) -> list[Component]:
         """Random non-key nodes, same head / MLP counts, same parameter count if one exists."""
         rng = random.Random(self.seed)
-        others = [nd for nd in all_nodes(model) if nd not in key]
+        others = [nd for nd in all_components(model) if nd not in key]
         heads = [nd for nd in others if not nd.is_mlp]
         mlps = [nd for nd in others if nd.is_mlp]
         n_h = sum(1 for nd in key if not nd.is_mlp)
@@ -272,52 +270,4 @@ class PreciseSFT:
             if gap == 0:
                 break
         return sorted(best, key=_node_order)
-
-    @torch.enable_grad()  # training works also when called under torch.no_grad()
-    def _train(self, bridge: torch.nn.Module, masks: dict[str, torch.Tensor] | None, sequences: list[tuple[list[int], int]], desc: str) -> list[float]:
-        """AdamW on the answer-token loss; `masks` (None: everything) select trainable entries."""
-        torch.manual_seed(self.seed)
-        params = dict(bridge.named_parameters())
-        handles = []
-        trainable = []
-        for name, p in params.items():
-            on = masks is None or name in masks
-            p.requires_grad_(on)
-            if on:
-                trainable.append(p)
-                if masks is not None:
-                    keep = masks[name].to(p.dtype)
-                    handles.append(p.register_hook(lambda g, keep=keep: g * keep))
-        opt = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=0.0)
-        by_len: dict[int, list[int]] = {}
-        for i, (ids, _) in enumerate(sequences):
-            by_len.setdefault(len(ids), []).append(i)
-        buckets = list(by_len.values())
-        weights = [len(b) for b in buckets]
-        rng = random.Random(self.seed)
-        curve = []
-        device = next(bridge.parameters()).device
-        try:
-            for step in tqdm(range(self.steps), desc=desc, disable=not self.progress):
-                bucket = rng.choices(buckets, weights=weights)[0]
-                pick = [bucket[rng.randrange(len(bucket))] for _ in range(self.batch_size)]
-                tokens = torch.tensor([sequences[i][0] for i in pick], device=device)
-                starts = [sequences[i][1] for i in pick]
-                loss = answer_loss(bridge(tokens[:, :-1]), tokens, starts)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise validate.NonFiniteError(
-                        f"{desc}: the training loss is {value} at step {step}; the run diverged (lower lr, now {self.lr})"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                curve.append(value)
-        finally:
-            for h in handles:
-                h.remove()
-            for p in bridge.parameters():
-                p.requires_grad_(False)
-        return curve
-
 

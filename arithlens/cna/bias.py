@@ -61,7 +61,6 @@ from arithlens.analysis.tuning import check_gated, hf_copy, lens_from_hf, mlp_pa
 from arithlens.core.loading import load_model
 from arithlens import data as datasets
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.lora import cna
 from arithlens.analysis.tuning import general_text, perplexity
 from arithlens.analysis.evaluation import evaluate
 
@@ -190,7 +189,7 @@ def edit(model: Any, neurons: Any, name: str | None = None) -> Any:
 
     Args:
         model: The model ([`LensModel`][arithlens.core.model.LensModel]); never modified.
-        neurons: `(layer, neuron)` pairs (e.g. [`BiasResult.neurons`][arithlens.cna.bias.BiasResult]) or `{layer: indices}`.
+        neurons: `(layer, neuron)` pairs (e.g. [`GenderBiasResult.neurons`][arithlens.cna.bias.GenderBiasResult]) or `{layer: indices}`.
         name: The copy's display name.
     """
 
@@ -212,7 +211,7 @@ def edit(model: Any, neurons: Any, name: str | None = None) -> Any:
 
 # ---------------------------------------------------------------------------- Appendix D
 @dataclass
-class DiscoveryResult(Result):
+class ProfessionDiscoveryResult(Result):
     """Appendix D: the top next tokens of each prompt per gender.
 
     Attributes:
@@ -252,7 +251,7 @@ class ProfessionDiscovery:
         self.data = data or paper_bias_data()
 
     @torch.no_grad()
-    def run(self, model: Any) -> DiscoveryResult:
+    def run(self, model: Any) -> ProfessionDiscoveryResult:
         """Rank the next tokens of every filled prompt."""
 
         model = load_model(model)
@@ -269,12 +268,12 @@ class ProfessionDiscovery:
                 theirs = {t for t, _ in tops[other]}
                 rows += [{"prompt": prompt, "gender": gender, "rank": r, "token": model.decode([t]), "prob": p,
                           "one_sided": t not in theirs} for r, (t, p) in enumerate(tops[gender])]  # fmt: skip
-        return DiscoveryResult(df=pd.DataFrame(rows))
+        return ProfessionDiscoveryResult(df=pd.DataFrame(rows))
 
 
 # ---------------------------------------------------------------------------- Tables 12, 13
 @dataclass
-class BiasResult(Result):
+class GenderBiasResult(Result):
     """Tables 12 and 13 and the edit's collateral cost.
 
     Attributes:
@@ -294,7 +293,7 @@ class BiasResult(Result):
     collateral: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def table(self) -> pd.DataFrame:
-        """Table 13 (see [`table13`][arithlens.cna.bias.BiasResult.table13])."""
+        """Table 13 (see [`table13`][arithlens.cna.bias.GenderBiasResult.table13])."""
         return self.table13()
 
     def table13(self) -> pd.DataFrame:
@@ -376,7 +375,7 @@ class GenderBias:
         self.seed = validate.integer(seed, "seed")
         self.progress = validate.boolean(progress, "progress")
 
-    def run(self, model: Any) -> BiasResult:
+    def run(self, model: Any) -> GenderBiasResult:
         """Find the bias neurons by CNA, then measure bias (and collateral) with them zeroed."""
 
         model = load_model(model)
@@ -387,7 +386,7 @@ class GenderBias:
         other = {"woman": "man", "man": "woman"}
         mine = datasets.prompts(model.tokenizer, [fill(r.prompt, r.biased_to) for r in cases.itertuples()], list(cases["profession"]))
         theirs = datasets.prompts(model.tokenizer, [fill(r.prompt, other[r.biased_to]) for r in cases.itertuples()], list(cases["profession"]))
-        scorer = cna(ComparativeNeuronScores, top_tokens=self.top_tokens, other_data=theirs, target="answer",
+        scorer = ComparativeNeuronScores(top_tokens=self.top_tokens, other_data=theirs, target="answer",
                      mode=self.mode, progress=self.progress)  # fmt: skip
         res = scorer.run(model, mine)
         mean = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)")
@@ -406,7 +405,7 @@ class GenderBias:
                                  "logp_woman": woman, "logp_man": man, "bias": abs(woman - man)})  # fmt: skip
             if self.collateral:
                 collateral.append({"model": name, **self._collateral(model, ivs)})
-        return BiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
+        return GenderBiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
                           per_case={i: res.case_frame(i) for i in range(len(cases))}, collateral=pd.DataFrame(collateral))  # fmt: skip
 
     def _collateral(self, model: Any, interventions: Sequence[Any]) -> dict[str, float]:

@@ -4,14 +4,14 @@ CNA compares the same FFN neuron's §4.1 importance score (see
 [`arithlens.cna.importance`][arithlens.cna.importance]) on two sides:
 
 * the same input on the model and on the model under an intervention (the paper: the
-  arithmetic head zeroed, `ZeroHead(17, 22)`) — `intervention=` (or `head=(17, 22)`);
+  arithmetic head zeroed, `ZeroHead(17, 22)`) — `intervention=` (or the head itself, `intervention="17.22"`);
 * the same input on another model (a fine-tuned / LoRA copy, §5) — `other_model=`;
 * the same model on two inputs ("A woman works as a" vs "A man works as a", §6.2) —
   `other_data=` (case `i` is compared with `other_data[i]`).
 
 The scored token `w` is fixed from the original side (its top prediction, or the answer
 with `target="answer"`) and scored on both sides. Each side's residual vectors are read
-with the final norm's scale frozen: under `CNAConfig(scale="original")` (the default, the
+with the final norm's scale frozen: under `scale="original"` (the default, the
 paper's reference code) both sides use the original run's scale; under `scale="own"` the
 other side uses its own run's. Per neuron:
 
@@ -47,17 +47,17 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from arithlens.core import validate
-from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.cache import DatasetCache, ensure_cache
 from arithlens.cna import scores as kernels
-from arithlens.cna.config import CNAConfig, make_config
+from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
-from arithlens.cna.importance import pass_batch, score_sides, side_cache
+from arithlens.cna.importance import score_sides
 from arithlens.cna.inputs import Activations, check_layers, choose_w, cna_hooks, neuron_label
 from arithlens.cna.tokens import labelled_tokens
 from arithlens.analysis.results import Result, case_frame
 from arithlens.data import as_dataset
 from arithlens.core.loading import load_model
-from arithlens.core.interventions import as_hooks
+from arithlens.core.interventions import as_hooks, as_intervention
 
 SCORES = ("importance", "importance_other", "importance_change", "coef", "coef_other", "coef_change")
 """The per-neuron quantities, one name each (the `df` columns, the CLI CSV, `table4()`)."""
@@ -82,7 +82,7 @@ def _per_case_df(layers: Sequence[int], tensors: dict[str, torch.Tensor], tokens
 
 
 @dataclass
-class ComparativeResult(Result):
+class ComparativeNeuronScoresResult(Result):
     """Per-neuron importance and coefficient scores on both sides, and their change.
 
     Attributes:
@@ -105,7 +105,7 @@ class ComparativeResult(Result):
         w_str: The scored tokens as text.
         other: What the other side is (`"ZeroHead(17.2)"`, a model name, `"other input"`).
         cases: One row per case.
-        top_k: The per-case top-K [`aggregate`][arithlens.cna.comparative.ComparativeResult.aggregate] counts.
+        top_k: The per-case top-K [`aggregate`][arithlens.cna.comparative.ComparativeNeuronScoresResult.aggregate] counts.
         neuron_tokens: `(layer, neuron)` → top tokens, for the labelled neurons.
         predictions_other: `[case]` the other side's top prediction.
         logprob: `[case]` the model's own `log p(w)` on the original side.
@@ -214,63 +214,43 @@ class ComparativeResult(Result):
         return fig
 
 
-class ComparativeNeuronScores:
+@dataclass(frozen=True, kw_only=True)
+class ComparativeNeuronScores(CNAAnalysis):
     """Compare every FFN neuron's importance across an intervention, two models, or two inputs.
 
-    Give exactly one of `intervention` (or its shorthand `head`), `other_model`, `other_data`.
+    Give exactly one of `intervention`, `other_model`, `other_data`.
 
     Args:
-        intervention: An intervention (`ZeroHead(17, 22)`; several combined with `+`).
+        intervention: An intervention (`ZeroHead(17, 22)`; several combined with `+`), or a
+            head (`"17.22"`, `(17, 22)`) for `ZeroHead`.
         other_model: Another [`LensModel`][arithlens.core.model.LensModel] of the same shape.
         other_data: Other inputs, one per case of the data passed to `run`.
-        target: `"prediction"` (the paper) or `"answer"`; fixed from the original side.
-        mode: `"exact"` or `"fast"` (see [`CNAConfig`][arithlens.cna.config.CNAConfig]).
-        rescore: Candidates re-scored exactly per case and side in fast mode.
         layers: FFN layers to score (default all).
         top_tokens: Top vocabulary tokens listed per labelled neuron (0: no `top_tokens` column).
-        top_k: The per-case top-K [`ComparativeResult.aggregate`][arithlens.cna.comparative.ComparativeResult.aggregate] counts.
-        memory_budget: Bytes the analysis's working set may take.
-        batch_size: Cases per forward pass.
-        progress: Show progress bars.
-        config: A [`CNAConfig`][arithlens.cna.config.CNAConfig] (its `scale` picks which
-            final-norm scale the other side is read with); the options above, when given,
-            override its fields.
-        head: `(layer, head)`, `"L.H"` or a `Node`: shorthand for `intervention=ZeroHead(layer, head)`.
+        top_k: The per-case top-K [`ComparativeNeuronScoresResult.aggregate`][arithlens.cna.comparative.ComparativeNeuronScoresResult.aggregate] counts.
+        target, mode, rescore, scale, memory_budget, batch_size, progress, …: the shared
+            options of [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis] (`scale` picks which
+            final-norm scale the other side is read with; `target` is fixed from the original side).
     """
 
-    def __init__(
-        self,
-        intervention: Any = None,
-        other_model: Any = None,
-        other_data: Any = None,
-        target: str | None = None,
-        mode: str | None = None,
-        rescore: int | None = None,
-        layers: Sequence[int] | None = None,
-        top_tokens: int = 10,
-        top_k: int = 10,
-        memory_budget: float | None = None,
-        batch_size: int | None = None,
-        progress: bool | None = None,
-        *,
-        config: CNAConfig | None = None,
-        head: Any = None,
-    ):
-        from arithlens.cna.mask_keep import resolve_intervention
+    intervention: Any = None
+    other_model: Any = None
+    other_data: Any = None
+    layers: Sequence[int] | None = None
+    top_tokens: int = 10
+    top_k: int = 10
 
-        intervention = resolve_intervention(intervention, head, required=False)
-        given = sum(x is not None for x in (intervention, other_model, other_data))
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.intervention is not None:
+            object.__setattr__(self, "intervention", as_intervention(self.intervention))
+        given = sum(x is not None for x in (self.intervention, self.other_model, self.other_data))
         if given != 1:
-            raise ValueError(f"give exactly one of intervention= (or head=), other_model= or other_data= (got {given})")
-        self.intervention, self.other_model, self.other_data = intervention, other_model, other_data
-        self.config = make_config(
-            config, target=target, mode=mode, rescore=rescore, memory_budget=memory_budget, batch_size=batch_size, progress=progress
-        )
-        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
-        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
-        self.top_k = validate.positive_int(top_k, "top_k")
-
-    target = property(lambda self: self.config.target)
+            raise ValueError(f"give exactly one of intervention=, other_model= or other_data= (got {given})")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(validate.int_sequence(self.layers, "layers", low=0, unique=True)))
+        object.__setattr__(self, "top_tokens", validate.non_negative_int(self.top_tokens, "top_tokens"))
+        object.__setattr__(self, "top_k", validate.positive_int(self.top_k, "top_k"))
 
     def describe_other(self) -> str:
         """What the other side is, as results and plots name it."""
@@ -284,12 +264,12 @@ class ComparativeNeuronScores:
         """The hooks `run` reads from each side's cache."""
         return cna_hooks(model, check_layers(model, self.layers))
 
-    def _other_cache(self, model: Any, data: Any, other_cache: ActivationCache | None, hooks: set[str]) -> tuple[Any, ActivationCache]:
+    def _other_cache(self, model: Any, data: Any, other_cache: DatasetCache | None, hooks: set[str]) -> tuple[Any, DatasetCache]:
         """The other side's model and cache (built when not given: never memoized under an intervention)."""
 
         if self.intervention is not None:
             if other_cache is None:
-                return model, model.cache(data, names=hooks, interventions=[self.intervention], batch_size=pass_batch(model, self.config))
+                return model, model.cache(data, names=hooks, interventions=[self.intervention], batch_size=self.pass_batch(model))
             ensure_cache(model, data, other_cache, hooks, clean=False)
             if repr(self.intervention) not in other_cache.interventions:
                 raise ValueError(
@@ -301,18 +281,18 @@ class ComparativeNeuronScores:
             n, m = len(as_dataset(data, model.tokenizer)), len(as_dataset(self.other_data, model.tokenizer))
             if n != m:
                 raise ValueError(f"other_data has {m} cases but the data has {n}; they are compared case by case")
-            return model, side_cache(model, self.other_data, other_cache, hooks, self.config)
+            return model, self.prepare(model, self.other_data, other_cache, names=hooks).cache
         other = load_model(self.other_model)
         if (other.n_layers, other.d_mlp, other.d_vocab) != (model.n_layers, model.d_mlp, model.d_vocab):
             raise ValueError(
                 f"other_model {other!r} does not have the shape of {model!r}: neurons can only be compared between models of the same architecture"
             )
-        return other, side_cache(other, data, other_cache, hooks, self.config)
+        return other, self.prepare(other, data, other_cache, names=hooks).cache
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, other_cache: ActivationCache | None = None
-    ) -> ComparativeResult:
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, other_cache: DatasetCache | None = None
+    ) -> ComparativeNeuronScoresResult:
         """Score both sides on `data` with `w` fixed from the original side.
 
         Args:
@@ -329,15 +309,15 @@ class ComparativeNeuronScores:
         hooks = cna_hooks(model, layers)
         if self.intervention is not None:
             as_hooks(model, [self.intervention])  # a head out of range fails before any pass
-        cache = side_cache(model, data, cache, hooks, self.config)
+        cache = self.prepare(model, data, cache, names=hooks).cache
         other_model, other = self._other_cache(model, data, other_cache, hooks)
-        w = choose_w(cache, self.config.target)
+        w = choose_w(cache, self.target)
         acts = Activations(cache, w)
-        acts_o = Activations(other, w, cache.final_scale if self.config.scale == "original" else None)
+        acts_o = Activations(other, w, cache.final_scale if self.scale == "original" else None)
         if other_model is model:  # both sides share the model's vocabulary projections
-            sc, sc_o = score_sides(model, [acts, acts_o], layers, self.config)
+            sc, sc_o = score_sides(model, [acts, acts_o], layers, self)
         else:
-            (sc,), (sc_o,) = score_sides(model, [acts], layers, self.config), score_sides(other_model, [acts_o], layers, self.config)
+            (sc,), (sc_o,) = score_sides(model, [acts], layers, self), score_sides(other_model, [acts_o], layers, self)
         tensors = {"importance": sc.importance, "importance_other": sc_o.importance, "coef": sc.coef, "coef_other": sc_o.coef}
         tensors["importance_change"] = tensors["importance"] - tensors["importance_other"]
         tensors["coef_change"] = tensors["coef"] - tensors["coef_other"]
@@ -345,8 +325,8 @@ class ComparativeNeuronScores:
         if self.top_tokens:
             pairs = label_pairs(layers, validate.check_finite(tensors["importance_change"], "the importance changes"), max(self.top_k, 50))
             tokens = labelled_tokens(model, pairs, self.top_tokens)
-        budget = self.config.memory_budget
-        return ComparativeResult(
+        budget = self.memory_budget
+        return ComparativeNeuronScoresResult(
             df=_per_case_df(layers, tensors, tokens),
             importance=sc.importance,
             importance_other=sc_o.importance,
@@ -362,6 +342,29 @@ class ComparativeNeuronScores:
             predictions_other=other.predictions,
             logprob=kernels.final_logprob(model, acts, budget),
             logprob_other=kernels.final_logprob(other_model, acts_o, budget),
-            scale=self.config.scale,
+            scale=self.scale,
             bound=max(sc.bound, sc_o.bound),
         )
+
+
+def check_cna(cna: Any, n_cases: int, model: Any) -> "ComparativeNeuronScoresResult":
+    """A given CNA result, checked to cover `n_cases` cases and every layer, with finite scores."""
+
+    if not isinstance(cna, ComparativeNeuronScoresResult):
+        raise ValueError(f"cna={type(cna).__name__} must be a ComparativeNeuronScoresResult (ComparativeNeuronScores(...).run)")
+    if cna.n_cases != n_cases:
+        raise ValueError(f"cna= holds {cna.n_cases} cases but the data has {n_cases}: run CNA on the same data")
+    if list(cna.layers) != list(range(model.n_layers)):
+        raise ValueError(f"cna= scored layers {list(cna.layers)}; these analyses need every layer (CNA with layers=None)")
+    validate.check_finite(cna.importance_change, "the CNA importance changes")
+    return cna
+
+
+def required_intervention(value: Any) -> Any:
+    """The intervention of an analysis built on CNA (mask/keep, the logic chain): `ValueError` when missing."""
+    if value is None:
+        raise ValueError(
+            "give the intervention CNA compares against: intervention=ZeroHead(layer, head) "
+            "(or the head itself, intervention='17.2'), the arithmetic head"
+        )
+    return as_intervention(value)

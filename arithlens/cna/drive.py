@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names
-from arithlens.core.cache import ActivationCache
+from arithlens.core.cache import DatasetCache
 from arithlens.cna.vo_transform import head_ov
 
 
@@ -129,7 +129,7 @@ def position_hooks(model: Any) -> set[str]:
     return {h for L in range(model.n_layers) for h in (names.post(L), _ln1_scale(L), names.pattern(L))}
 
 
-def position_activations(model: Any, cache: ActivationCache) -> dict[str, torch.Tensor]:
+def position_activations(model: Any, cache: DatasetCache) -> dict[str, torch.Tensor]:
     """Every-position activations of the cache's one prompt, stacked over layers.
 
     Returns `post` `[layer, pos, d_mlp]` (coefficient scores), `ln1` `[layer, pos]` (the
@@ -143,7 +143,7 @@ def position_activations(model: Any, cache: ActivationCache) -> dict[str, torch.
     return {"post": post, "ln1": ln1, "attn": attn}
 
 
-def root_key(model: Any, cache: ActivationCache, root: tuple[int, int]) -> Float[torch.Tensor, "d_model"]:
+def root_key(model: Any, cache: DatasetCache, root: tuple[int, int]) -> Float[torch.Tensor, "d_model"]:
     """`∇_x m_root` at the root's activation (last position of the cache's case 0)."""
     lr, r = root
     resid_mid = cache.last(names.resid_mid(lr))[0].float()

@@ -66,11 +66,10 @@ from tqdm.auto import tqdm
 
 from arithlens.analysis import attribution
 from arithlens.analysis.attribution import ESTIMATES, Agreement
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result, percent
 from arithlens.core import distributed, forward, names, validate
 from arithlens.core.interventions import HeadMeans
-from arithlens.core.cache import ensure_cache
-from arithlens.data import as_dataset
 from arithlens.core.loading import load_model
 
 @dataclass
@@ -223,14 +222,15 @@ class HeadAblationResult(Result):
         return fig
 
 
-class HeadAblation:
+@dataclass(frozen=True, kw_only=True)
+class HeadAblation(Analysis):
     """Sweep head ablations over a dataset (Tables 1–3, 24–27).
 
     Args:
         method: `"zero"` (the paper) or `"mean"` (mean over `reference`).
         layers: Layers to sweep (default all).
         heads: Heads to sweep in each layer (default all) — or explicit heads as
-            `(layer, head)` pairs, `"L.H"` strings or [`Node`][arithlens.core.names.Node]s, in
+            `(layer, head)` pairs, `"L.H"` strings or [`Component`][arithlens.core.names.Component]s, in
             which case `layers` is ignored.
         position: `"all"` positions (the paper) or the `"last"` only.
         reference: Data the mean is taken over (default: the swept dataset).
@@ -244,43 +244,43 @@ class HeadAblation:
         progress: Show a progress bar.
     """
 
-    def __init__(
-        self,
-        method: Literal["zero", "mean"] = "zero",
-        layers: Sequence[int] | None = None,
-        heads: Sequence[int] | Sequence[Any] | None = None,
-        position: names.Position = "all",
-        reference: Any = None,
-        group_by: Sequence[str] | str = ("op",),
-        batch_size: int = 64,
-        max_rows: int = 512,
-        estimate: Literal["exact", "attribution"] = "exact",
-        rescore: int = 20,
-        progress: bool = True,
-    ):
-        self.method = validate.choice(method, "method", ("zero", "mean"))
-        self.position = names.check_position(position)
-        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
-        self.heads = None if heads is None else _heads_arg(heads)
-        self.reference = reference
-        group_by = (group_by,) if isinstance(group_by, str) else group_by
+    method: Literal["zero", "mean"] = "zero"
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | Sequence[Any] | None = None
+    position: names.Position = "all"
+    reference: Any = None
+    group_by: Sequence[str] | str = ("op",)
+    batch_size: int = 64
+    max_rows: int = 512
+    estimate: Literal["exact", "attribution"] = "exact"
+    rescore: int = 20
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate.choice(self.method, "method", ("zero", "mean"))
+        object.__setattr__(self, "position", names.check_position(self.position))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(validate.int_sequence(self.layers, "layers", low=0, unique=True)))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(_heads_arg(self.heads)))
+        group_by = (self.group_by,) if isinstance(self.group_by, str) else self.group_by
         if not isinstance(group_by, (list, tuple)) or not all(isinstance(c, str) for c in group_by):
             raise ValueError(f"group_by={group_by!r} must be a case column name or a sequence of them")
-        self.group_by = tuple(group_by)
-        self.batch_size = validate.positive_int(batch_size, "batch_size")
-        self.max_rows = validate.positive_int(max_rows, "max_rows")
-        self.estimate = validate.choice(estimate, "estimate", ESTIMATES)
-        self.rescore = validate.non_negative_int(rescore, "rescore")
-        self.progress = validate.boolean(progress, "progress")
+        object.__setattr__(self, "group_by", tuple(group_by))
+        object.__setattr__(self, "batch_size", validate.positive_int(self.batch_size, "batch_size"))
+        object.__setattr__(self, "max_rows", validate.positive_int(self.max_rows, "max_rows"))
+        validate.choice(self.estimate, "estimate", ESTIMATES)
+        object.__setattr__(self, "rescore", validate.non_negative_int(self.rescore, "rescore"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
 
     def _head_list(self, model: Any) -> list[tuple[int, int]]:
         """The swept heads in layer order, checked against `model`."""
-        if self.heads is not None and isinstance(self.heads[0], names.Node):
+        if self.heads is not None and isinstance(self.heads[0], names.Component):
             nodes = list(self.heads)
         else:
             layers = range(model.n_layers) if self.layers is None else self.layers
             heads = range(model.n_heads) if self.heads is None else self.heads
-            nodes = [names.Node(L, H) for L in layers for H in heads]
+            nodes = [names.Component(L, H) for L in layers for H in heads]
         for node in nodes:
             node.check(model)
         return sorted(dict.fromkeys((n.layer, n.head) for n in nodes))
@@ -300,7 +300,7 @@ class HeadAblation:
         Args:
             model: The model.
             data: Prompts, token ids or a dataset.
-            cache: An [`ActivationCache`][arithlens.core.cache.ActivationCache] of the clean pass
+            cache: An [`DatasetCache`][arithlens.core.cache.DatasetCache] of the clean pass
                 over `data` (predictions and target log-probs are read from it; built when
                 not given). With `positions="all"` and this analysis's
                 [`hook_names`][arithlens.cna.heads.HeadAblation.hook_names], the residual
@@ -309,9 +309,8 @@ class HeadAblation:
 
         model = load_model(model)
         pairs = self._head_list(model)
-        ds = as_dataset(data, model.tokenizer)
+        model, ds, clean = self.prepare(model, data, cache, names=(), positions="last")
         ids = [tuple(c.input_ids) for c in ds]
-        clean = ensure_cache(model, ds, cache, (), positions="last")
         resid_cache = clean if clean.has(self.hook_names(model), positions="all") else None
         layers = sorted({L for L, _ in pairs})
         means = HeadMeans.compute(model, self.reference if self.reference is not None else ds, layers) if self.method == "mean" else None
@@ -365,18 +364,14 @@ class HeadAblation:
 
 
 def _heads_arg(heads: Any) -> list[Any]:
-    """`heads` as a list of head indices, or of [`Node`][arithlens.core.names.Node]s for explicit heads."""
-    if isinstance(heads, (str, names.Node)) or not isinstance(heads, (list, tuple, range, np.ndarray, torch.Tensor)):
+    """`heads` as a list of head indices, or of [`Component`][arithlens.core.names.Component]s for explicit heads."""
+    if isinstance(heads, (str, names.Component)) or not isinstance(heads, (list, tuple, range, np.ndarray, torch.Tensor)):
         heads = [heads]
     items = list(heads)
     if not items:
         raise ValueError("heads is empty: give head indices or (layer, head) pairs, or None for all")
-    if any(isinstance(h, (tuple, list, str, names.Node)) for h in items):
-        nodes = [names.Node.parse(h) for h in items]
-        mlp = [n for n in nodes if n.is_mlp]
-        if mlp:
-            raise ValueError(f"heads contains an MLP ({mlp[0].name}); head ablation sweeps attention heads only")
-        return nodes
+    if any(isinstance(h, (tuple, list, str, names.Component)) for h in items):
+        return [names.parse_head(h, "heads item") for h in items]
     return validate.int_sequence(items, "heads", low=0, unique=True)
 
 

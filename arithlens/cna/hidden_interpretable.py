@@ -14,7 +14,7 @@ while its Table 8 lists 51,980, so the table can only come from "more than M" �
 uniformly from the same neuron layers, is ablated as the control.
 
 The original model's predictions come from one clean pass (an
-[`ActivationCache`][arithlens.core.cache.ActivationCache], given or built); each ablated set
+[`DatasetCache`][arithlens.core.cache.DatasetCache], given or built); each ablated set
 costs one pass.
 
 Example:
@@ -41,11 +41,13 @@ import torch
 from tqdm.auto import tqdm
 
 from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
-from arithlens.cna.vo_transform import RULES, Rule, VOScan, VOTransform
+from arithlens.core.cache import DatasetCache
+from arithlens.cna.vo_transform import RULES, Rule, VOScanResult, VOTransform
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
 from arithlens.core.interventions import ZeroNeurons
 from arithlens.data import as_dataset
+from arithlens.core.loading import load_model
 
 
 @dataclass
@@ -61,7 +63,7 @@ class HiddenInterpretableResult(Result):
         neuron_sets: `{M: {layer: neuron indices}}` of the hidden-interpretable sets.
     """
 
-    scan: VOScan | None = field(default=None, repr=False)
+    scan: VOScanResult | None = field(default=None, repr=False)
     rule: str = "gt"
     neuron_sets: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -89,7 +91,8 @@ class HiddenInterpretableResult(Result):
         return fig
 
 
-class HiddenInterpretable:
+@dataclass(frozen=True, kw_only=True)
+class HiddenInterpretable(Analysis):
     """Table 8 / Table 17: ablate the hidden-interpretable neuron sets, M = 0…3.
 
     Args:
@@ -102,34 +105,38 @@ class HiddenInterpretable:
         seed: Seed of the random sets (one permutation of the scanned neurons; the set for
             each `M` is its first `n` neurons).
         position: Ablate at `"all"` positions (the paper) or the `"last"` only.
+        correct_only: Keep the cases the original model answers correctly
+            ([`correct_under`][arithlens.data.ArithmeticDataset.correct_under]); the
+            baseline accuracy is then 1 and the decrease is `100 · (1 − acc)`.
         batch_size: Cases per forward.
         progress: Progress bars.
     """
 
-    def __init__(
-        self,
-        ms: Sequence[int] = (0, 1, 2, 3),
-        rule: Rule = "gt",
-        transform: VOTransform | None = None,
-        random_control: bool = True,
-        seed: int = 0,
-        position: names.Position = "all",
-        batch_size: int | None = None,
-        progress: bool = True,
-    ):
-        self.rule = validate.choice(rule, "rule", RULES)
-        self.position = names.check_position(position)
-        self.progress = validate.boolean(progress, "progress")
-        if transform is not None and not isinstance(transform, VOTransform):
-            raise ValueError(f"transform={transform!r} must be a VOTransform")
-        self.transform = transform or VOTransform(progress=self.progress)
-        self.ms = validate.int_sequence(ms, "ms", low=0)
+    ms: Sequence[int] = (0, 1, 2, 3)
+    rule: Rule = "gt"
+    transform: VOTransform | None = None
+    random_control: bool = True
+    seed: int = 0
+    position: names.Position = "all"
+    correct_only: bool = False
+    batch_size: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate.choice(self.rule, "rule", RULES)
+        object.__setattr__(self, "position", names.check_position(self.position))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
+        if self.transform is not None and not isinstance(self.transform, VOTransform):
+            raise ValueError(f"transform={self.transform!r} must be a VOTransform")
+        object.__setattr__(self, "transform", self.transform or VOTransform(progress=self.progress))
+        object.__setattr__(self, "ms", tuple(validate.int_sequence(self.ms, "ms", low=0)))
         for m in self.ms:
             if m > self.transform.k:
                 raise ValueError(f"M={m} exceeds k={self.transform.k}: no top-{self.transform.k} list can hold more")
-        self.random_control = validate.boolean(random_control, "random_control")
-        self.seed = validate.integer(seed, "seed")
-        self.batch_size = validate.optional_positive_int(batch_size, "batch_size")
+        object.__setattr__(self, "random_control", validate.boolean(self.random_control, "random_control"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        object.__setattr__(self, "correct_only", validate.boolean(self.correct_only, "correct_only"))
+        object.__setattr__(self, "batch_size", validate.optional_positive_int(self.batch_size, "batch_size"))
 
     def hook_names(self, model: Any) -> set[str]:
         """No activations: the clean pass's predictions are all this analysis reads."""
@@ -140,7 +147,7 @@ class HiddenInterpretable:
 
         return [ZeroNeurons(L, idx.tolist(), position=self.position) for L, idx in sorted(neurons.items()) if len(idx)]
 
-    def random_sets(self, model: Any, scan: VOScan, sizes: Sequence[int]) -> list[dict[int, torch.Tensor]]:
+    def random_sets(self, model: Any, scan: VOScanResult, sizes: Sequence[int]) -> list[dict[int, torch.Tensor]]:
         """Seeded random neuron sets of the given sizes over the scanned layers."""
         n_total = len(scan.neuron_layers) * model.d_mlp
         sizes = validate.int_sequence(sizes, "sizes", low=0, high=n_total, allow_empty=True)
@@ -159,9 +166,8 @@ class HiddenInterpretable:
         model: Any,
         data: Any,
         *,
-        cache: ActivationCache | None = None,
-        scan: VOScan | None = None,
-        only_correct: bool = False,
+        cache: DatasetCache | None = None,
+        scan: VOScanResult | None = None,
     ) -> HiddenInterpretableResult:
         """Scan (or reuse `scan`), then ablate each set on `data`.
 
@@ -169,23 +175,17 @@ class HiddenInterpretable:
             model: The model.
             data: Cases with answers (an arithmetic dataset).
             cache: The clean pass of `data` (any cache of it; built when not given).
-            scan: A [`VOScan`][arithlens.cna.vo_transform.VOScan] to reuse.
-            only_correct: Keep the cases the original model answers correctly
-                ([`correct_under`][arithlens.data.ArithmeticDataset.correct_under]); the
-                baseline accuracy is then 1 and the decrease is `100 · (1 − acc)`.
+            scan: A [`VOScanResult`][arithlens.cna.vo_transform.VOScanResult] to reuse.
         """
 
-        only_correct = validate.boolean(only_correct, "only_correct")
-        if scan is not None and not isinstance(scan, VOScan):
-            raise ValueError(f"scan={type(scan).__name__} must be a VOScan (VOTransform.scan(model))")
-        ds = as_dataset(data, model.tokenizer)
-        if any(c.target_id < 0 for c in ds):
+        if scan is not None and not isinstance(scan, VOScanResult):
+            raise ValueError(f"scan={type(scan).__name__} must be a VOScanResult (VOTransform.scan(model))")
+        model = load_model(model)
+        if any(c.target_id < 0 for c in as_dataset(data, model.tokenizer)):
             raise ValueError("every case needs a target token to measure accuracy; use an arithmetic dataset")
-        if cache is None:
-            cache = model.cache(ds, batch_size=self.batch_size)
-        cache = ensure_cache(model, ds, cache)
-        cases = ds.correct_under(cache) if only_correct else ds
-        base = 1.0 if only_correct else float(cache.correct.float().mean())
+        model, ds, cache = self.prepare(model, data, cache, batch_size=self.batch_size)
+        cases = ds.correct_under(cache) if self.correct_only else ds
+        base = 1.0 if self.correct_only else float(cache.correct.float().mean())
         scan = scan if scan is not None else self.transform.scan(model)
         sets = {m: scan.neuron_set(m, self.rule) for m in self.ms}
         sizes = [int(sum(len(v) for v in sets[m].values())) for m in self.ms]

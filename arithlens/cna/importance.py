@@ -10,7 +10,7 @@ frozen (Yu & Ananiadou 2024b):
 * `x_mid` — `blocks.l.hook_resid_mid` (layer input plus attention output) at the last position;
 * `m_k` — the coefficient score, `blocks.l.mlp.hook_post[..., k]` (Eq. 6);
 * `fc2_k` — the FFN value, `W_out[l, k]` (Eq. 5);
-* `σ` — the final norm's scale of the same forward pass (`ActivationCache.final_scale`,
+* `σ` — the final norm's scale of the same forward pass (`DatasetCache.final_scale`,
   the reference code's `final_var`); see [`arithlens.core.readout`][arithlens.core.readout].
 
 `w` is the model's top prediction (the paper) or, with `target="answer"`, the case's
@@ -24,10 +24,10 @@ layer `L`, both counted from 0 ([`neuron_label`][arithlens.cna.inputs.neuron_lab
 Example:
     ```python
     import arithlens
-    from arithlens.cna import CNAConfig, NeuronImportance
+    from arithlens.cna import NeuronImportance
 
     model = arithlens.load_model()
-    job = NeuronImportance(config=CNAConfig(mode="fast"), top_k=10)
+    job = NeuronImportance(mode="fast", top_k=10)
     cache = model.cache(["3+5="], names=job)     # or let run() make it
     result = job.run(model, ["3+5="], cache=cache)
     result.top(10)          # layer, neuron, importance, coef, n_top, n_cases, top_tokens
@@ -46,9 +46,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from arithlens.core import validate
-from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.cache import DatasetCache, ensure_cache
 from arithlens.cna import scores as kernels
-from arithlens.cna.config import CNAConfig, make_config
+from arithlens.cna.base import CNAAnalysis
+from arithlens.core.interventions import as_intervention
 from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame
 from arithlens.cna.inputs import Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label
 from arithlens.cna.projections import projection_cache
@@ -61,7 +62,7 @@ from arithlens.core.loading import load_model
 
 # ---------------------------------------------------------------------------- result
 @dataclass
-class ImportanceResult(Result):
+class NeuronImportanceResult(Result):
     """Importance of every FFN neuron (plus heads and layers) on a set of cases.
 
     Attributes:
@@ -200,7 +201,7 @@ class ImportanceResult(Result):
 
 
 # ---------------------------------------------------------------------------- analysis
-def score_sides(model: Any, sides: Sequence[Activations], layers: list[int], config: CNAConfig) -> list[kernels.NeuronScores]:
+def score_sides(model: Any, sides: Sequence[Activations], layers: list[int], config: CNAAnalysis) -> list[kernels.NeuronScores]:
     """Neuron scores of sides of the same model (sharing vocabulary projections), exact or fast."""
     if config.mode == "exact":
         kept = projection_cache(model, config.projection_bytes) if config.keep_projections else None
@@ -223,66 +224,39 @@ def score_sides(model: Any, sides: Sequence[Activations], layers: list[int], con
     return out
 
 
-def pass_batch(model: Any, config: CNAConfig) -> int:
-    """Cases per forward pass: the configured batch size, else the model's, capped so a batch's
-    last-position logits (and their log-softmax) fit in `memory_budget`."""
-    if config.batch_size is not None:
-        return config.batch_size
-    return int(max(1, min(model.batch_size, config.memory_budget // (32 * model.d_vocab))))
-
-
-def side_cache(model: Any, data: Any, cache: ActivationCache | None, hooks: set[str], config: CNAConfig, *, clean: bool = True) -> ActivationCache:
-    """The cache of one side: the given one (checked to hold `hooks` on these cases), or one forward pass."""
-    if cache is None:
-        return model.cache(data, names=hooks, batch_size=pass_batch(model, config))
-    return ensure_cache(model, data, cache, hooks, clean=clean)
-
-
-class NeuronImportance:
+@dataclass(frozen=True, kw_only=True)
+class NeuronImportance(CNAAnalysis):
     """§4.1 importance score of every FFN neuron (and head and layer) on a dataset.
 
     Args:
-        target: `"prediction"` (the paper: the model's top token) or `"answer"` (see [`CNAConfig`][arithlens.cna.config.CNAConfig]).
+        target: `"prediction"` (the paper: the model's top token) or `"answer"` (see [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis]).
         mode: `"exact"` or `"fast"` (first order, then exact on `rescore` candidates per case).
         rescore: Candidates re-scored exactly per case in fast mode.
         top_k: The per-case top-K the `n_top` column counts.
         layers: FFN layers to score (default all).
         top_tokens: Top vocabulary tokens listed per labelled neuron (0: no `top_tokens` column).
+        interventions: Score the model under these interventions (a new, unmemoized pass; an
+            intervention, a head such as `"17.2"` for `ZeroHead`, or a list of them).
         memory_budget: Bytes the analysis's working set may take.
         batch_size: Cases per forward pass.
         progress: Show a progress bar.
-        config: A [`CNAConfig`][arithlens.cna.config.CNAConfig]; the options above, when
-            given, override its fields (one configuration either way).
+        tolerance, scale, keep_projections, projection_dtype, projection_bytes: The other
+            shared options of [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis].
     """
 
-    def __init__(
-        self,
-        target: str | None = None,
-        mode: str | None = None,
-        rescore: int | None = None,
-        top_k: int = 10,
-        layers: Sequence[int] | None = None,
-        top_tokens: int = 10,
-        memory_budget: float | None = None,
-        batch_size: int | None = None,
-        progress: bool | None = None,
-        *,
-        config: CNAConfig | None = None,
-    ):
-        self.config = make_config(
-            config, target=target, mode=mode, rescore=rescore, memory_budget=memory_budget, batch_size=batch_size, progress=progress
-        )
-        self.top_k = validate.positive_int(top_k, "top_k")
-        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
-        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
+    top_k: int = 10
+    layers: Sequence[int] | None = None
+    top_tokens: int = 10
+    interventions: Sequence[Any] = ()
 
-    # The old attribute names, read from the one configuration.
-    target = property(lambda self: self.config.target)
-    mode = property(lambda self: self.config.mode)
-    rescore = property(lambda self: self.config.rescore)
-    memory_budget = property(lambda self: self.config.memory_budget)
-    batch_size = property(lambda self: self.config.batch_size)
-    progress = property(lambda self: self.config.progress)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        items = self.interventions if isinstance(self.interventions, (list, tuple)) else [self.interventions]
+        object.__setattr__(self, "interventions", tuple(as_intervention(i) for i in items if i is not None))
+        object.__setattr__(self, "top_k", validate.positive_int(self.top_k, "top_k"))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(validate.int_sequence(self.layers, "layers", low=0, unique=True)))
+        object.__setattr__(self, "top_tokens", validate.non_negative_int(self.top_tokens, "top_tokens"))
 
     def hook_names(self, model: Any) -> set[str]:
         """The hooks `run` reads from the cache: `resid_mid` and `post` of the scored layers, and every layer's components."""
@@ -290,8 +264,8 @@ class NeuronImportance:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, w: Any = None, interventions: Sequence[Any] = ()
-    ) -> ImportanceResult:
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, w: Any = None
+    ) -> NeuronImportanceResult:
         """Score every neuron on `data`.
 
         Args:
@@ -300,32 +274,30 @@ class NeuronImportance:
             cache: A cache of `data` holding [`hook_names`][arithlens.cna.importance.NeuronImportance.hook_names];
                 given one, no forward pass runs.
             w: Fixed token ids to score, one per case (default: from `target`).
-            interventions: Score the model under these interventions (a new, unmemoized pass).
         """
 
         model = load_model(model)
         layers = check_layers(model, self.layers)
         hooks = cna_hooks(model, layers)
-        items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
-        if any(i is not None for i in items):
+        if self.interventions:
             if cache is not None:
                 raise ValueError("give cache= or interventions=, not both (build the cache with model.cache(data, interventions=...))")
-            cache = model.cache(data, names=hooks, interventions=items, batch_size=pass_batch(model, self.config))
+            cache = model.cache(data, names=hooks, interventions=list(self.interventions), batch_size=self.pass_batch(model))
         else:
-            cache = side_cache(model, data, cache, hooks, self.config, clean=False)
-        w = choose_w(cache, self.config.target) if w is None else check_w(w, len(cache), model)
+            cache = self.prepare(model, data, cache, names=hooks, clean=False).cache
+        w = choose_w(cache, self.target) if w is None else check_w(w, len(cache), model)
         acts = Activations(cache, w)
-        (sc,) = score_sides(model, [acts], layers, self.config)
+        (sc,) = score_sides(model, [acts], layers, self)
         return self.result(model, data, acts, sc)
 
-    def result(self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores) -> ImportanceResult:
-        """An [`ImportanceResult`][arithlens.cna.importance.ImportanceResult] from a side's activations and scores."""
-        budget = self.config.memory_budget
+    def result(self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores) -> NeuronImportanceResult:
+        """An [`NeuronImportanceResult`][arithlens.cna.importance.NeuronImportanceResult] from a side's activations and scores."""
+        budget = self.memory_budget
         attn, mlp = kernels.layer_scores(model, acts, budget)
         label_k = max(self.top_k, 50)
         tokens = labelled_tokens(model, label_pairs(sc.layers, sc.importance, label_k), self.top_tokens) if self.top_tokens else None
         df = aggregate_importance(sc.layers, sc.importance, sc.coef, self.top_k, tokens)
-        return ImportanceResult(
+        return NeuronImportanceResult(
             df=df,
             importance=sc.importance,
             coef=sc.coef,
@@ -338,13 +310,13 @@ class NeuronImportance:
             logprob=kernels.final_logprob(model, acts, budget),
             cases=case_frame(data, model),
             top_k=self.top_k,
-            mode=self.config.mode,
+            mode=self.mode,
             exact=sc.exact,
             neuron_tokens=tokens,
             bound=sc.bound,
         )
 
-    def fast_agreement(self, model: Any, data: Any, k: int = 10, *, cache: ActivationCache | None = None) -> pd.DataFrame:
+    def fast_agreement(self, model: Any, data: Any, k: int = 10, *, cache: DatasetCache | None = None) -> pd.DataFrame:
         """Per case: is the fast mode's top-`k` the exact top-`k`? (and their overlap).
 
         Returns `case, same_topk, overlap` (fraction of the exact top-k the fast one
@@ -356,32 +328,13 @@ class NeuronImportance:
         k = validate.positive_int(k, "k")
         model = load_model(model)
         layers = check_layers(model, self.layers)
-        cache = side_cache(model, data, cache, cna_hooks(model, layers), self.config)
-        acts = Activations(cache, choose_w(cache, self.config.target))
-        (exact,) = score_sides(model, [acts], layers, replace(self.config, mode="exact"))
-        (fast,) = score_sides(model, [acts], layers, replace(self.config, mode="fast"))
+        cache = self.prepare(model, data, cache, names=cna_hooks(model, layers)).cache
+        acts = Activations(cache, choose_w(cache, self.target))
+        (exact,) = score_sides(model, [acts], layers, replace(self, mode="exact"))
+        (fast,) = score_sides(model, [acts], layers, replace(self, mode="fast"))
         a, b = kernels.flatten(exact.importance).topk(k).indices, kernels.flatten(fast.importance).topk(k).indices
         rows = [{"case": i, "same_topk": set(x) == set(y), "overlap": len(set(x) & set(y)) / k} for i, (x, y) in enumerate(zip(a.tolist(), b.tolist()))]
         df = pd.DataFrame(rows)
         df.attrs["agreement"] = float(df["same_topk"].mean())
         return df
 
-
-def importance_scores(
-    model: Any,
-    data: Any,
-    *,
-    config: CNAConfig | None = None,
-    w: Any = None,
-    interventions: Sequence[Any] = (),
-    layers: Sequence[int] | None = None,
-    top_tokens: int = 0,
-    cache: ActivationCache | None = None,
-    **options: Any,
-) -> ImportanceResult:
-    """Functional form of [`NeuronImportance`][arithlens.cna.importance.NeuronImportance] (`w`: fixed token ids per case).
-
-    `options` are [`CNAConfig`][arithlens.cna.config.CNAConfig] fields (`target=`, `mode=`, …).
-    """
-    job = NeuronImportance(layers=layers, top_tokens=top_tokens, config=make_config(config, **options))
-    return job.run(model, data, cache=cache, w=w, interventions=interventions)

@@ -1,10 +1,10 @@
 """What CNA reads from a forward pass, and the shared argument checks of the CNA analyses.
 
 [`Activations`][arithlens.cna.inputs.Activations] is a view of an
-[`ActivationCache`][arithlens.core.cache.ActivationCache] — nothing is copied — that adds what a
+[`DatasetCache`][arithlens.core.cache.DatasetCache] — nothing is copied — that adds what a
 side of a comparison needs on top of the cache: the scored token of each case (`w`) and
 the final-norm scale its residual vectors are read with (the cache's own, or the original
-side's under `CNAConfig(scale="original")`). The score kernels
+side's under `CNAAnalysis(scale="original")`). The score kernels
 ([`arithlens.cna.scores`][arithlens.cna.scores]) read one layer at a time from it, so no
 `[case, layer, …]` stack is ever built.
 
@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache
-from arithlens.cna.config import TARGETS
+from arithlens.core.cache import DatasetCache
+from arithlens.cna.base import TARGETS
 
 _KINDS: dict[str, Callable[[int], str]] = {
     "resid_pre": names.resid_pre,
@@ -69,7 +69,7 @@ def cna_hooks(model: Any, layers: Iterable[int]) -> set[str]:
 
 
 class Activations:
-    """One side of a comparison as the score kernels read it: a view of an `ActivationCache`.
+    """One side of a comparison as the score kernels read it: a view of an `DatasetCache`.
 
     Attributes:
         cache: The forward pass the activations come from.
@@ -79,7 +79,7 @@ class Activations:
 
     def __init__(
         self,
-        cache: ActivationCache,
+        cache: DatasetCache,
         w: Int[torch.Tensor, "case"] | None = None,
         scale: Float[torch.Tensor, "case"] | None = None,
     ):
@@ -120,7 +120,7 @@ class Activations:
         return Activations(self.cache, self.w, scale)
 
 
-def choose_w(cache: ActivationCache, target: str) -> Int[torch.Tensor, "case"]:
+def choose_w(cache: DatasetCache, target: str) -> Int[torch.Tensor, "case"]:
     """The scored token of each case: the model's prediction, or the case's answer token."""
     validate.choice(target, "target", TARGETS)
     if target == "prediction":
@@ -166,9 +166,7 @@ def check_layers(model: Any, layers: Any) -> list[int]:
 
 
 def check_head_arg(model: Any, head: Any) -> tuple[int, int]:
-    """`(layer, head)`, `"L.H"` or a [`Node`][arithlens.core.names.Node] → a validated `(layer, head)`."""
-    node = names.Node.parse(head)
-    if node.is_mlp:
-        raise ValueError(f"head={head!r} names an MLP; give an attention head as (layer, head) or 'L.H'")
+    """`(layer, head)`, `"L.H"` or a [`Component`][arithlens.core.names.Component] → a validated `(layer, head)`."""
+    node = names.parse_head(head)
     node.check(model)
     return int(node.layer), int(node.head)

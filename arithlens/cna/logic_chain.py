@@ -20,7 +20,7 @@ Four stages from input to prediction, each located on one prompt (e.g. "3+5=" �
 4. **prediction enhancing** (§4.3) — the PE-DAG among those neurons.
 
 Every stage reads one clean `positions="all"`
-[`ActivationCache`][arithlens.core.cache.ActivationCache] (given, or built in one pass) and the
+[`DatasetCache`][arithlens.core.cache.DatasetCache] (given, or built in one pass) and the
 CNA result (given as `cna=`, or computed — one pass under the intervention).
 
 Example:
@@ -42,24 +42,21 @@ from __future__ import annotations
 import numbers
 import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import einops
 import pandas as pd
 import torch
 
 from arithlens.core import names, readout, validate
-from arithlens.core.cache import ActivationCache
-from arithlens.cna.config import CNAConfig, make_config
-from arithlens.cna.logit_lens import top_token_lists
-from arithlens.cna.mask_keep import _clean_cache, _start, check_cna, comparative, resolve_intervention
+from arithlens.core.cache import DatasetCache
+from arithlens.cna.base import CNAAnalysis, cna_options
+from arithlens.cna.vocabulary import top_token_lists
+from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna, required_intervention
 from arithlens.cna.drive import position_activations, position_hooks, root_key, shallow_scores, transformed_vector
 from arithlens.cna.inputs import neuron_label
-from arithlens.cna.pe_dag import DAGResult, PredictionEnhancingDAG, _dag_hooks
+from arithlens.cna.pe_dag import PredictionEnhancingDAGResult, PredictionEnhancingDAG, dag_hooks
 from arithlens.analysis.results import Result
-
-if TYPE_CHECKING:
-    from arithlens.cna.comparative import ComparativeResult
 
 STAGES = ("feature enhancing", "feature transferring", "feature predicting", "prediction enhancing")
 COLUMNS = ["stage", "layer", "position", "token", "neuron", "head", "score", "measure", "top_tokens"]
@@ -108,8 +105,8 @@ class LogicChainResult(Result):
     root: tuple[int, int] = (0, 0)
     empty: dict[str, str] = field(default_factory=dict)
     n_layers: int = 0
-    cna: "ComparativeResult | None" = field(repr=False, default=None)
-    dag: DAGResult | None = field(repr=False, default=None)
+    cna: "ComparativeNeuronScoresResult | None" = field(repr=False, default=None)
+    dag: PredictionEnhancingDAGResult | None = field(repr=False, default=None)
 
     def stage(self, name: str) -> pd.DataFrame:
         """The rows of one stage."""
@@ -224,56 +221,56 @@ class LogicChainResult(Result):
 
 
 # ---------------------------------------------------------------------------- the analysis
-class LogicChain:
+@dataclass(frozen=True, kw_only=True)
+class LogicChain(CNAAnalysis):
     """Fig. 1 for one prompt.
 
     Args:
-        intervention: The arithmetic head's ablation, `ZeroHead(layer, head)` (any
-            intervention with a `layer` and a `head`, e.g. `MeanHead`).
-        head: Shorthand for `intervention=ZeroHead(*head)`.
+        intervention: The arithmetic head's ablation, `ZeroHead(layer, head)` or the head
+            itself (`"17.2"`); any intervention with a `layer` and a `head`, e.g. `MeanHead`.
         k: Deep neurons in the feature-predicting stage (and PE-DAG nodes).
         k_shallow: Shallow neurons in the feature-enhancing stage.
         shallow_layers: Layers searched for feature-enhancing neurons (default: below the
             head's layer and the root's).
         threshold: PE-DAG edge threshold (see [`pe_dag`][arithlens.cna.pe_dag]).
         top_tokens: Top tokens shown per neuron (0: none).
-        config: How CNA scores neurons ([`CNAConfig`][arithlens.cna.config.CNAConfig]).
-        **options: `CNAConfig` fields given one by one (`mode="fast"`), overriding `config`'s.
+        target, mode, rescore, …: how CNA scores neurons (the shared options of
+            [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis]).
     """
 
-    def __init__(
-        self,
-        intervention: Any = None,
-        *,
-        head: Any = None,
-        k: int = 10,
-        k_shallow: int = 10,
-        shallow_layers: Sequence[int] | None = None,
-        threshold: float = 0.05,
-        top_tokens: int = 10,
-        config: CNAConfig | None = None,
-        **options: Any,
-    ):
-        self.intervention = resolve_intervention(intervention, head)
+    intervention: Any = None
+    k: int = 10
+    k_shallow: int = 10
+    shallow_layers: Sequence[int] | None = None
+    threshold: float = 0.05
+    top_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "intervention", required_intervention(self.intervention))
         if not all(isinstance(getattr(self.intervention, a, None), numbers.Integral) for a in ("layer", "head")):
             raise ValueError(
                 f"intervention={self.intervention!r} must ablate one head (have a layer and a head), e.g. ZeroHead(17, 2)"
             )
-        self.k = validate.positive_int(k, "k")
-        self.k_shallow = validate.positive_int(k_shallow, "k_shallow")
-        self.shallow_layers = None if shallow_layers is None else validate.int_sequence(shallow_layers, "shallow_layers", low=0)
-        self.threshold = validate.number(threshold, "threshold")
-        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
-        self.config = make_config(config, **options)
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
+        object.__setattr__(self, "k_shallow", validate.positive_int(self.k_shallow, "k_shallow"))
+        if self.shallow_layers is not None:
+            object.__setattr__(self, "shallow_layers", tuple(validate.int_sequence(self.shallow_layers, "shallow_layers", low=0)))
+        object.__setattr__(self, "threshold", validate.number(self.threshold, "threshold"))
+        object.__setattr__(self, "top_tokens", validate.non_negative_int(self.top_tokens, "top_tokens"))
 
     def _dag(self) -> PredictionEnhancingDAG:
         return PredictionEnhancingDAG(
-            self.intervention, k=self.k, k_table=(), threshold=self.threshold, top_tokens=self.top_tokens, config=self.config
+            intervention=self.intervention, k=self.k, k_table=(), threshold=self.threshold, top_tokens=self.top_tokens,
+            **cna_options(self),
         )
+
+    def _comparative(self, top_tokens: int = 0) -> ComparativeNeuronScores:
+        return ComparativeNeuronScores(intervention=self.intervention, top_tokens=top_tokens, **cna_options(self))
 
     def hook_names(self, model: Any) -> set[str]:
         """The clean hooks read (at every position): stages 1–2, the PE-DAG's and CNA's."""
-        return _chain_hooks(model) | _dag_hooks(model) | comparative(self.intervention, self.config).hook_names(model)
+        return _chain_hooks(model) | dag_hooks(model) | self._comparative().hook_names(model)
 
     def cache_positions(self, model: Any) -> str:
         """`"all"`: every stage reads activations at every position."""
@@ -281,7 +278,7 @@ class LogicChain:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, cna: "ComparativeNeuronScoresResult | None" = None
     ) -> LogicChainResult:
         """Locate the four stages for one prompt.
 
@@ -292,16 +289,16 @@ class LogicChain:
                 (`model.cache(prompt, names=[chain], positions="all")`); built when not given.
             cna: CNA of the prompt under the same intervention, to reuse.
         """
-        ds = _start(model, data, self.intervention)
+        model, ds = self.start(model, data)
         if len(ds) != 1:
             raise ValueError(f"LogicChain explains one prompt; got {len(ds)}")
         head = (int(self.intervention.layer), int(self.intervention.head))
-        hooks = _chain_hooks(model) | _dag_hooks(model)
+        hooks = _chain_hooks(model) | dag_hooks(model)
         if cna is None:
-            hooks |= comparative(self.intervention, self.config).hook_names(model)
-        cache = _clean_cache(model, ds, cache, hooks, "all", self.config.batch_size)
+            hooks |= self._comparative().hook_names(model)
+        cache = self.prepare(model, ds, cache, names=hooks, positions="all").cache
         if cna is None:
-            cna = comparative(self.intervention, self.config, self.top_tokens).run(model, ds, cache=cache)
+            cna = self._comparative(self.top_tokens).run(model, ds, cache=cache)
         cna = check_cna(cna, 1, model)
         dag = self._dag().run(model, ds, cache=cache, cna=cna)
         root = dag.root(0)

@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import pathlib
@@ -53,11 +52,9 @@ import torch
 from tqdm.auto import tqdm
 
 from arithlens.core import distributed, validate
-from arithlens.circuits.precise_sft import PreciseSFT
-from arithlens.analysis.tuning import answer_sequences
+from arithlens.analysis.tuning import answer_sequences, train_on_answers
 from arithlens.analysis.tuning import fingerprint, hf_copy, lens_from_hf
 from arithlens.analysis.results import Result
-from arithlens.cna.config import CNAConfig
 from arithlens import data
 from arithlens.analysis.evaluation import evaluate
 from arithlens.core.loading import load_model
@@ -94,19 +91,6 @@ def default_layers(n_layers: int) -> list[int]:
     return [members[len(members) // 2] for members in layer_groups(n_layers).values()]
 
 
-def cna(cls: type, top_tokens: int = 0, **options: Any) -> Any:
-    """A CNA analysis `cls` from keyword options: the `CNAConfig` fields go into
-    `config=CNAConfig(...)` where the class takes a config, the rest to `cls`."""
-    params = inspect.signature(cls.__init__).parameters
-    extra = {"top_tokens": top_tokens} if "top_tokens" in params else {}
-    if "config" in params:
-
-        fields = set(inspect.signature(CNAConfig).parameters)
-        config = CNAConfig(**{k: options.pop(k) for k in list(options) if k in fields})
-        return cls(config=config, **options, **extra)
-    return cls(**options, **extra)
-
-
 @contextlib.contextmanager
 def _quiet_peft() -> Iterator[None]:
     """peft warns of a transformers-5 deprecation and of a base config it looks up by the
@@ -118,7 +102,7 @@ def _quiet_peft() -> Iterator[None]:
 
 
 @dataclass
-class LoRASweepResult(Result):
+class LoRALayerSweepResult(Result):
     """Figure 2: test accuracy of each single-layer LoRA model and of the original.
 
     Attributes:
@@ -258,8 +242,8 @@ class LoRALayerSweep:
                 peft_model = get_peft_model(hf_copy(model), lcfg)
             net = LogitsOnly(peft_model)
             masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if "lora_" in n}
-            trainer = PreciseSFT(steps=steps, lr=lr, batch_size=self.batch_size, seed=self.seed, progress=self.progress)
-            curve = trainer._train(net, masks, seqs, desc=f"LoRA layer {layer}, lr {lr:g} (steps)")
+            curve = train_on_answers(net, masks, seqs, steps=steps, lr=lr, batch_size=self.batch_size, seed=self.seed,
+                                     progress=self.progress, desc=f"LoRA layer {layer}, lr {lr:g} (steps)")  # fmt: skip
             val_loss = answer_nll(net, val_seqs)
             search.append({"lr": lr, "val_loss": val_loss})
             if not best or val_loss < best["val_loss"]:
@@ -277,7 +261,7 @@ class LoRALayerSweep:
         merged = best["model"].merge_and_unload()
         return lens_from_hf(merged, model, f"{model.name}-lora{layer}"), record
 
-    def run(self, model: Any, train: Any = None, test: Any = None) -> LoRASweepResult:
+    def run(self, model: Any, train: Any = None, test: Any = None) -> LoRALayerSweepResult:
         """Train (or load) one LoRA model per layer and evaluate each on `test`.
 
         Args:
@@ -312,7 +296,7 @@ class LoRALayerSweep:
             losses.append((row["lora_layer"], curve))
             dirs += where
         df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
-        return LoRASweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))
+        return LoRALayerSweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))
 
     def _fit_layers(self, model: Any, layers: list[int], train: Any, val: Any, score: Any, groups: Any, models: dict) -> Iterator[tuple]:
         """`(row, lr_search rows, loss curve, [(layer, adapter dir)])` per layer, trained (or loaded) and scored."""

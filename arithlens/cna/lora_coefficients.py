@@ -52,7 +52,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from arithlens.core import names, validate
-from arithlens.cna.lora import LoRASweepResult, cna, group_of, layer_groups, load_lora
+from arithlens.cna.lora import LoRALayerSweepResult, group_of, layer_groups, load_lora
 from arithlens.cna.mask_keep import coef_decrease
 from arithlens.cna.frames import top_mask
 from arithlens.analysis.results import Result
@@ -64,7 +64,7 @@ RANK_ON = ("original", "lora", "change")
 
 
 @dataclass
-class LoRACoefResult(Result):
+class LoRACoefficientsResult(Result):
     """Tables 9 and 10: coefficient scores of the top neurons, original vs LoRA models.
 
     Attributes:
@@ -87,7 +87,7 @@ class LoRACoefResult(Result):
         return out[order].rename_axis(columns=None)
 
     def table(self) -> pd.DataFrame:
-        """Table 10 (see [`table10`][arithlens.cna.lora_coefficients.LoRACoefResult.table10]; Table 9 is [`table9`][arithlens.cna.lora_coefficients.LoRACoefResult.table9])."""
+        """Table 10 (see [`table10`][arithlens.cna.lora_coefficients.LoRACoefficientsResult.table10]; Table 9 is [`table9`][arithlens.cna.lora_coefficients.LoRACoefficientsResult.table9])."""
         return self.table10()
 
     def table10(self) -> pd.DataFrame:
@@ -157,12 +157,12 @@ class LoRACoefficients:
         self.batch_size = validate.optional_positive_int(batch_size, "batch_size")
         self.progress = validate.boolean(progress, "progress")
 
-    def run(self, model: Any, loras: Any, data: Any) -> LoRACoefResult:
+    def run(self, model: Any, loras: Any, data: Any) -> LoRACoefficientsResult:
         """Rank each case's neurons, compare their coefficients in every LoRA model.
 
         Args:
             model: The original model.
-            loras: A [`LoRASweepResult`][arithlens.cna.lora.LoRASweepResult] (its kept models,
+            loras: A [`LoRALayerSweepResult`][arithlens.cna.lora.LoRALayerSweepResult] (its kept models,
                 else its saved adapters), or `{lora layer: LensModel or adapter directory}`.
             data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
         """
@@ -173,7 +173,7 @@ class LoRACoefficients:
         cases = datasets.as_dataset(data, model.tokenizer)
         case = datasets.prompts(model.tokenizer, [self.case], [self.case_answer] if self.case_answer else None)
         both = case + cases
-        scorer = cna(NeuronImportance, target=self.target, mode=self.mode, batch_size=self.batch_size, progress=self.progress)
+        scorer = NeuronImportance(top_tokens=0, target=self.target, mode=self.mode, batch_size=self.batch_size, progress=self.progress)
         orig = scorer.run(model, both)
         layers = list(orig.layers)
         rows, scores9, coefs9 = [], [], {"original": orig.coef[0]}
@@ -198,18 +198,18 @@ class LoRACoefficients:
         rank9 = orig.importance[0] if self.rank_on == "original" else torch.stack(scores9).mean(0)
         neurons = _table9(rank9, coefs9, layers, self.case_k)
         df = pd.DataFrame(rows)
-        return LoRACoefResult(df=df, neurons=neurons, ks=self.ks, rank_on=self.rank_on)
+        return LoRACoefficientsResult(df=df, neurons=neurons, ks=self.ks, rank_on=self.rank_on)
 
 
 def _lora_map(loras: Any) -> dict[int, Any]:
-    if isinstance(loras, LoRASweepResult):
+    if isinstance(loras, LoRALayerSweepResult):
         found = loras.models or loras.adapter_dirs
         if not found:
             raise ValueError("loras: the sweep kept no models and saved no adapters; run it with keep_models=True or out_dir=")
         return dict(found)
     if isinstance(loras, Mapping) and loras:
         return {validate.non_negative_int(k, "loras key"): v for k, v in loras.items()}
-    raise ValueError(f"loras={loras!r} must be a LoRASweepResult or a non-empty {{layer: LensModel or adapter directory}}")
+    raise ValueError(f"loras={loras!r} must be a LoRALayerSweepResult or a non-empty {{layer: LensModel or adapter directory}}")
 
 
 def _table9(

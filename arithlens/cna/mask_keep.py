@@ -24,7 +24,7 @@ Measures, in % like the paper, for each K:
   coefficient scores; the signs make it well defined for SwiGLU's negative ones (a
   coefficient shrinking towards zero from either side counts as a decrease).
 
-The clean pass is read off an [`ActivationCache`][arithlens.core.cache.ActivationCache]
+The clean pass is read off an [`DatasetCache`][arithlens.core.cache.DatasetCache]
 (given as `cache=`, or built once); a CNA result already computed on the same data can be
 passed as `cna=`. Each K then costs two forward passes (mask, keep).
 
@@ -32,12 +32,12 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.cna import CNAConfig, MaskKeep
+    from arithlens.cna import CNAAnalysis, MaskKeep
     from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+-", digits=1, templates=[4])
-    result = MaskKeep(ZeroHead(17, 2), config=CNAConfig(mode="fast")).run(model, cases)
+    result = MaskKeep(ZeroHead(17, 2), config=CNAAnalysis(mode="fast")).run(model, cases)
     result.table()      # rows mask / keep / coef, columns top99 … top10 (Table 5)
     ```
 """
@@ -45,26 +45,21 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
-from arithlens.cna.config import CNAConfig, make_config
+from arithlens.core import validate
+from arithlens.core.cache import DatasetCache
+from arithlens.cna.base import CNAAnalysis, cna_options
 from arithlens.analysis.results import Result
-from arithlens.core.interventions import Intervention, ZeroHead
-from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.data import as_dataset
-from arithlens.core.interventions import as_hooks
+from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna, required_intervention
 from arithlens.data import ArithmeticDataset
 from arithlens.core.interventions import CaseNeurons
 
-if TYPE_CHECKING:
-    from arithlens.cna.comparative import ComparativeResult
 
 MEASURES = ("mask", "keep", "coef")
 TABLE_K = (99, 50, 30, 20, 10)
@@ -72,69 +67,6 @@ TABLE_K = (99, 50, 30, 20, 10)
 
 
 # ---------------------------------------------------------------------------- shared by the CNA chain
-def resolve_intervention(intervention: Any, head: Any, required: bool = True) -> Any:
-    """The intervention of a CNA-based analysis: `intervention=`, or `head=` as shorthand for `ZeroHead`.
-
-    `head` may be `(layer, head)`, `"L.H"` or a [`Node`][arithlens.core.names.Node]; it builds
-    `ZeroHead(layer, head)`. Giving both is an error; giving neither is one when `required`.
-    """
-
-    if intervention is not None and head is not None:
-        raise ValueError("give intervention= or head= (a shorthand for intervention=ZeroHead(layer, head)), not both")
-    if head is not None:
-        node = names.Node.parse(head)
-        if node.is_mlp:
-            raise ValueError(f"head={head!r} names an MLP; give an attention head as (layer, head) or 'L.H'")
-        return ZeroHead(node.layer, node.head)
-    if intervention is None:
-        if required:
-            raise ValueError(
-                "give the intervention CNA compares against: intervention=ZeroHead(layer, head) "
-                "(or the shorthand head=(layer, head)), the arithmetic head"
-            )
-        return None
-    if not isinstance(intervention, Intervention):
-        raise ValueError(f"intervention={intervention!r} is not an intervention (see arithlens.core.interventions)")
-    return intervention
-
-
-def comparative(intervention: Any, config: CNAConfig, top_tokens: int = 0) -> Any:
-    """The [`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores] these analyses run."""
-
-    return ComparativeNeuronScores(intervention=intervention, config=config, top_tokens=top_tokens)
-
-
-def check_cna(cna: Any, n_cases: int, model: Any) -> "ComparativeResult":
-    """A given CNA result, checked to cover `n_cases` cases and every layer, with finite scores."""
-
-    if not isinstance(cna, ComparativeResult):
-        raise ValueError(f"cna={type(cna).__name__} must be a ComparativeResult (ComparativeNeuronScores(...).run)")
-    if cna.n_cases != n_cases:
-        raise ValueError(f"cna= holds {cna.n_cases} cases but the data has {n_cases}: run CNA on the same data")
-    if list(cna.layers) != list(range(model.n_layers)):
-        raise ValueError(f"cna= scored layers {list(cna.layers)}; these analyses need every layer (CNA with layers=None)")
-    validate.check_finite(cna.importance_change, "the CNA importance changes")
-    return cna
-
-
-def _start(model: Any, data: Any, intervention: Any) -> Any:
-    """`data` as a dataset, after checking the intervention fits the model (before any pass)."""
-
-    ds = as_dataset(data, model.tokenizer)
-    if intervention is not None:
-        as_hooks(model, [intervention])  # e.g. a head out of range
-    return ds
-
-
-def _clean_cache(
-    model: Any, data: Any, cache: ActivationCache | None, hooks: set[str], positions: str, batch_size: int | None
-) -> ActivationCache:
-    """The clean cache of `data`: the given one (checked to hold `hooks`), or one forward pass."""
-    if cache is None:
-        cache = model.cache(data, names=hooks, positions=positions, batch_size=batch_size)
-    return ensure_cache(model, data, cache, hooks, positions)
-
-
 def coef_decrease(
     coef: Float[torch.Tensor, "case layer d_mlp"],
     coef_other: Float[torch.Tensor, "case layer d_mlp"],
@@ -174,7 +106,7 @@ class MaskKeepResult(Result):
     intervention: str = ""
     keep_layers: list[int] = field(default_factory=list)
     coef_per_case: dict[int, torch.Tensor] = field(repr=False, default_factory=dict)
-    cna: "ComparativeResult | None" = field(repr=False, default=None)
+    cna: "ComparativeNeuronScoresResult | None" = field(repr=False, default=None)
     rows: list[int] = field(repr=False, default_factory=list)
 
     def table(self) -> pd.DataFrame:
@@ -202,46 +134,46 @@ class MaskKeepResult(Result):
 
 
 # ---------------------------------------------------------------------------- the analysis
-class MaskKeep:
+@dataclass(frozen=True, kw_only=True)
+class MaskKeep(CNAAnalysis):
     """Table 5: accuracy when masking / keeping each case's CNA top-K neurons.
 
     Args:
         intervention: What CNA compares the model against — the paper's
-            `ZeroHead(layer, head)`, the arithmetic head zeroed.
-        head: Shorthand for `intervention=ZeroHead(*head)`: `(layer, head)` or `"L.H"`.
+            `ZeroHead(layer, head)`, the arithmetic head zeroed (or the head, `"17.2"`).
         k: The K values (columns of Table 5), an integer or a sequence.
         keep_layers: Layers where "keep" zeroes every non-top neuron (default the upper
             half: `n_layers // 2 … n_layers − 1`).
         correct_only: Evaluate on the cases the original model answers correctly.
-        config: How CNA scores neurons ([`CNAConfig`][arithlens.cna.config.CNAConfig]);
-            its `batch_size` and `progress` also apply to the mask / keep passes.
-        **options: `CNAConfig` fields given one by one (`mode="fast"`), overriding `config`'s.
+        target, mode, rescore, batch_size, progress, …: how CNA scores neurons (the shared
+            options of [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis]); `batch_size` and
+            `progress` also apply to the mask / keep passes.
     """
 
-    def __init__(
-        self,
-        intervention: Any = None,
-        *,
-        head: Any = None,
-        k: int | Sequence[int] = TABLE_K,
-        keep_layers: Sequence[int] | None = None,
-        correct_only: bool = True,
-        config: CNAConfig | None = None,
-        **options: Any,
-    ):
-        self.intervention = resolve_intervention(intervention, head)
-        self.k = validate.int_sequence(k, "k", low=1)
-        self.keep_layers = None if keep_layers is None else validate.int_sequence(keep_layers, "keep_layers", low=0)
-        self.correct_only = validate.boolean(correct_only, "correct_only")
-        self.config = make_config(config, **options)
+    intervention: Any = None
+    k: int | Sequence[int] = TABLE_K
+    keep_layers: Sequence[int] | None = None
+    correct_only: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "intervention", required_intervention(self.intervention))
+        object.__setattr__(self, "k", tuple(validate.int_sequence(self.k, "k", low=1)))
+        if self.keep_layers is not None:
+            object.__setattr__(self, "keep_layers", tuple(validate.int_sequence(self.keep_layers, "keep_layers", low=0)))
+        object.__setattr__(self, "correct_only", validate.boolean(self.correct_only, "correct_only"))
+
+    def comparative(self) -> ComparativeNeuronScores:
+        """The [`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores] this analysis runs."""
+        return ComparativeNeuronScores(intervention=self.intervention, top_tokens=0, **cna_options(self))
 
     def hook_names(self, model: Any) -> set[str]:
         """The hooks CNA reads from the clean pass."""
-        return comparative(self.intervention, self.config).hook_names(model)
+        return self.comparative().hook_names(model)
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, cna: "ComparativeNeuronScoresResult | None" = None
     ) -> MaskKeepResult:
         """Compute Table 5 (mask, keep, coef for every K) on `data`.
 
@@ -253,7 +185,7 @@ class MaskKeep:
             cna: CNA of `data` under the same intervention, to reuse.
         """
 
-        ds = _start(model, data, self.intervention)
+        model, ds = self.start(model, data)
         keep_layers = (
             list(range(model.n_layers // 2, model.n_layers))
             if self.keep_layers is None
@@ -262,10 +194,8 @@ class MaskKeep:
         if not keep_layers:
             raise ValueError("keep_layers is empty: give the deep layers 'keep' acts on")
         hooks = self.hook_names(model) if cna is None else set()
-        cache = _clean_cache(model, ds, cache, hooks, "last", self.config.batch_size)
-        cna = check_cna(cna, len(ds), model) if cna is not None else comparative(self.intervention, self.config).run(
-            model, ds, cache=cache
-        )
+        cache = self.prepare(model, ds, cache, names=hooks).cache
+        cna = check_cna(cna, len(ds), model) if cna is not None else self.comparative().run(model, ds, cache=cache)
         # Accuracy is against the answer where a case has one, else against the original prediction.
         ref = cache.scoring_ids
         correct = cache.predictions == ref
@@ -280,13 +210,13 @@ class MaskKeep:
         base_acc = float(correct[rows].float().mean())
 
         records, per_case = [], {}
-        for k in tqdm(self.k, desc="mask/keep", unit="K", disable=not self.config.progress):
+        for k in tqdm(self.k, desc="mask/keep", unit="K", disable=not self.progress):
             top = cna.top_mask(k)[rows]
             for measure, inter in (
                 ("mask", CaseNeurons(top, mode="zero")),
                 ("keep", CaseNeurons(top, layers=keep_layers, mode="keep")),
             ):
-                pred = model.cache(sub, interventions=[inter], batch_size=self.config.batch_size, memo=False).predictions
+                pred = model.cache(sub, interventions=[inter], batch_size=self.batch_size, memo=False).predictions
                 acc = float((pred == ref).float().mean())
                 records.append({"k": k, "measure": measure, "value": relative_decrease(base_acc, acc), "accuracy": acc, "n": len(sub)})
             dec = coef_decrease(cna.coef[rows], cna.coef_other[rows], top)

@@ -29,7 +29,7 @@ lowest layer) is zeroed in the original model, and the decrease (%) of the *othe
 neurons' coefficient scores is `100 · Σ s_k (m_k − m'_k) / Σ |m_k|` (`s_k = sign(m_k)`,
 as in [`mask_keep`][arithlens.cna.mask_keep]), averaged over cases. Each K costs one
 forward pass; everything else is read off the clean
-[`ActivationCache`][arithlens.core.cache.ActivationCache] and the CNA result.
+[`DatasetCache`][arithlens.core.cache.DatasetCache] and the CNA result.
 
 Example:
     ```python
@@ -48,7 +48,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import einops
 import pandas as pd
@@ -57,38 +57,28 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from arithlens.core import names, validate
-from arithlens.core.cache import ActivationCache
-from arithlens.cna.config import CNAConfig, make_config
+from arithlens.core.cache import DatasetCache
+from arithlens.cna.base import CNAAnalysis, cna_options
+from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna
 from arithlens.cna.drive import neuron_keys
 from arithlens.cna.inputs import neuron_label
-from arithlens.cna.logit_lens import top_token_lists
-from arithlens.cna.mask_keep import (
-    TABLE_K,
-    _clean_cache,
-    _start,
-    check_cna,
-    coef_decrease,
-    comparative,
-    resolve_intervention,
-)
+from arithlens.cna.vocabulary import top_token_lists
+from arithlens.cna.mask_keep import TABLE_K, coef_decrease
 from arithlens.analysis.results import Result
 from arithlens.cna.importance import NeuronImportance
 from arithlens.data import as_dataset
-from arithlens.core.interventions import CaseNeurons
-
-if TYPE_CHECKING:
-    from arithlens.cna.comparative import ComparativeResult
+from arithlens.core.interventions import CaseNeurons, as_intervention
 
 EDGE_COLUMNS = ["case", "src_layer", "src_neuron", "dst_layer", "dst_neuron", "gate_ip", "up_ip", "drive", "relative_drive"]
 
 
-def _dag_hooks(model: Any) -> set[str]:
+def dag_hooks(model: Any) -> set[str]:
     layers = range(model.n_layers)
     return {names.resid_mid(L) for L in layers} | {names.ln2_scale(L) for L in layers} | {names.post(L) for L in layers}
 
 
 @torch.no_grad()
-def edge_scores(model: Any, cache: ActivationCache, case: int, nodes: Sequence[tuple[int, int]]) -> pd.DataFrame:
+def edge_scores(model: Any, cache: DatasetCache, case: int, nodes: Sequence[tuple[int, int]]) -> pd.DataFrame:
     """Every lower→upper pair among `nodes` with its inner products and drive (module docstring).
 
     `cache` holds the clean last-position `resid_mid`, `ln2` scale and `mlp.hook_post` of
@@ -127,7 +117,7 @@ def edge_scores(model: Any, cache: ActivationCache, case: int, nodes: Sequence[t
 
 # ---------------------------------------------------------------------------- result
 @dataclass
-class DAGResult(Result):
+class PredictionEnhancingDAGResult(Result):
     """PE-DAGs of each case and Table 6.
 
     Attributes:
@@ -225,53 +215,48 @@ class DAGResult(Result):
 
 
 # ---------------------------------------------------------------------------- the analysis
-class PredictionEnhancingDAG:
+@dataclass(frozen=True, kw_only=True)
+class PredictionEnhancingDAG(CNAAnalysis):
     """§4.3: edges among each case's top-K neurons, and Table 6.
 
     Args:
         intervention: Rank neurons by CNA `importance_change` under this intervention
-            (the paper: `ZeroHead(layer, head)`, the arithmetic head zeroed). `None`:
-            rank by the §4.1 importance.
-        head: Shorthand for `intervention=ZeroHead(*head)`.
+            (the paper: `ZeroHead(layer, head)`, the arithmetic head zeroed; or the head,
+            `"17.2"`). `None`: rank by the §4.1 importance.
         k: Nodes per case in the DAG.
         k_table: Table 6's K values (`()` to skip Table 6).
         threshold: Edge iff `relative_drive ≥ threshold` (module docstring).
         top_tokens: Top tokens listed per node (0: none).
-        config: How neurons are scored ([`CNAConfig`][arithlens.cna.config.CNAConfig]).
-        **options: `CNAConfig` fields given one by one (`mode="fast"`), overriding `config`'s.
+        target, mode, rescore, …: how neurons are scored (the shared options of
+            [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis]).
     """
 
-    def __init__(
-        self,
-        intervention: Any = None,
-        *,
-        head: Any = None,
-        k: int = 10,
-        k_table: int | Sequence[int] = TABLE_K,
-        threshold: float = 0.05,
-        top_tokens: int = 10,
-        config: CNAConfig | None = None,
-        **options: Any,
-    ):
-        self.intervention = resolve_intervention(intervention, head, required=False)
-        self.k = validate.positive_int(k, "k")
-        self.k_table = validate.int_sequence(k_table, "k_table", low=1, allow_empty=True)
-        self.threshold = validate.number(threshold, "threshold")
-        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
-        self.config = make_config(config, **options)
+    intervention: Any = None
+    k: int = 10
+    k_table: int | Sequence[int] = TABLE_K
+    threshold: float = 0.05
+    top_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.intervention is not None:
+            object.__setattr__(self, "intervention", as_intervention(self.intervention))
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
+        object.__setattr__(self, "k_table", tuple(validate.int_sequence(self.k_table, "k_table", low=1, allow_empty=True)))
+        object.__setattr__(self, "threshold", validate.number(self.threshold, "threshold"))
+        object.__setattr__(self, "top_tokens", validate.non_negative_int(self.top_tokens, "top_tokens"))
 
     def _scorer(self) -> Any:
         if self.intervention is not None:
-            return comparative(self.intervention, self.config)
-
-        return NeuronImportance(config=self.config, top_tokens=0)
+            return ComparativeNeuronScores(intervention=self.intervention, top_tokens=0, **cna_options(self))
+        return NeuronImportance(top_tokens=0, **cna_options(self))
 
     def hook_names(self, model: Any) -> set[str]:
         """The clean hooks read: the edges' activations and the ranking's (CNA or importance)."""
-        return _dag_hooks(model) | self._scorer().hook_names(model)
+        return dag_hooks(model) | self._scorer().hook_names(model)
 
     def ranking(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, cna: "ComparativeNeuronScoresResult | None" = None
     ) -> Float[torch.Tensor, "case layer d_mlp"]:
         """Per-case neuron scores the top-K come from: CNA's `importance_change`, or the importance."""
         if cna is not None:
@@ -287,8 +272,8 @@ class PredictionEnhancingDAG:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, *, cache: ActivationCache | None = None, cna: "ComparativeResult | None" = None
-    ) -> DAGResult:
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, cna: "ComparativeNeuronScoresResult | None" = None
+    ) -> PredictionEnhancingDAGResult:
         """Build each case's DAG and Table 6.
 
         Args:
@@ -298,14 +283,14 @@ class PredictionEnhancingDAG:
                 (`model.cache(data, names=[analysis])`); built when not given.
             cna: CNA of `data` under the same intervention, to reuse.
         """
-        ds = _start(model, data, self.intervention)
-        hooks = _dag_hooks(model) | (self._scorer().hook_names(model) if cna is None else set())
-        cache = _clean_cache(model, ds, cache, hooks, "last", self.config.batch_size)
+        model, ds = self.start(model, data)
+        hooks = dag_hooks(model) | (self._scorer().hook_names(model) if cna is None else set())
+        cache = self.prepare(model, ds, cache, names=hooks).cache
         scores = self.ranking(model, ds, cache=cache, cna=cna)
         flat = einops.rearrange(scores, "c l n -> c (l n)")
         post = cache.stack(names.post, range(model.n_layers)).float()
         node_rows, pair_frames = [], []
-        for i in tqdm(range(flat.shape[0]), desc="PE-DAG edges", unit="case", disable=not self.config.progress):
+        for i in tqdm(range(flat.shape[0]), desc="PE-DAG edges", unit="case", disable=not self.progress):
             idx = flat[i].topk(min(self.k, flat.shape[1])).indices
             nodes = [(int(j) // model.d_mlp, int(j) % model.d_mlp) for j in idx]
             pairs = edge_scores(model, cache, i, nodes)
@@ -327,7 +312,7 @@ class PredictionEnhancingDAG:
         pairs_df = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame(columns=EDGE_COLUMNS)
         edges_df = pairs_df[pairs_df["relative_drive"] >= self.threshold].reset_index(drop=True)
         table6, per_case = self._table6(model, ds, flat, post)
-        return DAGResult(
+        return PredictionEnhancingDAGResult(
             df=edges_df, pairs=pairs_df, nodes=nodes_df, table6=table6, threshold=self.threshold, coef_per_case=per_case
         )
 
@@ -337,7 +322,7 @@ class PredictionEnhancingDAG:
 
         rows, per_case = [], {}
         shape = dict(l=model.n_layers)
-        for k in tqdm(self.k_table, desc="Table 6", unit="K", disable=not self.config.progress):
+        for k in tqdm(self.k_table, desc="Table 6", unit="K", disable=not self.progress):
             top = flat.topk(min(k, flat.shape[1]), dim=-1).indices  # [case, k]
             layer_of, score = top // model.d_mlp, flat.gather(1, top)
             # Lowest layer first, then the largest score within it.
@@ -352,7 +337,7 @@ class PredictionEnhancingDAG:
             inter = CaseNeurons(einops.rearrange(zero, "c (l n) -> c l n", **shape), mode="zero")
             after = model.cache(
                 ds, names=[names.post(L) for L in range(model.n_layers)], interventions=[inter],
-                batch_size=self.config.batch_size, memo=False,
+                batch_size=self.batch_size, memo=False,
             )  # fmt: skip
             dec = coef_decrease(post, after.stack(names.post, range(model.n_layers)).float(), einops.rearrange(others, "c (l n) -> c l n", **shape))
             per_case[k] = dec

@@ -3,7 +3,7 @@
 Every exact CNA score of neuron `k` of layer `l` reads the row `U[k] = fc2_k @ W_U`: the
 logit change per unit of coefficient. The rows are model constants, so one chunk of them
 serves every case and both sides of a comparison in a call, and — with
-`CNAConfig(keep_projections=True)` — every later call on the same model, until the model's
+`CNAAnalysis(keep_projections=True)` — every later call on the same model, until the model's
 [`ProjectionCache`][arithlens.cna.projections.ProjectionCache] is cleared or evicts them.
 
 A chunk is stored normalised, `ũ = (U − mid) / half` with `mid`, `half` the midpoint and
@@ -13,11 +13,11 @@ rounding in a reduced dtype (`projection_dtype="bfloat16"`) is bounded relative 
 Example:
     ```python
     import arithlens
-    from arithlens.cna import CNAConfig, NeuronImportance
+    from arithlens.cna import CNAAnalysis, NeuronImportance
     from arithlens.cna.projections import projection_cache
 
     model = arithlens.load_model()
-    job = NeuronImportance(config=CNAConfig(keep_projections=True))
+    job = NeuronImportance(config=CNAAnalysis(keep_projections=True))
     job.run(model, ["3+5="])          # computes and keeps the projections
     job.run(model, ["2+4="])          # reuses them
     projection_cache(model).clear()   # frees them

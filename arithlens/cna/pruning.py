@@ -104,7 +104,7 @@ def forward_ms(model: Any, tokens: torch.Tensor, repeats: int = 5) -> float:
 
 # ---------------------------------------------------------------------------- §6.1
 @dataclass
-class PruningResult(Result):
+class CNAPruningResult(Result):
     """Table 11: accuracy after LoRA on the original, CNA-pruned and randomly pruned model.
 
     Attributes:
@@ -215,7 +215,7 @@ class CNAPruning:
         check_gated(model, deep)
         return layer, deep, top_n
 
-    def run(self, model: Any, lora_model: Any = None, cases: Any = None, train: Any = None, test: Any = None) -> PruningResult:
+    def run(self, model: Any, lora_model: Any = None, cases: Any = None, train: Any = None, test: Any = None) -> CNAPruningResult:
         """Prune by CNA and at random, fine-tune LoRA on each, evaluate (Table 11).
 
         Args:
@@ -235,7 +235,7 @@ class CNAPruning:
         if cases is None:
             cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
             cases = cases if self.n_cases is None or self.n_cases >= len(cases) else cases.sample(self.n_cases, seed=self.seed)
-        scorer = cna(ComparativeNeuronScores, other_model=model, target=self.target, mode=self.mode, progress=self.progress)
+        scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=self.target, mode=self.mode, progress=self.progress)
         # The LoRA model is CNA's first side: importance_change = LoRA minus original.
         union = top_mask(scorer.run(lora_model, cases).importance_change, top_n).any(0)
         kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
@@ -263,7 +263,7 @@ class CNAPruning:
             add(f"{pruning}-pruned", pruned, pruning, False)
             tuned, _ = self.sweep.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
             add(f"lora{layer}-{tag}", tuned, pruning, True)
-        return PruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
+        return CNAPruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
                              deep_layers=deep, models=models, saved=saved)  # fmt: skip
 
 

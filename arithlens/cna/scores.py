@@ -24,7 +24,7 @@ exact to a stated bound:
   cases of a chunk, so many cases cost a few matmuls instead of one exponential per
   (case, neuron, token). The series is cut at the first `J` whose remainder bound
   `t^(J+1) e^t / (J+1)!` (Taylor), divided by the lower bound `e^(−t) − remainder` of
-  the sum, is at most `CNAConfig.tolerance` nats — that bound is the largest error the
+  the sum, is at most `CNAAnalysis.tolerance` nats — that bound is the largest error the
   truncation adds to the score, and the largest one is returned as `NeuronScores.bound`.
   Scores whose `t` is too large for 16 terms use the direct form.
 

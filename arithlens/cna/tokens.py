@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 
 from arithlens.core import readout, validate
 from arithlens.cna.scores import layer_w_out
-from arithlens.cna.logit_lens import top_token_lists
+from arithlens.cna.vocabulary import top_token_lists
 
 
 def neuron_vectors(model: Any, neurons: Sequence[tuple[int, int]]) -> Float[torch.Tensor, "n d_model"]:

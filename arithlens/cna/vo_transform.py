@@ -71,8 +71,11 @@ from tqdm.auto import tqdm
 
 from arithlens.core import readout, validate
 from arithlens.cna.concepts import NumberConceptTagger
-from arithlens.cna.logit_lens import Component, LogitLens, neuron_vectors, tagged_tokens
+from arithlens.cna.vocabulary import NamedVector, VocabularyProjection, neuron_vectors, tagged_tokens
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
+from arithlens.core.cache import DatasetCache
+from arithlens.core.loading import load_model
 
 Rule = Literal["gt", "ge"]
 RULES: tuple[str, ...] = ("gt", "ge")
@@ -100,7 +103,7 @@ def ov_matrix(model: Any, layer: int) -> Float[torch.Tensor, "d_model d_model"]:
 
 # ---------------------------------------------------------------------------- results
 @dataclass
-class VOScan(Result):
+class VOScanResult(Result):
     """Concept counts of every scanned neuron's transforms.
 
     Attributes:
@@ -151,7 +154,7 @@ class VOScan(Result):
 
 
 @dataclass
-class DirectVsTransformed(Result):
+class VOTransformResult(Result):
     """Table 7: each item's top tokens directly and after an attention layer's transform.
 
     Attributes:
@@ -182,7 +185,7 @@ class DirectVsTransformed(Result):
     def plot(self, **kwargs: Any) -> Any:
         """Number/operation tokens among each item's top-`k`, directly and transformed (bars; tokens on hover).
 
-        The tokens themselves are [`table`][arithlens.cna.vo_transform.DirectVsTransformed.table].
+        The tokens themselves are [`table`][arithlens.cna.vo_transform.VOTransformResult.table].
         """
         import plotly.graph_objects as go
 
@@ -217,9 +220,15 @@ def _is_pair(item: Any) -> bool:
     )
 
 
-class VOTransform:
+@dataclass(frozen=True, kw_only=True)
+class VOTransform(Analysis):
     """Attention value-output transforms of shallow FFN neurons (§4.4, Table 7) and the
     zero-shot scan for hidden-interpretable neurons (Table 8's sets).
+
+    A weights analysis: `run(model, data)` reads no activations, its `data` are the
+    vectors to transform — `(layer, neuron)` pairs or `"12_407"` names (FFN value
+    vectors), token strings or ids (word embeddings `W_E`), or
+    [`NamedVector`][arithlens.cna.vocabulary.NamedVector]s.
 
     Args:
         upto_layer: Last attention layer used (default `n_layers // 2`).
@@ -233,29 +242,40 @@ class VOTransform:
         chunk_size: Vectors per vocabulary projection (memory: `chunk_size × d_vocab`
             floats); default 8192 on GPU, 1024 on CPU.
         progress: Progress bar.
+        layer: Table 7's transforming attention layer (the paper shows its 15th). `None`
+            picks, per item, the attention layer in `0 … upto_layer` that can read it and
+            gives the most concept tokens among the top `k` (ties: the lowest).
+        top_tokens: Tokens Table 7 lists per view.
     """
 
-    def __init__(
-        self,
-        upto_layer: int | None = None,
-        neuron_layers: Sequence[int] | None = None,
-        attn_layers: Sequence[int] | None = None,
-        k: int = 50,
-        tagger: NumberConceptTagger | None = None,
-        distinct: bool = False,
-        chunk_size: int | None = None,
-        progress: bool = True,
-    ):
-        self.upto_layer = None if upto_layer is None else validate.non_negative_int(upto_layer, "upto_layer")
-        self.neuron_layers = None if neuron_layers is None else validate.int_sequence(neuron_layers, "neuron_layers", low=0)
-        self.attn_layers = None if attn_layers is None else validate.int_sequence(attn_layers, "attn_layers", low=0)
-        self.k = validate.positive_int(k, "k")
-        if tagger is not None and not isinstance(tagger, NumberConceptTagger):
-            raise ValueError(f"tagger={tagger!r} must be a NumberConceptTagger")
-        self.tagger = tagger or NumberConceptTagger()
-        self.distinct = validate.boolean(distinct, "distinct")
-        self.chunk_size = validate.optional_positive_int(chunk_size, "chunk_size")
-        self.progress = validate.boolean(progress, "progress")
+    upto_layer: int | None = None
+    neuron_layers: Sequence[int] | None = None
+    attn_layers: Sequence[int] | None = None
+    k: int = 50
+    tagger: NumberConceptTagger | None = None
+    distinct: bool = False
+    chunk_size: int | None = None
+    progress: bool = True
+    layer: int | None = None
+    top_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        if self.upto_layer is not None:
+            object.__setattr__(self, "upto_layer", validate.non_negative_int(self.upto_layer, "upto_layer"))
+        if self.neuron_layers is not None:
+            object.__setattr__(self, "neuron_layers", tuple(validate.int_sequence(self.neuron_layers, "neuron_layers", low=0)))
+        if self.attn_layers is not None:
+            object.__setattr__(self, "attn_layers", tuple(validate.int_sequence(self.attn_layers, "attn_layers", low=0)))
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
+        if self.tagger is not None and not isinstance(self.tagger, NumberConceptTagger):
+            raise ValueError(f"tagger={self.tagger!r} must be a NumberConceptTagger")
+        object.__setattr__(self, "tagger", self.tagger or NumberConceptTagger())
+        object.__setattr__(self, "distinct", validate.boolean(self.distinct, "distinct"))
+        object.__setattr__(self, "chunk_size", validate.optional_positive_int(self.chunk_size, "chunk_size"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
+        if self.layer is not None:
+            object.__setattr__(self, "layer", validate.non_negative_int(self.layer, "layer"))
+        object.__setattr__(self, "top_tokens", validate.positive_int(self.top_tokens, "top_tokens"))
 
     # ------------------------------------------------------------------ layers
     def _upto(self, model: Any) -> int:
@@ -338,7 +358,7 @@ class VOTransform:
         return self._count_top(model, vecs, self._concept_index(model))
 
     @torch.no_grad()
-    def scan(self, model: Any, direct: bool = False) -> VOScan:
+    def scan(self, model: Any, direct: bool = False) -> VOScanResult:
         """Count concept tokens in the top `k` of every scanned neuron's transforms."""
         direct = validate.boolean(direct, "direct")
         neuron_layers, attn_layers = self.layers(model)
@@ -370,49 +390,48 @@ class VOTransform:
         }
         if direct_counts is not None:
             columns["direct_concepts"] = direct_counts.numpy()
-        return VOScan(
+        return VOScanResult(
             df=pd.DataFrame(columns), counts=counts, neuron_layers=tuple(neuron_layers), attn_layers=tuple(attn_layers), k=self.k
         )
 
     # ------------------------------------------------------------------ Table 7
-    def _items(self, model: Any, items: Any) -> list[tuple[Component, int]]:
+    def _items(self, model: Any, items: Any) -> list[tuple[NamedVector, int]]:
         """Components and the lowest attention layer that can read each."""
         out = []
         for item in items if isinstance(items, (list, tuple)) and not _is_pair(items) else [items]:
-            if isinstance(item, Component):
+            if isinstance(item, NamedVector):
                 out.append((item, 0 if item.kind != "neuron" else int(item.name.split("_")[0]) + 1))
             elif _is_pair(item):
-                comp = LogitLens.neuron(model, item[0], item[1])
+                comp = VocabularyProjection.neuron(model, item[0], item[1])
                 out.append((comp, int(item[0]) + 1))
             elif isinstance(item, str) and "_" in item and item.replace("_", "").isdigit() and item.count("_") == 1:
                 L, n = (int(x) for x in item.split("_"))
-                out.append((LogitLens.neuron(model, L, n), L + 1))
+                out.append((VocabularyProjection.neuron(model, L, n), L + 1))
             elif isinstance(item, str) or (isinstance(item, numbers.Integral) and not isinstance(item, bool)):
-                out.append((LogitLens.embedding(model, item), 0))
+                out.append((VocabularyProjection.embedding(model, item), 0))
             else:
                 raise ValueError(
                     f"item {item!r} is not a (layer, neuron) pair, a 'layer_neuron' name, a token "
-                    "string or id (word embedding), or a Component"
+                    "string or id (word embedding), or a NamedVector"
                 )
         if not out:
             raise ValueError("no items: pass neurons as (layer, neuron) or tokens like '3'")
         return out
 
     @torch.no_grad()
-    def run(self, model: Any, items: Any, *, layer: int | None = None, k: int = 10) -> DirectVsTransformed:
-        """Table 7: top-`k` tokens of neurons / word embeddings, directly and transformed.
+    def run(self, model: Any, data: Any, *, cache: DatasetCache | None = None) -> VOTransformResult:
+        """Table 7: the top `top_tokens` tokens of neurons / word embeddings, directly and transformed.
 
         Args:
             model: The model.
-            items: `(layer, neuron)` pairs or `"12_407"` names (FFN value vectors),
-                token strings or ids (word embeddings `W_E`), or Components.
-            layer: The transforming attention layer (the paper shows its 15th). `None`
-                picks, per item, the attention layer in `0 … upto_layer` that can read it
-                and gives the most concept tokens among the top `self.k` (ties: the lowest).
-            k: Tokens listed per view.
+            data: `(layer, neuron)` pairs or `"12_407"` names (FFN value vectors), token
+                strings or ids (word embeddings `W_E`), or Directions.
+            cache: Not read (a weights analysis); accepted for the common contract.
         """
-        k = validate.integer(k, "k", low=1, high=model.d_vocab)
-        parsed = self._items(model, items)
+        model = load_model(model)
+        k = validate.integer(self.top_tokens, "top_tokens", low=1, high=model.d_vocab)
+        layer = self.layer
+        parsed = self._items(model, data)
         upto = self._upto(model)
         if layer is not None:
             layer = model.check_layer(layer)
@@ -434,4 +453,4 @@ class VOTransform:
                 values, ids = readout.top_token_ids(model, vec, k)
                 tagged = tagged_tokens(model, self.tagger, values[0].tolist(), ids[0].tolist())
                 rows += [{"item": comp.name, "view": view, "attn_layer": attn, **r} for r in tagged]
-        return DirectVsTransformed(df=pd.DataFrame(rows), k=k)
+        return VOTransformResult(df=pd.DataFrame(rows), k=k)

@@ -3,7 +3,7 @@
 [`LensModel.cache`][arithlens.core.model.LensModel.cache] runs a dataset once — batches of
 equal-length prompts, never padded, through TransformerLens's own
 `run_with_cache(names_filter=..., pos_slice=...)` — and returns an
-[`ActivationCache`][arithlens.core.cache.ActivationCache]: per-case predictions, target
+[`DatasetCache`][arithlens.core.cache.DatasetCache]: per-case predictions, target
 log-probs, the final norm's scale at the last position and any requested hook
 activations, keyed by hook name, at the last position (`positions="last"`) or at every
 position (`positions="all"`).
@@ -51,7 +51,7 @@ from arithlens.core.dataset import as_dataset
 
 
 @dataclass
-class ActivationCache:
+class DatasetCache:
     """The forward pass of a dataset: outcomes per case and activations per hook name.
 
     Attributes:
@@ -157,14 +157,14 @@ class ActivationCache:
         parts = [self.last(name(int(L))) for L in layers]
         return einops.rearrange(torch.stack(parts), "layer case ... -> case layer ...")
 
-    def rows(self, index: Sequence[int] | torch.Tensor) -> "ActivationCache":
+    def rows(self, index: Sequence[int] | torch.Tensor) -> "DatasetCache":
         """The cache restricted to some cases (in the given order)."""
         idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         pick = idx.tolist()
         acts = {
             n: ([v[i] for i in pick] if isinstance(v, list) else v[idx]) for n, v in self.activations.items()
         }
-        return ActivationCache(
+        return DatasetCache(
             [self.input_ids[i] for i in pick],
             self.target_ids[idx],
             self.predictions[idx],
@@ -187,7 +187,7 @@ class ActivationCache:
 
     def __repr__(self) -> str:
         state = "clean" if self.clean else f"under {self.interventions or 'hooks'}"
-        return f"ActivationCache({len(self)} cases, {len(self.activations)} hooks, positions={self.positions!r}, {state})"
+        return f"DatasetCache({len(self)} cases, {len(self.activations)} hooks, positions={self.positions!r}, {state})"
 
 
 # ---------------------------------------------------------------------------- building
@@ -229,15 +229,15 @@ class Memo:
     def __init__(self, max_entries: int = 8, max_bytes: float = 2e9):
         self.max_entries = validate.positive_int(max_entries, "memo_entries")
         self.max_bytes = validate.positive_number(max_bytes, "memo_bytes")
-        self._store: OrderedDict[tuple, ActivationCache] = OrderedDict()
+        self._store: OrderedDict[tuple, DatasetCache] = OrderedDict()
 
-    def get(self, key: tuple) -> ActivationCache | None:
+    def get(self, key: tuple) -> DatasetCache | None:
         hit = self._store.get(key)
         if hit is not None:
             self._store.move_to_end(key)
         return hit
 
-    def put(self, key: tuple, cache: ActivationCache) -> None:
+    def put(self, key: tuple, cache: DatasetCache) -> None:
         self._store[key] = cache
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries or (len(self._store) > 1 and self.nbytes > self.max_bytes):
@@ -272,8 +272,8 @@ def build_cache(
     batch_size: int | None,
     described: str,
     clean: bool,
-) -> ActivationCache:
-    """One forward pass over the cases through `run_with_cache`; see [`ActivationCache`][arithlens.core.cache.ActivationCache]."""
+) -> DatasetCache:
+    """One forward pass over the cases through `run_with_cache`; see [`DatasetCache`][arithlens.core.cache.DatasetCache]."""
     n = len(input_ids)
     preds = torch.empty(n, dtype=torch.long)
     tlp, plp, scale = torch.empty(n), torch.empty(n), torch.full((n,), float("nan"))
@@ -330,19 +330,19 @@ def build_cache(
                     per_case[nm][r] = act[j]
             del logits, acts
     activations: dict[str, Any] = {nm: stacked.get(nm, per_case[nm]) for nm in wanted}
-    return ActivationCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean)
+    return DatasetCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean)
 
 
 def ensure_cache(
     model: "LensModel",
     data: Any,
-    cache: ActivationCache | None,
+    cache: DatasetCache | None,
     names: Iterable[str] | Any = (),
     positions: str = "last",
     *,
     clean: bool = True,
     batch_size: int | None = None,
-) -> ActivationCache:
+) -> DatasetCache:
     """The cache an analysis reads: the one given (checked), or a new one.
 
     A given cache must hold the same cases as `data` and every hook in `names`; with
@@ -354,8 +354,8 @@ def ensure_cache(
     positions = hooks.check_position(positions, "positions")
     if cache is None:
         return model.cache(data, names=wanted, positions=positions, batch_size=batch_size)
-    if not isinstance(cache, ActivationCache):
-        raise ValueError(f"cache={type(cache).__name__} is not an ActivationCache (build one with model.cache(data, ...))")
+    if not isinstance(cache, DatasetCache):
+        raise ValueError(f"cache={type(cache).__name__} is not an DatasetCache (build one with model.cache(data, ...))")
     ds = as_dataset(data, model.tokenizer)
     cache.check_matches([c.input_ids for c in ds])
     missing = sorted(wanted - cache.names)

@@ -166,7 +166,7 @@ class ArithmeticDataset(Sequence[Case]):
         forward pass runs here.
         """
         if not hasattr(cache, "correct") or not hasattr(cache, "input_ids"):
-            raise ValueError("correct_under needs the ActivationCache of this dataset: model.cache(dataset)")
+            raise ValueError("correct_under needs the DatasetCache of this dataset: model.cache(dataset)")
         if list(cache.input_ids) != [c.input_ids for c in self._cases]:
             raise ValueError(f"the cache holds {len(cache.input_ids)} other cases than this dataset ({len(self)})")
         if any(c.target_id < 0 for c in self._cases):

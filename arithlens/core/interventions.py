@@ -95,6 +95,18 @@ class Interventions(Intervention):
         return " + ".join(repr(i) for i in self.items) or "Interventions([])"
 
 
+def as_intervention(value: Any) -> Intervention:
+    """An [`Intervention`][arithlens.core.interventions.Intervention] as given, or a head
+    (`(layer, head)`, `"L.H"`, a [`Component`][arithlens.core.names.Component]) as `ZeroHead`
+    — the paper's intervention, the head zeroed."""
+    if isinstance(value, Intervention):
+        return value
+    if isinstance(value, (str, tuple, list, names.Component)):
+        head = names.parse_head(value, "intervention")
+        return ZeroHead(head.layer, head.head)
+    raise ValueError(f"intervention={value!r} is neither an intervention (arithlens.core.interventions) nor a head such as '17.2'")
+
+
 def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
     """Flatten interventions (nested sequences allowed) into validated hooks."""
     hooks: list[Hook] = []
@@ -114,14 +126,11 @@ def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
 def _init_head(item: Any) -> None:
     """Validate `(layer, head)` of a head intervention; `"L.H"` alone is accepted too."""
     if item.head is None:
-        if isinstance(item.layer, str) or isinstance(item.layer, (tuple, list)):
-            node = names.Node.parse(item.layer)
-            if node.head is None:
-                raise ValueError(f"{type(item).__name__}({item.layer!r}) names an MLP, not a head")
-            object.__setattr__(item, "layer", node.layer)
-            object.__setattr__(item, "head", node.head)
-        else:
+        if not isinstance(item.layer, (str, tuple, list, names.Component)):
             raise ValueError(f"{type(item).__name__} needs a head: {type(item).__name__}(layer, head) or {type(item).__name__}('L.H')")
+        head = names.parse_head(item.layer, type(item).__name__)
+        object.__setattr__(item, "layer", head.layer)
+        object.__setattr__(item, "head", head.head)
     object.__setattr__(item, "layer", validate.non_negative_int(item.layer, "layer"))
     object.__setattr__(item, "head", validate.non_negative_int(item.head, "head"))
     names.check_position(item.position)

@@ -34,10 +34,10 @@ from arithlens.core.forward import logits_from
 from arithlens.core.interventions import as_hooks
 from arithlens.core.names import Hook
 from arithlens.core import validate
-from arithlens.core.cache import ActivationCache, Memo, build_cache, hook_names_of, positions_of
+from arithlens.core.cache import DatasetCache, Memo, build_cache, hook_names_of, positions_of
 
 
-Run = ActivationCache  # the name earlier versions returned from LensModel.run
+Run = DatasetCache  # the name earlier versions returned from LensModel.run
 
 
 def _keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -275,8 +275,8 @@ class LensModel:
         interventions: Sequence[Any] = (),
         batch_size: int | None = None,
         memo: bool = True,
-    ) -> ActivationCache:
-        """One forward pass over `data`, kept as an [`ActivationCache`][arithlens.core.cache.ActivationCache].
+    ) -> DatasetCache:
+        """One forward pass over `data`, kept as an [`DatasetCache`][arithlens.core.cache.DatasetCache].
 
         Args:
             data: A prompt, prompts, token ids or a dataset ([`as_dataset`][arithlens.data.as_dataset]).
@@ -326,7 +326,7 @@ class LensModel:
         interventions: Sequence[Any] = (),
         batch_size: int | None = None,
         cache: bool = True,
-    ) -> ActivationCache:
+    ) -> DatasetCache:
         """Last-position forward pass of `data`: [`cache`][arithlens.core.model.LensModel.cache] with `positions="last"`."""
         return self.cache(data, names=names, interventions=interventions, batch_size=batch_size, memo=cache)
 

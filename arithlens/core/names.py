@@ -3,14 +3,14 @@
 Every analysis builds the TransformerLens hook names it reads or writes through these
 functions, so a renamed hook is changed in one place. `Position` is the one option for
 "which positions" across interventions, head ablation and path patching, and
-[`Node`][arithlens.core.names.Node] names a component — an attention head or a whole MLP layer —
+[`Component`][arithlens.core.names.Component] names a component — an attention head or a whole MLP layer —
 everywhere a result lists components.
 
 Example:
     ```python
     from arithlens.core import names
     names.resid_mid(3)            # 'blocks.3.hook_resid_mid'
-    names.Node.parse("17.2")      # Node(layer=17, head=2)
+    names.Component.parse("17.2")      # Component(layer=17, head=2)
     ```
 """
 
@@ -102,7 +102,7 @@ def layer_of(hook_name: str) -> int:
 
 @functools.total_ordering
 @dataclass(frozen=True)
-class Node:
+class Component:
     """A model component: attention head `layer.head`, or the MLP of `layer` (`head=None`).
 
     Attributes:
@@ -140,12 +140,12 @@ class Node:
         # Within a layer its heads come first, then its MLP (the order of computation).
         return (self.layer, 1 if self.head is None else 0, -1 if self.head is None else self.head)
 
-    def __lt__(self, other: "Node") -> bool:
-        if not isinstance(other, Node):
+    def __lt__(self, other: "Component") -> bool:
+        if not isinstance(other, Component):
             return NotImplemented
         return self._key() < other._key()
 
-    def check(self, model: Any) -> "Node":
+    def check(self, model: Any) -> "Component":
         """Raise `ValueError` unless this component exists in `model`."""
         validate.integer(self.layer, "layer", low=0, high=model.n_layers - 1)
         if self.head is not None:
@@ -153,9 +153,9 @@ class Node:
         return self
 
     @classmethod
-    def parse(cls, value: Any) -> "Node":
-        """A [`Node`][arithlens.core.names.Node], `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
-        if isinstance(value, Node):
+    def parse(cls, value: Any) -> "Component":
+        """A [`Component`][arithlens.core.names.Component], `"L.H"`, `"mlpL"` / `"MLP L"` / `"L.mlp"`, a `(layer, head)` pair, `(layer, None)` or `(layer, "mlp")`."""
+        if isinstance(value, Component):
             return value
         if isinstance(value, str):
             text = value.strip()
@@ -173,21 +173,29 @@ class Node:
             if isinstance(head, str) and head.lower() == "mlp":
                 head = None
             return cls(validate.integer(layer, "layer"), None if head is None else validate.integer(head, "head"))
-        raise ValueError(f"component {value!r} must be a Node, 'LAYER.HEAD', 'MLP LAYER' or a (layer, head) pair")
+        raise ValueError(f"component {value!r} must be a Component, 'LAYER.HEAD', 'MLP LAYER' or a (layer, head) pair")
 
 
-def as_node(value: Any) -> Node:
-    """A `Node` from anything `Node.parse` accepts, or the old `(layer, "mlp")` pair."""
+def parse_head(value: Any, name: str = "head") -> Component:
+    """An attention head from anything [`Component.parse`][arithlens.core.names.Component.parse] takes: `ValueError` for an MLP."""
+    component = Component.parse(value)
+    if component.is_mlp:
+        raise ValueError(f"{name}={value!r} names an MLP, not a head: give an attention head as (layer, head) or 'L.H'")
+    return component
+
+
+def as_component(value: Any) -> Component:
+    """A `Component` from anything `Component.parse` accepts, or the old `(layer, "mlp")` pair."""
     if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], str) and value[1].lower() == "mlp":
-        return Node(value[0])
-    return Node.parse(value)
+        return Component(value[0])
+    return Component.parse(value)
 
 
-def parse_nodes(values: Any, name: str, *, heads_only: bool = False) -> list[Node]:
+def parse_components(values: Any, name: str, *, heads_only: bool = False) -> list[Component]:
     """Validate a non-empty list of distinct components (no model needed)."""
-    if isinstance(values, (str, Node)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name}={values!r} must be a list of components, e.g. [Node(17, 2), Node(20)] or ['17.2', 'MLP 20']")
-    nodes = [as_node(v) for v in values]
+    if isinstance(values, (str, Component)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name}={values!r} must be a list of components, e.g. [Component(17, 2), Component(20)] or ['17.2', 'MLP 20']")
+    nodes = [as_component(v) for v in values]
     if not nodes:
         raise ValueError(f"{name} is empty: give at least one component")
     if len(set(nodes)) != len(nodes):
@@ -197,11 +205,11 @@ def parse_nodes(values: Any, name: str, *, heads_only: bool = False) -> list[Nod
     return nodes
 
 
-def all_nodes(model: Any) -> list[Node]:
+def all_components(model: Any) -> list[Component]:
     """Every head and every MLP of `model`, in layer order (heads, then the MLP)."""
-    return [Node(L, h) for L in range(model.n_layers) for h in [*range(model.n_heads), None]]
+    return [Component(L, h) for L in range(model.n_layers) for h in [*range(model.n_heads), None]]
 
 
-def top_nodes(patching: Any, k: int, *, heads_only: bool = False) -> list[Node]:
+def top_components(patching: Any, k: int, *, heads_only: bool = False) -> list[Component]:
     """The `k` strongest nodes (largest |effect|) of a path-patching result, heads only if asked."""
-    return [as_node(n) for n in patching.top_nodes(k, kind="head" if heads_only else None)]
+    return [as_component(n) for n in patching.top_components(k, kind="head" if heads_only else None)]

@@ -4,7 +4,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
 
 * **Frozen-scale** ([`frozen_logits`][arithlens.core.readout.frozen_logits]):
   `logits(v) = (v / σ) W_U + b_U`, with the final norm's scale `σ` frozen at the value of
-  a forward pass (the reference code's `final_var`; `ActivationCache.final_scale`).
+  a forward pass (the reference code's `final_var`; `DatasetCache.final_scale`).
   Compatibility mode folds the final norm's weight (and, for LayerNorm, its centring and
   bias) into `W_U` / `b_U`, so at `σ` of the same pass this is exactly the model's own
   readout of the final residual — and it is linear in `v`, which is what makes adding one

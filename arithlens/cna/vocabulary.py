@@ -22,13 +22,13 @@ Tokens are tagged with [`NumberConceptTagger`][arithlens.cna.concepts.NumberConc
 Example:
     ```python
     import arithlens
-    from arithlens.cna import LogitLens
+    from arithlens.cna import VocabularyProjection
 
     model = arithlens.load_model()
-    lens = LogitLens(k=10)
-    result = lens.run(model, [LogitLens.neuron(model, 28, 1234),
-                              LogitLens.embedding(model, "3"),
-                              LogitLens.residual(model, 20, "3+5=")])
+    lens = VocabularyProjection(k=10)
+    result = lens.run(model, [VocabularyProjection.neuron(model, 28, 1234),
+                              VocabularyProjection.embedding(model, "3"),
+                              VocabularyProjection.residual(model, 20, "3+5=")])
     result.table()                  # Table 4's layout: one row per component
     result.df                       # component, direction, rank, token, value, concept
     lens.top_tokens(model, model.bridge.W_out[28, :5])   # five token lists
@@ -45,10 +45,12 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names, readout, validate
-from arithlens.core.cache import ActivationCache, ensure_cache
+from arithlens.core.cache import DatasetCache, ensure_cache
 from arithlens.cna.concepts import NumberConceptTagger
 from arithlens.cna.inputs import neuron_label
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
+from arithlens.core.loading import load_model
 
 Direction = Literal["top", "bottom"]
 _DIRECTIONS = ("top", "bottom")
@@ -57,7 +59,7 @@ _STAGES = {"pre": names.resid_pre, "mid": names.resid_mid, "post": names.resid_p
 
 # ---------------------------------------------------------------------------- components
 @dataclass(frozen=True)
-class Component:
+class NamedVector:
     """A named `d_model` vector to read through the lens.
 
     Attributes:
@@ -81,7 +83,7 @@ def _one_prompt(prompt: Any) -> Any:
 
 
 def _activation(
-    model: Any, prompt: Any, hook: str, position: Any, cache: ActivationCache | None
+    model: Any, prompt: Any, hook: str, position: Any, cache: DatasetCache | None
 ) -> Float[torch.Tensor, "..."]:
     """Activation `hook` of one prompt at `position`, read off a `positions="all"` cache."""
     data = _one_prompt(prompt)
@@ -95,9 +97,9 @@ def _activation(
 
 
 def as_vectors(model: Any, components: Any) -> tuple[list[str], Float[torch.Tensor, "n d_model"]]:
-    """Names and stacked vectors of a Component, a list of them, a `{name: vector}` dict,
+    """Names and stacked vectors of a NamedVector, a list of them, a `{name: vector}` dict,
     or a `[d_model]` / `[n, d_model]` tensor (named `"0"`, `"1"`, …)."""
-    if isinstance(components, Component):
+    if isinstance(components, NamedVector):
         components = [components]
     if isinstance(components, torch.Tensor):
         vecs = components[None] if components.ndim == 1 else components
@@ -111,7 +113,7 @@ def as_vectors(model: Any, components: Any) -> tuple[list[str], Float[torch.Tens
         )
     else:
         items = list(components)
-        if not all(isinstance(c, Component) for c in items):
+        if not all(isinstance(c, NamedVector) for c in items):
             raise ValueError("components must be Components, a {name: vector} dict, or a [n, d_model] tensor")
         labels = [c.name for c in items]
         vecs = torch.stack([c.vector.reshape(-1) for c in items]) if items else None
@@ -178,7 +180,7 @@ def _token_grid(
 
 # ---------------------------------------------------------------------------- result
 @dataclass
-class LogitLensResult(Result):
+class VocabularyProjectionResult(Result):
     """Top and bottom tokens of each component.
 
     Attributes:
@@ -235,13 +237,18 @@ class LogitLensResult(Result):
 
 
 # ---------------------------------------------------------------------------- the lens
-class LogitLens:
+@dataclass(frozen=True, kw_only=True)
+class VocabularyProjection(Analysis):
     """Read vectors in vocabulary space through the final norm and unembedding (Table 4).
 
-    [`top_tokens`][arithlens.cna.logit_lens.LogitLens.top_tokens] and
-    [`top_ids`][arithlens.cna.logit_lens.LogitLens.top_ids] read a `[n, d_model]` tensor
-    directly; [`run`][arithlens.cna.logit_lens.LogitLens.run] returns a tidy
-    [`LogitLensResult`][arithlens.cna.logit_lens.LogitLensResult]. The static constructors
+    A weights analysis: `run(model, data)` reads no activations; its `data` are the
+    directions to read — [`NamedVector`][arithlens.cna.vocabulary.NamedVector]s, a list of
+    them, a `{name: vector}` dict or a `[n, d_model]` tensor.
+
+    [`top_tokens`][arithlens.cna.vocabulary.VocabularyProjection.top_tokens] and
+    [`top_ids`][arithlens.cna.vocabulary.VocabularyProjection.top_ids] read a `[n, d_model]` tensor
+    directly; [`run`][arithlens.cna.vocabulary.VocabularyProjection.run] returns a tidy
+    [`VocabularyProjectionResult`][arithlens.cna.vocabulary.VocabularyProjectionResult]. The static constructors
     build named components: `neuron`, `subvalue`, `head_output`, `residual`, `embedding`.
 
     Args:
@@ -252,13 +259,18 @@ class LogitLens:
         chunk_size: Vectors per unembedding matmul.
     """
 
-    def __init__(self, k: int = 10, bottom: bool = True, tagger: NumberConceptTagger | None = None, chunk_size: int = 256):
-        self.k = validate.positive_int(k, "k")
-        self.bottom = validate.boolean(bottom, "bottom")
-        if tagger is not None and not isinstance(tagger, NumberConceptTagger):
-            raise ValueError(f"tagger={tagger!r} must be a NumberConceptTagger")
-        self.tagger = tagger or NumberConceptTagger()
-        self.chunk_size = validate.positive_int(chunk_size, "chunk_size")
+    k: int = 10
+    bottom: bool = True
+    tagger: NumberConceptTagger | None = None
+    chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
+        object.__setattr__(self, "bottom", validate.boolean(self.bottom, "bottom"))
+        if self.tagger is not None and not isinstance(self.tagger, NumberConceptTagger):
+            raise ValueError(f"tagger={self.tagger!r} must be a NumberConceptTagger")
+        object.__setattr__(self, "tagger", self.tagger or NumberConceptTagger())
+        object.__setattr__(self, "chunk_size", validate.positive_int(self.chunk_size, "chunk_size"))
 
     # ------------------------------------------------------------------ vectors
     @torch.no_grad()
@@ -289,28 +301,33 @@ class LogitLens:
         _, ids = self.top_ids(model, vectors, k=k, largest=largest)
         return [model.token_strs(row) for row in ids.tolist()]
 
-    def run(self, model: Any, components: Any) -> LogitLensResult:
-        """Top (and bottom) `k` tokens of named components or vectors, tagged."""
-        labels, vecs = as_vectors(model, components)
+    @torch.no_grad()
+    def run(self, model: Any, data: Any, *, cache: DatasetCache | None = None) -> VocabularyProjectionResult:
+        """Top (and bottom) `k` tokens of named directions or vectors (`data`), tagged.
+
+        `cache` is not read (a weights analysis); it is accepted for the common contract.
+        """
+        model = load_model(model)
+        labels, vecs = as_vectors(model, data)
         rows = []
         for direction in ("top", "bottom") if self.bottom else ("top",):
             values, ids = self.top_ids(model, vecs, largest=direction == "top")
             for label, vals, row in zip(labels, values.tolist(), ids.tolist()):
                 rows += [{"component": label, "direction": direction, **r} for r in tagged_tokens(model, self.tagger, vals, row)]
-        return LogitLensResult(df=pd.DataFrame(rows), k=self.k)
+        return VocabularyProjectionResult(df=pd.DataFrame(rows), k=self.k)
 
     # ------------------------------------------------------------------ constructors
     @staticmethod
-    def neuron(model: Any, layer: int, neuron: int) -> Component:
+    def neuron(model: Any, layer: int, neuron: int) -> NamedVector:
         """FFN neuron `layer_neuron`'s value vector `fc2_k = W_out[layer, neuron]` (Table 4)."""
         layer = model.check_layer(layer)
         idx = int(model.check_neurons(layer, [neuron])[0])
-        return Component(neuron_label(layer, idx), _w_out(model, layer)[idx], "neuron")
+        return NamedVector(neuron_label(layer, idx), _w_out(model, layer)[idx], "neuron")
 
     @staticmethod
     def subvalue(
-        model: Any, layer: int, neuron: int, prompt: Any, position: int = -1, *, cache: ActivationCache | None = None
-    ) -> Component:
+        model: Any, layer: int, neuron: int, prompt: Any, position: int = -1, *, cache: DatasetCache | None = None
+    ) -> NamedVector:
         """The subvalue `m_k · fc2_k` of a neuron on a prompt (`m_k`: `mlp.hook_post`).
 
         `cache`: a `positions="all"` cache of the prompt holding `mlp.hook_post` of `layer`.
@@ -318,12 +335,12 @@ class LogitLens:
         layer = model.check_layer(layer)
         idx = int(model.check_neurons(layer, [neuron])[0])
         m = _activation(model, prompt, names.post(layer), position, cache)[idx]
-        return Component(f"{neuron_label(layer, idx)} on {prompt!r}", m * _w_out(model, layer)[idx].float(), "subvalue")
+        return NamedVector(f"{neuron_label(layer, idx)} on {prompt!r}", m * _w_out(model, layer)[idx].float(), "subvalue")
 
     @staticmethod
     def head_output(
-        model: Any, layer: int, head: int, prompt: Any, position: int = -1, *, cache: ActivationCache | None = None
-    ) -> Component:
+        model: Any, layer: int, head: int, prompt: Any, position: int = -1, *, cache: DatasetCache | None = None
+    ) -> NamedVector:
         """Head `layer.head`'s output `z_h W_O[layer, head]` on a prompt at `position`.
 
         `cache`: a `positions="all"` cache of the prompt holding `attn.hook_z` of `layer`.
@@ -331,12 +348,12 @@ class LogitLens:
         layer, head = model.check_head(layer, head)
         z = _activation(model, prompt, names.z(layer), position, cache)[head]
         W_O = model.bridge.blocks[layer].attn.W_O[head].detach().float()
-        return Component(f"head {layer}.{head} on {prompt!r}", z @ W_O, "head")
+        return NamedVector(f"head {layer}.{head} on {prompt!r}", z @ W_O, "head")
 
     @staticmethod
     def residual(
-        model: Any, layer: int, prompt: Any, position: int = -1, stage: str = "pre", *, cache: ActivationCache | None = None
-    ) -> Component:
+        model: Any, layer: int, prompt: Any, position: int = -1, stage: str = "pre", *, cache: DatasetCache | None = None
+    ) -> NamedVector:
         """The residual stream of a prompt entering (`pre`), inside (`mid`, after
         attention) or leaving (`post`) block `layer`.
 
@@ -345,10 +362,10 @@ class LogitLens:
         layer = model.check_layer(layer)
         stage = validate.choice(stage, "stage", tuple(_STAGES))
         x = _activation(model, prompt, _STAGES[stage](layer), position, cache)
-        return Component(f"resid_{stage} {layer} on {prompt!r}", x, "residual")
+        return NamedVector(f"resid_{stage} {layer} on {prompt!r}", x, "residual")
 
     @staticmethod
-    def embedding(model: Any, token: str | int) -> Component:
+    def embedding(model: Any, token: str | int) -> NamedVector:
         """The word embedding `W_E[t]` of a single-token string or a token id."""
         if isinstance(token, str):
             ids = model.encode(token)
@@ -358,7 +375,7 @@ class LogitLens:
         else:
             tid = validate.integer(token, "token", low=0, high=model.bridge.W_E.shape[0] - 1)
             label = model.decode([tid])
-        return Component(f"word {label!r}", model.bridge.W_E[tid].detach(), "embedding")
+        return NamedVector(f"word {label!r}", model.bridge.W_E[tid].detach(), "embedding")
 
 
 def tagged_tokens(model: Any, tagger: NumberConceptTagger, values: list[float], ids: list[int]) -> list[dict[str, Any]]:

@@ -1,11 +1,11 @@
-"""LogitLens (Table 4) and NumberConceptTagger: brute-force readouts, the cache, bad input."""
+"""VocabularyProjection (Table 4) and NumberConceptTagger: brute-force readouts, the cache, bad input."""
 
 import numpy as np
 import pytest
 import torch
 
 from arithlens.core import names, validate
-from arithlens.cna import Component, LogitLens, NumberConceptTagger
+from arithlens.cna import NamedVector, VocabularyProjection, NumberConceptTagger
 from conftest import assert_untouched, params_snapshot
 
 
@@ -99,7 +99,7 @@ def _brute_logits(model, v):
 
 
 def test_top_ids_match_brute_force(tiny):
-    lens = LogitLens(k=5)
+    lens = VocabularyProjection(k=5)
     vecs = torch.randn(3, tiny.d_model, generator=torch.Generator().manual_seed(0))
     values, ids = lens.top_ids(tiny, vecs)
     low_values, low_ids = lens.top_ids(tiny, vecs, largest=False)
@@ -115,32 +115,32 @@ def test_top_ids_match_brute_force(tiny):
 
 def test_final_residual_reads_as_prediction(tiny):
     prompt = "3+5="
-    comp = LogitLens.residual(tiny, tiny.n_layers - 1, prompt, stage="post")
-    assert LogitLens(k=1).top_tokens(tiny, comp.vector[None])[0] == tiny.predict([prompt])
+    comp = VocabularyProjection.residual(tiny, tiny.n_layers - 1, prompt, stage="post")
+    assert VocabularyProjection(k=1).top_tokens(tiny, comp.vector[None])[0] == tiny.predict([prompt])
 
 
 def test_constructors_match_the_forward(tiny):
     prompt = "12+7="
     _, cache = tiny.bridge.run_with_cache(torch.tensor([tiny.encode(prompt)]))
     L = 1
-    assert torch.equal(LogitLens.neuron(tiny, L, 5).vector, tiny.bridge.W_out[L, 5])
+    assert torch.equal(VocabularyProjection.neuron(tiny, L, 5).vector, tiny.bridge.W_out[L, 5])
     m = cache[f"blocks.{L}.mlp.hook_post"][0, -1, 5]
-    torch.testing.assert_close(LogitLens.subvalue(tiny, L, 5, prompt).vector, m * tiny.bridge.W_out[L, 5])
+    torch.testing.assert_close(VocabularyProjection.subvalue(tiny, L, 5, prompt).vector, m * tiny.bridge.W_out[L, 5])
     # The heads' outputs sum to the attention output at that position (Llama has no b_O).
-    heads = sum(LogitLens.head_output(tiny, L, h, prompt, position=2).vector for h in range(tiny.n_heads))
+    heads = sum(VocabularyProjection.head_output(tiny, L, h, prompt, position=2).vector for h in range(tiny.n_heads))
     torch.testing.assert_close(heads, cache[f"blocks.{L}.hook_attn_out"][0, 2], atol=1e-5, rtol=1e-4)
     for stage in ("pre", "mid", "post"):
-        got = LogitLens.residual(tiny, L, prompt, position=-2, stage=stage).vector
+        got = VocabularyProjection.residual(tiny, L, prompt, position=-2, stage=stage).vector
         torch.testing.assert_close(got, cache[f"blocks.{L}.hook_resid_{stage}"][0, -2])
     tid = tiny.encode("3")[0]
-    assert torch.equal(LogitLens.embedding(tiny, "3").vector, tiny.bridge.W_E[tid])
-    assert torch.equal(LogitLens.embedding(tiny, tid).vector, tiny.bridge.W_E[tid])
+    assert torch.equal(VocabularyProjection.embedding(tiny, "3").vector, tiny.bridge.W_E[tid])
+    assert torch.equal(VocabularyProjection.embedding(tiny, tid).vector, tiny.bridge.W_E[tid])
 
 
 def test_run_tidy_frame_and_untouched(tiny):
     snap, hooks = params_snapshot(tiny), tiny.torch_hook_count()
-    lens = LogitLens(k=4)
-    comps = [LogitLens.neuron(tiny, 0, 1), LogitLens.embedding(tiny, "7"), LogitLens.head_output(tiny, 2, 3, "3+5=")]
+    lens = VocabularyProjection(k=4)
+    comps = [VocabularyProjection.neuron(tiny, 0, 1), VocabularyProjection.embedding(tiny, "7"), VocabularyProjection.head_output(tiny, 2, 3, "3+5=")]
     result = lens.run(tiny, comps)
     df = result.df
     assert set(["component", "rank", "token", "value", "direction", "is_number_concept", "concept"]) <= set(df.columns)
@@ -170,38 +170,38 @@ def test_run_tidy_frame_and_untouched(tiny):
 
 def test_bad_input_raises(tiny):
     with pytest.raises(ValueError, match="k=0"):
-        LogitLens(k=0)
+        VocabularyProjection(k=0)
     with pytest.raises(ValueError, match="k='3'"):
-        LogitLens(k="3")
+        VocabularyProjection(k="3")
     with pytest.raises(ValueError, match="bool"):
-        LogitLens(k=True)
-    assert LogitLens(k=np.int64(3)).k == 3
+        VocabularyProjection(k=True)
+    assert VocabularyProjection(k=np.int64(3)).k == 3
     with pytest.raises(ValueError, match="k=99"):
-        LogitLens().top_ids(tiny, torch.zeros(1, tiny.d_model), k=99)
+        VocabularyProjection().top_ids(tiny, torch.zeros(1, tiny.d_model), k=99)
     with pytest.raises(validate.NonFiniteError):
-        LogitLens().run(tiny, torch.full((1, tiny.d_model), float("nan")))
+        VocabularyProjection().run(tiny, torch.full((1, tiny.d_model), float("nan")))
     with pytest.raises(ValueError, match="d_model"):
-        LogitLens().top_tokens(tiny, torch.zeros(2, tiny.d_model + 1))
+        VocabularyProjection().top_tokens(tiny, torch.zeros(2, tiny.d_model + 1))
     with pytest.raises(ValueError, match="stage"):
-        LogitLens.residual(tiny, 0, "3+5=", stage="end")
+        VocabularyProjection.residual(tiny, 0, "3+5=", stage="end")
     with pytest.raises(ValueError, match="layer"):
-        LogitLens.neuron(tiny, tiny.n_layers, 0)
+        VocabularyProjection.neuron(tiny, tiny.n_layers, 0)
     with pytest.raises(ValueError, match="neuron"):
-        LogitLens.neuron(tiny, 0, tiny.d_mlp)
+        VocabularyProjection.neuron(tiny, 0, tiny.d_mlp)
     with pytest.raises(ValueError, match="head"):
-        LogitLens.head_output(tiny, 0, tiny.n_heads, "3+5=")
+        VocabularyProjection.head_output(tiny, 0, tiny.n_heads, "3+5=")
     with pytest.raises(ValueError, match="tokens"):
-        LogitLens.embedding(tiny, "35")
+        VocabularyProjection.embedding(tiny, "35")
     with pytest.raises(ValueError, match="position"):
-        LogitLens.residual(tiny, 0, "3+5=", position=10)
+        VocabularyProjection.residual(tiny, 0, "3+5=", position=10)
     with pytest.raises(ValueError, match="direction"):
-        LogitLens(k=2).run(tiny, [Component("a", tiny.bridge.W_E[5])]).tokens("sideways")
+        VocabularyProjection(k=2).run(tiny, [NamedVector("a", tiny.bridge.W_E[5])]).tokens("sideways")
     with pytest.raises(ValueError, match="no vectors"):
-        LogitLens().run(tiny, [])
+        VocabularyProjection().run(tiny, [])
     with pytest.raises(ValueError, match="components=str"):
-        LogitLens().run(tiny, "3+5=")
+        VocabularyProjection().run(tiny, "3+5=")
     with pytest.raises(ValueError, match="lacks"):
-        LogitLens.residual(tiny, 0, "3+5=", cache=tiny.cache("3+5=", positions="all", memo=False))
+        VocabularyProjection.residual(tiny, 0, "3+5=", cache=tiny.cache("3+5=", positions="all", memo=False))
 
 
 def test_constructors_read_a_given_cache_without_a_forward(tiny):
@@ -211,25 +211,25 @@ def test_constructors_read_a_given_cache_without_a_forward(tiny):
     tiny.clear_cache()
     calls, handle = count_embeds(tiny)
     try:
-        sub = LogitLens.subvalue(tiny, 1, 5, prompt, position=2, cache=cache)
-        head = LogitLens.head_output(tiny, 2, 3, prompt, cache=cache)
-        resid = LogitLens.residual(tiny, 1, prompt, stage="mid", cache=cache)
+        sub = VocabularyProjection.subvalue(tiny, 1, 5, prompt, position=2, cache=cache)
+        head = VocabularyProjection.head_output(tiny, 2, 3, prompt, cache=cache)
+        resid = VocabularyProjection.residual(tiny, 1, prompt, stage="mid", cache=cache)
     finally:
         handle.remove()
     assert calls[0] == 0
-    torch.testing.assert_close(sub.vector, LogitLens.subvalue(tiny, 1, 5, prompt, position=2).vector)
-    torch.testing.assert_close(head.vector, LogitLens.head_output(tiny, 2, 3, prompt).vector)
-    torch.testing.assert_close(resid.vector, LogitLens.residual(tiny, 1, prompt, stage="mid").vector)
+    torch.testing.assert_close(sub.vector, VocabularyProjection.subvalue(tiny, 1, 5, prompt, position=2).vector)
+    torch.testing.assert_close(head.vector, VocabularyProjection.head_output(tiny, 2, 3, prompt).vector)
+    torch.testing.assert_close(resid.vector, VocabularyProjection.residual(tiny, 1, prompt, stage="mid").vector)
     # Token ids work as a prompt too.
     ids = tiny.encode(prompt)
-    torch.testing.assert_close(LogitLens.residual(tiny, 1, ids, stage="mid").vector, resid.vector)
+    torch.testing.assert_close(VocabularyProjection.residual(tiny, 1, ids, stage="mid").vector, resid.vector)
 
 
 def test_top_tokens_are_the_models_own_readout_when_b_U_is_nonzero(gpt2):
     """GPT-2 style (LayerNorm, b_U ≠ 0): the lens ranks ln_final(v) @ W_U + b_U, not v @ W_U."""
     assert float(gpt2.bridge.b_U.abs().max()) > 0.1
     vecs = torch.randn(6, gpt2.d_model, generator=torch.Generator().manual_seed(4)) * 3
-    _, ids = LogitLens(k=5).top_ids(gpt2, vecs)
+    _, ids = VocabularyProjection(k=5).top_ids(gpt2, vecs)
     raw_differs = False
     for i, v in enumerate(vecs.double()):
         centred = v - v.mean()
@@ -239,8 +239,8 @@ def test_top_tokens_are_the_models_own_readout_when_b_U_is_nonzero(gpt2):
         raw_differs |= ids[i].tolist() != torch.argsort(v @ gpt2.bridge.W_U.double(), descending=True)[:5].tolist()
     assert raw_differs, "on this model the raw v @ W_U ranking should differ somewhere"
     # The final residual reads as the model's prediction.
-    comp = LogitLens.residual(gpt2, gpt2.n_layers - 1, "3+5=", stage="post")
-    assert LogitLens(k=1).top_tokens(gpt2, comp.vector[None])[0] == gpt2.predict(["3+5="])
+    comp = VocabularyProjection.residual(gpt2, gpt2.n_layers - 1, "3+5=", stage="post")
+    assert VocabularyProjection(k=1).top_tokens(gpt2, comp.vector[None])[0] == gpt2.predict(["3+5="])
 
 
 @pytest.mark.smollm2
@@ -250,5 +250,5 @@ def test_smollm2_lens_and_vocabulary(smollm2):
     tagged = {smollm2.decode([i]) for i, c in enumerate(concepts) if c == "8"}
     assert {"8", " eight", "eight", "Eight"} <= tagged
     # The last residual read through the lens is the model's prediction.
-    comp = LogitLens.residual(smollm2, smollm2.n_layers - 1, "3+5=", stage="post")
-    assert LogitLens(k=1).top_tokens(smollm2, comp.vector[None])[0] == smollm2.predict(["3+5="])
+    comp = VocabularyProjection.residual(smollm2, smollm2.n_layers - 1, "3+5=", stage="post")
+    assert VocabularyProjection(k=1).top_tokens(smollm2, comp.vector[None])[0] == smollm2.predict(["3+5="])

@@ -1,12 +1,18 @@
-"""The one configuration every CNA-based analysis takes: [`CNAConfig`][arithlens.cna.config.CNAConfig].
+"""The options every CNA-based analysis shares: [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis].
+
+[`NeuronImportance`][arithlens.cna.importance.NeuronImportance],
+[`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores],
+[`MaskKeep`][arithlens.cna.mask_keep.MaskKeep], the
+[`PredictionEnhancingDAG`][arithlens.cna.pe_dag.PredictionEnhancingDAG] and the
+[`LogicChain`][arithlens.cna.logic_chain.LogicChain] are `CNAAnalysis` subclasses: the §4.1
+options below are fields of each, given by keyword.
 
 Example:
     ```python
-    from arithlens.cna import CNAConfig, ComparativeNeuronScores
+    from arithlens.cna import ComparativeNeuronScores
     from arithlens.core.interventions import ZeroHead
 
-    config = CNAConfig(mode="fast", rescore=500, scale="original")
-    ComparativeNeuronScores(config=config, intervention=ZeroHead(17, 2))
+    ComparativeNeuronScores(intervention=ZeroHead(17, 2), mode="fast", rescore=500, scale="original")
     ```
 """
 
@@ -15,6 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from arithlens.analysis.base import Analysis, Inputs
+from arithlens.core.cache import DatasetCache
+from arithlens.core.dataset import as_dataset
+from arithlens.core.interventions import as_hooks
+from arithlens.core.loading import load_model
 from arithlens.core import validate
 
 Target = Literal["prediction", "answer"]
@@ -24,9 +35,9 @@ SCALES: tuple[str, ...] = ("original", "own")
 PROJECTION_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class CNAConfig:
-    """How importance scores are computed (§4.1), shared by every CNA-based analysis.
+@dataclass(frozen=True, kw_only=True)
+class CNAAnalysis(Analysis):
+    """The §4.1 options shared by every CNA-based analysis (how importance scores are computed).
 
     Attributes:
         target: The scored token `w`: `"prediction"` (the paper: the original model's top
@@ -93,26 +104,46 @@ class CNAConfig:
             )
         object.__setattr__(self, "projection_bytes", validate.positive_number(self.projection_bytes, "projection_bytes"))
 
+    def pass_batch(self, model: Any) -> int:
+        """Cases per forward pass: `batch_size`, else the model's, capped so a batch's
+        last-position logits (and their log-softmax) fit in `memory_budget`."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return int(max(1, min(model.batch_size, self.memory_budget // (32 * model.d_vocab))))
 
-FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CNAConfig))
-"""The option names a `CNAConfig` holds (what analyses accept as old-style keyword arguments)."""
+    def start(self, model: Any, data: Any) -> tuple[Any, Any]:
+        """The model and `data` as a dataset, after checking that the analysis's
+        `intervention` (when it has one) fits the model — before any forward pass."""
+        model = load_model(model)
+        dataset = as_dataset(data, model.tokenizer)
+        intervention = getattr(self, "intervention", None)
+        if intervention is not None:
+            as_hooks(model, [intervention])  # e.g. a head out of range
+        return model, dataset
+
+    def prepare(
+        self,
+        model: Any,
+        data: Any,
+        cache: DatasetCache | None,
+        *,
+        names: Any = None,
+        positions: str | None = None,
+        clean: bool = True,
+        batch_size: int | None = None,
+    ) -> Inputs:
+        """[`Analysis.prepare`][arithlens.analysis.base.Analysis.prepare], passing
+        [`pass_batch`][arithlens.cna.base.CNAAnalysis.pass_batch] cases at a time."""
+        model = load_model(model)
+        batch = batch_size or self.pass_batch(model)
+        return super().prepare(model, data, cache, names=names, positions=positions, clean=clean, batch_size=batch)
 
 
-def make_config(config: Any = None, **options: Any) -> CNAConfig:
-    """One `CNAConfig` from `config=` and/or old-style keyword options (`target=`, `mode=`, …).
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CNAAnalysis))
+"""The option names every CNA-based analysis shares."""
 
-    Options given explicitly (not `None`) override the fields of `config`; an unknown option
-    or a `config` that is not a `CNAConfig` is a `ValueError`.
-    """
-    if config is not None and not isinstance(config, CNAConfig):
-        raise ValueError(f"config={config!r} must be a CNAConfig (from arithlens.cna import CNAConfig)")
-    unknown = sorted(set(options) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown CNA option(s) {unknown}; CNAConfig takes {list(FIELDS)}")
-    given = {k: v for k, v in options.items() if v is not None}
-    base = config if config is not None else CNAConfig()
-    if not given:
-        return base
-    from dataclasses import replace
 
-    return replace(base, **given)
+def cna_options(analysis: CNAAnalysis) -> dict[str, Any]:
+    """The shared CNA options of `analysis`, to build another CNA analysis with the same ones."""
+    return {name: getattr(analysis, name) for name in FIELDS}
+
