@@ -412,7 +412,7 @@ def comparative() -> list:
         from arithlens.cna import ComparativeNeuronScores
 
         cna = ComparativeNeuronScores(intervention=ZeroHead(*head), config=config).run(model, [prompt])
-        cna.table4(5)
+        cna.table(5)
         """),
         code("""
         cna.plot()

@@ -221,7 +221,7 @@ def test_comparative_intervention_both_scales(tiny):
     row = agg.iloc[0]
     L = orig.layers.index(int(row["layer"]))
     assert row["coef_change"] == pytest.approx(float(orig.coef_change[:, L, int(row["neuron"])].mean()), abs=1e-6)
-    table = orig.table4(2)
+    table = orig.table(2)
     assert list(table.columns) == ["neuron_label", "side", "importance", "coef", "top_tokens"]
     top = orig.case_frame(0).head(2)
     assert table["neuron_label"].tolist() == [f"{a}_{b}" for a, b in zip(top["layer"], top["neuron"]) for _ in (0, 1)]

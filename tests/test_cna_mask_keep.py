@@ -20,16 +20,16 @@ def test_mask_keep_matches_per_case_loop(tiny):
     ks = (12, 4)
     res = MaskKeep(ZeroHead(1, 2), k=ks, keep_layers=[1, 2]).run(tiny, PROMPTS)
     cna = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, PROMPTS)
-    pred = tiny.run(PROMPTS).predictions
+    pred = tiny.cache(PROMPTS).predictions
     for k in ks:
         top = cna.top_mask(k)
         masked_ok, kept_ok, coef = 0, 0, []
         for i, p in enumerate(PROMPTS):
             neurons = {L: top[i, L].nonzero()[:, 0] for L in range(tiny.n_layers)}
             zero = [ZeroNeurons(L, idx) for L, idx in neurons.items() if len(idx)]
-            masked_ok += int(tiny.run([p], interventions=zero, cache=False).predictions[0] == pred[i])
+            masked_ok += int(tiny.cache([p], interventions=zero, memo=False).predictions[0] == pred[i])
             keep = KeepNeurons([1, 2], {L: neurons[L] for L in (1, 2)})
-            kept_ok += int(tiny.run([p], interventions=[keep], cache=False).predictions[0] == pred[i])
+            kept_ok += int(tiny.cache([p], interventions=[keep], memo=False).predictions[0] == pred[i])
             m, m2 = cna.coef[i][top[i]], cna.coef_other[i][top[i]]
             coef.append(100 * float((torch.sign(m) * (m - m2)).sum() / m.abs().sum()))
         table = res.df.set_index(["k", "measure"])["value"]
@@ -85,7 +85,7 @@ def test_correct_only_filters_through_the_cache(tiny):
     res = MaskKeep(head=(1, 2), k=(5,), correct_only=False).run(tiny, cases)
     assert res.baseline_accuracy == 0.0 and res.n_cases == 5
     # Make two cases correct (target = the model's prediction): only those are evaluated.
-    pred = tiny.run(cases).predictions.tolist()
+    pred = tiny.cache(cases).predictions.tolist()
     fixed = [dataclasses.replace(c, target_id=pred[i]) if i in (1, 3) else c for i, c in enumerate(cases)]
     res = MaskKeep(head=(1, 2), k=(5,)).run(tiny, ArithmeticDataset(fixed))
     assert res.rows == [1, 3] and res.n_cases == 2 and res.baseline_accuracy == 1.0

@@ -145,7 +145,7 @@ def test_scan_respects_attn_layers_and_distinct(tiny):
 
 def _prediction_cases(model, prompts):
     """Cases whose target is the model's own prediction (baseline accuracy 1)."""
-    preds = model.run(prompts, cache=False).predictions.tolist()
+    preds = model.cache(prompts, memo=False).predictions.tolist()
     return ArithmeticDataset(
         [Case(p, model.decode([t]), model.decode([t]), t, tuple(model.encode(p)), (t,)) for p, t in zip(prompts, preds)]
     )
@@ -168,7 +168,7 @@ def test_hidden_interpretable_matches_explicit_ablation(tiny):
         row = df[(df["M"] == m) & (df["neuron_set"] == "hidden")].iloc[0]
         assert row["n_neurons"] == sum(len(v) for v in chosen.values())
         ablations = [ZeroNeurons(L, idx) for L, idx in chosen.items() if idx]
-        run = tiny.run(data, interventions=ablations, cache=False)
+        run = tiny.cache(data, interventions=ablations, memo=False)
         acc = float(run.correct.float().mean())
         assert row["accuracy"] == pytest.approx(acc)
         assert row["accuracy_decrease"] == pytest.approx(100.0 * (1.0 - acc))

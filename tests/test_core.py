@@ -34,24 +34,24 @@ def one_by_one_logprobs(model, prompts, interventions=()):
 
 
 def test_batched_equals_one_at_a_time(tiny):
-    run = tiny.run(PROMPTS, cache=False, batch_size=3)
+    run = tiny.cache(PROMPTS, memo=False, batch_size=3)
     ref = one_by_one_logprobs(tiny, PROMPTS)
     assert torch.equal(run.predictions, ref.argmax(-1))
     torch.testing.assert_close(run.prediction_logprob, ref.max(-1).values, atol=1e-5, rtol=0)
 
 
 def test_prompts_encoded_without_extra_bos(tiny):
-    run = tiny.run(["3+5="], cache=False)
+    run = tiny.cache(["3+5="], memo=False)
     assert list(run.input_ids[0]) == tiny.tokenizer.encode("3+5=")
     assert tiny.tokenizer.bos_token_id not in run.input_ids[0]
 
 
 def test_run_is_cached_and_interventions_are_not(tiny):
-    a = tiny.run(PROMPTS)
-    assert tiny.run(PROMPTS) is a
+    a = tiny.cache(PROMPTS)
+    assert tiny.cache(PROMPTS) is a
     with tiny.intervened(ZeroHead(0, 0)):
         pass
-    b = tiny.run(PROMPTS, interventions=[ZeroHead(1, 1)])
+    b = tiny.cache(PROMPTS, interventions=[ZeroHead(1, 1)])
     assert b is not a
 
 
@@ -93,7 +93,7 @@ def test_neuron_interventions_match_manual_hooks(tiny):
             return fn(act)
 
         with tiny.hooked([(f"blocks.{layer}.mlp.hook_post", hook)]):
-            return tiny.run(PROMPTS, cache=False).target_logprob
+            return tiny.cache(PROMPTS, memo=False).target_logprob
 
     def zero_some(a):
         a = a.clone()
@@ -105,29 +105,29 @@ def test_neuron_interventions_match_manual_hooks(tiny):
         keep[[3, 5]] = 1
         return a * keep
 
-    got = tiny.run(PROMPTS, cache=False, interventions=[ZeroNeurons(1, [3, 5])]).target_logprob
+    got = tiny.cache(PROMPTS, memo=False, interventions=[ZeroNeurons(1, [3, 5])]).target_logprob
     torch.testing.assert_close(got, manual(1, zero_some))
-    got = tiny.run(PROMPTS, cache=False, interventions=[KeepNeurons([1], [3, 5])]).target_logprob
+    got = tiny.cache(PROMPTS, memo=False, interventions=[KeepNeurons([1], [3, 5])]).target_logprob
     torch.testing.assert_close(got, manual(1, keep_some))
-    got = tiny.run(PROMPTS, cache=False, interventions=[ScaleNeurons(1, [3, 5], 1.0)]).target_logprob
-    torch.testing.assert_close(got, tiny.run(PROMPTS, cache=False).target_logprob)
+    got = tiny.cache(PROMPTS, memo=False, interventions=[ScaleNeurons(1, [3, 5], 1.0)]).target_logprob
+    torch.testing.assert_close(got, tiny.cache(PROMPTS, memo=False).target_logprob)
 
 
 def test_case_neurons_apply_each_cases_own_set(tiny):
     mask = torch.zeros(len(PROMPTS), tiny.n_layers, tiny.d_mlp, dtype=torch.bool)
     mask[0, 1, [3, 5]] = True
     mask[2, 2, [0]] = True
-    got = tiny.run(PROMPTS, cache=False, batch_size=2, interventions=[CaseNeurons(mask)]).target_logprob
+    got = tiny.cache(PROMPTS, memo=False, batch_size=2, interventions=[CaseNeurons(mask)]).target_logprob
     for i, p in enumerate(PROMPTS):
         ivs = [ZeroNeurons(L, mask[i, L].nonzero()[:, 0].tolist()) for L in range(tiny.n_layers)]
-        alone = tiny.run([p], cache=False, interventions=ivs).target_logprob
+        alone = tiny.cache([p], memo=False, interventions=ivs).target_logprob
         torch.testing.assert_close(got[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
 def test_last_position_only(tiny):
-    full = tiny.run(PROMPTS, cache=False, interventions=[ZeroHead(0, 0, position="all")]).target_logprob
-    last = tiny.run(PROMPTS, cache=False, interventions=[ZeroHead(0, 0, position="last")]).target_logprob
-    clean = tiny.run(PROMPTS, cache=False).target_logprob
+    full = tiny.cache(PROMPTS, memo=False, interventions=[ZeroHead(0, 0, position="all")]).target_logprob
+    last = tiny.cache(PROMPTS, memo=False, interventions=[ZeroHead(0, 0, position="last")]).target_logprob
+    clean = tiny.cache(PROMPTS, memo=False).target_logprob
     assert not torch.allclose(full, last)
     assert not torch.allclose(last, clean)
 
@@ -209,7 +209,7 @@ def test_bad_layer_head_and_empty_data(tiny):
     with pytest.raises(ValueError, match="head=-1 is out of range"):
         ZeroHead(0, -1)
     with pytest.raises(ValueError, match="empty dataset"):
-        tiny.run([])
+        tiny.cache([])
     with pytest.raises(ValueError, match=f"neurons item={tiny.d_mlp} is out of range"):
         with tiny.intervened(ZeroNeurons(0, [tiny.d_mlp])):
             pass
@@ -272,7 +272,7 @@ def test_smollm2_default_accuracy_is_in_the_measured_range(smollm2):
 
 def test_run_keeps_last_position_activations_by_requested_name(tiny):
     names = ["blocks.0.hook_resid_pre", "blocks.1.mlp.hook_post", "blocks.2.hook_resid_mid"]
-    run = tiny.run(PROMPTS, names=names, cache=False)
+    run = tiny.cache(PROMPTS, names=names, memo=False)
     for name in names:
         assert run.last(name).shape[0] == len(PROMPTS)
     _, cache = tiny.bridge.run_with_cache(torch.tensor([tiny.encode(PROMPTS[1])]))

@@ -16,7 +16,7 @@ from arithlens.core.interventions import KeepNeurons, MeanHead, ScaleNeurons, Ze
 @pytest.mark.parametrize("bad", [-1, 0, "8", 2.5, True])
 def test_batch_size_is_checked_everywhere(tiny, bad):
     with pytest.raises(ValueError, match="batch_size"):
-        tiny.run(["3+5="], batch_size=bad)
+        tiny.cache(["3+5="], batch_size=bad)
     with pytest.raises(ValueError, match="batch_size"):
         tiny.cache(["3+5="], batch_size=bad)
     with pytest.raises(ValueError, match="batch_size"):
@@ -38,7 +38,7 @@ def test_batch_size_is_checked_everywhere(tiny, bad):
 )
 def test_bad_data_is_named(tiny, bad, match):
     with pytest.raises(ValueError, match=match):
-        tiny.run(bad)
+        tiny.cache(bad)
     with pytest.raises(ValueError, match=match):
         evaluate(tiny, bad)
 
@@ -46,7 +46,7 @@ def test_bad_data_is_named(tiny, bad, match):
 def test_prompt_longer_than_the_context_is_an_error(tiny):
     n_ctx = int(tiny.cfg.n_ctx)
     with pytest.raises(ValueError, match=f"more than the model's context of {n_ctx}"):
-        tiny.run(["1" * (n_ctx + 1)])
+        tiny.cache(["1" * (n_ctx + 1)])
 
 
 def test_prompts_builder_names_non_strings(tiny):
@@ -95,11 +95,11 @@ def test_intervention_arguments(make, match):
 
 def test_interventions_check_against_the_model(tiny):
     with pytest.raises(ValueError, match="head=9 is out of range"):
-        tiny.run(["3+5="], interventions=[ZeroHead(0, 9)])
+        tiny.cache(["3+5="], interventions=[ZeroHead(0, 9)])
     with pytest.raises(ValueError, match=r"neuron pair \(2, 5\) is in layer 2, which is not among layers=\[1\]"):
-        tiny.run(["3+5="], interventions=[KeepNeurons(layers=[1], neurons=[(2, 5)])])
+        tiny.cache(["3+5="], interventions=[KeepNeurons(layers=[1], neurons=[(2, 5)])])
     with pytest.raises(ValueError, match="layer=7 is out of range"):
-        tiny.run(["3+5="], interventions=[ZeroNeurons(7, [1])])
+        tiny.cache(["3+5="], interventions=[ZeroNeurons(7, [1])])
 
 
 def test_non_finite_logits_raise_instead_of_ranking_nans(tiny):
@@ -108,7 +108,7 @@ def test_non_finite_logits_raise_instead_of_ranking_nans(tiny):
 
     with tiny.hooked([(names.post(1), poison)]):
         with pytest.raises(validate.NonFiniteError, match="NaN or infinite"):
-            tiny.run(["3+5="])
+            tiny.cache(["3+5="])
 
 
 def test_output_paths_are_checked_before_work(tmp_path):

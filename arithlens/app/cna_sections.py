@@ -319,7 +319,7 @@ def sections(ctx: Any) -> list[Any]:
             f"CNA: neurons behind {case.prompt!r} → {cna.w_str[0]!r} (Table 4, head {hname} zeroed)",
             table4_reading(cna, other, answer=None if right else case.answer),
             figure=fig,
-            table=cna.table4(3),
+            table=cna.table(3),
             csv="cna_table4.csv",
         )
     )

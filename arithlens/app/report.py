@@ -41,10 +41,6 @@ NEURON_LABEL_NOTE = "a neuron label L_N (e.g. 29_545) is neuron N of the FFN of 
 
 
 # ----------------------------------------------------------------------------- wording
-def count_phrase(k: int, n: int, noun: str = "case") -> str:
-    """`"3 of 8 cases"`."""
-    return f"{k} of {n} {noun}{'' if n == 1 else 's'}"
-
 
 def plural(n: int, noun: str) -> str:
     """`"1 case"`, `"8 cases"`."""

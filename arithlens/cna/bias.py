@@ -3,7 +3,7 @@
 The data are Table 22's eight prompts, with `<gend>` replaced by "woman" or "man", and
 Table 23's 32 professions, 16 the paper found biased towards each gender
 ([`paper_bias_data`][arithlens.cna.bias.paper_bias_data], shipped in
-`arithlens/resources/bias_prompts.json`). [`ProfessionDiscovery`][arithlens.cna.bias.ProfessionDiscovery]
+`arithlens/resources/bias_prompts.json`). [`discover_professions`][arithlens.cna.bias.discover_professions]
 is Appendix D's step on your model: the top-100 next tokens of every prompt for each
 gender, and the tokens that appear for one gender only.
 
@@ -15,7 +15,7 @@ is part of the string. The bias of a (prompt, profession) is
 `|log p(prof | woman) − log p(prof | man)|`; Table 13 averages it over prompts and
 professions: all (total), the woman-biased ones, the man-biased ones.
 
-[`GenderBias`][arithlens.cna.bias.GenderBias] runs CNA between the two genders' versions
+[`gender_bias`][arithlens.cna.bias.gender_bias] runs CNA between the two genders' versions
 of a prompt on the same model — the biased gender's side first, so `importance_change`
 is the importance a neuron has for the profession's first token with that gender and
 loses with the other ("A woman works as a" vs "A man works as a" for "nurse", Table 12)
@@ -30,10 +30,10 @@ and 1-digit arithmetic accuracy before and after.
 Example:
     ```python
     import arithlens
-    from arithlens.cna.bias import GenderBias, edit
+    from arithlens.cna.bias import edit, gender_bias
 
     model = arithlens.load_model()
-    result = GenderBias(n_neurons=18).run(model)
+    result = gender_bias(model, n_neurons=18)
     result.table13()                 # total / woman / man bias, original vs edited
     result.table12("nurse")          # Table 12: the top neurons for "nurse", F vs M
     edited = edit(model, result.neurons)
@@ -238,37 +238,38 @@ class ProfessionDiscoveryResult(Result):
         return fig
 
 
-class ProfessionDiscovery:
+@torch.no_grad()
+def discover_professions(
+    model: Any,
+    *,
+    top_k: int = 100,
+    data: BiasData | None = None,
+) -> ProfessionDiscoveryResult:
     """Appendix D: top-`top_k` next tokens per prompt and gender, and the one-sided ones.
 
     Args:
         top_k: Next tokens kept per prompt and gender (the paper: 100).
+        model: The model.
         data: The prompts (default [`paper_bias_data`][arithlens.cna.bias.paper_bias_data]).
     """
+    top_k = validate.positive_int(top_k, "top_k")
+    data = data or paper_bias_data()
 
-    def __init__(self, top_k: int = 100, data: BiasData | None = None):
-        self.top_k = validate.positive_int(top_k, "top_k")
-        self.data = data or paper_bias_data()
-
-    @torch.no_grad()
-    def run(self, model: Any) -> ProfessionDiscoveryResult:
-        """Rank the next tokens of every filled prompt."""
-
-        model = load_model(model)
-        k = min(self.top_k, model.d_vocab)
-        rows = []
-        for prompt in self.data.prompts:
-            tops = {}
-            for gender in GENDERS:
-                tokens = torch.tensor([model.encode(fill(prompt, gender))], device=model.device)
-                probs = model.bridge(tokens)[0, -1].float().softmax(-1)
-                top = probs.topk(k)
-                tops[gender] = list(zip(top.indices.tolist(), top.values.tolist()))
-            for gender, other in zip(GENDERS, GENDERS[::-1]):
-                theirs = {t for t, _ in tops[other]}
-                rows += [{"prompt": prompt, "gender": gender, "rank": r, "token": model.decode([t]), "prob": p,
-                          "one_sided": t not in theirs} for r, (t, p) in enumerate(tops[gender])]  # fmt: skip
-        return ProfessionDiscoveryResult(df=pd.DataFrame(rows))
+    model = load_model(model)
+    k = min(top_k, model.d_vocab)
+    rows = []
+    for prompt in data.prompts:
+        tops = {}
+        for gender in GENDERS:
+            tokens = torch.tensor([model.encode(fill(prompt, gender))], device=model.device)
+            probs = model.bridge(tokens)[0, -1].float().softmax(-1)
+            top = probs.topk(k)
+            tops[gender] = list(zip(top.indices.tolist(), top.values.tolist()))
+        for gender, other in zip(GENDERS, GENDERS[::-1]):
+            theirs = {t for t, _ in tops[other]}
+            rows += [{"prompt": prompt, "gender": gender, "rank": r, "token": model.decode([t]), "prob": p,
+                      "one_sided": t not in theirs} for r, (t, p) in enumerate(tops[gender])]  # fmt: skip
+    return ProfessionDiscoveryResult(df=pd.DataFrame(rows))
 
 
 # ---------------------------------------------------------------------------- Tables 12, 13
@@ -333,10 +334,25 @@ class GenderBiasResult(Result):
         return fig
 
 
-class GenderBias:
-    """CNA between genders, the top neurons zeroed, bias and collateral cost measured (§6.2).
+def gender_bias(
+    model: Any,
+    *,
+    n_neurons: int = 18,
+    data: BiasData | None = None,
+    cna_prompts: Sequence[int] = (0,),
+    mode: str = "fast",
+    top_tokens: int = 10,
+    collateral: bool = True,
+    ppl_tokens: int = 1024,
+    n_arithmetic: int = 200,
+    seed: int = 0,
+    progress: bool = False,
+) -> GenderBiasResult:
+    """§6.2: CNA between genders, the top neurons zeroed, bias and collateral cost measured — a procedure.
 
     Args:
+        model: The model; never modified (the edit is an intervention, see [`edit`][arithlens.cna.bias.edit]
+            for an edited copy).
         n_neurons: Neurons edited (the paper: 18).
         data: Prompts and professions (default Tables 22 and 23).
         cna_prompts: Indices of the prompts CNA runs on (default the first, as Appendix D).
@@ -348,73 +364,58 @@ class GenderBias:
         seed: Seeds the arithmetic sample.
         progress: Progress bars.
     """
+    n_neurons = validate.positive_int(n_neurons, "n_neurons")
+    if data is not None and not isinstance(data, BiasData):
+        raise ValueError(f"data={data!r} must be a BiasData (see paper_bias_data, load_professions)")
+    data = data or paper_bias_data()
+    cna_prompts = validate.int_sequence(cna_prompts, "cna_prompts", low=0, high=len(data.prompts) - 1, unique=True)
+    mode = validate.choice(mode, "mode", ("exact", "fast"))
+    top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
+    collateral = validate.boolean(collateral, "collateral")
+    ppl_tokens = validate.positive_int(ppl_tokens, "ppl_tokens")
+    n_arithmetic = validate.positive_int(n_arithmetic, "n_arithmetic")
+    seed = validate.integer(seed, "seed")
+    progress = validate.boolean(progress, "progress")
 
-    def __init__(
-        self,
-        n_neurons: int = 18,
-        data: BiasData | None = None,
-        cna_prompts: Sequence[int] = (0,),
-        mode: str = "fast",
-        top_tokens: int = 10,
-        collateral: bool = True,
-        ppl_tokens: int = 1024,
-        n_arithmetic: int = 200,
-        seed: int = 0,
-        progress: bool = False,
-    ):
-        self.n_neurons = validate.positive_int(n_neurons, "n_neurons")
-        if data is not None and not isinstance(data, BiasData):
-            raise ValueError(f"data={data!r} must be a BiasData (see paper_bias_data, load_professions)")
-        self.data = data or paper_bias_data()
-        self.cna_prompts = validate.int_sequence(cna_prompts, "cna_prompts", low=0, high=len(self.data.prompts) - 1, unique=True)
-        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
-        self.top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
-        self.collateral = validate.boolean(collateral, "collateral")
-        self.ppl_tokens = validate.positive_int(ppl_tokens, "ppl_tokens")
-        self.n_arithmetic = validate.positive_int(n_arithmetic, "n_arithmetic")
-        self.seed = validate.integer(seed, "seed")
-        self.progress = validate.boolean(progress, "progress")
+    model = load_model(model)
+    if n_neurons > model.n_layers * model.d_mlp:
+        raise ValueError(f"n_neurons={n_neurons} is larger than the model's {model.n_layers * model.d_mlp} FFN neurons")
+    profs = data.cases()
+    cases = pd.DataFrame([{"prompt": data.prompts[i], **row} for i in cna_prompts for row in profs.to_dict("records")])
+    other = {"woman": "man", "man": "woman"}
+    mine = datasets.prompts(model.tokenizer, [fill(r.prompt, r.biased_to) for r in cases.itertuples()], list(cases["profession"]))
+    theirs = datasets.prompts(model.tokenizer, [fill(r.prompt, other[r.biased_to]) for r in cases.itertuples()], list(cases["profession"]))
+    scorer = ComparativeNeuronScores(top_tokens=top_tokens, other_data=theirs, target="answer",
+                 mode=mode, progress=progress)  # fmt: skip
+    res = scorer.run(model, mine)
+    mean = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)")
+    top = mean.topk(n_neurons).indices.tolist()
+    neurons = [(res.layers[i // model.d_mlp], i % model.d_mlp) for i in top]
+    scores = pd.DataFrame([{"layer": L, "neuron": n, "importance_change": float(mean[i])} for (L, n), i in zip(neurons, top)])
+    edit_iv = zero_neurons(model, neurons)
+    prompts = {g: [fill(p, g) for p in data.prompts] for g in GENDERS}
+    rows, costs = [], []
+    for name, ivs in tqdm([("original", ()), ("edited", (edit_iv,))], desc="bias", unit="model", disable=not progress):
+        lp = {g: profession_logprobs(model, prompts[g], list(profs["profession"]), ivs) for g in GENDERS}
+        for i, prompt in enumerate(data.prompts):
+            for j, prof in enumerate(profs.itertuples()):
+                woman, man = float(lp["woman"][i, j]), float(lp["man"][i, j])
+                rows.append({"model": name, "prompt": prompt, "profession": prof.profession, "biased_to": prof.biased_to,
+                             "logp_woman": woman, "logp_man": man, "bias": abs(woman - man)})  # fmt: skip
+        if collateral:
+            costs.append({"model": name, **_collateral(model, ivs, n_arithmetic, seed, ppl_tokens)})
+    return GenderBiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
+                            per_case={i: res.case_frame(i) for i in range(len(cases))},
+                            collateral=pd.DataFrame(costs))  # fmt: skip
 
-    def run(self, model: Any) -> GenderBiasResult:
-        """Find the bias neurons by CNA, then measure bias (and collateral) with them zeroed."""
 
-        model = load_model(model)
-        if self.n_neurons > model.n_layers * model.d_mlp:
-            raise ValueError(f"n_neurons={self.n_neurons} is larger than the model's {model.n_layers * model.d_mlp} FFN neurons")
-        profs = self.data.cases()
-        cases = pd.DataFrame([{"prompt": self.data.prompts[i], **row} for i in self.cna_prompts for row in profs.to_dict("records")])
-        other = {"woman": "man", "man": "woman"}
-        mine = datasets.prompts(model.tokenizer, [fill(r.prompt, r.biased_to) for r in cases.itertuples()], list(cases["profession"]))
-        theirs = datasets.prompts(model.tokenizer, [fill(r.prompt, other[r.biased_to]) for r in cases.itertuples()], list(cases["profession"]))
-        scorer = ComparativeNeuronScores(top_tokens=self.top_tokens, other_data=theirs, target="answer",
-                     mode=self.mode, progress=self.progress)  # fmt: skip
-        res = scorer.run(model, mine)
-        mean = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)")
-        top = mean.topk(self.n_neurons).indices.tolist()
-        neurons = [(res.layers[i // model.d_mlp], i % model.d_mlp) for i in top]
-        scores = pd.DataFrame([{"layer": L, "neuron": n, "importance_change": float(mean[i])} for (L, n), i in zip(neurons, top)])
-        edit_iv = zero_neurons(model, neurons)
-        prompts = {g: [fill(p, g) for p in self.data.prompts] for g in GENDERS}
-        rows, collateral = [], []
-        for name, ivs in tqdm([("original", ()), ("edited", (edit_iv,))], desc="bias", unit="model", disable=not self.progress):
-            lp = {g: profession_logprobs(model, prompts[g], list(profs["profession"]), ivs) for g in GENDERS}
-            for i, prompt in enumerate(self.data.prompts):
-                for j, prof in enumerate(profs.itertuples()):
-                    woman, man = float(lp["woman"][i, j]), float(lp["man"][i, j])
-                    rows.append({"model": name, "prompt": prompt, "profession": prof.profession, "biased_to": prof.biased_to,
-                                 "logp_woman": woman, "logp_man": man, "bias": abs(woman - man)})  # fmt: skip
-            if self.collateral:
-                collateral.append({"model": name, **self._collateral(model, ivs)})
-        return GenderBiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
-                          per_case={i: res.case_frame(i) for i in range(len(cases))}, collateral=pd.DataFrame(collateral))  # fmt: skip
+def _collateral(model: Any, interventions: Sequence[Any], n_arithmetic: int, seed: int, ppl_tokens: int) -> dict[str, float]:
+    """General-text perplexity and 1-digit arithmetic accuracy under `interventions`."""
 
-    def _collateral(self, model: Any, interventions: Sequence[Any]) -> dict[str, float]:
-        """General-text perplexity and 1-digit arithmetic accuracy under `interventions`."""
-
-        arith = datasets.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
-        if self.n_arithmetic < len(arith):
-            arith = arith.sample(self.n_arithmetic, seed=self.seed)
-        with model.intervened(*interventions):
-            ppl = perplexity(model, general_text(), max_tokens=self.ppl_tokens)
-        accuracy = evaluate(model, arith, full_answer=False, interventions=list(interventions)).accuracy
-        return {"perplexity": ppl, "arithmetic_accuracy": accuracy}
+    arith = datasets.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
+    if n_arithmetic < len(arith):
+        arith = arith.sample(n_arithmetic, seed=seed)
+    with model.intervened(*interventions):
+        ppl = perplexity(model, general_text(), max_tokens=ppl_tokens)
+    accuracy = evaluate(model, arith, full_answer=False, interventions=list(interventions)).accuracy
+    return {"perplexity": ppl, "arithmetic_accuracy": accuracy}

@@ -32,7 +32,7 @@ Example:
     cna = ComparativeNeuronScores(intervention=ZeroHead(17, 2))
     result = cna.run(model, "3+5=")
     result.df.head(10)     # layer, neuron, importance, importance_other, importance_change, …
-    result.table4(3)       # Table 4's layout
+    result.table(3)       # Table 4's layout
     ```
 """
 
@@ -189,7 +189,6 @@ class ComparativeNeuronScoresResult(Result):
             rows.append({"neuron_label": label, "side": second, "importance": r.importance_other, "coef": r.coef_other, "top_tokens": tokens})
         return pd.DataFrame(rows, columns=["neuron_label", "side", "importance", "coef", "top_tokens"])
 
-    table4 = table
 
     def plot(self, k: int = 15, case: int | None = None, **kwargs: Any) -> Any:
         """Importance and coefficient scores of the top-`k` neurons on both sides."""

@@ -120,13 +120,9 @@ def neuron_keys(
 
 
 # ---------------------------------------------------------------------------- attention-carried subvalues
-def _ln1_scale(layer: int) -> str:
-    return f"blocks.{layer}.ln1.hook_scale"
-
-
 def position_hooks(model: Any) -> set[str]:
     """The hooks [`position_activations`][arithlens.cna.drive.position_activations] reads (at every position)."""
-    return {h for L in range(model.n_layers) for h in (names.post(L), _ln1_scale(L), names.pattern(L))}
+    return {h for L in range(model.n_layers) for h in (names.post(L), names.ln1_scale(L), names.pattern(L))}
 
 
 def position_activations(model: Any, cache: DatasetCache) -> dict[str, torch.Tensor]:
@@ -138,7 +134,7 @@ def position_activations(model: Any, cache: DatasetCache) -> dict[str, torch.Ten
     """
     L = range(model.n_layers)
     post = torch.stack([cache.per_position(names.post(l_))[0].float() for l_ in L])
-    ln1 = torch.stack([cache.per_position(_ln1_scale(l_))[0].float().reshape(-1) for l_ in L])
+    ln1 = torch.stack([cache.per_position(names.ln1_scale(l_))[0].float().reshape(-1) for l_ in L])
     attn = torch.stack([cache.last(names.pattern(l_))[0].float() for l_ in L])
     return {"post": post, "ln1": ln1, "attn": attn}
 

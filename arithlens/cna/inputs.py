@@ -115,10 +115,6 @@ class Activations:
     def predictions(self) -> Int[torch.Tensor, "case"]:
         return self.cache.predictions
 
-    def with_scale(self, scale: Float[torch.Tensor, "case"]) -> "Activations":
-        """The same activations read with another frozen scale."""
-        return Activations(self.cache, self.w, scale)
-
 
 def choose_w(cache: DatasetCache, target: str) -> Int[torch.Tensor, "case"]:
     """The scored token of each case: the model's prediction, or the case's answer token."""
@@ -143,19 +139,6 @@ def check_w(w: Any, n_cases: int, model: Any) -> Int[torch.Tensor, "case"]:
 
 
 # ---------------------------------------------------------------------------- argument checks
-def check_k(k: Any, name: str = "k") -> int:
-    """A positive integer (numpy integers accepted)."""
-    return validate.positive_int(k, name)
-
-
-def check_ks(ks: Any) -> tuple[int, ...]:
-    """A non-empty sequence of positive integers (a string is not split into characters)."""
-    return tuple(validate.int_sequence(ks, "ks", low=1))
-
-
-def check_target(target: Any) -> str:
-    """`"prediction"` or `"answer"`."""
-    return validate.choice(target, "target", TARGETS)
 
 
 def check_layers(model: Any, layers: Any) -> list[int]:
@@ -165,8 +148,3 @@ def check_layers(model: Any, layers: Any) -> list[int]:
     return validate.int_sequence(layers, "layers", low=0, high=model.n_layers - 1, unique=True)
 
 
-def check_head_arg(model: Any, head: Any) -> tuple[int, int]:
-    """`(layer, head)`, `"L.H"` or a [`Component`][arithlens.core.names.Component] → a validated `(layer, head)`."""
-    node = names.parse_head(head)
-    node.check(model)
-    return int(node.layer), int(node.head)

@@ -1,6 +1,6 @@
 """What LoRA does — Yu & Ananiadou (EMNLP 2024) §5: Figure 2, the LoRA layer sweep.
 
-[`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] fine-tunes one model per chosen
+[`lora_layer_sweep`][arithlens.cna.lora.lora_layer_sweep] fine-tunes one model per chosen
 layer, each with a LoRA adapter (peft; rank `rank`, scale `alpha / rank`) on that
 block's attention only — its `q_proj`, `k_proj`, `v_proj` and `o_proj` — on the §5
 two-digit split ([`lora_split`][arithlens.data.lora_split]: all four ops, negative
@@ -14,8 +14,7 @@ same configuration. Merged into a copy of the model, it is a
 [`LensModel`][arithlens.core.model.LensModel] like any other, so every analysis takes it.
 
 Tables 9 and 10 (does LoRA raise the important neurons' coefficient scores?) compare
-these models with the original: [`lora_coefficients`][arithlens.cna.lora_coefficients]
-(its names are importable from here too).
+these models with the original: [`LoRACoefficients`][arithlens.cna.lora_coefficients.LoRACoefficients].
 
 CPU-sized defaults (three layers, one per range; 150 steps of 8; 1,000 training cases);
 on a GPU, e.g. `layers=range(model.n_layers), steps=9000, batch_size=8, n_train=18000,
@@ -25,14 +24,14 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.lora import lora_layer_sweep
     from arithlens.cna.lora_coefficients import LoRACoefficients
 
     model = arithlens.load_model()
-    sweep = LoRALayerSweep(layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora").run(model)
+    sweep = lora_layer_sweep(model, layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora")
     sweep.plot()                                    # Figure 2
     cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(16)
-    coef = LoRACoefficients().run(model, sweep, cases)
+    coef = LoRACoefficients().run(model, cases, loras=sweep)
     coef.table9(), coef.table10()
     ```
 """
@@ -140,8 +139,11 @@ class LoRALayerSweepResult(Result):
         return fig
 
 
-class LoRALayerSweep:
-    """Fine-tune one LoRA model per layer, on that layer's attention only (§5, Figure 2).
+@dataclass(frozen=True, kw_only=True)
+class LoRASettings:
+    """How [`lora_layer_sweep`][arithlens.cna.lora.lora_layer_sweep] fine-tunes one LoRA model
+    per layer, on that layer's attention only (§5, Figure 2); also what
+    [`cna_pruning`][arithlens.cna.pruning.cna_pruning] trains its LoRA models with.
 
     Args:
         layers: LoRA layers (default [`default_layers`][arithlens.cna.lora.default_layers]:
@@ -162,43 +164,37 @@ class LoRALayerSweep:
         progress: Progress bars.
     """
 
-    def __init__(
-        self,
-        layers: Sequence[int] | None = None,
-        lrs: Sequence[float] = PAPER_LRS,
-        rank: int = 8,
-        alpha: float = 16.0,
-        epochs: int = 4,
-        steps: int = 150,
-        batch_size: int = 8,
-        n_train: int = 1000,
-        n_val: int = 100,
-        n_test: int = 200,
-        seed: int = 0,
-        out_dir: str | pathlib.Path | None = None,
-        keep_models: bool = True,
-        full_answer: bool = False,
-        progress: bool = True,
-    ):
-        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
-        if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
-            lrs = [lrs]
-        self.lrs = [validate.positive_number(lr, "lrs item") for lr in lrs]
+    layers: Sequence[int] | None = None
+    lrs: Sequence[float] = PAPER_LRS
+    rank: int = 8
+    alpha: float = 16.0
+    epochs: int = 4
+    steps: int = 150
+    batch_size: int = 8
+    n_train: int = 1000
+    n_val: int = 100
+    n_test: int = 200
+    seed: int = 0
+    out_dir: str | pathlib.Path | None = None
+    keep_models: bool = True
+    full_answer: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(validate.int_sequence(self.layers, "layers", low=0, unique=True)))
+        lrs = [self.lrs] if isinstance(self.lrs, (str, bytes)) or not hasattr(self.lrs, "__iter__") else self.lrs
+        object.__setattr__(self, "lrs", tuple(validate.positive_number(lr, "lrs item") for lr in lrs))
         if not self.lrs:
             raise ValueError("lrs is empty: give at least one learning rate, e.g. (1e-3, 5e-4, 1e-4)")
-        self.rank = validate.positive_int(rank, "rank")
-        self.alpha = validate.positive_number(alpha, "alpha")
-        self.epochs = validate.positive_int(epochs, "epochs")
-        self.steps = validate.positive_int(steps, "steps")
-        self.batch_size = validate.positive_int(batch_size, "batch_size")
-        self.n_train = validate.positive_int(n_train, "n_train")
-        self.n_val = validate.positive_int(n_val, "n_val")
-        self.n_test = validate.positive_int(n_test, "n_test")
-        self.seed = validate.integer(seed, "seed")
-        self.out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
-        self.keep_models = validate.boolean(keep_models, "keep_models")
-        self.full_answer = validate.boolean(full_answer, "full_answer")
-        self.progress = validate.boolean(progress, "progress")
+        for name in ("rank", "epochs", "steps", "batch_size", "n_train", "n_val", "n_test"):
+            object.__setattr__(self, name, validate.positive_int(getattr(self, name), name))
+        object.__setattr__(self, "alpha", validate.positive_number(self.alpha, "alpha"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        if self.out_dir is not None:
+            object.__setattr__(self, "out_dir", validate.output_dir(self.out_dir, "out_dir"))
+        for name in ("keep_models", "full_answer", "progress"):
+            object.__setattr__(self, name, validate.boolean(getattr(self, name), name))
 
     def config(self) -> dict[str, Any]:
         """What an adapter depends on; a saved adapter is re-used only when this matches."""
@@ -261,44 +257,7 @@ class LoRALayerSweep:
         merged = best["model"].merge_and_unload()
         return lens_from_hf(merged, model, f"{model.name}-lora{layer}"), record
 
-    def run(self, model: Any, train: Any = None, test: Any = None) -> LoRALayerSweepResult:
-        """Train (or load) one LoRA model per layer and evaluate each on `test`.
-
-        Args:
-            model: The model ([`LensModel`][arithlens.core.model.LensModel] or what `load_model` takes).
-            train: Training cases with answers (default: the §5 split); its first
-                `n_val` cases are held out for the learning rate.
-            test: Test cases (default: the §5 split's test part).
-        """
-
-        model = load_model(model)
-        layers = default_layers(model.n_layers) if self.layers is None else self.layers
-        for layer in layers:
-            validate.integer(layer, "layers item", low=0, high=model.n_layers - 1)
-        train, val, test = self.split(model, train, test)
-        groups = layer_groups(model.n_layers)
-
-        def score(lm: Any) -> dict[str, float]:
-            ev = evaluate(lm, test, full_answer=self.full_answer)
-            full = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
-            return {"accuracy": ev.accuracy, "full_accuracy": full}
-
-        rows = [{"model": "original", "lora_layer": pd.NA, "group": "", **score(model)}]
-        search, losses, models, dirs = [], [], {}, []
-        # Under torchrun each rank trains every world-th layer (strided: balanced when later
-        # layers cost more) on its own, and the records are gathered in layer order.
-        my_layers = distributed.shard(layers, strided=True)
-        with distributed.alone():
-            mine = list(self._fit_layers(model, my_layers, train, val, score, groups, models))
-        for row, found, curve, where in distributed.gather(mine, strided=True):
-            rows.append(row)
-            search += found
-            losses.append((row["lora_layer"], curve))
-            dirs += where
-        df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
-        return LoRALayerSweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))
-
-    def _fit_layers(self, model: Any, layers: list[int], train: Any, val: Any, score: Any, groups: Any, models: dict) -> Iterator[tuple]:
+    def fit_layers(self, model: Any, layers: list[int], train: Any, val: Any, score: Any, groups: Any, models: dict) -> Iterator[tuple]:
         """`(row, lr_search rows, loss curve, [(layer, adapter dir)])` per layer, trained (or loaded) and scored."""
         for layer in tqdm(layers, desc="LoRA sweep", unit="model", disable=not self.progress):
             directory = None if self.out_dir is None else self.out_dir / f"lora_L{layer}"
@@ -316,7 +275,7 @@ def load_lora(model: Any, directory: str | pathlib.Path) -> Any:
     """The merged [`LensModel`][arithlens.core.model.LensModel] of an adapter saved by a sweep on `model`."""
     path = pathlib.Path(directory)
     if not (path / META).exists():
-        raise ValueError(f"directory={str(directory)!r} holds no adapter saved by LoRALayerSweep ({META} missing)")
+        raise ValueError(f"directory={str(directory)!r} holds no adapter saved by a LoRA sweep ({META} missing)")
     meta = json.loads((path / META).read_text())
     if meta["base"]["fingerprint"] != fingerprint(model):
         raise ValueError(f"the adapter in {str(directory)!r} was trained on {meta['base']['name']!r}, not on this model")
@@ -330,3 +289,44 @@ def _merge(model: Any, path: pathlib.Path, layer: int) -> Any:
     with _quiet_peft():
         merged = PeftModel.from_pretrained(hf_copy(model), str(path)).merge_and_unload()
     return lens_from_hf(merged, model, f"{model.name}-lora{layer}")
+
+
+def lora_layer_sweep(model: Any, train: Any = None, test: Any = None, **options: Any) -> LoRALayerSweepResult:
+    """§5: train (or load) one LoRA model per layer and evaluate each on `test` — a procedure.
+
+    Args:
+        model: The model ([`LensModel`][arithlens.core.model.LensModel] or what `load_model` takes).
+        train: Training cases with answers (default: the §5 split); its first
+            `n_val` cases are held out for the learning rate.
+        test: Test cases (default: the §5 split's test part).
+        **options: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] fields (`layers=`,
+            `steps=`, `out_dir=`, …), checked before the model loads.
+    """
+    settings = LoRASettings(**options)
+
+    model = load_model(model)
+    layers = default_layers(model.n_layers) if settings.layers is None else settings.layers
+    for layer in layers:
+        validate.integer(layer, "layers item", low=0, high=model.n_layers - 1)
+    train, val, test = settings.split(model, train, test)
+    groups = layer_groups(model.n_layers)
+
+    def score(lm: Any) -> dict[str, float]:
+        ev = evaluate(lm, test, full_answer=settings.full_answer)
+        full = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
+        return {"accuracy": ev.accuracy, "full_accuracy": full}
+
+    rows = [{"model": "original", "lora_layer": pd.NA, "group": "", **score(model)}]
+    search, losses, models, dirs = [], [], {}, []
+    # Under torchrun each rank trains every world-th layer (strided: balanced when later
+    # layers cost more) on its own, and the records are gathered in layer order.
+    my_layers = distributed.shard(layers, strided=True)
+    with distributed.alone():
+        mine = list(settings.fit_layers(model, my_layers, train, val, score, groups, models))
+    for row, found, curve, where in distributed.gather(mine, strided=True):
+        rows.append(row)
+        search += found
+        losses.append((row["lora_layer"], curve))
+        dirs += where
+    df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
+    return LoRALayerSweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))

@@ -2,7 +2,7 @@
 
 [`LoRACoefficients`][arithlens.cna.lora_coefficients.LoRACoefficients] compares the
 original model with the single-layer LoRA models of a
-[`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] (Figure 2) and asks §5's
+[`lora_layer_sweep`][arithlens.cna.lora.lora_layer_sweep] (Figure 2) and asks §5's
 question: does LoRA raise the coefficient scores `m_k` of the neurons that matter for the
 prediction? Per case, the top-K neurons are ranked and their coefficient-score increase
 is, as Table 5's "coef" row is a decrease
@@ -26,14 +26,14 @@ biases the measured increase upwards.
 Example:
     ```python
     from arithlens import data
-    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.lora import lora_layer_sweep
     from arithlens.cna.lora_coefficients import LoRACoefficients
     from arithlens.testing import tiny_llama
 
     model = tiny_llama()
-    sweep = LoRALayerSweep(layers=[1, 2], lrs=[1e-3], steps=3, n_train=24, n_val=6, n_test=8).run(model)
+    sweep = lora_layer_sweep(model, layers=[1, 2], lrs=[1e-3], steps=3, n_train=24, n_val=6, n_test=8)
     cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(8)
-    coef = LoRACoefficients(ks=(10, 5), groups={"low": [0, 1], "high": [2]}).run(model, sweep, cases)
+    coef = LoRACoefficients(ks=(10, 5), groups={"low": [0, 1], "high": [2]}).run(model, cases, loras=sweep)
     coef.table9()    # the top neurons of "3+5=", their coefficient in each model
     coef.table10()   # mean increase (%) per LoRA-layer range (rows) and top-K (columns)
     ```
@@ -55,7 +55,9 @@ from arithlens.core import names, validate
 from arithlens.cna.lora import LoRALayerSweepResult, group_of, layer_groups, load_lora
 from arithlens.cna.mask_keep import coef_decrease
 from arithlens.cna.frames import top_mask
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
+from arithlens.core.cache import DatasetCache
 from arithlens import data as datasets
 from arithlens.cna.importance import NeuronImportance
 from arithlens.core.loading import load_model
@@ -113,7 +115,8 @@ class LoRACoefficientsResult(Result):
         return fig
 
 
-class LoRACoefficients:
+@dataclass(frozen=True, kw_only=True)
+class LoRACoefficients(Analysis):
     """Do LoRA models raise the coefficient scores of the important neurons? (Tables 9, 10)
 
     Args:
@@ -130,42 +133,45 @@ class LoRACoefficients:
         progress: Progress bars.
     """
 
-    def __init__(
-        self,
-        rank_on: str = "original",
-        ks: Sequence[int] = (50, 30, 20, 10),
-        target: str = "answer",
-        case: str = "3+5=",
-        case_answer: str | None = "8",
-        case_k: int = 3,
-        groups: Mapping[str, Sequence[int]] | None = None,
-        mode: str = "fast",
-        batch_size: int | None = None,
-        progress: bool = False,
-    ):
-        self.rank_on = validate.choice(rank_on, "rank_on", RANK_ON)
-        self.ks = validate.int_sequence(ks, "ks", low=1)
-        self.target = validate.choice(target, "target", ("answer", "prediction"))
-        if not isinstance(case, str) or not case:
-            raise ValueError(f"case={case!r} must be a non-empty prompt such as '3+5='")
-        if self.target == "answer" and not case_answer:
-            raise ValueError(f"case_answer={case_answer!r}: target='answer' needs the answer of case {case!r}")
-        self.case, self.case_answer = case, case_answer
-        self.case_k = validate.positive_int(case_k, "case_k")
-        self.groups = None if groups is None else {str(g): validate.int_sequence(m, f"groups[{g!r}]", low=0) for g, m in groups.items()}
-        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
-        self.batch_size = validate.optional_positive_int(batch_size, "batch_size")
-        self.progress = validate.boolean(progress, "progress")
+    rank_on: str = "original"
+    ks: Sequence[int] = (50, 30, 20, 10)
+    target: str = "answer"
+    case: str = "3+5="
+    case_answer: str | None = "8"
+    case_k: int = 3
+    groups: Mapping[str, Sequence[int]] | None = None
+    mode: str = "fast"
+    batch_size: int | None = None
+    progress: bool = False
 
-    def run(self, model: Any, loras: Any, data: Any) -> LoRACoefficientsResult:
+    def __post_init__(self) -> None:
+        validate.choice(self.rank_on, "rank_on", RANK_ON)
+        object.__setattr__(self, "ks", tuple(validate.int_sequence(self.ks, "ks", low=1)))
+        validate.choice(self.target, "target", ("answer", "prediction"))
+        if not isinstance(self.case, str) or not self.case:
+            raise ValueError(f"case={self.case!r} must be a non-empty prompt such as '3+5='")
+        if self.target == "answer" and not self.case_answer:
+            raise ValueError(f"case_answer={self.case_answer!r}: target='answer' needs the answer of case {self.case!r}")
+        object.__setattr__(self, "case_k", validate.positive_int(self.case_k, "case_k"))
+        if self.groups is not None:
+            groups = {str(g): tuple(validate.int_sequence(m, f"groups[{g!r}]", low=0)) for g, m in self.groups.items()}
+            object.__setattr__(self, "groups", groups)
+        validate.choice(self.mode, "mode", ("exact", "fast"))
+        object.__setattr__(self, "batch_size", validate.optional_positive_int(self.batch_size, "batch_size"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
+
+    def run(self, model: Any, data: Any, *, cache: DatasetCache | None = None, loras: Any = None) -> LoRACoefficientsResult:
         """Rank each case's neurons, compare their coefficients in every LoRA model.
 
         Args:
             model: The original model.
+            data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
+            cache: Not read: Table 9's case is scored with the data, in one pass of its own.
             loras: A [`LoRALayerSweepResult`][arithlens.cna.lora.LoRALayerSweepResult] (its kept models,
                 else its saved adapters), or `{lora layer: LensModel or adapter directory}`.
-            data: Table 10's cases (a dataset or prompts; with answers for `target="answer"`).
         """
+        if loras is None:
+            raise ValueError("give loras=: a lora_layer_sweep result or {layer: LoRA model or adapter directory}")
 
         model = load_model(model)
         loras = _lora_map(loras)

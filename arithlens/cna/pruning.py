@@ -1,8 +1,8 @@
 """CNA-guided pruning — Yu & Ananiadou (EMNLP 2024) §6.1, Table 11.
 
-CNA ([`ComparativeNeuronScores`][arithlens.cna.ComparativeNeuronScores]) compares a
+CNA ([`ComparativeNeuronScores`][arithlens.cna.comparative.ComparativeNeuronScores]) compares a
 shallow-layer LoRA model (§5; layer 9 of 32 in the paper) with the original on the
-1-digit `+ − × ÷` cases. Each case's top-`top_n` neurons by the importance *increase*
+1-digit `+ − × ÷` cases. Each case's top-`top_k` neurons by the importance *increase*
 from the original to the LoRA model (the neurons the fine-tuned prediction leans on)
 are kept where they fall in the deep layers (17–31 of 32), and every other FFN neuron of
 those layers is **pruned for real**: [`prune`][arithlens.cna.pruning.prune] slices the
@@ -18,7 +18,7 @@ number of neurons in every deep layer (the control). Table 11 is the accuracy on
 pruned model, with parameter counts and forward times.
 
 The paper kept each case's top 500 of Llama-2-7B's 352,256 neurons (5 % of the deep
-neurons survived the union); the default `top_n` keeps the same fraction of the model's
+neurons survived the union); the default `top_k` keeps the same fraction of the model's
 neurons per case (65 of SmolLM2's 46,080). Pruned models run every forward analysis
 (evaluation, interventions, LoRA); neuron-level CNA needs equal FFN widths and so the
 unpruned model.
@@ -26,13 +26,12 @@ unpruned model.
 Example:
     ```python
     import arithlens
-    from arithlens.cna.lora import LoRALayerSweep
-    from arithlens.cna.pruning import CNAPruning
+    from arithlens.cna.lora import LoRASettings
+    from arithlens.cna.pruning import cna_pruning
     from arithlens.analysis.tuning import load_saved
 
     model = arithlens.load_model()
-    sweep = LoRALayerSweep(lrs=[1e-3], steps=60)
-    result = CNAPruning(n_cases=32, sweep=sweep, out_dir="results/prune").run(model)
+    result = cna_pruning(model, n_cases=32, lora=LoRASettings(lrs=[1e-3], steps=60), out_dir="results/prune")
     result.table()                                   # Table 11
     pruned = load_saved("results/prune/cna-pruned/model")
     ```
@@ -55,16 +54,9 @@ from arithlens import data
 from arithlens.cna.comparative import ComparativeNeuronScores
 from arithlens.analysis.evaluation import evaluate
 from arithlens.core.loading import load_model
-from arithlens.analysis.tuning import SIZES_KEY
-from arithlens.analysis.tuning import check_gated
-from arithlens.analysis.tuning import ffn_sizes
-from arithlens.analysis.tuning import hf_copy
-from arithlens.analysis.tuning import layer_widths
-from arithlens.analysis.tuning import lens_from_hf
-from arithlens.analysis.tuning import n_parameters
-from arithlens.analysis.tuning import save_model
-from arithlens.analysis.tuning import set_ffn_width
+from arithlens.analysis.tuning import SIZES_KEY, check_gated, ffn_sizes, hf_copy, layer_widths, lens_from_hf, n_parameters, save_model, set_ffn_width
 from arithlens.cna.frames import top_mask
+from arithlens.cna.lora import LoRASettings
 
 PAPER_TOP_FRACTION = 500 / (32 * 11008)  # top 500 of Llama-2-7B's 32 × 11,008 FFN neurons
 
@@ -146,19 +138,43 @@ class CNAPruningResult(Result):
         return fig
 
 
-class CNAPruning:
-    """Prune the deep FFN neurons CNA does not select, then fine-tune LoRA (§6.1, Table 11).
+def cna_pruning(
+    model: Any,
+    *,
+    lora_model: Any = None,
+    cases: Any = None,
+    train: Any = None,
+    test: Any = None,
+    lora_layer: int | None = None,
+    top_k: int | None = None,
+    deep_layers: Sequence[int] | None = None,
+    n_cases: int | None = 64,
+    target: str = "prediction",
+    mode: str = "fast",
+    random_control: bool = True,
+    lora: LoRASettings | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    keep_models: bool = False,
+    seed: int = 0,
+    timing_repeats: int = 5,
+    progress: bool = True,
+) -> CNAPruningResult:
+    """§6.1, Table 11: prune the deep FFN neurons CNA does not select, then fine-tune LoRA — a procedure.
 
     Args:
+        model: The original model; never modified.
+        lora_model: A LoRA model on `lora_layer` (default: trained here with `lora`).
+        cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
+        train, test: LoRA data (default: the §5 split of `lora`).
         lora_layer: The shallow LoRA layer (default the paper's 9 of 32, scaled: `round(9 n / 32)`).
-        top_n: Neurons kept per case (default the paper's fraction, at least 1).
+        top_k: Each case's top-K CNA neurons kept (default the paper's fraction, at least 1).
         deep_layers: Layers pruned (default the paper's 17–31 of 32, scaled).
         n_cases: 1-digit cases CNA runs on, sampled (None: all).
         target: CNA's scored token: `"prediction"` (the paper; of the LoRA model) or `"answer"`.
         mode: CNA mode, `"fast"` (default) or `"exact"`.
         random_control: Also prune at random (same count per layer) and fine-tune that.
-        sweep: The [`LoRALayerSweep`][arithlens.cna.lora.LoRALayerSweep] whose settings
-            train every LoRA model and whose split gives the data (default CPU-sized).
+        lora: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] that train every LoRA
+            model and whose split gives the data (default CPU-sized).
         out_dir: Saves adapters (`lora_L{L}`, `cna-pruned/lora_L{L}`, ...) and the pruned
             models (`cna-pruned/model`, `random-pruned/model`).
         keep_models: Keep the models in the result.
@@ -167,104 +183,76 @@ class CNAPruning:
         progress: Progress bars.
     """
 
-    def __init__(
-        self,
-        lora_layer: int | None = None,
-        top_n: int | None = None,
-        deep_layers: Sequence[int] | None = None,
-        n_cases: int | None = 64,
-        target: str = "prediction",
-        mode: str = "fast",
-        random_control: bool = True,
-        sweep: Any = None,
-        out_dir: str | pathlib.Path | None = None,
-        keep_models: bool = False,
-        seed: int = 0,
-        timing_repeats: int = 5,
-        progress: bool = True,
-    ):
-        from arithlens.cna.lora import LoRALayerSweep
+    lora_layer = None if lora_layer is None else validate.non_negative_int(lora_layer, "lora_layer")
+    top_k = None if top_k is None else validate.positive_int(top_k, "top_k")
+    deep_layers = None if deep_layers is None else validate.int_sequence(deep_layers, "deep_layers", low=0, unique=True)
+    n_cases = validate.optional_positive_int(n_cases, "n_cases")
+    target = validate.choice(target, "target", ("prediction", "answer"))
+    mode = validate.choice(mode, "mode", ("exact", "fast"))
+    random_control = validate.boolean(random_control, "random_control")
+    if lora is not None and not isinstance(lora, LoRASettings):
+        raise ValueError(f"lora={lora!r} must be LoRASettings (they train the LoRA models)")
+    lora = lora or LoRASettings(progress=progress, seed=seed)
+    out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
+    keep_models = validate.boolean(keep_models, "keep_models")
+    seed = validate.integer(seed, "seed")
+    timing_repeats = validate.positive_int(timing_repeats, "timing_repeats")
+    progress = validate.boolean(progress, "progress")
 
-        self.lora_layer = None if lora_layer is None else validate.non_negative_int(lora_layer, "lora_layer")
-        self.top_n = None if top_n is None else validate.positive_int(top_n, "top_n")
-        self.deep_layers = None if deep_layers is None else validate.int_sequence(deep_layers, "deep_layers", low=0, unique=True)
-        self.n_cases = validate.optional_positive_int(n_cases, "n_cases")
-        self.target = validate.choice(target, "target", ("prediction", "answer"))
-        self.mode = validate.choice(mode, "mode", ("exact", "fast"))
-        self.random_control = validate.boolean(random_control, "random_control")
-        if sweep is not None and not isinstance(sweep, LoRALayerSweep):
-            raise ValueError(f"sweep={sweep!r} must be a LoRALayerSweep (its settings train the LoRA models)")
-        self.sweep = sweep or LoRALayerSweep(progress=progress, seed=seed)
-        self.out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
-        self.keep_models = validate.boolean(keep_models, "keep_models")
-        self.seed = validate.integer(seed, "seed")
-        self.timing_repeats = validate.positive_int(timing_repeats, "timing_repeats")
-        self.progress = validate.boolean(progress, "progress")
+    model = load_model(model)
+    layer, deep, n_top = _resolve(model, lora_layer, deep_layers, top_k)
+    train, val, test = lora.split(model, train, test)
+    where = (lambda *parts: None) if out_dir is None else (lambda *parts: out_dir.joinpath(*parts))
+    if lora_model is None:
+        lora_model, _ = lora.fit(model, layer, train, val, where(f"lora_L{layer}"))
+    if cases is None:
+        cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
+        cases = cases if n_cases is None or n_cases >= len(cases) else cases.sample(n_cases, seed=seed)
+    scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=target, mode=mode, progress=progress)
+    # The LoRA model is CNA's first side: importance_change = LoRA minus original.
+    union = top_mask(scorer.run(lora_model, cases).importance_change, n_top).any(0)
+    kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
+    gen = torch.Generator().manual_seed(seed)
+    random_kept = {L: sorted(torch.randperm(model.d_mlp, generator=gen)[: len(idx)].tolist()) for L, idx in kept.items()}
+    tokens = _timing_batch(model, test)
+    rows, models, saved = [], {}, {}
 
-    def resolve(self, model: Any) -> tuple[int, list[int], int]:
-        """`(lora_layer, deep_layers, top_n)` for `model`, validated against its shape."""
-        n, total = model.n_layers, model.n_layers * model.d_mlp
-        layer = round(9 * n / 32) if self.lora_layer is None else self.lora_layer
-        validate.integer(layer, "lora_layer", low=0, high=n - 1)
-        deep = list(range(round(17 * n / 32), n)) if self.deep_layers is None else self.deep_layers
-        for L in deep:
-            validate.integer(L, "deep_layers item", low=0, high=n - 1)
-        top_n = max(1, round(PAPER_TOP_FRACTION * total)) if self.top_n is None else self.top_n
-        if top_n > total:
-            raise ValueError(f"top_n={top_n} is larger than the model's {total} FFN neurons ({n} layers x {model.d_mlp})")
-        check_gated(model, deep)
-        return layer, deep, top_n
+    def add(name: str, lm: Any, pruning: str, tuned: bool) -> None:
+        sizes = layer_widths(lm)
+        rows.append({"model": name, "pruning": pruning, "lora": tuned, "accuracy": evaluate(lm, test, full_answer=False).accuracy,
+                     "n_params": n_parameters(lm), "deep_ffn_params": sum(3 * lm.d_model * sizes[L] for L in deep),
+                     "deep_neurons": sum(sizes[L] for L in deep),
+                     "forward_ms": float("nan") if tuned else forward_ms(lm, tokens, timing_repeats)})  # fmt: skip
+        if keep_models:
+            models[name] = lm
 
-    def run(self, model: Any, lora_model: Any = None, cases: Any = None, train: Any = None, test: Any = None) -> CNAPruningResult:
-        """Prune by CNA and at random, fine-tune LoRA on each, evaluate (Table 11).
+    add("original", model, "none", False)
+    add(f"lora{layer}", lora_model, "none", True)
+    variants = [("cna", kept, "p")] + ([("random", random_kept, "r")] if random_control else [])
+    for pruning, keep, tag in variants:
+        pruned = prune(model, keep, name=f"{model.name}-{pruning}-pruned")
+        if out_dir is not None:
+            saved[f"{pruning}-pruned"] = str(save_model(pruned, where(f"{pruning}-pruned", "model")))
+        add(f"{pruning}-pruned", pruned, pruning, False)
+        tuned, _ = lora.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
+        add(f"lora{layer}-{tag}", tuned, pruning, True)
+    return CNAPruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
+                            deep_layers=deep, models=models, saved=saved)  # fmt: skip
 
-        Args:
-            model: The original model; never modified.
-            lora_model: A LoRA model on `lora_layer` (default: trained here by `sweep`).
-            cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
-            train, test: LoRA data (default: `sweep`'s §5 split).
-        """
-        from arithlens.cna.lora import cna
 
-        model = load_model(model)
-        layer, deep, top_n = self.resolve(model)
-        train, val, test = self.sweep.split(model, train, test)
-        where = (lambda *parts: None) if self.out_dir is None else (lambda *parts: self.out_dir.joinpath(*parts))
-        if lora_model is None:
-            lora_model, _ = self.sweep.fit(model, layer, train, val, where(f"lora_L{layer}"))
-        if cases is None:
-            cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
-            cases = cases if self.n_cases is None or self.n_cases >= len(cases) else cases.sample(self.n_cases, seed=self.seed)
-        scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=self.target, mode=self.mode, progress=self.progress)
-        # The LoRA model is CNA's first side: importance_change = LoRA minus original.
-        union = top_mask(scorer.run(lora_model, cases).importance_change, top_n).any(0)
-        kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
-        gen = torch.Generator().manual_seed(self.seed)
-        random_kept = {L: sorted(torch.randperm(model.d_mlp, generator=gen)[: len(idx)].tolist()) for L, idx in kept.items()}
-        tokens = _timing_batch(model, test)
-        rows, models, saved = [], {}, {}
-
-        def add(name: str, lm: Any, pruning: str, lora: bool) -> None:
-            sizes = layer_widths(lm)
-            rows.append({"model": name, "pruning": pruning, "lora": lora, "accuracy": evaluate(lm, test, full_answer=False).accuracy,
-                         "n_params": n_parameters(lm), "deep_ffn_params": sum(3 * lm.d_model * sizes[L] for L in deep),
-                         "deep_neurons": sum(sizes[L] for L in deep),
-                         "forward_ms": float("nan") if lora else forward_ms(lm, tokens, self.timing_repeats)})  # fmt: skip
-            if self.keep_models:
-                models[name] = lm
-
-        add("original", model, "none", False)
-        add(f"lora{layer}", lora_model, "none", True)
-        variants = [("cna", kept, "p")] + ([("random", random_kept, "r")] if self.random_control else [])
-        for pruning, keep, tag in variants:
-            pruned = prune(model, keep, name=f"{model.name}-{pruning}-pruned")
-            if self.out_dir is not None:
-                saved[f"{pruning}-pruned"] = str(save_model(pruned, where(f"{pruning}-pruned", "model")))
-            add(f"{pruning}-pruned", pruned, pruning, False)
-            tuned, _ = self.sweep.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
-            add(f"lora{layer}-{tag}", tuned, pruning, True)
-        return CNAPruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
-                             deep_layers=deep, models=models, saved=saved)  # fmt: skip
+def _resolve(model: Any, lora_layer: int | None, deep_layers: Sequence[int] | None, top_k: int | None) -> tuple[int, list[int], int]:
+    """`(lora_layer, deep_layers, top_n)` for `model`, validated against its shape."""
+    n, total = model.n_layers, model.n_layers * model.d_mlp
+    layer = round(9 * n / 32) if lora_layer is None else lora_layer
+    validate.integer(layer, "lora_layer", low=0, high=n - 1)
+    deep = list(range(round(17 * n / 32), n)) if deep_layers is None else deep_layers
+    for L in deep:
+        validate.integer(L, "deep_layers item", low=0, high=n - 1)
+    top_n = max(1, round(PAPER_TOP_FRACTION * total)) if top_k is None else top_k
+    if top_n > total:
+        raise ValueError(f"top_k={top_n} is larger than the model's {total} FFN neurons ({n} layers x {model.d_mlp})")
+    check_gated(model, deep)
+    return layer, deep, top_n
 
 
 def _timing_batch(model: Any, test: Any, rows: int = 32) -> torch.Tensor:

@@ -47,6 +47,7 @@ from jaxtyping import Float, Int
 from arithlens.core import names as hooks
 from arithlens.core import validate
 from arithlens.core.dataset import as_dataset
+from arithlens.core.interventions import as_hooks, resolve_means
 
 
 
@@ -219,10 +220,6 @@ def positions_of(model: "LensModel", names: Any, positions: str | None) -> str:
     return "all" if wants_all else "last"
 
 
-def _memo_key(input_ids: list[tuple[int, ...]], targets: list[int]) -> tuple:
-    return (tuple(input_ids), tuple(targets))
-
-
 class Memo:
     """Least-recently-used store of clean caches, bounded by entry count and bytes."""
 
@@ -292,9 +289,11 @@ def build_cache(
     # [batch, pos, vocab] tensor (unless a final-norm hook was asked for at every position).
     trim = positions == "last" or not any(nm.startswith(("ln_final", "unembed")) for nm in wanted)
     trims = model.last_position_trim() if trim else []
-    with model.intervened(*interventions), model.hooked(trims):
+    interventions = resolve_means(model, interventions)
+    as_hooks(model, interventions, torch.zeros(0, dtype=torch.long))  # a bad intervention fails before any pass
+    with model.hooked(trims):
         for rows, tokens in model.batches(input_ids, batch_size):
-            with model.on_rows(rows):
+            with model.hooked(as_hooks(model, interventions, rows)):
                 logits, acts = model.bridge.run_with_cache(
                     tokens,
                     names_filter=filt,

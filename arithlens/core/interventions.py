@@ -26,26 +26,24 @@ Example:
 
     model = load_model()
     with model.intervened(ZeroHead(17, 2) + ZeroNeurons(25, [7, 164])):
-        run = model.run(["3+5="], cache=False)
+        run = model.cache(["3+5="], memo=False)
     ```
 """
 
 from __future__ import annotations
 
-import weakref
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from arithlens.core import names, validate
 from arithlens.core.dataset import as_dataset
 from arithlens.core.names import Hook
 
 
-z_hook = names.z  # kept for callers of the old names
-post_hook = names.post
 
 
 def _check_position(position: str) -> str:
@@ -58,11 +56,16 @@ def _where(act: torch.Tensor, position: str) -> torch.Tensor:
 
 
 class Intervention:
-    """Base class: subclasses return their hooks for a model."""
+    """Base class: subclasses return their hooks for a model.
+
+    `rows` are the dataset rows of the batch the hooks will see (given by
+    [`LensModel.cache`][arithlens.core.model.LensModel.cache] for each batch); only
+    per-case interventions ([`CaseNeurons`][arithlens.core.interventions.CaseNeurons]) read them.
+    """
 
     position: str = "all"
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         raise NotImplementedError
 
     def __add__(self, other: Any) -> "Interventions":
@@ -82,8 +85,8 @@ class Interventions(Intervention):
         more = other.items if isinstance(other, Interventions) else [other]
         return Interventions(self.items + list(more))
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
-        return [h for item in self.items for h in item.hooks(model)]
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
+        return [h for item in self.items for h in item.hooks(model, rows)]
 
     def __iter__(self):
         return iter(self.items)
@@ -107,16 +110,16 @@ def as_intervention(value: Any) -> Intervention:
     raise ValueError(f"intervention={value!r} is neither an intervention (arithlens.core.interventions) nor a head such as '17.2'")
 
 
-def as_hooks(model: "LensModel", interventions: Iterable[Any]) -> list["Hook"]:
-    """Flatten interventions (nested sequences allowed) into validated hooks."""
+def as_hooks(model: "LensModel", interventions: Iterable[Any], rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
+    """Flatten interventions (nested sequences allowed) into validated hooks for a batch of `rows`."""
     hooks: list[Hook] = []
     for item in interventions:
         if item is None:
             continue
         if isinstance(item, Intervention):
-            hooks.extend(item.hooks(model))
+            hooks.extend(item.hooks(model, rows))
         elif isinstance(item, (list, tuple)):
-            hooks.extend(as_hooks(model, item))
+            hooks.extend(as_hooks(model, item, rows))
         else:
             raise ValueError(f"{item!r} is not an intervention (see arithlens.core.interventions)")
     return hooks
@@ -147,7 +150,7 @@ class ZeroHead(Intervention):
     def __post_init__(self) -> None:
         _init_head(self)
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         model.check_head(self.layer, self.head)
         position, head = _check_position(self.position), self.head
 
@@ -155,7 +158,7 @@ class ZeroHead(Intervention):
             _where(z, position)[:, :, head] = 0.0
             return z
 
-        return [(z_hook(self.layer), fn)]
+        return [(names.z(self.layer), fn)]
 
     def __repr__(self) -> str:
         return f"ZeroHead({self.layer}.{self.head})"
@@ -209,7 +212,7 @@ class HeadMeans(ActivationMeans):
     @staticmethod
     def hook_name(layer: int) -> str:
         """`blocks.L.attn.hook_z`."""
-        return z_hook(layer)
+        return names.z(layer)
 
 
 @torch.no_grad()
@@ -249,28 +252,20 @@ def compute_means(
 
 
 class _UsesMeans:
-    """Shared by mean-ablation interventions: means from `reference`, computed once per model."""
+    """Shared by mean-ablation interventions: means of `reference` data, or given means."""
 
     means_class: type[ActivationMeans] = ActivationMeans
 
     def means(self, model: "LensModel") -> Any:
         """The [`ActivationMeans`][arithlens.core.interventions.ActivationMeans] of this layer on `model`.
 
-        Computed on first use for each model (stored per model identity, so one
-        intervention reused on a second model never applies the first model's means).
+        Computed from `reference` data each time it is asked for;
+        [`resolve_means`][arithlens.core.interventions.resolve_means] computes them once
+        before a pass (as [`LensModel.cache`][arithlens.core.model.LensModel.cache] does).
         """
         if isinstance(self.reference, ActivationMeans):
             return self.reference
-        # Frozen dataclass: keep the per-model store on the instance all the same.
-        store = self.__dict__.get("_means")
-        if store is None:
-            store = weakref.WeakKeyDictionary()
-            object.__setattr__(self, "_means", store)
-        cached = store.get(model)
-        if cached is None:
-            cached = self.means_class.compute(model, self.reference, [self.layer])[self.layer]
-            store[model] = cached
-        return cached
+        return self.means_class.compute(model, self.reference, [self.layer])[self.layer]
 
 
 @dataclass(frozen=True)
@@ -293,7 +288,7 @@ class MeanHead(_UsesMeans, Intervention):
         if self.reference is None:
             raise ValueError("MeanHead needs reference data (prompts or a dataset) or a HeadMeans")
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         model.check_head(self.layer, self.head)
         position, head, means = _check_position(self.position), self.head, self.means(model)
 
@@ -302,7 +297,7 @@ class MeanHead(_UsesMeans, Intervention):
             _where(z, position)[:, :, head] = mean
             return z
 
-        return [(z_hook(self.layer), fn)]
+        return [(names.z(self.layer), fn)]
 
     def __repr__(self) -> str:
         return f"MeanHead({self.layer}.{self.head})"
@@ -348,7 +343,7 @@ class ScaleNeurons(Intervention):
         object.__setattr__(self, "factor", validate.number(self.factor, "factor"))
         names.check_position(self.position)
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         idx = model.check_neurons(self.layer, self.neurons).to(model.device)
         position, factor = _check_position(self.position), float(self.factor)
 
@@ -357,7 +352,7 @@ class ScaleNeurons(Intervention):
             view[..., idx] = view[..., idx] * factor
             return post
 
-        return [(post_hook(self.layer), fn)]
+        return [(names.post(self.layer), fn)]
 
 
 @dataclass(frozen=True)
@@ -383,7 +378,7 @@ class KeepNeurons(Intervention):
     neurons: Any
     position: str = "all"
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         position = _check_position(self.position)
         hooks = []
         for layer, idx in _neurons_by_layer(model, self.layers, self.neurons).items():
@@ -395,7 +390,7 @@ class KeepNeurons(Intervention):
                 view.mul_(keep.to(post.dtype))
                 return post
 
-            hooks.append((post_hook(layer), fn))
+            hooks.append((names.post(layer), fn))
         return hooks
 
     def __repr__(self) -> str:
@@ -407,8 +402,9 @@ class CaseNeurons(Intervention):
     """A different neuron set per case: `mask[case, layer, neuron]` is True for the set.
 
     `mode="zero"` zeroes each case's set; `mode="keep"` zeroes every other neuron of
-    `layers`. Rows are matched through `LensModel.rows`, so the intervention
-    must be used on the dataset the mask was built for, in a `LensModel.run`.
+    `layers`. Each batch's rows pick their cases' sets, so the intervention is applied
+    through [`LensModel.cache`][arithlens.core.model.LensModel.cache] on the dataset the
+    mask was built for.
     """
 
     mask: Bool[torch.Tensor, "case layer d_mlp"] = field(repr=False)
@@ -416,7 +412,7 @@ class CaseNeurons(Intervention):
     mode: Literal["zero", "keep"] = "zero"
     position: str = "all"
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         if self.mode not in ("zero", "keep"):
             raise ValueError(f"mode {self.mode!r} is not 'zero' or 'keep'")
         if self.mask.ndim != 3 or tuple(self.mask.shape[1:]) != (model.n_layers, model.d_mlp):
@@ -428,13 +424,16 @@ class CaseNeurons(Intervention):
             layers = [model.check_layer(int(L)) for L in self.layers]
         else:
             layers = [L for L in range(model.n_layers) if bool(self.mask[:, L].any())]
+        if rows is None:
+            raise ValueError(
+                "CaseNeurons sets neurons per case: apply it with model.cache(data, interventions=[...]) "
+                "on the dataset its mask was built for, not in a context over arbitrary inputs"
+            )
         mask, keep = self.mask, self.mode == "keep"
 
         def make(layer: int):
             def fn(post: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> torch.Tensor:
-                if model.rows is None:
-                    raise RuntimeError("CaseNeurons needs LensModel.run (it matches rows to cases)")
-                chosen = mask[model.rows, layer].to(post.device)
+                chosen = mask[rows.to(mask.device), layer].to(post.device)
                 factor = (chosen if keep else ~chosen).to(post.dtype)[:, None, :]
                 view = _where(post, position)
                 view.mul_(factor)
@@ -442,4 +441,19 @@ class CaseNeurons(Intervention):
 
             return fn
 
-        return [(post_hook(L), make(L)) for L in layers]
+        return [(names.post(L), make(L)) for L in layers]
+
+
+def resolve_means(model: "LensModel", interventions: Iterable[Any]) -> list[Any]:
+    """`interventions` with every mean ablation's reference data replaced by its means on
+    `model`, computed once (a pass over batches then never recomputes them)."""
+    out: list[Any] = []
+    for item in interventions:
+        if isinstance(item, Interventions):
+            item = Interventions(resolve_means(model, item.items))
+        elif isinstance(item, (list, tuple)):
+            item = resolve_means(model, item)
+        elif isinstance(item, _UsesMeans) and not isinstance(item.reference, ActivationMeans):
+            item = dataclasses.replace(item, reference=item.means(model))
+        out.append(item)
+    return out

@@ -31,13 +31,12 @@ from arithlens.core import names as names_mod
 from arithlens.core.dataset import as_dataset
 from arithlens.core.placement import default_device
 from arithlens.core.forward import logits_from
-from arithlens.core.interventions import as_hooks
+from arithlens.core.interventions import as_hooks, resolve_means
 from arithlens.core.names import Hook
 from arithlens.core import validate
 from arithlens.core.cache import DatasetCache, Memo, build_cache, hook_names_of, positions_of
 
 
-Run = DatasetCache  # the name earlier versions returned from LensModel.run
 
 
 def _keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -79,7 +78,6 @@ class LensModel:
         self._trim_ok: bool | None = None
         # Indices (into the dataset being run) of the rows of the current batch, so
         # per-case interventions can pick their rows (see interventions.PerCase).
-        self.rows: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -222,15 +220,6 @@ class LensModel:
         return [("ln_final.hook_in", _keep_last)] if self._trim_ok else []
 
     @contextlib.contextmanager
-    def on_rows(self, rows: torch.Tensor) -> Iterator[None]:
-        """Mark which dataset rows the next forward passes compute (for per-case hooks)."""
-        previous, self.rows = self.rows, rows
-        try:
-            yield
-        finally:
-            self.rows = previous
-
-    @contextlib.contextmanager
     def hooked(self, hooks: Sequence[Hook]) -> Iterator["LensModel"]:
         """Apply forward hooks for the duration of the context; always removed."""
         with self.bridge.hooks(fwd_hooks=list(hooks), reset_hooks_end=True):
@@ -319,17 +308,6 @@ class LensModel:
             self._memo.put(key, result)
         return result
 
-    def run(
-        self,
-        data: Any,
-        names: Sequence[str] = (),
-        interventions: Sequence[Any] = (),
-        batch_size: int | None = None,
-        cache: bool = True,
-    ) -> DatasetCache:
-        """Last-position forward pass of `data`: [`cache`][arithlens.core.model.LensModel.cache] with `positions="last"`."""
-        return self.cache(data, names=names, interventions=interventions, batch_size=batch_size, memo=cache)
-
     @torch.no_grad()
     def generate_greedy(
         self, data: Any, max_new_tokens: int, interventions: Sequence[Any] = (), batch_size: int | None = None
@@ -338,19 +316,20 @@ class LensModel:
         ids, _ = self._ids_targets(data)
         validate.positive_int(max_new_tokens, "max_new_tokens")
         out: list[list[int]] = [[] for _ in ids]
-        with self.intervened(*interventions):
-            for rows, tokens in self.batches(ids, batch_size):
-                with self.on_rows(rows):
-                    for _ in range(max_new_tokens):
-                        nxt = self.last_logits(tokens).argmax(-1)
-                        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-                for r, row in zip(rows.tolist(), tokens[:, -max_new_tokens:].tolist()):
-                    out[r] = row
+        interventions = resolve_means(self, interventions)
+        as_hooks(self, interventions, torch.zeros(0, dtype=torch.long))  # a bad intervention fails before any pass
+        for rows, tokens in self.batches(ids, batch_size):
+            with self.hooked(as_hooks(self, interventions, rows)):
+                for _ in range(max_new_tokens):
+                    nxt = self.last_logits(tokens).argmax(-1)
+                    tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            for r, row in zip(rows.tolist(), tokens[:, -max_new_tokens:].tolist()):
+                out[r] = row
         return out
 
     def predict(self, prompts: Sequence[str] | str) -> list[str]:
         """The next token the model predicts for each prompt, as text."""
-        return [self.decode([int(t)]) for t in self.run(prompts, cache=False).predictions]
+        return [self.decode([int(t)]) for t in self.cache(prompts, memo=False).predictions]
 
     def has_hooks(self) -> bool:
         """Whether any TransformerLens hook is attached to any hook point of the model."""
