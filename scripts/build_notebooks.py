@@ -682,7 +682,7 @@ def chain() -> list:
         from arithlens.core.interventions import ZeroHead
 
         logic = LogicChain(intervention=ZeroHead(*head), k=10, k_shallow=8, shallow_layers=list(range(10)),
-                           config=CNAAnalysis(mode="fast"))
+                           mode="fast")
         chain = logic.run(model, prompt)
         chain.plot()
         """),

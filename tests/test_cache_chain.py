@@ -43,9 +43,9 @@ class Counter:
 def analyses():
     return (
         ComparativeNeuronScores(intervention=HEAD),
-        MaskKeep(HEAD, k=MASK_K),
-        PredictionEnhancingDAG(HEAD, k=5, k_table=TABLE_K),
-        LogicChain(HEAD, k=5, k_shallow=3),
+        MaskKeep(intervention=HEAD, k=MASK_K),
+        PredictionEnhancingDAG(intervention=HEAD, k=5, k_table=TABLE_K),
+        LogicChain(intervention=HEAD, k=5, k_shallow=3),
     )
 
 
@@ -81,7 +81,7 @@ def test_chain_runs_once_clean_and_once_per_intervention(model):
 
 
 def test_logic_chain_alone_runs_one_clean_pass(model):
-    chain = LogicChain(HEAD, k=5, k_shallow=3)
+    chain = LogicChain(intervention=HEAD, k=5, k_shallow=3)
     counter = Counter(model)
     try:
         chain.run(model, PROMPT)

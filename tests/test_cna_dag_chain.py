@@ -93,7 +93,7 @@ def test_edge_drive_on_a_plain_gelu_mlp(gpt2):
 
 
 def test_dag_edges_roots_and_table6_loop(tiny):
-    dag = PredictionEnhancingDAG(ZeroHead(1, 2), k=6, k_table=(10, 4), threshold=0.0).run(tiny, PROMPTS)
+    dag = PredictionEnhancingDAG(intervention=ZeroHead(1, 2), k=6, k_table=(10, 4), threshold=0.0).run(tiny, PROMPTS)
     assert (dag.df["relative_drive"] >= 0).all()
     assert (dag.df["src_layer"] < dag.df["dst_layer"]).all()
     nodes0 = dag.nodes[dag.nodes["case"] == 0]
@@ -136,7 +136,7 @@ def test_dag_edges_roots_and_table6_loop(tiny):
 
 
 def test_dag_reuses_cna_and_cache(tiny):
-    dag = PredictionEnhancingDAG(head=(1, 2), k=5, k_table=(6,))
+    dag = PredictionEnhancingDAG(intervention=(1, 2), k=5, k_table=(6,))
     alone = dag.run(tiny, PROMPTS[:2])
     cache = tiny.cache(PROMPTS[:2], names=[dag], memo=False)
     cna = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, PROMPTS[:2], cache=cache)
@@ -161,14 +161,14 @@ def test_dag_without_intervention_and_bad_input(tiny):
     with pytest.raises(ValueError, match="top_tokens"):
         PredictionEnhancingDAG(top_tokens=-1)
     with pytest.raises(ValueError, match="out of range"):
-        PredictionEnhancingDAG(head=(5, 0)).run(tiny, PROMPTS)
+        PredictionEnhancingDAG(intervention=(5, 0)).run(tiny, PROMPTS)
     cna = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, PROMPTS[:2])
     with pytest.raises(ValueError, match="holds 2 cases"):
-        PredictionEnhancingDAG(head=(1, 2)).run(tiny, PROMPTS, cna=cna)
+        PredictionEnhancingDAG(intervention=(1, 2)).run(tiny, PROMPTS, cna=cna)
     with pytest.raises(ValueError, match="needs intervention="):
         PredictionEnhancingDAG().run(tiny, PROMPTS[:2], cna=cna)
     with pytest.raises(ValueError, match="empty dataset"):
-        PredictionEnhancingDAG(head=(1, 2)).run(tiny, [])
+        PredictionEnhancingDAG(intervention=(1, 2)).run(tiny, [])
 
 
 def test_shallow_scores_match_literal_transform(tiny):
@@ -190,7 +190,7 @@ def test_shallow_scores_match_literal_transform(tiny):
 
 def test_logic_chain_stages_plot_and_errors(tiny):
     snap, hooks = params_snapshot(tiny), tiny.torch_hook_count()
-    chain = LogicChain(head=(2, 1), k=5, k_shallow=4).run(tiny, "3+5=")
+    chain = LogicChain(intervention=(2, 1), k=5, k_shallow=4).run(tiny, "3+5=")
     assert set(chain.df["stage"]) >= {STAGES[0], STAGES[1], STAGES[2]}
     assert len(chain.stage("feature enhancing")) == 4
     fp = chain.stage("feature predicting")
@@ -207,23 +207,23 @@ def test_logic_chain_stages_plot_and_errors(tiny):
     assert list(fig.data[0].text) == labels
     assert fig.layout.xaxis4.title.text == "layer" and fig.layout.yaxis2.title.text == "Δ log p (nats)"
     with pytest.raises(ValueError, match="one prompt"):
-        LogicChain(head=(2, 1)).run(tiny, ["3+5=", "1+1="])
+        LogicChain(intervention=(2, 1)).run(tiny, ["3+5=", "1+1="])
     with pytest.raises(ValueError, match="head="):
         LogicChain()
     with pytest.raises(ValueError, match="one head"):
-        LogicChain(ZeroNeurons(1, [3]))
+        LogicChain(intervention=ZeroNeurons(1, [3]))
     with pytest.raises(ValueError, match="k_shallow=0"):
-        LogicChain(head=(2, 1), k_shallow=0)
+        LogicChain(intervention=(2, 1), k_shallow=0)
     with pytest.raises(ValueError, match="stage"):
         chain.stage("nope")
     with pytest.raises(ValueError, match="out of range"):
-        LogicChain(head=(2, 7)).run(tiny, "3+5=")
+        LogicChain(intervention=(2, 7)).run(tiny, "3+5=")
     assert_untouched(tiny, snap, hooks)
 
 
 def test_logic_chain_says_why_a_stage_is_empty(tiny):
     # A head in layer 0 leaves no FFN layer below it to search for feature-enhancing neurons.
-    chain = LogicChain(head=(0, 1), k=4, k_shallow=3).run(tiny, "3+5=")
+    chain = LogicChain(intervention=(0, 1), k=4, k_shallow=3).run(tiny, "3+5=")
     assert chain.stage("feature enhancing").empty
     assert "no FFN layer" in chain.empty["feature enhancing"]
     assert "none (no FFN layer" in chain.table().iloc[0]["components"]
@@ -234,8 +234,8 @@ def test_logic_chain_says_why_a_stage_is_empty(tiny):
 
 def test_chain_top_tokens_are_the_models_readout_when_b_U_is_nonzero(gpt2):
     """GPT-2 style: stage 1's and the DAG's top tokens rank ln_final(v) @ W_U + b_U."""
-    chain = LogicChain(head=(1, 0), k=4, k_shallow=3, shallow_layers=[0], top_tokens=5, threshold=-1e9).run(gpt2, "13+5=")
-    cache = gpt2.cache("13+5=", names=[LogicChain(head=(1, 0))], positions="all")
+    chain = LogicChain(intervention=(1, 0), k=4, k_shallow=3, shallow_layers=[0], top_tokens=5, threshold=-1e9).run(gpt2, "13+5=")
+    cache = gpt2.cache("13+5=", names=[LogicChain(intervention=(1, 0))], positions="all")
     pos = position_activations(gpt2, cache)
 
     def top5(v):
@@ -257,6 +257,6 @@ def test_chain_top_tokens_are_the_models_readout_when_b_U_is_nonzero(gpt2):
 def test_smollm2_chain_one_prompt(smollm2):
     from arithlens.cna.base import CNAAnalysis
 
-    chain = LogicChain(head=(3, 0), k=5, k_shallow=3, config=CNAAnalysis(mode="fast")).run(smollm2, "3+5=")
+    chain = LogicChain(intervention=(3, 0), k=5, k_shallow=3, mode="fast").run(smollm2, "3+5=")
     assert chain.prediction == smollm2.predict(["3+5="])[0]
     assert len(chain.stage("feature enhancing")) == 3

@@ -74,7 +74,7 @@ def own_scale(model, prompt, intervention=None):
 
 # ---------------------------------------------------------------------------- exact scores
 def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
-    direct = NeuronImportance(config=CNAAnalysis(tolerance=0)).run(tiny, PROMPTS)  # direct log-sum-exp only
+    direct = NeuronImportance(tolerance=0).run(tiny, PROMPTS)  # direct log-sum-exp only
     for i, p in enumerate(PROMPTS):
         ref = brute_force(tiny, p, int(direct.w[i]), range(tiny.n_layers))
         torch.testing.assert_close(direct.importance[i], ref, atol=1e-4, rtol=0)
@@ -85,7 +85,7 @@ def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
     series = NeuronImportance().run(tiny, PROMPTS)
     torch.testing.assert_close(series.importance, direct.importance, atol=1e-5, rtol=0)
     assert 0 < series.bound <= CNAAnalysis().tolerance
-    loose = NeuronImportance(config=CNAAnalysis(tolerance=1e-3)).run(tiny, PROMPTS)  # fewer terms, a larger stated bound
+    loose = NeuronImportance(tolerance=1e-3).run(tiny, PROMPTS)  # fewer terms, a larger stated bound
     assert series.bound < loose.bound <= 1e-3
     assert float((loose.importance - direct.importance).abs().max()) <= loose.bound + 1e-5
 
@@ -107,7 +107,7 @@ def test_kept_projections_are_reused_and_reduced_dtypes_stay_within_bound(tiny):
     kept = projection_cache(tiny)
     kept.clear()
     fresh = NeuronImportance().run(tiny, PROMPTS)
-    job = NeuronImportance(config=CNAAnalysis(keep_projections=True))
+    job = NeuronImportance(keep_projections=True)
     first = job.run(tiny, PROMPTS)
     held, misses = len(kept), kept.misses
     again = job.run(tiny, PROMPTS[:2])
@@ -115,7 +115,7 @@ def test_kept_projections_are_reused_and_reduced_dtypes_stay_within_bound(tiny):
     torch.testing.assert_close(first.importance, fresh.importance, atol=1e-5, rtol=0)
     torch.testing.assert_close(again.importance, fresh.importance[:2], atol=1e-5, rtol=0)
     for dtype in ("bfloat16", "float16"):
-        low = NeuronImportance(config=CNAAnalysis(keep_projections=True, projection_dtype=dtype)).run(tiny, PROMPTS)
+        low = NeuronImportance(keep_projections=True, projection_dtype=dtype).run(tiny, PROMPTS)
         assert low.bound <= 1e-7
         torch.testing.assert_close(low.importance, fresh.importance, atol=1e-5, rtol=0)
     assert kept.nbytes > 0
@@ -201,7 +201,7 @@ def test_first_order_score_is_the_gradient(tiny):
 # ---------------------------------------------------------------------------- comparisons and scales
 def test_comparative_intervention_both_scales(tiny):
     iv = ZeroHead(1, 2)
-    own = ComparativeNeuronScores(intervention=iv, config=CNAAnalysis(scale="own")).run(tiny, PROMPTS[:2])
+    own = ComparativeNeuronScores(intervention=iv, scale="own").run(tiny, PROMPTS[:2])
     orig = ComparativeNeuronScores(intervention=iv).run(tiny, PROMPTS[:2])  # default: the reference code's scale
     assert orig.scale == "original" and own.scale == "own"
     for i, p in enumerate(PROMPTS[:2]):
@@ -227,7 +227,7 @@ def test_comparative_intervention_both_scales(tiny):
     assert table["neuron_label"].tolist() == [f"{a}_{b}" for a, b in zip(top["layer"], top["neuron"]) for _ in (0, 1)]
     assert table["side"].tolist() == ["original", orig.other] * 2
     assert table["importance"].tolist()[1::2] == pytest.approx(top["importance_other"].tolist())
-    one = ComparativeNeuronScores(head=(1, 2)).run(tiny, "3+5=")  # head= is ZeroHead's shorthand
+    one = ComparativeNeuronScores(intervention=(1, 2)).run(tiny, "3+5=")  # head= is ZeroHead's shorthand
     assert "case" not in one.df.columns and one.other == orig.other
     fig = one.plot(k=4)
     assert list(fig.data[0].x) == [f"{a}_{b}" for a, b in zip(one.df["layer"].head(4), one.df["neuron"].head(4))]
@@ -237,14 +237,14 @@ def test_comparative_intervention_both_scales(tiny):
 def test_comparative_two_inputs_and_two_models(tiny):
     from arithlens.testing import tiny_llama
 
-    own = ComparativeNeuronScores(other_data=["3-5="], config=CNAAnalysis(scale="own")).run(tiny, ["3+5="])
+    own = ComparativeNeuronScores(other_data=["3-5="], scale="own").run(tiny, ["3+5="])
     w = int(own.w[0])
     torch.testing.assert_close(own.importance_other[0], brute_force(tiny, "3-5=", w, range(tiny.n_layers)), atol=1e-4, rtol=0)
     orig = ComparativeNeuronScores(other_data=["3-5="]).run(tiny, ["3+5="])  # read with "3+5="'s scale
     ref = brute_force(tiny, "3-5=", w, range(tiny.n_layers), scale=own_scale(tiny, "3+5="))
     torch.testing.assert_close(orig.importance_other[0], ref, atol=1e-4, rtol=0)
     other = tiny_llama(seed=1)
-    res = ComparativeNeuronScores(other_model=other, config=CNAAnalysis(scale="own")).run(tiny, ["3+5="])
+    res = ComparativeNeuronScores(other_model=other, scale="own").run(tiny, ["3+5="])
     torch.testing.assert_close(res.importance_other[0, :1], brute_force(other, "3+5=", w, [0]), atol=1e-4, rtol=0)
     res = ComparativeNeuronScores(other_model=other).run(tiny, ["3+5="])
     ref = brute_force(other, "3+5=", w, [0], scale=own_scale(tiny, "3+5="))
@@ -345,7 +345,7 @@ def test_non_finite_scores_raise(tiny):
     blowup = ScaleNeurons(1, list(range(tiny.d_mlp)), 1e30)  # the final norm's scale overflows to inf
     for scale in ("original", "own"):
         with pytest.raises(validate.NonFiniteError):
-            ComparativeNeuronScores(intervention=blowup, config=CNAAnalysis(scale=scale)).run(tiny, PROMPTS[:2])
+            ComparativeNeuronScores(intervention=blowup, scale=scale).run(tiny, PROMPTS[:2])
     with pytest.raises(validate.NonFiniteError):
         NeuronImportance().run(tiny, PROMPTS[:2], interventions=[blowup])
     cache = tiny.cache(PROMPTS[:2], names=cna_hooks(tiny, range(tiny.n_layers)), memo=False)
@@ -370,7 +370,7 @@ def test_analyses_leave_model_untouched_even_on_error(tiny):
 def test_old_keywords_fold_into_one_config():
     job = NeuronImportance(target="answer", mode="fast", rescore=7, memory_budget=5e6, batch_size=3, progress=False)
     assert job.config == CNAAnalysis(target="answer", mode="fast", rescore=7, memory_budget=5e6, batch_size=3)
-    over = ComparativeNeuronScores(intervention=ZeroHead(0, 0), mode="exact", config=CNAAnalysis(mode="fast", scale="own"))
+    over = ComparativeNeuronScores(intervention=ZeroHead(0, 0), mode="exact", mode="fast", scale="own")
     assert over.config == CNAAnalysis(mode="exact", scale="own")
 
 
@@ -398,7 +398,7 @@ def test_smollm2_exact_matches_brute_force(smollm2):
     """One prompt, the last layer on both sides under both scales; the literal loop checks every 48th neuron."""
     iv, some = ZeroHead(3, 0), range(0, smollm2.d_mlp, 48)
     for scale in ("own", "original"):
-        res = ComparativeNeuronScores(intervention=iv, layers=[29], top_tokens=0, config=CNAAnalysis(scale=scale)).run(smollm2, ["3+5="])
+        res = ComparativeNeuronScores(intervention=iv, layers=[29], top_tokens=0, scale=scale).run(smollm2, ["3+5="])
         w = int(res.w[0])
         assert w == int(smollm2.cache(["3+5="]).predictions[0])
         torch.testing.assert_close(res.importance[0, 0, some], brute_force(smollm2, "3+5=", w, [29], neurons=some)[0, some], atol=1e-4, rtol=0)

@@ -18,7 +18,7 @@ PROMPTS = ["3+5=", "2+2=", "12+3=", "7*8=", "9-4=", "6/3="]
 
 def test_mask_keep_matches_per_case_loop(tiny):
     ks = (12, 4)
-    res = MaskKeep(ZeroHead(1, 2), k=ks, keep_layers=[1, 2]).run(tiny, PROMPTS)
+    res = MaskKeep(intervention=ZeroHead(1, 2), k=ks, keep_layers=[1, 2]).run(tiny, PROMPTS)
     cna = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, PROMPTS)
     pred = tiny.cache(PROMPTS).predictions
     for k in ks:
@@ -49,8 +49,8 @@ def test_mask_keep_matches_per_case_loop(tiny):
 
 def test_head_shorthand_cna_reuse_and_cache_give_the_same_table(tiny):
     """`head=` builds ZeroHead; `cna=` and `cache=` reuse work without changing a number."""
-    alone = MaskKeep(head="1.2", k=(8, 3), keep_layers=[2]).run(tiny, PROMPTS[:4])
-    mk = MaskKeep(ZeroHead(1, 2), k=(8, 3), keep_layers=[2])
+    alone = MaskKeep(intervention="1.2", k=(8, 3), keep_layers=[2]).run(tiny, PROMPTS[:4])
+    mk = MaskKeep(intervention=ZeroHead(1, 2), k=(8, 3), keep_layers=[2])
     cache = tiny.cache(PROMPTS[:4], names=[mk], memo=False)
     cna = ComparativeNeuronScores(intervention=ZeroHead(1, 2)).run(tiny, PROMPTS[:4], cache=cache)
     reused = mk.run(tiny, PROMPTS[:4], cache=cache, cna=cna)
@@ -81,13 +81,13 @@ def test_correct_only_filters_through_the_cache(tiny):
     cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(5)
     # The random tiny model answers none correctly.
     with pytest.raises(ValueError, match="answers none"):
-        MaskKeep(head=(1, 2), k=(5,)).run(tiny, cases)
-    res = MaskKeep(head=(1, 2), k=(5,), correct_only=False).run(tiny, cases)
+        MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, cases)
+    res = MaskKeep(intervention=(1, 2), k=(5,), correct_only=False).run(tiny, cases)
     assert res.baseline_accuracy == 0.0 and res.n_cases == 5
     # Make two cases correct (target = the model's prediction): only those are evaluated.
     pred = tiny.cache(cases).predictions.tolist()
     fixed = [dataclasses.replace(c, target_id=pred[i]) if i in (1, 3) else c for i, c in enumerate(cases)]
-    res = MaskKeep(head=(1, 2), k=(5,)).run(tiny, ArithmeticDataset(fixed))
+    res = MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, ArithmeticDataset(fixed))
     assert res.rows == [1, 3] and res.n_cases == 2 and res.baseline_accuracy == 1.0
     assert res.cna.n_cases == 5  # CNA covers the data; the evaluated rows are picked from it
 
@@ -96,39 +96,39 @@ def test_bad_input_raises_before_any_work(tiny):
     with pytest.raises(ValueError, match="head="):
         MaskKeep()
     with pytest.raises(ValueError, match="not both"):
-        MaskKeep(ZeroHead(1, 2), head=(1, 2))
+        MaskKeep(intervention=ZeroHead(1, 2), intervention=(1, 2))
     with pytest.raises(ValueError, match="k item=0"):
-        MaskKeep(head=(1, 2), k=(10, 0))
+        MaskKeep(intervention=(1, 2), k=(10, 0))
     with pytest.raises(ValueError, match="k is empty"):
-        MaskKeep(head=(1, 2), k=())
+        MaskKeep(intervention=(1, 2), k=())
     with pytest.raises(ValueError, match="k='99'"):  # a string is not split into '9', '9'
-        MaskKeep(head=(1, 2), k="99")
+        MaskKeep(intervention=(1, 2), k="99")
     with pytest.raises(ValueError, match="bool"):
-        MaskKeep(head=(1, 2), k=(True,))
-    assert MaskKeep(head=(np.int64(1), np.int64(2)), k=np.int64(5)).k == [5]
+        MaskKeep(intervention=(1, 2), k=(True,))
+    assert MaskKeep(intervention=(np.int64(1), np.int64(2)), k=np.int64(5)).k == (5,)
     with pytest.raises(ValueError, match="correct_only"):
-        MaskKeep(head=(1, 2), correct_only="yes")
-    with pytest.raises(ValueError, match="config"):
-        MaskKeep(head=(1, 2), config={"mode": "fast"})
+        MaskKeep(intervention=(1, 2), correct_only="yes")
+    with pytest.raises(TypeError, match="config"):  # options are fields: an unknown one is Python's TypeError
+        MaskKeep(intervention=(1, 2), config={"mode": "fast"})
     with pytest.raises(ValueError, match="batch_size=-1"):
-        MaskKeep(head=(1, 2), config=CNAAnalysis(batch_size=-1))
+        MaskKeep(intervention=(1, 2), batch_size=-1)
     with pytest.raises(ValueError, match="LAYER.HEAD"):
-        MaskKeep(head="1-2", k=(5,))
+        MaskKeep(intervention="1-2", k=(5,))
     with pytest.raises(ValueError, match="MLP"):
-        MaskKeep(head="MLP 1", k=(5,))
+        MaskKeep(intervention="MLP 1", k=(5,))
     with pytest.raises(ValueError, match="out of range"):
-        MaskKeep(head=(1, 9), k=(5,)).run(tiny, PROMPTS)
+        MaskKeep(intervention=(1, 9), k=(5,)).run(tiny, PROMPTS)
     with pytest.raises(ValueError, match="empty dataset"):
-        MaskKeep(head=(1, 2), k=(5,)).run(tiny, [])
+        MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, [])
     with pytest.raises(ValueError, match="data=None"):
-        MaskKeep(head=(1, 2), k=(5,)).run(tiny, None)
+        MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, None)
 
 
 def test_mask_keep_leaves_model_untouched(tiny):
     snap, hooks = params_snapshot(tiny), tiny.torch_hook_count()
-    MaskKeep(head="1.2", k=(5,)).run(tiny, PROMPTS[:3])
+    MaskKeep(intervention="1.2", k=(5,)).run(tiny, PROMPTS[:3])
     with pytest.raises(ValueError):
-        MaskKeep(head=(1, 2), k=(5,), keep_layers=[9]).run(tiny, PROMPTS[:3])
+        MaskKeep(intervention=(1, 2), k=(5,), keep_layers=[9]).run(tiny, PROMPTS[:3])
     assert_untouched(tiny, snap, hooks)
 
 
@@ -137,7 +137,7 @@ def test_smollm2_mask_keep_runs_on_correct_cases(smollm2):
     from arithlens import data
 
     cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(4, seed=1)
-    res = MaskKeep(head=(3, 0), k=(50,), config=CNAAnalysis(mode="fast")).run(smollm2, cases)
+    res = MaskKeep(intervention=(3, 0), k=(50,), mode="fast").run(smollm2, cases)
     t = res.table()
     assert res.baseline_accuracy == 1.0 and 1 <= res.n_cases <= 4
     assert 0 <= t.loc["mask", "top50"] <= 100 and 0 <= t.loc["keep", "top50"] <= 100

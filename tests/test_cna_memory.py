@@ -46,7 +46,7 @@ with torch.no_grad():
     hf.lm_head.weight[len(tok):] = 0.0  # predictions stay within the tokenizer's own tokens
 model = LensModel.from_hf(hf, tok, name="wide-vocab", device="cpu")
 prompts = [f"{a}+{b}=" for a in range(16) for b in range(16)][:n]
-job = NeuronImportance(top_tokens=0, config=CNAAnalysis(memory_budget=budget))
+job = NeuronImportance(top_tokens=0, memory_budget=budget)
 job.run(model, prompts[:2])  # code paths and allocator warmed up
 model.clear_cache()
 with open("/proc/self/clear_refs", "w") as f:

@@ -79,11 +79,15 @@ def test_interventions_leave_no_trace_even_on_error(tiny):
             assert tiny.has_hooks()
             raise RuntimeError("boom")
     assert_untouched(tiny, snap, hooks_before)
-    # An intervention whose hook fails inside the forward pass.
+    # An intervention whose hook fails inside the forward pass: a one-case mask on two cases.
     bad = CaseNeurons(torch.ones(1, tiny.n_layers, tiny.d_mlp, dtype=torch.bool))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(IndexError):
+        tiny.cache(["1+1=", "2+2="], interventions=[bad], batch_size=2, memo=False)
+    assert_untouched(tiny, snap, hooks_before)
+    # Outside a pass over its dataset a per-case intervention has no cases to pick from.
+    with pytest.raises(ValueError, match="CaseNeurons sets neurons per case"):
         with tiny.intervened(bad):
-            tiny.bridge(torch.tensor([tiny.encode("1+1=")]))
+            pass
     assert_untouched(tiny, snap, hooks_before)
 
 
@@ -252,7 +256,7 @@ def test_smollm2_shape_and_tokenization(smollm2):
 @pytest.mark.smollm2
 def test_smollm2_batched_equals_single_and_zero_head(smollm2):
     prompts = ["3+5=", "7+2=", "The sum of 4 and 4 is ", "9-3="]
-    run = smollm2.run(prompts, cache=False)
+    run = smollm2.cache(prompts, memo=False)
     ref = one_by_one_logprobs(smollm2, prompts)
     assert torch.equal(run.predictions, ref.argmax(-1))
     snap, hooks_before = params_snapshot(smollm2), smollm2.torch_hook_count()
@@ -266,7 +270,7 @@ def test_smollm2_batched_equals_single_and_zero_head(smollm2):
 @pytest.mark.smollm2
 def test_smollm2_default_accuracy_is_in_the_measured_range(smollm2):
     cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[1], forms=["numeral"])
-    acc = smollm2.run(cases).correct.float().mean().item()
+    acc = smollm2.cache(cases).correct.float().mean().item()
     assert 0.45 <= acc <= 0.7
 
 

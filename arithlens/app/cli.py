@@ -38,13 +38,12 @@ from arithlens.cna.heads import HeadAblation
 from arithlens.core.names import Component
 from arithlens.data import Case, as_dataset
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.importance import NeuronImportance
 from arithlens.core.interventions import ZeroHead
-from arithlens.cna.lora import LoRALayerSweep
+from arithlens.cna.lora import LoRASettings, lora_layer_sweep
 from arithlens.cna.lora_coefficients import LoRACoefficients
-from arithlens.cna.pruning import CNAPruning
-from arithlens.cna.bias import BiasData, GenderBias, load_professions, paper_bias_data
+from arithlens.cna.pruning import PruningSettings, cna_pruning
+from arithlens.cna.bias import BiasData, GenderBiasSettings, gender_bias, load_professions, paper_bias_data
 from arithlens.analysis.tuning import save_model
 from arithlens.cna.bias import edit
 from arithlens.circuits import path_patching
@@ -432,13 +431,14 @@ def _case(model: Any, prompt: str, target: str | None) -> Any:
 
 def _cmd_cna(args: argparse.Namespace) -> int:
 
-    config = CNAAnalysis(
-        target="prediction" if args.target is None else "answer",
-        mode=args.mode,
-        rescore=args.rescore_n,
-        memory_budget=args.memory_budget_n,
-        scale=args.scale,
-    )
+    options = {  # the shared CNA options (CNAAnalysis fields), checked before the model loads
+        "target": "prediction" if args.target is None else "answer",
+        "mode": args.mode,
+        "rescore": args.rescore_n,
+        "memory_budget": args.memory_budget_n,
+        "scale": args.scale,
+    }
+    NeuronImportance(**options)
     model = load_model_from_args(args)
     case = _case(model, args.prompt, args.target)
     if args.head_node is not None:
@@ -446,14 +446,14 @@ def _cmd_cna(args: argparse.Namespace) -> int:
             node = args.head_node.check(model)
         except ValueError as err:
             raise ValueError(f"--ablate-head={args.ablate_head!r}: {err}") from None
-        result = ComparativeNeuronScores(intervention=ZeroHead(node.layer, node.head), config=config, top_tokens=10).run(model, [case])
+        result = ComparativeNeuronScores(intervention=ZeroHead(node.layer, node.head), top_tokens=10, **options).run(model, [case])
         label = f"head {node.name} zeroed"
     elif args.other_prompt is not None:
         other = _case(model, args.other_prompt, args.target)
-        result = ComparativeNeuronScores(other_data=[other], config=config, top_tokens=10).run(model, [case])
+        result = ComparativeNeuronScores(other_data=[other], top_tokens=10, **options).run(model, [case])
         label = f"vs {args.other_prompt!r}"
     else:
-        result = NeuronImportance(config=config, top_tokens=10).run(model, [case])
+        result = NeuronImportance(top_tokens=10, **options).run(model, [case])
         label = "no comparison"
     df = result.df.reindex(columns=COLUMNS)
     if args.head_node is None and args.other_prompt is None:
@@ -517,7 +517,7 @@ def _add_lora_args(sub: argparse.ArgumentParser) -> None:
 
 def _sweep(args: argparse.Namespace, **extra: Any) -> Any:
 
-    return LoRALayerSweep(
+    return LoRASettings(
         lrs=_number_list(args.lrs, "--lrs"), rank=_int(args.rank, "--rank"), alpha=_float(args.alpha, "--alpha"),
         epochs=_int(args.epochs, "--epochs"), steps=_int(args.steps, "--steps"), batch_size=_int(args.batch_size, "--batch-size"),
         n_train=_int(args.n_train, "--n-train"), n_val=_int(args.n_val, "--n-val"), n_test=_int(args.n_test, "--n-test"),
@@ -548,7 +548,7 @@ def _register_paper(subparsers: Any) -> None:
     add_model_args(prune)
     add_dataset_args(prune, ops="+-*/", digits="1", forms="numeral")
     prune.add_argument("--lora-layer", default=None, help="shallow LoRA layer (default round(9 n / 32))")
-    prune.add_argument("--top-n", default=None, help="neurons kept per case (default the paper's fraction)")
+    prune.add_argument("--top-k", default=None, help="each case's top-K CNA neurons kept (default the paper's fraction)")
     prune.add_argument("--deep-layers", default=None, help="pruned layers, e.g. 16-29 (default the paper's 17-31 of 32, scaled)")
     prune.add_argument("--n-cases", default="64", help="1-digit cases CNA runs on (default 64)")
     prune.add_argument("--target", default="prediction", choices=["prediction", "answer"], help="token CNA scores: the LoRA model's prediction (the paper) or the correct answer")
@@ -582,17 +582,17 @@ def _cmd_lora(args: argparse.Namespace) -> int:
         validate.output_path(args.coef_out, "--coef-out")
     layers = None if args.layers is None else _int_list(args.layers, "--layers")
     adapters = None if args.adapters is None else validate.output_dir(args.adapters, "--adapters")
-    sweep = _sweep(args, layers=layers, out_dir=adapters, full_answer=args.full_answer)
+    settings = _sweep(args, layers=layers, out_dir=adapters, full_answer=args.full_answer)
     n_cases = validate.positive_int(_int(args.cases, "--cases"), "--cases")
     coef = LoRACoefficients(rank_on=args.rank_on, ks=_int_list(args.ks, "--ks"), case=args.case,
                             case_answer=args.case_answer, mode=args.mode)  # fmt: skip
     model = load_model_from_args(args)
-    result = sweep.run(model)
+    result = lora_layer_sweep(model, settings)
     _write_csv(result.df, args.out)
     print(result.df[["model", "lora_layer", "lr", "accuracy"]].to_string(index=False))
     if args.coef_out is not None:
         cases = data.arithmetic(model.tokenizer, **dataset)
-        tables = coef.run(model, result, cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases)
+        tables = coef.run(model, cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases, loras=result)
         _write_csv(tables.df, args.coef_out)
         print(tables.table9().round(3).to_string())
         print(tables.table10().round(1).to_string())
@@ -606,13 +606,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     save = None if args.save is None else validate.output_dir(args.save, "--save")
     deep = None if args.deep_layers is None else _int_list(args.deep_layers, "--deep-layers")
     n_cases = validate.positive_int(_int(args.n_cases, "--n-cases"), "--n-cases")
-    pruning = CNAPruning(lora_layer=_int(args.lora_layer, "--lora-layer"), top_n=_int(args.top_n, "--top-n"), deep_layers=deep,
-                         n_cases=n_cases, target=args.target, mode=args.mode, random_control=not args.no_random,
-                         sweep=_sweep(args), out_dir=save, seed=dataset["seed"])  # fmt: skip
+    settings = PruningSettings(lora_layer=_int(args.lora_layer, "--lora-layer"), top_k=_int(args.top_k, "--top-k"), deep_layers=deep,
+                               n_cases=n_cases, target=args.target, mode=args.mode, random_control=not args.no_random,
+                               lora=_sweep(args), out_dir=save, seed=dataset["seed"])  # fmt: skip
     model = load_model_from_args(args)
-    pruning.resolve(model)  # layer range, N and the gated MLP checked before any training
+    settings.resolve(model)  # layer range, K and the gated MLP checked before any training
     cases = data.arithmetic(model.tokenizer, **dataset)
-    result = pruning.run(model, cases=cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases)
+    result = cna_pruning(model, settings, cases=cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases)
     _write_csv(result.df, args.out)
     print(result.table().to_string())
     return 0
@@ -625,11 +625,11 @@ def _cmd_bias(args: argparse.Namespace) -> int:
     data = paper_bias_data()
     if args.professions is not None:
         data = BiasData(data.prompts, load_professions(args.professions))
-    bias = GenderBias(n_neurons=_int(args.n_neurons, "--n-neurons"), data=data, cna_prompts=_int_list(args.cna_prompts, "--cna-prompts"),
-                      mode=args.mode, collateral=not args.no_collateral, ppl_tokens=_int(args.ppl_tokens, "--ppl-tokens"),
-                      n_arithmetic=_int(args.n_arithmetic, "--n-arithmetic"), seed=_int(args.seed, "--seed"))  # fmt: skip
+    settings = GenderBiasSettings(n_neurons=_int(args.n_neurons, "--n-neurons"), data=data, cna_prompts=_int_list(args.cna_prompts, "--cna-prompts"),
+                                  mode=args.mode, collateral=not args.no_collateral, ppl_tokens=_int(args.ppl_tokens, "--ppl-tokens"),
+                                  n_arithmetic=_int(args.n_arithmetic, "--n-arithmetic"), seed=_int(args.seed, "--seed"))  # fmt: skip
     model = load_model_from_args(args)
-    result = bias.run(model)
+    result = gender_bias(model, settings)
     _write_csv(result.df, args.out)
     print(result.table13().round(3).to_string())
     print("edited neurons:", ", ".join(f"{L}_{n}" for L, n in result.neurons))

@@ -32,7 +32,6 @@ import pandas as pd
 
 from arithlens.core.stats import difference_interval, mean_interval, num, proportion
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.logic_chain import LogicChain
 from arithlens.cna.mask_keep import MaskKeep
 from arithlens.cna.pe_dag import PredictionEnhancingDAG
@@ -298,14 +297,14 @@ def sections(ctx: Any) -> list[Any]:
 
     model, head, sizes = ctx.model, ctx.top_head, ctx.sizes
     hname = f"{head[0]}.{head[1]}"
-    config = CNAAnalysis(mode=sizes.cna_mode, rescore=500, progress=True)
+    options = {"mode": sizes.cna_mode, "rescore": 500, "progress": True}  # the CNA options every section shares
     out = []
 
     case, right = _pick_prompt(ctx)
     if case is None:
         return [Section("CNA (Tables 4-6, Fig. 1)", "The dataset has no '+' case for CNA to explain.")]
     with ctx.timed("CNA: Table 4"):
-        cna = ComparativeNeuronScores(intervention=ZeroHead(*head), config=config, top_tokens=10).run(model, [case])
+        cna = ComparativeNeuronScores(intervention=ZeroHead(*head), **options, top_tokens=10).run(model, [case])
         cna.df.head(200).to_csv(ctx.out / "cna_table4.csv", index=False)
         other = model.token_strs([int(cna.predictions_other[0])])[0] if getattr(cna, "predictions_other", None) is not None else None
     fig = _with_axes(
@@ -329,7 +328,7 @@ def sections(ctx: Any) -> list[Any]:
         out.append(Section("Mask / keep the CNA neurons (Table 5)", f"Not computed: the model answers only {len(sub)} 1-digit +/− numeral case(s) correctly."))
     else:
         with ctx.timed("CNA: Table 5 (mask / keep)"):
-            mk = MaskKeep(ZeroHead(*head), config=config).run(model, sub)
+            mk = MaskKeep(intervention=ZeroHead(*head), **options).run(model, sub)
             mk.df.to_csv(ctx.out / "cna_table5.csv", index=False)
         out.append(
             Section(
@@ -345,7 +344,7 @@ def sections(ctx: Any) -> list[Any]:
             rows = list(mk.rows)[: sizes.dag_cases]
             dag_cases = [sub[i] for i in rows]
             reuse = list(mk.rows) == list(range(len(sub))) and len(rows) == len(sub)
-            dag = PredictionEnhancingDAG(ZeroHead(*head), k=10, config=config).run(model, dag_cases, cna=mk.cna if reuse else None)
+            dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, **options).run(model, dag_cases, cna=mk.cna if reuse else None)
             dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
         out.append(
             Section(
@@ -358,7 +357,7 @@ def sections(ctx: Any) -> list[Any]:
         )
 
     with ctx.timed("CNA: logic chain (Fig. 1)"):
-        chain = LogicChain(ZeroHead(*head), config=config).run(model, [case], cna=cna)
+        chain = LogicChain(intervention=ZeroHead(*head), **options).run(model, [case], cna=cna)
         chain.df.to_csv(ctx.out / "cna_chain.csv", index=False)
     out.append(
         Section(

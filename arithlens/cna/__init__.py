@@ -39,6 +39,7 @@ from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.bias import (
     BiasData,
     GenderBiasResult,
+    GenderBiasSettings,
     ProfessionDiscoveryResult,
     discover_professions,
     edit,
@@ -59,7 +60,7 @@ from arithlens.cna.lora_coefficients import LoRACoefficients, LoRACoefficientsRe
 from arithlens.cna.mask_keep import MaskKeep, MaskKeepResult
 from arithlens.cna.pe_dag import PredictionEnhancingDAG, PredictionEnhancingDAGResult
 from arithlens.cna.projections import ProjectionCache, projection_cache
-from arithlens.cna.pruning import CNAPruningResult, cna_pruning, prune
+from arithlens.cna.pruning import CNAPruningResult, PruningSettings, cna_pruning, prune
 from arithlens.cna.vo_transform import VOScanResult, VOTransform, VOTransformResult
 from arithlens.cna.vocabulary import NamedVector, VocabularyProjection, VocabularyProjectionResult
 
@@ -70,6 +71,7 @@ __all__ = [
     "ComparativeNeuronScores",
     "ComparativeNeuronScoresResult",
     "GenderBiasResult",
+    "GenderBiasSettings",
     "HeadAblation",
     "HeadAblationResult",
     "HiddenInterpretable",
@@ -88,6 +90,7 @@ __all__ = [
     "NumberConceptTagger",
     "PredictionEnhancingDAG",
     "PredictionEnhancingDAGResult",
+    "PruningSettings",
     "ProfessionDiscoveryResult",
     "ProjectionCache",
     "VOScanResult",

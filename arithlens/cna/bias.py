@@ -30,10 +30,10 @@ and 1-digit arithmetic accuracy before and after.
 Example:
     ```python
     import arithlens
-    from arithlens.cna.bias import edit, gender_bias
+    from arithlens.cna.bias import GenderBiasSettings, edit, gender_bias
 
     model = arithlens.load_model()
-    result = gender_bias(model, n_neurons=18)
+    result = gender_bias(model, GenderBiasSettings(n_neurons=18))
     result.table13()                 # total / woman / man bias, original vs edited
     result.table12("nurse")          # Table 12: the top neurons for "nurse", F vs M
     edited = edit(model, result.neurons)
@@ -334,25 +334,11 @@ class GenderBiasResult(Result):
         return fig
 
 
-def gender_bias(
-    model: Any,
-    *,
-    n_neurons: int = 18,
-    data: BiasData | None = None,
-    cna_prompts: Sequence[int] = (0,),
-    mode: str = "fast",
-    top_tokens: int = 10,
-    collateral: bool = True,
-    ppl_tokens: int = 1024,
-    n_arithmetic: int = 200,
-    seed: int = 0,
-    progress: bool = False,
-) -> GenderBiasResult:
-    """§6.2: CNA between genders, the top neurons zeroed, bias and collateral cost measured — a procedure.
+@dataclass(frozen=True, kw_only=True)
+class GenderBiasSettings:
+    """How [`gender_bias`][arithlens.cna.bias.gender_bias] finds and measures the bias neurons (§6.2).
 
-    Args:
-        model: The model; never modified (the edit is an intervention, see [`edit`][arithlens.cna.bias.edit]
-            for an edited copy).
+    Attributes:
         n_neurons: Neurons edited (the paper: 18).
         data: Prompts and professions (default Tables 22 and 23).
         cna_prompts: Indices of the prompts CNA runs on (default the first, as Appendix D).
@@ -364,46 +350,74 @@ def gender_bias(
         seed: Seeds the arithmetic sample.
         progress: Progress bars.
     """
-    n_neurons = validate.positive_int(n_neurons, "n_neurons")
-    if data is not None and not isinstance(data, BiasData):
-        raise ValueError(f"data={data!r} must be a BiasData (see paper_bias_data, load_professions)")
-    data = data or paper_bias_data()
-    cna_prompts = validate.int_sequence(cna_prompts, "cna_prompts", low=0, high=len(data.prompts) - 1, unique=True)
-    mode = validate.choice(mode, "mode", ("exact", "fast"))
-    top_tokens = validate.non_negative_int(top_tokens, "top_tokens")
-    collateral = validate.boolean(collateral, "collateral")
-    ppl_tokens = validate.positive_int(ppl_tokens, "ppl_tokens")
-    n_arithmetic = validate.positive_int(n_arithmetic, "n_arithmetic")
-    seed = validate.integer(seed, "seed")
-    progress = validate.boolean(progress, "progress")
+
+    n_neurons: int = 18
+    data: BiasData | None = None
+    cna_prompts: Sequence[int] = (0,)
+    mode: str = "fast"
+    top_tokens: int = 10
+    collateral: bool = True
+    ppl_tokens: int = 1024
+    n_arithmetic: int = 200
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_neurons", validate.positive_int(self.n_neurons, "n_neurons"))
+        if self.data is not None and not isinstance(self.data, BiasData):
+            raise ValueError(f"data={self.data!r} must be a BiasData (see paper_bias_data, load_professions)")
+        object.__setattr__(self, "data", self.data or paper_bias_data())
+        high = len(self.data.prompts) - 1
+        object.__setattr__(self, "cna_prompts", tuple(validate.int_sequence(self.cna_prompts, "cna_prompts", low=0, high=high, unique=True)))
+        validate.choice(self.mode, "mode", ("exact", "fast"))
+        object.__setattr__(self, "top_tokens", validate.non_negative_int(self.top_tokens, "top_tokens"))
+        object.__setattr__(self, "collateral", validate.boolean(self.collateral, "collateral"))
+        object.__setattr__(self, "ppl_tokens", validate.positive_int(self.ppl_tokens, "ppl_tokens"))
+        object.__setattr__(self, "n_arithmetic", validate.positive_int(self.n_arithmetic, "n_arithmetic"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
+
+
+def gender_bias(model: Any, settings: GenderBiasSettings | None = None) -> GenderBiasResult:
+    """§6.2: CNA between genders, the top neurons zeroed, bias and collateral cost measured — a procedure.
+
+    Args:
+        model: The model; never modified (the edit is an intervention; [`edit`][arithlens.cna.bias.edit]
+            makes an edited copy).
+        settings: What to run ([`GenderBiasSettings`][arithlens.cna.bias.GenderBiasSettings]; default ones).
+    """
+    settings = settings or GenderBiasSettings()
+    if not isinstance(settings, GenderBiasSettings):
+        raise ValueError(f"settings={settings!r} must be GenderBiasSettings")
+    data = settings.data
 
     model = load_model(model)
-    if n_neurons > model.n_layers * model.d_mlp:
-        raise ValueError(f"n_neurons={n_neurons} is larger than the model's {model.n_layers * model.d_mlp} FFN neurons")
+    if settings.n_neurons > model.n_layers * model.d_mlp:
+        raise ValueError(f"n_neurons={settings.n_neurons} is larger than the model's {model.n_layers * model.d_mlp} FFN neurons")
     profs = data.cases()
-    cases = pd.DataFrame([{"prompt": data.prompts[i], **row} for i in cna_prompts for row in profs.to_dict("records")])
+    cases = pd.DataFrame([{"prompt": data.prompts[i], **row} for i in settings.cna_prompts for row in profs.to_dict("records")])
     other = {"woman": "man", "man": "woman"}
     mine = datasets.prompts(model.tokenizer, [fill(r.prompt, r.biased_to) for r in cases.itertuples()], list(cases["profession"]))
     theirs = datasets.prompts(model.tokenizer, [fill(r.prompt, other[r.biased_to]) for r in cases.itertuples()], list(cases["profession"]))
-    scorer = ComparativeNeuronScores(top_tokens=top_tokens, other_data=theirs, target="answer",
-                 mode=mode, progress=progress)  # fmt: skip
+    scorer = ComparativeNeuronScores(top_tokens=settings.top_tokens, other_data=theirs, target="answer",
+                 mode=settings.mode, progress=settings.progress)  # fmt: skip
     res = scorer.run(model, mine)
     mean = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)")
-    top = mean.topk(n_neurons).indices.tolist()
+    top = mean.topk(settings.n_neurons).indices.tolist()
     neurons = [(res.layers[i // model.d_mlp], i % model.d_mlp) for i in top]
     scores = pd.DataFrame([{"layer": L, "neuron": n, "importance_change": float(mean[i])} for (L, n), i in zip(neurons, top)])
     edit_iv = zero_neurons(model, neurons)
     prompts = {g: [fill(p, g) for p in data.prompts] for g in GENDERS}
     rows, costs = [], []
-    for name, ivs in tqdm([("original", ()), ("edited", (edit_iv,))], desc="bias", unit="model", disable=not progress):
+    for name, ivs in tqdm([("original", ()), ("edited", (edit_iv,))], desc="bias", unit="model", disable=not settings.progress):
         lp = {g: profession_logprobs(model, prompts[g], list(profs["profession"]), ivs) for g in GENDERS}
         for i, prompt in enumerate(data.prompts):
             for j, prof in enumerate(profs.itertuples()):
                 woman, man = float(lp["woman"][i, j]), float(lp["man"][i, j])
                 rows.append({"model": name, "prompt": prompt, "profession": prof.profession, "biased_to": prof.biased_to,
                              "logp_woman": woman, "logp_man": man, "bias": abs(woman - man)})  # fmt: skip
-        if collateral:
-            costs.append({"model": name, **_collateral(model, ivs, n_arithmetic, seed, ppl_tokens)})
+        if settings.collateral:
+            costs.append({"model": name, **_collateral(model, ivs, settings.n_arithmetic, settings.seed, settings.ppl_tokens)})
     return GenderBiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
                             per_case={i: res.case_frame(i) for i in range(len(cases))},
                             collateral=pd.DataFrame(costs))  # fmt: skip

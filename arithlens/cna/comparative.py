@@ -48,7 +48,7 @@ from jaxtyping import Bool, Float, Int
 
 from arithlens.core import validate
 from arithlens.core.cache import DatasetCache, ensure_cache
-from arithlens.cna import scores as kernels
+from arithlens.cna import components
 from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
 from arithlens.cna.importance import score_sides
@@ -339,8 +339,8 @@ class ComparativeNeuronScores(CNAAnalysis):
             top_k=self.top_k,
             neuron_tokens=tokens,
             predictions_other=other.predictions,
-            logprob=kernels.final_logprob(model, acts, budget),
-            logprob_other=kernels.final_logprob(other_model, acts_o, budget),
+            logprob=components.final_logprob(model, acts, budget),
+            logprob_other=components.final_logprob(other_model, acts_o, budget),
             scale=self.scale,
             bound=max(sc.bound, sc_o.bound),
         )

@@ -46,7 +46,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from arithlens.core import validate
-from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.cache import DatasetCache
+from arithlens.cna import components
 from arithlens.cna import scores as kernels
 from arithlens.cna.base import CNAAnalysis
 from arithlens.core.interventions import as_intervention
@@ -293,7 +294,7 @@ class NeuronImportance(CNAAnalysis):
     def result(self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores) -> NeuronImportanceResult:
         """An [`NeuronImportanceResult`][arithlens.cna.importance.NeuronImportanceResult] from a side's activations and scores."""
         budget = self.memory_budget
-        attn, mlp = kernels.layer_scores(model, acts, budget)
+        attn, mlp = components.layer_scores(model, acts, budget)
         label_k = max(self.top_k, 50)
         tokens = labelled_tokens(model, label_pairs(sc.layers, sc.importance, label_k), self.top_tokens) if self.top_tokens else None
         df = aggregate_importance(sc.layers, sc.importance, sc.coef, self.top_k, tokens)
@@ -302,12 +303,12 @@ class NeuronImportance(CNAAnalysis):
             importance=sc.importance,
             coef=sc.coef,
             layers=sc.layers,
-            head_importance=kernels.head_scores(model, acts, budget),
+            head_importance=components.head_scores(model, acts, budget),
             attn_importance=attn,
             mlp_importance=mlp,
             w=acts.w,
             w_str=model.token_strs(acts.w.tolist()),
-            logprob=kernels.final_logprob(model, acts, budget),
+            logprob=components.final_logprob(model, acts, budget),
             cases=case_frame(data, model),
             top_k=self.top_k,
             mode=self.mode,

@@ -30,7 +30,7 @@ Example:
     from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
-    chain = LogicChain(ZeroHead(17, 2)).run(model, "3+5=")
+    chain = LogicChain(intervention=ZeroHead(17, 2)).run(model, "3+5=")
     chain.table()     # one row per stage: its strongest components
     chain.df          # stage, layer, position, token, neuron, head, score, measure, top_tokens
     chain.plot()      # the four stages, layers along x
@@ -262,8 +262,7 @@ class LogicChain(CNAAnalysis):
     def _dag(self) -> PredictionEnhancingDAG:
         return PredictionEnhancingDAG(
             intervention=self.intervention, k=self.k, k_table=(), threshold=self.threshold, top_tokens=self.top_tokens,
-            **cna_options(self),
-        )
+            **cna_options(self))
 
     def _comparative(self, top_tokens: int = 0) -> ComparativeNeuronScores:
         return ComparativeNeuronScores(intervention=self.intervention, top_tokens=top_tokens, **cna_options(self))

@@ -24,11 +24,11 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.cna.lora import lora_layer_sweep
+    from arithlens.cna.lora import LoRASettings, lora_layer_sweep
     from arithlens.cna.lora_coefficients import LoRACoefficients
 
     model = arithlens.load_model()
-    sweep = lora_layer_sweep(model, layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora")
+    sweep = lora_layer_sweep(model, LoRASettings(layers=[4, 12], lrs=[1e-3], steps=40, out_dir="results/lora"))
     sweep.plot()                                    # Figure 2
     cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(16)
     coef = LoRACoefficients().run(model, cases, loras=sweep)
@@ -291,18 +291,21 @@ def _merge(model: Any, path: pathlib.Path, layer: int) -> Any:
     return lens_from_hf(merged, model, f"{model.name}-lora{layer}")
 
 
-def lora_layer_sweep(model: Any, train: Any = None, test: Any = None, **options: Any) -> LoRALayerSweepResult:
+def lora_layer_sweep(
+    model: Any, settings: LoRASettings | None = None, *, train: Any = None, test: Any = None
+) -> LoRALayerSweepResult:
     """§5: train (or load) one LoRA model per layer and evaluate each on `test` — a procedure.
 
     Args:
         model: The model ([`LensModel`][arithlens.core.model.LensModel] or what `load_model` takes).
+        settings: How to train ([`LoRASettings`][arithlens.cna.lora.LoRASettings]; default ones).
         train: Training cases with answers (default: the §5 split); its first
             `n_val` cases are held out for the learning rate.
         test: Test cases (default: the §5 split's test part).
-        **options: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] fields (`layers=`,
-            `steps=`, `out_dir=`, …), checked before the model loads.
     """
-    settings = LoRASettings(**options)
+    settings = settings or LoRASettings()
+    if not isinstance(settings, LoRASettings):
+        raise ValueError(f"settings={settings!r} must be LoRASettings")
 
     model = load_model(model)
     layers = default_layers(model.n_layers) if settings.layers is None else settings.layers

@@ -26,12 +26,12 @@ biases the measured increase upwards.
 Example:
     ```python
     from arithlens import data
-    from arithlens.cna.lora import lora_layer_sweep
+    from arithlens.cna.lora import LoRASettings, lora_layer_sweep
     from arithlens.cna.lora_coefficients import LoRACoefficients
     from arithlens.testing import tiny_llama
 
     model = tiny_llama()
-    sweep = lora_layer_sweep(model, layers=[1, 2], lrs=[1e-3], steps=3, n_train=24, n_val=6, n_test=8)
+    sweep = lora_layer_sweep(model, LoRASettings(layers=[1, 2], lrs=[1e-3], steps=3, n_train=24, n_val=6, n_test=8))
     cases = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(8)
     coef = LoRACoefficients(ks=(10, 5), groups={"low": [0, 1], "high": [2]}).run(model, cases, loras=sweep)
     coef.table9()    # the top neurons of "3+5=", their coefficient in each model

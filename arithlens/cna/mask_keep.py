@@ -37,7 +37,7 @@ Example:
 
     model = arithlens.load_model()
     cases = data.arithmetic(model.tokenizer, ops="+-", digits=1, templates=[4])
-    result = MaskKeep(ZeroHead(17, 2), config=CNAAnalysis(mode="fast")).run(model, cases)
+    result = MaskKeep(intervention=ZeroHead(17, 2), mode="fast").run(model, cases)
     result.table()      # rows mask / keep / coef, columns top99 … top10 (Table 5)
     ```
 """

@@ -38,7 +38,7 @@ Example:
     from arithlens.core.interventions import ZeroHead
 
     model = arithlens.load_model()
-    dag = PredictionEnhancingDAG(ZeroHead(17, 2), k=10).run(model, ["3+5="])
+    dag = PredictionEnhancingDAG(intervention=ZeroHead(17, 2), k=10).run(model, ["3+5="])
     dag.df            # edges: src_layer, src_neuron, dst_layer, dst_neuron, drive, ...
     dag.table()       # Table 6
     dag.plot()        # the DAG of case 0: neurons by layer and rank, arrows lower → upper

@@ -17,7 +17,7 @@ Example:
     from arithlens.cna.projections import projection_cache
 
     model = arithlens.load_model()
-    job = NeuronImportance(config=CNAAnalysis(keep_projections=True))
+    job = NeuronImportance(keep_projections=True)
     job.run(model, ["3+5="])          # computes and keeps the projections
     job.run(model, ["2+4="])          # reuses them
     projection_cache(model).clear()   # frees them

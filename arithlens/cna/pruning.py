@@ -27,11 +27,12 @@ Example:
     ```python
     import arithlens
     from arithlens.cna.lora import LoRASettings
-    from arithlens.cna.pruning import cna_pruning
+    from arithlens.cna.pruning import PruningSettings, cna_pruning
     from arithlens.analysis.tuning import load_saved
 
     model = arithlens.load_model()
-    result = cna_pruning(model, n_cases=32, lora=LoRASettings(lrs=[1e-3], steps=60), out_dir="results/prune")
+    settings = PruningSettings(n_cases=32, lora=LoRASettings(lrs=[1e-3], steps=60), out_dir="results/prune")
+    result = cna_pruning(model, settings)
     result.table()                                   # Table 11
     pruned = load_saved("results/prune/cna-pruned/model")
     ```
@@ -138,34 +139,11 @@ class CNAPruningResult(Result):
         return fig
 
 
-def cna_pruning(
-    model: Any,
-    *,
-    lora_model: Any = None,
-    cases: Any = None,
-    train: Any = None,
-    test: Any = None,
-    lora_layer: int | None = None,
-    top_k: int | None = None,
-    deep_layers: Sequence[int] | None = None,
-    n_cases: int | None = 64,
-    target: str = "prediction",
-    mode: str = "fast",
-    random_control: bool = True,
-    lora: LoRASettings | None = None,
-    out_dir: str | pathlib.Path | None = None,
-    keep_models: bool = False,
-    seed: int = 0,
-    timing_repeats: int = 5,
-    progress: bool = True,
-) -> CNAPruningResult:
-    """§6.1, Table 11: prune the deep FFN neurons CNA does not select, then fine-tune LoRA — a procedure.
+@dataclass(frozen=True, kw_only=True)
+class PruningSettings:
+    """How [`cna_pruning`][arithlens.cna.pruning.cna_pruning] prunes and fine-tunes (§6.1).
 
-    Args:
-        model: The original model; never modified.
-        lora_model: A LoRA model on `lora_layer` (default: trained here with `lora`).
-        cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
-        train, test: LoRA data (default: the §5 split of `lora`).
+    Attributes:
         lora_layer: The shallow LoRA layer (default the paper's 9 of 32, scaled: `round(9 n / 32)`).
         top_k: Each case's top-K CNA neurons kept (default the paper's fraction, at least 1).
         deep_layers: Layers pruned (default the paper's 17–31 of 32, scaled).
@@ -174,7 +152,7 @@ def cna_pruning(
         mode: CNA mode, `"fast"` (default) or `"exact"`.
         random_control: Also prune at random (same count per layer) and fine-tune that.
         lora: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] that train every LoRA
-            model and whose split gives the data (default CPU-sized).
+            model and whose split gives the data (default CPU-sized, seeded by `seed`).
         out_dir: Saves adapters (`lora_L{L}`, `cna-pruned/lora_L{L}`, ...) and the pruned
             models (`cna-pruned/model`, `random-pruned/model`).
         keep_models: Keep the models in the result.
@@ -183,36 +161,92 @@ def cna_pruning(
         progress: Progress bars.
     """
 
-    lora_layer = None if lora_layer is None else validate.non_negative_int(lora_layer, "lora_layer")
-    top_k = None if top_k is None else validate.positive_int(top_k, "top_k")
-    deep_layers = None if deep_layers is None else validate.int_sequence(deep_layers, "deep_layers", low=0, unique=True)
-    n_cases = validate.optional_positive_int(n_cases, "n_cases")
-    target = validate.choice(target, "target", ("prediction", "answer"))
-    mode = validate.choice(mode, "mode", ("exact", "fast"))
-    random_control = validate.boolean(random_control, "random_control")
-    if lora is not None and not isinstance(lora, LoRASettings):
-        raise ValueError(f"lora={lora!r} must be LoRASettings (they train the LoRA models)")
-    lora = lora or LoRASettings(progress=progress, seed=seed)
-    out_dir = None if out_dir is None else validate.output_dir(out_dir, "out_dir")
-    keep_models = validate.boolean(keep_models, "keep_models")
-    seed = validate.integer(seed, "seed")
-    timing_repeats = validate.positive_int(timing_repeats, "timing_repeats")
-    progress = validate.boolean(progress, "progress")
+    lora_layer: int | None = None
+    top_k: int | None = None
+    deep_layers: Sequence[int] | None = None
+    n_cases: int | None = 64
+    target: str = "prediction"
+    mode: str = "fast"
+    random_control: bool = True
+    lora: LoRASettings | None = None
+    out_dir: str | pathlib.Path | None = None
+    keep_models: bool = False
+    seed: int = 0
+    timing_repeats: int = 5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lora_layer is not None:
+            object.__setattr__(self, "lora_layer", validate.non_negative_int(self.lora_layer, "lora_layer"))
+        if self.top_k is not None:
+            object.__setattr__(self, "top_k", validate.positive_int(self.top_k, "top_k"))
+        if self.deep_layers is not None:
+            object.__setattr__(self, "deep_layers", tuple(validate.int_sequence(self.deep_layers, "deep_layers", low=0, unique=True)))
+        object.__setattr__(self, "n_cases", validate.optional_positive_int(self.n_cases, "n_cases"))
+        validate.choice(self.target, "target", ("prediction", "answer"))
+        validate.choice(self.mode, "mode", ("exact", "fast"))
+        object.__setattr__(self, "random_control", validate.boolean(self.random_control, "random_control"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        if self.lora is not None and not isinstance(self.lora, LoRASettings):
+            raise ValueError(f"lora={self.lora!r} must be LoRASettings (they train the LoRA models)")
+        object.__setattr__(self, "lora", self.lora or LoRASettings(progress=self.progress, seed=self.seed))
+        if self.out_dir is not None:
+            object.__setattr__(self, "out_dir", validate.output_dir(self.out_dir, "out_dir"))
+        object.__setattr__(self, "keep_models", validate.boolean(self.keep_models, "keep_models"))
+        object.__setattr__(self, "timing_repeats", validate.positive_int(self.timing_repeats, "timing_repeats"))
+
+    def resolve(self, model: Any) -> tuple[int, list[int], int]:
+        """`(lora_layer, deep_layers, top_k)` for `model`, validated against its shape (gated MLPs included)."""
+        n, total = model.n_layers, model.n_layers * model.d_mlp
+        layer = round(9 * n / 32) if self.lora_layer is None else self.lora_layer
+        validate.integer(layer, "lora_layer", low=0, high=n - 1)
+        deep = list(range(round(17 * n / 32), n)) if self.deep_layers is None else list(self.deep_layers)
+        for L in deep:
+            validate.integer(L, "deep_layers item", low=0, high=n - 1)
+        top_k = max(1, round(PAPER_TOP_FRACTION * total)) if self.top_k is None else self.top_k
+        if top_k > total:
+            raise ValueError(f"top_k={top_k} is larger than the model's {total} FFN neurons ({n} layers x {model.d_mlp})")
+        check_gated(model, deep)
+        return layer, deep, top_k
+
+
+def cna_pruning(
+    model: Any,
+    settings: PruningSettings | None = None,
+    *,
+    lora_model: Any = None,
+    cases: Any = None,
+    train: Any = None,
+    test: Any = None,
+) -> CNAPruningResult:
+    """§6.1, Table 11: prune the deep FFN neurons CNA does not select, then fine-tune LoRA — a procedure.
+
+    Args:
+        model: The original model; never modified.
+        settings: How to prune and fine-tune ([`PruningSettings`][arithlens.cna.pruning.PruningSettings]; default ones).
+        lora_model: A LoRA model on `lora_layer` (default: trained here with `settings.lora`).
+        cases: CNA's cases (default: the 1-digit `+ − × ÷` numeral cases, templates 1–4).
+        train, test: LoRA data (default: the §5 split of `settings.lora`).
+    """
+    settings = settings or PruningSettings()
+    if not isinstance(settings, PruningSettings):
+        raise ValueError(f"settings={settings!r} must be PruningSettings")
 
     model = load_model(model)
-    layer, deep, n_top = _resolve(model, lora_layer, deep_layers, top_k)
-    train, val, test = lora.split(model, train, test)
-    where = (lambda *parts: None) if out_dir is None else (lambda *parts: out_dir.joinpath(*parts))
+    layer, deep, n_top = settings.resolve(model)
+    train, val, test = settings.lora.split(model, train, test)
+    where = (lambda *parts: None) if settings.out_dir is None else (lambda *parts: settings.out_dir.joinpath(*parts))
     if lora_model is None:
-        lora_model, _ = lora.fit(model, layer, train, val, where(f"lora_L{layer}"))
+        lora_model, _ = settings.lora.fit(model, layer, train, val, where(f"lora_L{layer}"))
     if cases is None:
         cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
-        cases = cases if n_cases is None or n_cases >= len(cases) else cases.sample(n_cases, seed=seed)
-    scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=target, mode=mode, progress=progress)
+        cases = cases if settings.n_cases is None or settings.n_cases >= len(cases) else cases.sample(settings.n_cases, seed=settings.seed)
+    scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=settings.target, mode=settings.mode, progress=settings.progress)
     # The LoRA model is CNA's first side: importance_change = LoRA minus original.
     union = top_mask(scorer.run(lora_model, cases).importance_change, n_top).any(0)
     kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(settings.seed)
     random_kept = {L: sorted(torch.randperm(model.d_mlp, generator=gen)[: len(idx)].tolist()) for L, idx in kept.items()}
     tokens = _timing_batch(model, test)
     rows, models, saved = [], {}, {}
@@ -222,37 +256,22 @@ def cna_pruning(
         rows.append({"model": name, "pruning": pruning, "lora": tuned, "accuracy": evaluate(lm, test, full_answer=False).accuracy,
                      "n_params": n_parameters(lm), "deep_ffn_params": sum(3 * lm.d_model * sizes[L] for L in deep),
                      "deep_neurons": sum(sizes[L] for L in deep),
-                     "forward_ms": float("nan") if tuned else forward_ms(lm, tokens, timing_repeats)})  # fmt: skip
-        if keep_models:
+                     "forward_ms": float("nan") if tuned else forward_ms(lm, tokens, settings.timing_repeats)})  # fmt: skip
+        if settings.keep_models:
             models[name] = lm
 
     add("original", model, "none", False)
     add(f"lora{layer}", lora_model, "none", True)
-    variants = [("cna", kept, "p")] + ([("random", random_kept, "r")] if random_control else [])
+    variants = [("cna", kept, "p")] + ([("random", random_kept, "r")] if settings.random_control else [])
     for pruning, keep, tag in variants:
         pruned = prune(model, keep, name=f"{model.name}-{pruning}-pruned")
-        if out_dir is not None:
+        if settings.out_dir is not None:
             saved[f"{pruning}-pruned"] = str(save_model(pruned, where(f"{pruning}-pruned", "model")))
         add(f"{pruning}-pruned", pruned, pruning, False)
-        tuned, _ = lora.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
+        tuned, _ = settings.lora.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
         add(f"lora{layer}-{tag}", tuned, pruning, True)
     return CNAPruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
                             deep_layers=deep, models=models, saved=saved)  # fmt: skip
-
-
-def _resolve(model: Any, lora_layer: int | None, deep_layers: Sequence[int] | None, top_k: int | None) -> tuple[int, list[int], int]:
-    """`(lora_layer, deep_layers, top_n)` for `model`, validated against its shape."""
-    n, total = model.n_layers, model.n_layers * model.d_mlp
-    layer = round(9 * n / 32) if lora_layer is None else lora_layer
-    validate.integer(layer, "lora_layer", low=0, high=n - 1)
-    deep = list(range(round(17 * n / 32), n)) if deep_layers is None else deep_layers
-    for L in deep:
-        validate.integer(L, "deep_layers item", low=0, high=n - 1)
-    top_n = max(1, round(PAPER_TOP_FRACTION * total)) if top_k is None else top_k
-    if top_n > total:
-        raise ValueError(f"top_k={top_n} is larger than the model's {total} FFN neurons ({n} layers x {model.d_mlp})")
-    check_gated(model, deep)
-    return layer, deep, top_n
 
 
 def _timing_batch(model: Any, test: Any, rows: int = 32) -> torch.Tensor:
