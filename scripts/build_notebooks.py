@@ -231,13 +231,13 @@ def heads() -> list:
         ## Table 2: 1-, 2- and 3-digit addition
 
         The top "+" heads, ablated on 1-, 2- and 3-digit addition (template 4, 50 problems
-        per size). `relative_drop` is the paper's "accuracy decrease (%)" / 100.
+        per size). `accuracy_decrease` is the paper's "accuracy decrease (%)".
         """),
         code("""
         sizes = data.arithmetic(model.tokenizer, ops="+", digits=(1, 2, 3), templates=[4],
                                 forms=["numeral"], n_per_op=50)
         table2 = HeadAblation(heads=top_heads, group_by=("digits",), progress=False).run(model, sizes)
-        table2.df.pivot_table(index=["layer", "head"], columns="digits", values="relative_drop").round(2)
+        table2.df.pivot_table(index=["layer", "head"], columns="digits", values="accuracy_decrease").round(2)
         """),
         md("""
         ## Table 3: memorize vs change-one digits
@@ -252,10 +252,10 @@ def heads() -> list:
         """),
         code("""
         table3 = HeadAblation(heads=top_heads, group_by=("case_type",), progress=False).run(model, digits2)
-        table3.df[["layer", "head", "case_type", "n", "baseline_accuracy", "accuracy", "relative_drop"]]
+        table3.df[["layer", "head", "case_type", "n", "baseline_accuracy", "accuracy", "accuracy_decrease"]]
         """),
         code("""
-        table3.plot(value="relative_drop")
+        table3.plot(value="accuracy_decrease")
         """),
         reading("""
         A sweep tests every head, so a drop counts as measurable only when its interval,

@@ -41,7 +41,7 @@ def heads(model, out: Path) -> None:
     res = HeadAblation(progress=False).run(model, ds)
     res.df.to_csv(out / "heads.csv", index=False)
     plus = res.df[res.df.op == "+"]
-    cols = ["layer", "head", "baseline_accuracy", "accuracy", "accuracy_drop", "relative_drop", "logprob_drop"]
+    cols = ["layer", "head", "baseline_accuracy", "accuracy", "accuracy_drop", "accuracy_decrease", "logprob_drop"]
     print(plus.sort_values("accuracy_drop", ascending=False)[cols].head(5).to_string(index=False))
     print("median head's accuracy drop:", plus.accuracy_drop.median(), "| top / median:", res.median_ratio("+"))
     print("log-prob drop, top / median:", plus.logprob_drop.max() / plus.logprob_drop.median())
@@ -74,7 +74,7 @@ def table8(model, out: Path) -> None:
     from arithlens.cna import HiddenInterpretable
 
     ds = data.arithmetic(model.tokenizer, ops="+-", templates=[1, 2, 3, 4], forms=["numeral"])
-    res = HiddenInterpretable(ms=(0, 1, 2, 3, 5, 8), progress=False).run(model, ds, only_correct=True)
+    res = HiddenInterpretable(ms=(0, 1, 2, 3, 5, 8), correct_only=True, progress=False).run(model, ds)
     res.df.to_csv(out / "table8.csv", index=False)
     print(res.table().to_string())
 
@@ -116,10 +116,10 @@ LORA_LAYERS = (2, 5, 8, 11, 14, 19, 25)  # spread over the paper's ranges, scale
 
 def _sweep(out: Path, layers=LORA_LAYERS, lrs=(1e-3,)):
     """The CPU-sized LoRA setting of every §5/§6.1 part: 80 steps of 8 on 1,000 §5 cases."""
-    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.lora import LoRASettings
 
-    return LoRALayerSweep(layers=layers, lrs=lrs, steps=80, n_train=1000, n_val=100, n_test=200,
-                          out_dir=out / ("lora" if len(lrs) == 1 else "lora_lr"), progress=False)  # fmt: skip
+    return LoRASettings(layers=layers, lrs=lrs, steps=80, n_train=1000, n_val=100, n_test=200,
+                        out_dir=out / ("lora" if len(lrs) == 1 else "lora_lr"), progress=False)  # fmt: skip
 
 
 def _se(p: float, n: int) -> float:
@@ -129,9 +129,9 @@ def _se(p: float, n: int) -> float:
 
 def lora_lr(model, out: Path) -> None:
     """CNA §5: the paper's three learning rates on one shallow layer (8), chosen on held-out loss."""
-    from arithlens.cna.lora import PAPER_LRS
+    from arithlens.cna.lora import PAPER_LRS, lora_layer_sweep
 
-    res = _sweep(out, layers=(8,), lrs=PAPER_LRS).run(model)
+    res = lora_layer_sweep(model, _sweep(out, layers=(8,), lrs=PAPER_LRS))
     res.lr_search.to_csv(out / "lora_lr.csv", index=False)
     print(res.lr_search.to_string(index=False))
     best = res.lr_search.loc[res.lr_search.val_loss.idxmin()]
@@ -141,9 +141,10 @@ def lora_lr(model, out: Path) -> None:
 
 def lora(model, out: Path) -> None:
     """CNA §5: Figure 2 and Tables 9, 10 (ranked on the original model, the correct answer token)."""
+    from arithlens.cna.lora import lora_layer_sweep
     from arithlens.cna.lora_coefficients import LoRACoefficients
 
-    sweep = _sweep(out).run(model)
+    sweep = lora_layer_sweep(model, _sweep(out))
     sweep.df.to_csv(out / "lora.csv", index=False)
     print(sweep.df[["model", "lora_layer", "group", "lr", "val_loss", "accuracy"]].to_string(index=False))
     base, tuned = float(sweep.df.accuracy.iloc[0]), sweep.df.iloc[1:]
@@ -153,7 +154,7 @@ def lora(model, out: Path) -> None:
           + ", ".join(f"{g} {a:.1%}" for g, a in tuned.groupby("group", sort=False).accuracy.mean().items())
           + f"; best layer {int(tuned.loc[tuned.accuracy.idxmax(), 'lora_layer'])} ({tuned.accuracy.max():.1%}).")
     cases = data.arithmetic(model.tokenizer, ops="+-*/", templates=[1, 2, 3, 4], forms=["numeral"]).sample(64, seed=0)
-    coef = LoRACoefficients(progress=False).run(model, sweep, cases)
+    coef = LoRACoefficients(progress=False).run(model, cases, loras=sweep)
     coef.df.to_csv(out / "lora_coef.csv", index=False)
     t9, t10 = coef.table9(), coef.table10()
     print(t9.round(3).to_string())
@@ -182,7 +183,7 @@ def lora_rank(model, out: Path) -> None:
 
     adapters = {L: out / "lora" / f"lora_L{L}" for L in LORA_LAYERS}
     cases = data.arithmetic(model.tokenizer, ops="+-*/", templates=[1, 2, 3, 4], forms=["numeral"]).sample(64, seed=0)
-    coef = LoRACoefficients(rank_on="lora", progress=False).run(model, adapters, cases)
+    coef = LoRACoefficients(rank_on="lora", progress=False).run(model, cases, loras=adapters)
     coef.df.to_csv(out / "lora_coef_rank_lora.csv", index=False)
     t10 = coef.table10()
     print(t10.round(1).to_string())
@@ -195,9 +196,9 @@ def lora_rank(model, out: Path) -> None:
 
 def prune(model, out: Path) -> None:
     """CNA §6.1, Table 11: CNA between the original and LoRA on layer 8 on 48 1-digit cases."""
-    from arithlens.cna.pruning import CNAPruning
+    from arithlens.cna.pruning import PruningSettings, cna_pruning
 
-    res = CNAPruning(n_cases=48, sweep=_sweep(out), out_dir=out / "lora", progress=False).run(model)
+    res = cna_pruning(model, PruningSettings(n_cases=48, lora=_sweep(out), out_dir=out / "lora", progress=False))
     res.df.to_csv(out / "prune.csv", index=False)
     print(res.df.to_string(index=False))
     print(res.table().to_string())
@@ -220,9 +221,9 @@ def prune(model, out: Path) -> None:
 
 def bias(model, out: Path) -> None:
     """CNA §6.2, Tables 12, 13 and Appendix D: 18 neurons found on the first prompt, zeroed."""
-    from arithlens.cna.bias import GenderBias, ProfessionDiscovery, paper_bias_data
+    from arithlens.cna.bias import GenderBiasSettings, discover_professions, gender_bias, paper_bias_data
 
-    disc = ProfessionDiscovery(top_k=100).run(model)
+    disc = discover_professions(model, top_k=100)
     disc.df.to_csv(out / "bias_discovery.csv", index=False)
     cand = disc.candidates()
     table23 = paper_bias_data().professions
@@ -230,7 +231,7 @@ def bias(model, out: Path) -> None:
     print(f"Appendix D on SmolLM2: {sum(map(len, found.values()))} of 32 Table 23 professions (first word) are among the "
           f"top-100 next tokens of one gender only, for that gender, in at least one prompt: "
           + "; ".join(f"{g}: {', '.join(v) or 'none'}" for g, v in found.items()))
-    res = GenderBias(n_neurons=18, progress=False).run(model)
+    res = gender_bias(model, GenderBiasSettings(n_neurons=18, progress=False))
     res.df.to_csv(out / "bias.csv", index=False)
     t13 = res.table13()
     print(t13.round(3).to_string())

@@ -8,6 +8,30 @@ import torch
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def glossary_columns():
+    """Every result's `df` uses only glossary column names (arithlens.analysis.columns)."""
+    import os
+
+    from arithlens.analysis import columns, results
+
+    record = os.environ.get("ARITHLENS_RECORD_COLUMNS")
+    original = results.Result.__post_init__
+
+    def checked(self):
+        original(self)
+        unknown = columns.unknown(self.df.columns)
+        if unknown and record:
+            with open(record, "a") as f:
+                f.write("".join(f"{type(self).__name__} {c}\n" for c in unknown))
+        elif unknown:
+            raise AssertionError(f"{type(self).__name__}.df has columns outside the glossary: {unknown}")
+
+    results.Result.__post_init__ = checked
+    yield
+    results.Result.__post_init__ = original
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from arithlens.testing import tiny_llama

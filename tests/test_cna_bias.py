@@ -13,8 +13,9 @@ import arithlens
 from arithlens import data
 from arithlens.cna.bias import (
     BiasData,
-    GenderBias,
-    ProfessionDiscovery,
+    GenderBiasSettings,
+    discover_professions,
+    gender_bias,
     continuation_ids,
     edit,
     fill,
@@ -79,7 +80,7 @@ def test_edit_equals_the_intervention_and_saves(tiny, tmp_path):
 
 def test_gender_bias_against_brute_force(tiny):
     before = _snapshot(tiny)
-    result = GenderBias(n_neurons=3, data=SMALL, mode="exact", top_tokens=3, ppl_tokens=64, n_arithmetic=8).run(tiny)
+    result = gender_bias(tiny, GenderBiasSettings(n_neurons=3, data=SMALL, mode="exact", top_tokens=3, ppl_tokens=64, n_arithmetic=8))
     # The neurons: CNA with the biased gender first, mean importance change over professions.
     profs = SMALL.cases()
     mine = data.prompts(tiny.tokenizer, [fill(SMALL.prompts[0], g) for g in profs["biased_to"]], list(profs["profession"]))
@@ -110,7 +111,7 @@ def test_gender_bias_against_brute_force(tiny):
 
 
 def test_discovery_marks_tokens_of_one_gender_only(tiny):
-    result = ProfessionDiscovery(top_k=5, data=SMALL).run(tiny)
+    result = discover_professions(tiny, top_k=5, data=SMALL)
     assert len(result.df) == 2 * 2 * 5
     for prompt in SMALL.prompts:
         tops = {}
@@ -137,9 +138,9 @@ def test_bad_input_is_refused(tiny, tmp_path):
     lines.write_text("woman: nurse, maid\nman: guard\n")
     assert load_professions(lines) == {"woman": ("nurse", "maid"), "man": ("guard",)}
     with pytest.raises(ValueError, match="n_neurons=193 is larger than"):
-        GenderBias(n_neurons=193, data=SMALL).run(tiny)
+        gender_bias(tiny, GenderBiasSettings(n_neurons=193, data=SMALL))
     with pytest.raises(ValueError, match="cna_prompts item=2 is out of range"):
-        GenderBias(data=SMALL, cna_prompts=[2])
+        GenderBiasSettings(data=SMALL, cna_prompts=[2])
     with pytest.raises(ValueError, match="neuron layer=3 is out of range"):
         edit(tiny, [(3, 0)])
     with pytest.raises(ValueError, match="neurons of layer 0 item=64"):

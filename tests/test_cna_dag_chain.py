@@ -155,7 +155,7 @@ def test_dag_without_intervention_and_bad_input(tiny):
         PredictionEnhancingDAG(k_table=(5, -1))
     with pytest.raises(ValueError, match="k_table='5'"):
         PredictionEnhancingDAG(k_table="5")
-    assert PredictionEnhancingDAG(k=np.int64(3), k_table=()).k_table == []
+    assert PredictionEnhancingDAG(k=np.int64(3), k_table=()).k_table == ()
     with pytest.raises(ValueError, match="threshold"):
         PredictionEnhancingDAG(threshold="0.1")
     with pytest.raises(ValueError, match="top_tokens"):
@@ -208,7 +208,7 @@ def test_logic_chain_stages_plot_and_errors(tiny):
     assert fig.layout.xaxis4.title.text == "layer" and fig.layout.yaxis2.title.text == "Δ log p (nats)"
     with pytest.raises(ValueError, match="one prompt"):
         LogicChain(intervention=(2, 1)).run(tiny, ["3+5=", "1+1="])
-    with pytest.raises(ValueError, match="head="):
+    with pytest.raises(ValueError, match="give the intervention"):
         LogicChain()
     with pytest.raises(ValueError, match="one head"):
         LogicChain(intervention=ZeroNeurons(1, [3]))

@@ -9,7 +9,7 @@ from conftest import assert_untouched, model_state
 from arithlens import data
 from arithlens.analysis.tuning import answer_sequences
 from arithlens.cna.importance import NeuronImportance
-from arithlens.cna.lora import LoRALayerSweep, default_layers, layer_groups, load_lora
+from arithlens.cna.lora import LoRASettings, default_layers, layer_groups, load_lora, lora_layer_sweep
 from arithlens.cna.lora_coefficients import LoRACoefficients
 from arithlens.analysis.tuning import canonical_state, hf_copy
 from arithlens.testing import tiny_llama
@@ -28,8 +28,8 @@ def swept(tmp_path_factory):
     model = tiny_llama()
     before = _snapshot(model)
     out = tmp_path_factory.mktemp("adapters")
-    sweep = LoRALayerSweep(layers=[1], lrs=[1e-2, 1e-4], out_dir=out, **SMALL)
-    result = sweep.run(model)
+    sweep = LoRASettings(layers=[1], lrs=[1e-2, 1e-4], out_dir=out, **SMALL)
+    result = lora_layer_sweep(model, sweep)
     return model, before, sweep, result, out
 
 
@@ -82,7 +82,7 @@ def test_accuracy_and_figure(swept):
 
 def test_saved_adapter_is_reused_not_retrained(swept):
     model, _, sweep, result, out = swept
-    again = sweep.run(model)
+    again = lora_layer_sweep(model, sweep)
     assert bool(again.df.set_index("model").loc["lora1", "reused"])
     a, b = canonical_state(result.models[1]), canonical_state(again.models[1])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -91,7 +91,7 @@ def test_saved_adapter_is_reused_not_retrained(swept):
     with torch.no_grad():
         torch.testing.assert_close(loaded.bridge(tokens), result.models[1].bridge(tokens), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="use another out_dir"):
-        LoRALayerSweep(layers=[1], lrs=[1e-2, 1e-4], out_dir=out, **{**SMALL, "steps": 4}).run(model)
+        lora_layer_sweep(model, LoRASettings(layers=[1], lrs=[1e-2, 1e-4], out_dir=out, **{**SMALL, "steps": 4}))
 
 
 def test_coefficient_increase_against_brute_force(tiny):
@@ -100,7 +100,7 @@ def test_coefficient_increase_against_brute_force(tiny):
     cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(4, seed=1)
     for rank_on in ("original", "change"):
         result = LoRACoefficients(rank_on=rank_on, ks=(5, 2), mode="exact", case_k=3, groups={"low": [0, 1], "high": [2]}).run(
-            tiny, {2: other}, cases
+            tiny, cases, loras={2: other}
         )
         scorer = NeuronImportance(top_tokens=0, target="answer", mode="exact")
         ours = scorer.run(tiny, cases)
@@ -118,7 +118,7 @@ def test_coefficient_increase_against_brute_force(tiny):
         assert list(table10.columns) == ["top5", "top2"]
         assert table10.loc["high", "top2"] == pytest.approx(result.df[result.df["k"] == 2]["coef_increase"].mean())
     # Table 9 (ranked on the original): the case's top neurons, their coefficient in each model.
-    result = LoRACoefficients(ks=(5,), mode="exact", case_k=3).run(tiny, {2: other}, cases)
+    result = LoRACoefficients(ks=(5,), mode="exact", case_k=3).run(tiny, cases, loras={2: other})
     case = data.prompts(tiny.tokenizer, ["3+5="], ["8"])
     imp = flat(scorer.run(tiny, case).importance[0])
     top = imp.topk(3).indices.tolist()
@@ -160,12 +160,12 @@ def _post(model, cases):
 )
 def test_sweep_rejects_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        LoRALayerSweep(**kwargs)
+        LoRASettings(**kwargs)
 
 
 def test_sweep_rejects_a_layer_the_model_lacks(tiny):
     with pytest.raises(ValueError, match="layers item=3 is out of range"):
-        LoRALayerSweep(layers=[3], **SMALL).run(tiny)
+        lora_layer_sweep(tiny, LoRASettings(layers=[3], **SMALL))
 
 
 def test_coefficients_reject_bad_input(tiny):
@@ -174,7 +174,7 @@ def test_coefficients_reject_bad_input(tiny):
     with pytest.raises(ValueError, match="case_answer"):
         LoRACoefficients(case_answer=None)
     with pytest.raises(ValueError, match="loras"):
-        LoRACoefficients().run(tiny, {}, ["1+1="])
+        LoRACoefficients().run(tiny, ["1+1="], loras={})
 
 
 # ---------------------------------------------------------------------------- CLI

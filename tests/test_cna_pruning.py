@@ -9,8 +9,8 @@ from conftest import assert_untouched, model_state
 
 from arithlens import data
 from arithlens.cna.comparative import ComparativeNeuronScores
-from arithlens.cna.lora import LoRALayerSweep
-from arithlens.cna.pruning import CNAPruning, prune
+from arithlens.cna.lora import LoRASettings
+from arithlens.cna.pruning import PruningSettings, cna_pruning, prune
 from arithlens.analysis.tuning import hf_copy, layer_widths, load_saved, n_parameters, save_model
 from arithlens.cna.frames import top_mask
 from arithlens.core.interventions import KeepNeurons
@@ -82,15 +82,15 @@ def test_prune_rejects_bad_neurons(tiny, keep, message):
 
 
 def test_resolve_checks_layers_and_neuron_count(tiny):
-    assert CNAPruning().resolve(tiny) == (round(9 * 3 / 32), [2], 1)
+    assert PruningSettings().resolve(tiny) == (round(9 * 3 / 32), [2], 1)
     with pytest.raises(ValueError, match="lora_layer=3 is out of range"):
-        CNAPruning(lora_layer=3).resolve(tiny)
+        PruningSettings(lora_layer=3).resolve(tiny)
     with pytest.raises(ValueError, match="deep_layers item=5 is out of range"):
-        CNAPruning(deep_layers=[1, 5]).resolve(tiny)
-    with pytest.raises(ValueError, match="top_n=193 is larger than the model's 192 FFN neurons"):
-        CNAPruning(top_n=193).resolve(tiny)
-    with pytest.raises(ValueError, match="top_n=0"):
-        CNAPruning(top_n=0)
+        PruningSettings(deep_layers=[1, 5]).resolve(tiny)
+    with pytest.raises(ValueError, match="top_k=193 is larger than the model's 192 FFN neurons"):
+        PruningSettings(top_k=193).resolve(tiny)
+    with pytest.raises(ValueError, match="top_k=0"):
+        PruningSettings(top_k=0)
 
 
 def test_model_without_gated_mlp_is_refused():
@@ -104,16 +104,17 @@ def test_model_without_gated_mlp_is_refused():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=64))
     model = LensModel.from_hf(gpt2, tok, name="tiny-gpt2", device="cpu")
     with pytest.raises(ValueError, match="has no gated MLP"):
-        CNAPruning().resolve(model)
+        PruningSettings().resolve(model)
 
 
-def test_cna_pruning_keeps_the_union_of_each_case_top_n(tiny, tmp_path):
+def test_cna_pruning_keeps_the_union_of_each_case_top_k(tiny, tmp_path):
     before = _snapshot(tiny)
     other = tiny_llama(seed=1)  # stands in for the LoRA model: same shape, other weights
     cases = data.arithmetic(tiny.tokenizer, ops="+-", templates=[4], forms=["numeral"]).sample(6, seed=0)
-    sweep = LoRALayerSweep(lrs=[1e-3], steps=2, n_train=24, n_val=4, n_test=8, progress=False)
-    result = CNAPruning(lora_layer=0, top_n=7, deep_layers=[1, 2], mode="exact", sweep=sweep, out_dir=tmp_path,
-                        keep_models=True, progress=False).run(tiny, lora_model=other, cases=cases)  # fmt: skip
+    lora = LoRASettings(lrs=[1e-3], steps=2, n_train=24, n_val=4, n_test=8, progress=False)
+    settings = PruningSettings(lora_layer=0, top_k=7, deep_layers=[1, 2], mode="exact", lora=lora, out_dir=tmp_path,
+                               keep_models=True, progress=False)  # fmt: skip
+    result = cna_pruning(tiny, settings, lora_model=other, cases=cases)
     # Brute force: CNA with the LoRA model first, each case's top 7, their union in layers 1-2.
     res = ComparativeNeuronScores(top_tokens=0, other_model=tiny, target="prediction", mode="exact").run(other, cases)
     flat = einops.rearrange(res.importance_change, "c l n -> c (l n)")
@@ -150,8 +151,8 @@ def _no_load(monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--top-n", "0"], "top_n=0"),
-        (["--top-n", "many"], "--top-n='many' is not an integer"),
+        (["--top-k", "0"], "top_k=0"),
+        (["--top-k", "many"], "--top-k='many' is not an integer"),
         (["--steps", "-3"], "steps=-3"),
         (["--lrs", "1e-3,fast"], "--lrs='fast' is not a comma-separated list of numbers"),
         (["--ops", "+%"], "--ops='+%'"),
@@ -170,7 +171,7 @@ def test_prune_cli_rejects_bad_arguments_before_loading(monkeypatch, capsys, tmp
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--lora-layer", "3"], "lora_layer=3 is out of range"), (["--top-n", "500"], "larger than the model's 192 FFN neurons")],
+    [(["--lora-layer", "3"], "lora_layer=3 is out of range"), (["--top-k", "500"], "larger than the model's 192 FFN neurons")],
 )
 def test_prune_cli_rejects_what_the_model_cannot_take(monkeypatch, capsys, tmp_path, tiny, argv, message):
     import arithlens.app.cli

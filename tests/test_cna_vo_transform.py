@@ -1,5 +1,6 @@
 """VOTransform (Table 7) and HiddenInterpretable (Table 8): brute force, the cache, bad input."""
 
+import dataclasses
 import copy
 
 import numpy as np
@@ -204,10 +205,10 @@ def test_hidden_interpretable_reads_the_clean_pass_off_a_cache(tiny):
     n_sets = sum(bool(scan.neuron_set(m)) for m in (1, 2))
     assert calls[0] == n_sets
     assert alone.df.equals(given.df)
-    # only_correct keeps the cases the cache says are answered correctly.
+    # correct_only keeps the cases the cache says are answered correctly.
     wrong = ArithmeticDataset([Case(c.prompt, "x", "x", tiny.encode("x")[0], c.input_ids, (tiny.encode("x")[0],)) for c in data[:3]])
     mixed = ArithmeticDataset.concat(data, wrong)
-    res = hi.run(tiny, mixed, scan=scan, only_correct=True)
+    res = dataclasses.replace(hi, correct_only=True).run(tiny, mixed, scan=scan)
     assert (res.df["n_cases"] == len(data)).all() and (res.df["baseline_accuracy"] == 1.0).all()
     with pytest.raises(ValueError, match="other cases"):
         hi.run(tiny, mixed, cache=cache, scan=scan)
@@ -238,7 +239,7 @@ def test_rule_ge_is_the_literal_wording(tiny):
 
 def test_direct_vs_transformed(tiny):
     vo = VOTransform(upto_layer=2, k=10, progress=False)
-    result = vo.run(tiny, [(0, 3), "3", "1_7"], layer=2, k=5)
+    result = dataclasses.replace(vo, layer=2, top_tokens=5).run(tiny, [(0, 3), "3", "1_7"])
     table = result.table()
     assert list(table["item"]) == ["0_3", "word '3'", "1_7"]
     assert (table["attn layer"] == 2).all()
@@ -267,7 +268,7 @@ def test_transform_top_tokens_are_the_models_readout_when_b_U_is_nonzero():
 
     gpt2 = tiny_gpt2()
     vo = VOTransform(upto_layer=1, k=10, progress=False)
-    result = vo.run(gpt2, [(0, 4), "7"], layer=1, k=6)
+    result = dataclasses.replace(vo, layer=1, top_tokens=6).run(gpt2, [(0, 4), "7"])
     tagger = NumberConceptTagger()
 
     def ranking(v):
@@ -292,7 +293,7 @@ def test_bad_input_raises(tiny):
         HiddenInterpretable(ms=(-1,))
     with pytest.raises(ValueError, match="ms='3'"):
         HiddenInterpretable(ms="3")
-    assert HiddenInterpretable(ms=np.int64(2), progress=False).ms == [2]
+    assert HiddenInterpretable(ms=np.int64(2), progress=False).ms == (2,)
     with pytest.raises(ValueError, match="position"):
         HiddenInterpretable(position="end")
     with pytest.raises(ValueError, match="batch_size=-1"):
@@ -322,7 +323,7 @@ def test_bad_input_raises(tiny):
     with pytest.raises(ValueError, match="k=0"):
         VOTransform(k=0)
     with pytest.raises(ValueError, match="cannot read"):
-        VOTransform().run(tiny, [(1, 3)], layer=1)
+        dataclasses.replace(VOTransform(), layer=1).run(tiny, [(1, 3)])
     with pytest.raises(ValueError, match="not a"):
         VOTransform().run(tiny, [3.5])
     with pytest.raises(ValueError, match="d_model"):
@@ -349,7 +350,7 @@ def test_smollm2_transform_is_the_attention_layer(smollm2):
     rms = torch.sqrt((x * x).mean(-1, keepdim=True) + float(smollm2.cfg.eps))
     torch.testing.assert_close(vo.transform(smollm2, x, 8) / rms, store["out"], atol=1e-4, rtol=1e-3)
     # Table 7 on a real vocabulary: the transformed view is the lens reading of T_a(W_E["3"]).
-    result = vo.run(smollm2, ["3"], layer=smollm2.n_layers // 2)
+    result = dataclasses.replace(vo, layer=smollm2.n_layers // 2).run(smollm2, ["3"])
     moved = result.df[result.df["view"] == "transformed"].sort_values("rank")
     emb = VocabularyProjection.embedding(smollm2, "3").vector
     expected = VocabularyProjection(k=10).top_tokens(smollm2, vo.transform(smollm2, emb, smollm2.n_layers // 2))[0]

@@ -89,9 +89,10 @@ def exact_cna(model) -> tuple:
 
 def lora_sweep(model) -> pd.DataFrame:
     """The LoRA layer sweep: layers strided across ranks, each rank training its own."""
-    from arithlens.cna.lora import LoRALayerSweep
+    from arithlens.cna.lora import LoRASettings, lora_layer_sweep
 
-    result = LoRALayerSweep(layers=[0, 1, 2], lrs=[1e-2], steps=2, n_train=12, n_val=4, n_test=6, progress=False).run(model)
+    settings = LoRASettings(layers=[0, 1, 2], lrs=[1e-2], steps=2, n_train=12, n_val=4, n_test=6, progress=False)
+    result = lora_layer_sweep(model, settings)
     return result.df.drop(columns="reused"), result.lr_search, result.losses
 
 

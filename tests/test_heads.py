@@ -73,7 +73,7 @@ def test_a_last_position_cache_serves_predictions(tiny, cases):
         ({"layers": [True]}, "layers item=True must be an integer"),
         ({"layers": "12"}, "layers='12' must be an integer or a sequence"),
         ({"heads": [1.5]}, "heads item=1.5 must be an integer"),
-        ({"heads": ["MLP 3"]}, "heads contains an MLP"),
+        ({"heads": ["MLP 3"]}, "names an MLP, not a head"),
         ({"group_by": [3]}, "group_by=\\[3\\] must be a case column"),
         ({"method": "noise"}, "method='noise' is not one of"),
         ({"position": "end"}, "position='end' is not one of"),

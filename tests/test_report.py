@@ -210,9 +210,9 @@ def test_table4_reading():
 
 def _mask_keep(mask_acc, keep_acc, n, coef):
     df = pd.DataFrame([
-        {"k": 99, "measure": "mask", "value": 100 * (1 - mask_acc), "accuracy": mask_acc, "n": n},
-        {"k": 99, "measure": "keep", "value": 100 * (1 - keep_acc), "accuracy": keep_acc, "n": n},
-        {"k": 99, "measure": "coef", "value": float(np.mean(coef)), "accuracy": float("nan"), "n": n},
+        {"k": 99, "measure": "mask", "decrease": 100 * (1 - mask_acc), "accuracy": mask_acc, "n": n},
+        {"k": 99, "measure": "keep", "decrease": 100 * (1 - keep_acc), "accuracy": keep_acc, "n": n},
+        {"k": 99, "measure": "coef", "decrease": float(np.mean(coef)), "accuracy": float("nan"), "n": n},
     ])  # fmt: skip
     return types.SimpleNamespace(df=df, baseline_accuracy=1.0, n_cases=n, keep_layers=list(range(15, 30)),
                                  coef_per_case={99: torch.tensor(coef)}, intervention="ZeroHead(0.8)")  # fmt: skip

@@ -13,14 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from arithlens.data import as_dataset
+from arithlens.core.dataset import as_dataset
 
 
 @dataclass
 class Result:
-    """Base class of analysis results."""
+    """Base class of analysis results: `df` (tidy, columns from the
+    [glossary][arithlens.analysis.columns.COLUMNS]), `plot()`, `to_csv(path)`."""
 
     df: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.df, pd.DataFrame):
+            raise TypeError(f"{type(self).__name__}.df must be a pandas DataFrame, not {type(self.df).__name__}")
 
     def plot(self, **kwargs: Any) -> Any:  # pragma: no cover - every subclass overrides
         raise NotImplementedError

@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from arithlens import data
+from arithlens import __version__, data
 from arithlens.core import validate
 from arithlens.core.loading import load_model
 from arithlens.core.placement import available_devices
@@ -277,7 +277,7 @@ RUN_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The `arithlens` argument parser with every subcommand registered."""
-    from arithlens import __version__
+
 
     parser = argparse.ArgumentParser(prog="arithlens", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"arithlens {__version__}")

@@ -9,8 +9,8 @@ the head's output `z` being zero: [`ZeroHead`][arithlens.core.interventions.Zero
 
 Per head and group (op by default) the result reports `accuracy`, `baseline_accuracy`,
 `accuracy_drop = baseline_accuracy - accuracy` (a fraction of cases),
-`relative_drop = accuracy_drop / baseline_accuracy` (the paper's "accuracy decrease (%)"
-of Tables 2 and 3 is this, in percent) and `logprob_drop`, the mean decrease of the
+`accuracy_decrease = 100 · accuracy_drop / baseline_accuracy` (the paper's "accuracy
+decrease (%)" of Tables 2 and 3) and `logprob_drop`, the mean decrease of the
 target token's log-probability. `.by("case_type")` gives Table 3's memorize / change-one
 breakdown, `.top(5)` Table 1's layout.
 
@@ -78,7 +78,7 @@ class HeadAblationResult(Result):
 
     Attributes:
         df: One row per (layer, head, group value): `layer, head, <group>, n, accuracy,
-            baseline_accuracy, accuracy_drop, relative_drop, logprob_drop, estimated`; group
+            baseline_accuracy, accuracy_drop, accuracy_decrease, logprob_drop, estimated`; group
             value `"all"` aggregates every case. `estimated` rows (attribution mode, not
             re-scored) have `NaN` accuracy columns and an estimated `logprob_drop`; in
             attribution mode `logprob_drop_estimate` holds every head's estimate.
@@ -549,7 +549,7 @@ def tabulate(
         frame["accuracy"] = acc
         frame["baseline_accuracy"] = base
         frame["accuracy_drop"] = base - acc
-        frame["relative_drop"] = (base - acc) / base if base > 0 else float("nan")
+        frame["accuracy_decrease"] = 100.0 * (base - acc) / base if base > 0 else float("nan")
         frame["logprob_drop"] = (base_lp[idx][None, :] - logprob[:, idx]).mean(1).numpy()
         frame["estimated"] = (~exact).numpy()
         if estimated is not None:

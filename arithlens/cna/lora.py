@@ -199,7 +199,7 @@ class LoRASettings:
     def config(self) -> dict[str, Any]:
         """What an adapter depends on; a saved adapter is re-used only when this matches."""
         keys = ("lrs", "rank", "alpha", "epochs", "steps", "batch_size", "n_train", "n_val", "seed")
-        return {k: getattr(self, k) for k in keys}
+        return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
 
     def split(self, model: Any, train: Any = None, test: Any = None) -> tuple[Any, Any, Any]:
         """`(train, val, test)`: the held-out `val` is the first `n_val` cases of the training split."""

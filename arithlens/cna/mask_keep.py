@@ -90,7 +90,7 @@ class MaskKeepResult(Result):
     """Table 5.
 
     Attributes:
-        df: Tidy rows `k, measure, value` (measure `mask`/`keep`/`coef`, value in %),
+        df: Tidy rows `k, measure, decrease` (measure `mask`/`keep`/`coef`, decrease in %),
             plus `accuracy` (under the intervention; NaN for coef) and `n`.
         baseline_accuracy: The original model's accuracy on the evaluated cases.
         n_cases: How many cases were evaluated.
@@ -111,7 +111,7 @@ class MaskKeepResult(Result):
 
     def table(self) -> pd.DataFrame:
         """Rows `mask, keep, coef`; columns `top{K}` in the order K was given (%)."""
-        wide = self.df.pivot(index="measure", columns="k", values="value")
+        wide = self.df.pivot(index="measure", columns="k", values="decrease")
         order = list(dict.fromkeys(self.df["k"]))
         wide = wide[order].loc[list(MEASURES)]
         wide.columns = [f"top{k}" for k in order]
@@ -124,8 +124,8 @@ class MaskKeepResult(Result):
 
         df = self.df.assign(K=lambda d: "top" + d["k"].astype(str))
         fig = px.bar(
-            df, x="K", y="value", color="measure", barmode="group",
-            labels={"value": "decrease (%)", "K": "each case's top-K CNA neurons", "measure": "measure"},
+            df, x="K", y="decrease", color="measure", barmode="group",
+            labels={"decrease": "decrease (%)", "K": "each case's top-K CNA neurons", "measure": "measure"},
             title=f"Mask / keep CNA top-K neurons (under {self.intervention}, {self.n_cases} cases)",
             hover_data={"accuracy": ":.3f", "n": True},
         )  # fmt: skip
@@ -218,10 +218,10 @@ class MaskKeep(CNAAnalysis):
             ):
                 pred = model.cache(sub, interventions=[inter], batch_size=self.batch_size, memo=False).predictions
                 acc = float((pred == ref).float().mean())
-                records.append({"k": k, "measure": measure, "value": relative_decrease(base_acc, acc), "accuracy": acc, "n": len(sub)})
+                records.append({"k": k, "measure": measure, "decrease": relative_decrease(base_acc, acc), "accuracy": acc, "n": len(sub)})
             dec = coef_decrease(cna.coef[rows], cna.coef_other[rows], top)
             per_case[k] = dec
-            records.append({"k": k, "measure": "coef", "value": float(dec.mean()), "accuracy": float("nan"), "n": len(sub)})
+            records.append({"k": k, "measure": "coef", "decrease": float(dec.mean()), "accuracy": float("nan"), "n": len(sub)})
         return MaskKeepResult(
             df=pd.DataFrame(records),
             baseline_accuracy=base_acc,
