@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 
 from arithlens import __version__, data
 from arithlens.core import validate
-from arithlens.core.loading import load_model
-from arithlens.core.placement import available_devices
+from arithlens.core.loading import check_dtype, load_model
+from arithlens.core.placement import available_devices, resolve_placement
 from arithlens.app.pipeline import run_pipeline
 from arithlens.analysis.evaluation import evaluate
 from arithlens.cna.heads import HeadAblation
@@ -66,7 +66,7 @@ _FORMS = ("numeral", "word")
 
 # ----------------------------------------------------------------------------- shared flags
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """`--model` and `--device`."""
+    """`--model`, `--device`, `--dtype`, `--device-map`, `--n-devices`."""
     parser.add_argument(
         "--model",
         default=None,
@@ -74,6 +74,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "Hugging Face directory, or a hub name",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="float32", help="weight dtype: float32 (default), bfloat16, float16 or float64")
+    parser.add_argument(
+        "--device-map", default=None, metavar="STRATEGY",
+        help="split the model over GPUs with Accelerate: auto, balanced, balanced_low_0 or sequential",
+    )  # fmt: skip
+    parser.add_argument("--n-devices", default=None, help="split the model evenly over GPUs 0..N-1")
 
 
 def add_dataset_args(
@@ -194,11 +200,20 @@ def check_model(spec: str | None) -> str | None:
     return text
 
 
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`load_model`'s placement and dtype from the flags, checked without loading anything."""
+    n_devices = None if args.n_devices is None else _int_text(args.n_devices, "--n-devices")
+    options = {"device": check_device(args.device), "dtype": check_dtype(args.dtype),
+               "device_map": args.device_map, "n_devices": n_devices}  # fmt: skip
+    resolve_placement(options["device"], options["device_map"], n_devices, None)  # conflicts, devices this machine lacks
+    return options
+
+
 def load_model_from_args(args: argparse.Namespace) -> Any:
-    """Load `--model` on `--device` (both checked first)."""
+    """Load `--model` with `--device` / `--dtype` / `--device-map` / `--n-devices` (all checked first)."""
 
     check_model(args.model)
-    return load_model(args.model, device=check_device(args.device))
+    return load_model(args.model, **model_options(args))
 
 
 def _write_csv(frame: Any, path: str | os.PathLike) -> None:
@@ -214,7 +229,7 @@ def precheck(args: argparse.Namespace) -> None:
     if hasattr(args, "model"):
         check_model(args.model)
     if hasattr(args, "device"):
-        check_device(args.device)
+        model_options(args)
     if hasattr(args, "ops"):
         dataset_kwargs(args)
     kind = getattr(args, "out_kind", None)
@@ -230,7 +245,7 @@ def precheck(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- commands
 def _cmd_run(args: argparse.Namespace) -> int:
 
-    path = run_pipeline(model=args.model, out=args.out, quick=args.quick, device=args.device)
+    path = run_pipeline(model=args.model, out=args.out, quick=args.quick, **model_options(args))
     print(f"report: {os.path.abspath(path)}")
     return 0
 

@@ -217,7 +217,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = False, device: str | None = None) -> str:
+def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = False, **load_options: Any) -> str:
     """Run the main job and return the report's path.
 
     Args:
@@ -225,19 +225,22 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
             [`LensModel`][arithlens.core.model.LensModel].
         out: Output directory (created; checked to be writable before any work).
         quick: Use the [`QUICK`][arithlens.app.pipeline.QUICK] samples.
-        device: Device to load the model on.
+        **load_options: How to load the model: [`load_model`][arithlens.load_model]'s
+            `device`, `dtype`, `device_map`, `n_devices`, `max_memory` (checked before any work).
 
     Raises:
         ValueError: `out` cannot be written, or the model cannot be loaded.
     """
 
     out_dir = validate.output_dir(out, "out")
+    unknown = sorted(set(load_options) - {"device", "dtype", "device_map", "n_devices", "max_memory"})
+    if unknown:
+        raise ValueError(f"unknown load option(s) {unknown}: run_pipeline takes load_model's device, dtype, device_map, n_devices, max_memory")
     sizes = QUICK if quick else FULL
     ctx = RunContext(None, None, None, None, (0, 0), quick, out_dir, sizes)
     out_dir.mkdir(parents=True, exist_ok=True)
     with ctx.timed("load model"):
-
-        lens = load_model(model, device=device)
+        lens = load_model(model, **load_options)
     ctx.model = lens
 
     with ctx.timed("evaluation"):

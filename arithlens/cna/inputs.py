@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names, validate
+from arithlens.core.blocks import mlp_base_hooks, write_scale_hooks
 from arithlens.core.cache import DatasetCache
 from arithlens.cna.base import TARGETS
 
@@ -52,20 +53,29 @@ def neuron_label(layer: int, neuron: int) -> str:
     return f"{int(layer)}_{int(neuron)}"
 
 
-def neuron_hooks(layers: Iterable[int]) -> set[str]:
-    """Hooks the neuron scores read: `resid_mid` and the coefficient scores of `layers`."""
-    return {h for L in layers for h in (names.resid_mid(int(L)), names.post(int(L)))}
+def neuron_hooks(model: Any, layers: Iterable[int]) -> set[str]:
+    """Hooks the neuron scores read: the residual each layer's neurons are added to, their
+    coefficient scores, and (post-norm families) the post-MLP norm's scale."""
+    layers = [int(L) for L in layers]
+    out = {names.post(L) for L in layers} | write_scale_hooks(model, layers)
+    for L in layers:
+        out |= mlp_base_hooks(model, L)
+    return out
 
 
 def component_hooks(model: Any) -> set[str]:
     """Hooks the head and layer scores read, at every layer."""
-    kinds = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z")
-    return {_KINDS[k](L) for k in kinds for L in range(model.n_layers)}
+    kinds = ("resid_pre", "attn_out", "mlp_out", "z")
+    every = range(model.n_layers)
+    out = {_KINDS[k](L) for k in kinds for L in every} | write_scale_hooks(model, every)
+    for L in every:
+        out |= mlp_base_hooks(model, L)
+    return out
 
 
 def cna_hooks(model: Any, layers: Iterable[int]) -> set[str]:
     """Every hook [`NeuronImportance`][arithlens.cna.importance.NeuronImportance] reads."""
-    return neuron_hooks(layers) | component_hooks(model)
+    return neuron_hooks(model, layers) | component_hooks(model)
 
 
 class Activations:
@@ -100,12 +110,34 @@ class Activations:
         return len(self.cache)
 
     def at(self, kind: str, layer: int) -> torch.Tensor:
-        """Last-position activations of one kind (`"resid_mid"`, `"post"`, `"z"`, …) at `layer`, float32."""
+        """Last-position activations of one kind (`"resid_mid"`, `"post"`, `"z"`, …) at `layer`, float32.
+
+        Two derived kinds follow [`arithlens.core.blocks`][arithlens.core.blocks]: `"mlp_base"`,
+        the residual the layer's neurons are added to (`resid_mid`; `resid_pre + attn_out`
+        in a parallel block), and `"write_coef"`, the coefficient scores as the residual
+        receives them (`m / s₂`: divided by the post-MLP norm's frozen scale where there is one).
+        """
+        layer = int(layer)
+        if kind == "mlp_base":
+            if names.resid_mid(layer) in self.cache.names:
+                return self.at("resid_mid", layer)
+            return self.at("resid_pre", layer) + self.at("attn_out", layer)
+        if kind == "write_coef":
+            post = self.at("post", layer)
+            scale = names.mlp_post_scale(layer)
+            return post if scale not in self.cache.names else post / self._last(scale)[:, None]
+        if kind == "attn_write_scale":
+            scale = names.attn_post_scale(layer)
+            return torch.ones(len(self)) if scale not in self.cache.names else self._last(scale)
         act = self.cache.last(_KINDS[kind](int(layer)))
         if isinstance(act, list):  # pragma: no cover - these hooks never vary in shape with the prompt
             act = torch.stack(act)
         act = act.float()
         return einops.rearrange(act, "c ... -> (c ...)") if kind == "ln2_scale" else act  # [case, 1] → [case]
+
+    def _last(self, hook: str) -> Float[torch.Tensor, "case"]:
+        """A `[case, 1]` scale hook at the last position as `[case]`, float32."""
+        return einops.rearrange(self.cache.last(hook).float(), "c ... -> (c ...)")
 
     def stack(self, kind: str, layers: Iterable[int]) -> torch.Tensor:
         """`[case, layer, ...]` activations of one kind over `layers` (copies; prefer `at`)."""

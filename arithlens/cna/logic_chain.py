@@ -55,7 +55,7 @@ from arithlens.cna.vocabulary import top_token_lists
 from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna, required_intervention
 from arithlens.cna.drive import position_activations, position_hooks, root_key, shallow_scores, transformed_vector
 from arithlens.cna.inputs import neuron_label
-from arithlens.cna.pe_dag import PredictionEnhancingDAGResult, PredictionEnhancingDAG, dag_hooks
+from arithlens.cna.pe_dag import PredictionEnhancingDAG, PredictionEnhancingDAGResult, check_family, dag_hooks
 from arithlens.analysis.results import Result
 
 STAGES = ("feature enhancing", "feature transferring", "feature predicting", "prediction enhancing")
@@ -269,6 +269,7 @@ class LogicChain(CNAAnalysis):
 
     def hook_names(self, model: Any) -> set[str]:
         """The clean hooks read (at every position): stages 1–2, the PE-DAG's and CNA's."""
+        check_family(model, "LogicChain")
         return _chain_hooks(model) | dag_hooks(model) | self._comparative().hook_names(model)
 
     def cache_positions(self, model: Any) -> str:
@@ -289,6 +290,7 @@ class LogicChain(CNAAnalysis):
             cna: CNA of the prompt under the same intervention, to reuse.
         """
         model, ds = self.start(model, data)
+        check_family(model, "LogicChain")
         if len(ds) != 1:
             raise ValueError(f"LogicChain explains one prompt; got {len(ds)}")
         head = (int(self.intervention.layer), int(self.intervention.head))

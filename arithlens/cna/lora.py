@@ -69,6 +69,18 @@ META = "arithlens_lora.json"
 # Tables 9–10 moved to lora_coefficients; these names still import from here.
 
 
+def check_attention_projections(model: Any) -> None:
+    """`ValueError` unless the attention has separate `q_proj`, `k_proj`, `v_proj`, `o_proj`
+    (the modules §5's adapters train; GPT-2's `c_attn` and GPT-NeoX's `query_key_value` fuse them)."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.bridge.original_model.named_modules()}
+    missing = [m for m in ATTENTION if m not in names]
+    if missing:
+        raise ValueError(
+            f"LoRA on {model.writes.family} is not supported: its attention has no separate {', '.join(missing)} "
+            f"(§5 trains adapters on {', '.join(ATTENTION)})"
+        )
+
+
 def layer_groups(n_layers: int) -> dict[str, list[int]]:
     """The paper's LoRA-layer ranges scaled to `n_layers`: `{"1–9": [1, ..., 9], ...}` for 32.
 
@@ -216,6 +228,7 @@ class LoRASettings:
         from peft import LoraConfig, get_peft_model
 
         layer = validate.integer(layer, "layer", low=0, high=model.n_layers - 1)
+        check_attention_projections(model)
         base = {"name": model.name, "fingerprint": fingerprint(model), "layer": layer}
         meta_path = None if directory is None else pathlib.Path(directory) / META
         if meta_path is not None and meta_path.exists():
@@ -308,6 +321,7 @@ def lora_layer_sweep(
         raise ValueError(f"settings={settings!r} must be LoRASettings")
 
     model = load_model(model)
+    check_attention_projections(model)
     layers = default_layers(model.n_layers) if settings.layers is None else settings.layers
     for layer in layers:
         validate.integer(layer, "layers item", low=0, high=model.n_layers - 1)

@@ -72,6 +72,14 @@ from arithlens.core.interventions import CaseNeurons, as_intervention
 EDGE_COLUMNS = ["case", "src_layer", "src_neuron", "dst_layer", "dst_neuron", "gate_ip", "up_ip", "drive", "relative_drive"]
 
 
+def check_family(model: Any, analysis: str) -> None:
+    """`ValueError` for families whose blocks the edges' drive does not model ([`arithlens.core.blocks`][arithlens.core.blocks])."""
+    model.writes.refuse(
+        analysis, "its edges read a neuron's subvalue through the next layers' pre-MLP norm at resid_mid; "
+        "this block adds normalised or parallel sublayer outputs, which the drive does not model", softcap=False,
+    )
+
+
 def dag_hooks(model: Any) -> set[str]:
     layers = range(model.n_layers)
     return {names.resid_mid(L) for L in layers} | {names.ln2_scale(L) for L in layers} | {names.post(L) for L in layers}
@@ -253,6 +261,7 @@ class PredictionEnhancingDAG(CNAAnalysis):
 
     def hook_names(self, model: Any) -> set[str]:
         """The clean hooks read: the edges' activations and the ranking's (CNA or importance)."""
+        check_family(model, "PredictionEnhancingDAG")
         return dag_hooks(model) | self._scorer().hook_names(model)
 
     def ranking(
@@ -284,6 +293,7 @@ class PredictionEnhancingDAG(CNAAnalysis):
             cna: CNA of `data` under the same intervention, to reuse.
         """
         model, ds = self.start(model, data)
+        check_family(model, "PredictionEnhancingDAG")
         hooks = dag_hooks(model) | (self._scorer().hook_names(model) if cna is None else set())
         cache = self.prepare(model, ds, cache, names=hooks).cache
         scores = self.ranking(model, ds, cache=cache, cna=cna)

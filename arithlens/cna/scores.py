@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from arithlens.core import distributed
 from arithlens.cna import projections as proj
 from arithlens.cna.inputs import Activations
+from arithlens.core.blocks import mlp_gain
 from arithlens.core.readout import Readout
 from jaxtyping import Float, Int
 from arithlens.core import validate
@@ -154,8 +155,13 @@ def _blocked_matmul(a: Float[torch.Tensor, "r vocab"], b: Float[torch.Tensor, "v
 
 
 def layer_w_out(model: Any, layer: int) -> Float[torch.Tensor, "d_mlp d_model"]:
-    """`W_out` of one layer, from its block (the bridge's stacked `W_out` rebuilds every layer on each access)."""
-    return model.bridge.blocks[int(layer)].mlp.W_out.detach()
+    """The directions one layer's neurons write to the residual stream: `W_out`, times the
+    post-MLP norm's gain `g₂` where the family has one ([`arithlens.core.blocks`][arithlens.core.blocks];
+    the per-case `1 / s₂` is in the `"write_coef"` coefficients). From the layer's block: the
+    bridge's stacked `W_out` rebuilds every layer on each access."""
+    W = model.bridge.blocks[int(layer)].mlp.W_out.detach()
+    gain = mlp_gain(model, layer)
+    return W if gain is None else W.float() * gain.to(W.device)
 
 
 def _sizes(budget: float, vocab: int, d_mlp: int, n_sides: int) -> tuple[int, int]:
@@ -177,7 +183,7 @@ class _Block:
     """A block of (case, side) pairs at one layer: base logits, probabilities and `W_U p`."""
 
     def __init__(self, ro: Readout, x: torch.Tensor, scale: torch.Tensor, w: torch.Tensor, series: bool, stats: dict):
-        base = ro.logits(x, scale)  # [b, V]
+        base = ro.raw(x, scale)  # [b, V]: no soft-capping here (the capped kernel is separate)
         d, V = ro.W_U.shape
         _count(stats, 2 * x.shape[0] * d * V * (2 if series else 1))
         validate.check_finite(base, "the base logits")
@@ -256,6 +262,8 @@ def exact_neuron_scores(
     all layers back ([`arithlens.core.distributed`][arithlens.core.distributed]).
     """
     ro = Readout(model)
+    if ro.cap is not None:  # the log-sum-exp is no longer a series in the coefficient
+        return _capped_neuron_scores(model, sides, layers, ro, memory_budget, progress)
     dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
     counts = [len(s) for s in sides]
     total = sum(counts)
@@ -278,8 +286,8 @@ def exact_neuron_scores(
     bar = tqdm(total=len(mine) * math.ceil(d_mlp / n_chunk), desc="neuron importance", unit="chunk", disable=not progress)
     try:
         for li, layer in enumerate(layers[i] for i in mine):
-            x_all = torch.cat([s.at("resid_mid", layer) for s in sides]).to(dev)
-            c_all = torch.cat([s.at("post", layer) for s in sides]).to(dev) / scale_all[:, None]
+            x_all = torch.cat([s.at("mlp_base", layer) for s in sides]).to(dev)
+            c_all = torch.cat([s.at("write_coef", layer) for s in sides]).to(dev) / scale_all[:, None]
             validate.check_finite(c_all, f"the coefficient scores of layer {layer}")
             W_l = layer_w_out(model, layer)
             spans = [(b0, min(total, b0 + n_block)) for b0 in range(0, total, n_block)]
@@ -323,6 +331,41 @@ def exact_neuron_scores(
         out.append(NeuronScores(imps[s], coef, list(layers), bound=bound[s]))
     return out
 
+
+
+@torch.no_grad()
+def _capped_neuron_scores(
+    model: Any, sides: Sequence[Activations], layers: Sequence[int], ro: Readout, memory_budget: float, progress: bool
+) -> list[NeuronScores]:
+    """Exact §4.1 scores through final-logit soft-capping (Gemma 2): the capped logits are not
+    linear in a neuron's coefficient, so each (case, neuron) gets the direct log-sum-exp of
+    `c · tanh((raw + m·U_k) / c)`; the projections `U = W_out @ W_U` are shared per chunk."""
+    dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
+    n_chunk = int(max(1, min(d_mlp, memory_budget * 0.5 // (3 * 4 * V))))  # U, the capped logits, temporaries
+    bar = tqdm(total=len(sides) * len(layers), desc="neuron importance (soft-capped)", unit="layer", disable=not progress)
+    out = []
+    try:
+        for side in sides:
+            imp = torch.empty(len(side), len(layers), d_mlp)
+            scale, w = side.scale.to(dev), side.w.to(dev)
+            for li, layer in enumerate(layers):
+                raw = ro.raw(side.at("mlp_base", layer), scale)  # [case, V]
+                base = ro.capped(raw)
+                base_lp = base.gather(-1, w[:, None])[:, 0] - base.logsumexp(-1)
+                c = side.at("write_coef", layer).to(dev) / scale[:, None]  # [case, d_mlp]
+                W_l = layer_w_out(model, layer).float()
+                for k0 in range(0, d_mlp, n_chunk):
+                    k1 = min(d_mlp, k0 + n_chunk)
+                    U = W_l[k0:k1] @ ro.W_U  # [n, V]
+                    for i in range(len(side)):
+                        new = ro.capped(torch.addcmul(raw[i][None], c[i, k0:k1, None], U))
+                        imp[i, li, k0:k1] = (new[:, w[i]] - new.logsumexp(-1) - base_lp[i]).cpu()
+                bar.update(1)
+            coef = torch.stack([side.at("post", L) for L in layers], dim=1)
+            out.append(NeuronScores(validate.check_finite(imp, "the importance scores"), coef, list(layers)))
+    finally:
+        bar.close()
+    return out
 
 def _chunk_lse(
     blk: _Block,
@@ -390,12 +433,17 @@ def first_order_scores(
     step = int(max(1, min(n, memory_budget // (5 * 4 * ro.W_U.shape[1]))))  # logits, p and temporaries
     out = torch.empty(n, len(layers), model.d_mlp)
     for li, layer in enumerate(layers):
-        x, post = acts.at("resid_mid", layer), acts.at("post", layer)
+        x, post = acts.at("mlp_base", layer), acts.at("write_coef", layer)
         for c0 in range(0, n, step):
             sl = slice(c0, min(n, c0 + step))
             s, w = acts.scale[sl].to(dev), acts.w[sl].to(dev)
-            p = validate.check_finite(ro.logits(x[sl].to(dev), s), "the base logits").softmax(-1)
-            grad = (ro.W_U[:, w].T - p @ ro.W_U.T) / s[:, None]  # [b, d_model]
+            logits = validate.check_finite(ro.logits(x[sl].to(dev), s), "the base logits")
+            p, slope = logits.softmax(-1), ro.cap_slope(logits)
+            if slope is None:
+                grad = (ro.W_U[:, w].T - p @ ro.W_U.T) / s[:, None]  # [b, d_model]
+            else:  # through the soft-cap: d logit_v / d raw_v = 1 − (logit_v / c)²
+                own = slope.gather(-1, w[:, None])  # [b, 1]
+                grad = (ro.W_U[:, w].T * own - (p * slope) @ ro.W_U.T) / s[:, None]
             out[sl, li] = (post[sl].to(dev) * (grad @ layer_w_out(model, layer).float().T)).cpu()
     return out
 
@@ -415,8 +463,8 @@ def rescore(
     layer_t = torch.tensor(list(layers))
     step = int(max(1, memory_budget // (6 * 4 * V)))
     out = torch.empty(candidates.shape, dtype=torch.float32)
-    xs = torch.stack([acts.at("resid_mid", L) for L in layers], dim=1)  # [case, layer, d_model]: the cache's own rows
-    posts = torch.stack([acts.at("post", L) for L in layers], dim=1)
+    xs = torch.stack([acts.at("mlp_base", L) for L in layers], dim=1)  # [case, layer, d_model]: the cache's own rows
+    posts = torch.stack([acts.at("write_coef", L) for L in layers], dim=1)
     for i in tqdm(range(len(acts)), desc="re-scoring candidates", unit="case", disable=not progress):
         s, wi = acts.scale[i].to(dev), int(acts.w[i])
         for r0 in range(0, candidates.shape[1], step):
@@ -425,9 +473,9 @@ def rescore(
             lay = layer_t[li]
             x = xs[i, li].to(dev)
             m = posts[i, li, k].to(dev)
-            base = ro.logits(x, s.expand(len(lay)))  # [r, V]
+            raw = ro.raw(x, s.expand(len(lay)))  # [r, V]
             fc2 = torch.stack([layer_w_out(model, L)[kk] for L, kk in zip(lay.tolist(), k.tolist())]).float()
-            new = base + (m / s)[:, None] * (fc2 @ ro.W_U)
+            base, new = ro.capped(raw), ro.capped(raw + (m / s)[:, None] * (fc2 @ ro.W_U))
             delta = (new[:, wi] - new.logsumexp(-1)) - (base[:, wi] - base.logsumexp(-1))
             out[i, r0 : r0 + len(cand)] = validate.check_finite(delta, "the re-scored importances").cpu()
     return out

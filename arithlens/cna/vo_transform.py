@@ -70,6 +70,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from arithlens.core import readout, validate
+from arithlens.core.blocks import attn_gain
 from arithlens.cna.concepts import NumberConceptTagger
 from arithlens.cna.vocabulary import NamedVector, VocabularyProjection, neuron_vectors, tagged_tokens
 from arithlens.analysis.base import Analysis
@@ -96,9 +97,17 @@ def head_ov(
 
 
 def ov_matrix(model: Any, layer: int) -> Float[torch.Tensor, "d_model d_model"]:
-    """`Σ_h W_V[layer, kv(h)] @ W_O[layer, h]`: attention layer `layer`'s summed OV circuit."""
+    """`Σ_h W_V[layer, kv(h)] @ W_O[layer, h]`: attention layer `layer`'s summed OV circuit.
+
+    On families that normalise the attention output before adding it (Gemma 2/3, OLMo 2)
+    the path includes that norm's gain `g₁` ([`arithlens.core.blocks`][arithlens.core.blocks]);
+    its frozen scale is one positive number per position, which the token ranking (through
+    the final norm) does not see.
+    """
     W_V, W_O = head_ov(model, layer)
-    return einops.einsum(W_V, W_O, "head d dh, head dh e -> d e")
+    ov = einops.einsum(W_V, W_O, "head d dh, head dh e -> d e")
+    gain = attn_gain(model, layer)
+    return ov if gain is None else ov * gain.to(ov.device, ov.dtype)[None, :]
 
 
 # ---------------------------------------------------------------------------- results

@@ -269,6 +269,7 @@ def build_cache(
     batch_size: int | None,
     described: str,
     clean: bool,
+    offload: str | None = None,
 ) -> DatasetCache:
     """One forward pass over the cases through `run_with_cache`; see [`DatasetCache`][arithlens.core.cache.DatasetCache]."""
     n = len(input_ids)
@@ -300,29 +301,33 @@ def build_cache(
                     pos_slice=-1 if positions == "last" else None,
                     return_cache_object=False,
                 )
-            logp = validate.check_finite(logits[:, -1].float(), "the model's logits").log_softmax(-1).cpu()
+            # The log-softmax runs in float32 on the logits' device; only [batch] numbers come back.
+            logp = validate.check_finite(logits[:, -1].float(), "the model's logits").log_softmax(-1)
             top = logp.argmax(-1)
-            preds[rows] = top
-            plp[rows] = logp.gather(-1, top[:, None])[:, 0]
-            score = torch.where(target_t[rows] >= 0, target_t[rows], top)
-            tlp[rows] = logp.gather(-1, score[:, None])[:, 0]
+            score = torch.where(target_t[rows].to(top.device) >= 0, target_t[rows].to(top.device), top)
+            preds[rows] = top.cpu()
+            plp[rows] = logp.gather(-1, top[:, None])[:, 0].cpu()
+            tlp[rows] = logp.gather(-1, score[:, None])[:, 0].cpu()
             if has_scale:
                 s = acts[hooks.FINAL_SCALE].float()
                 s = s if positions == "last" else s[:, -1]
                 scale[rows] = s.reshape(len(rows), -1)[:, 0].cpu()
             for nm in wanted:
-                act = acts[nm].detach().float().cpu()
+                # Kept on the model's device in the model's dtype (consumers accumulate in
+                # float32 where precision needs it); offload="cpu" moves them to the host.
+                act = acts[nm].detach()
+                act = act.cpu() if offload == "cpu" else act
                 if positions == "last":
                     act = act.squeeze(_pos_dim(nm))
                     if nm not in stacked and nm not in ragged:
-                        stacked[nm] = torch.empty((n, *act.shape[1:]), dtype=act.dtype)
+                        stacked[nm] = torch.empty((n, *act.shape[1:]), dtype=act.dtype, device=act.device)
                     if nm in stacked and stacked[nm].shape[1:] != act.shape[1:]:
                         done = stacked.pop(nm)  # ragged from here on: the rows so far move to the list
                         ragged.add(nm)
                         for r in filled[nm]:
                             per_case[nm][r] = done[r].clone()
                     if nm in stacked:
-                        stacked[nm][rows] = act
+                        stacked[nm][rows.to(act.device)] = act
                         filled[nm].extend(rows.tolist())
                         continue
                 for j, r in enumerate(rows.tolist()):

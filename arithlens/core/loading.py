@@ -120,7 +120,7 @@ def load_model(
         ```
     """
 
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     placement = resolve_placement(device, device_map, n_devices, max_memory)
     given = {k: v for k, v in dict(device=device, device_map=device_map, n_devices=n_devices, max_memory=max_memory).items() if v is not None}
 
@@ -185,7 +185,8 @@ def load_model(
     return _wrap(hf, tok, spec, None, placement)
 
 
-def _check_dtype(dtype: Any) -> torch.dtype:
+def check_dtype(dtype: Any) -> torch.dtype:
+    """A floating-point weight dtype from a `torch.dtype` or its name (`\"bfloat16\"`), else `ValueError`."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
     if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:

@@ -22,12 +22,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names as names_mod
+from arithlens.core.blocks import BlockWrites, block_writes
 from arithlens.core.dataset import as_dataset
 from arithlens.core.placement import default_device
 from arithlens.core.forward import logits_from
@@ -115,6 +117,11 @@ class LensModel:
     @property
     def cfg(self) -> Any:
         return self.bridge.cfg
+
+    @functools.cached_property
+    def writes(self) -> BlockWrites:
+        """How this model's blocks write to the residual stream ([`arithlens.core.blocks`][arithlens.core.blocks])."""
+        return block_writes(self)
 
     @property
     def n_layers(self) -> int:
@@ -264,6 +271,7 @@ class LensModel:
         interventions: Sequence[Any] = (),
         batch_size: int | None = None,
         memo: bool = True,
+        offload: str | None = None,
     ) -> DatasetCache:
         """One forward pass over `data`, kept as an [`DatasetCache`][arithlens.core.cache.DatasetCache].
 
@@ -276,6 +284,9 @@ class LensModel:
             interventions: Applied during this pass only; the result is then not memoized.
             batch_size: Cases per forward pass (default the model's).
             memo: Serve and store clean caches in the model's bounded memo.
+            offload: `None` keeps the activations on the model's device in the model's dtype
+                (no host copy per batch); `"cpu"` moves them to host memory as they are
+                computed, for sweeps whose activations do not fit beside the model.
 
         A clean pass — no intervention passed and no hook attached to the model (so not
         inside `with model.intervened(...)`) — is memoized per cases; a memoized cache that
@@ -303,7 +314,9 @@ class LensModel:
                 wanted |= hit.names
                 positions = "all" if hit.positions == "all" else positions
         described = " + ".join(repr(i) for i in items if i is not None) or ("hooks attached" if attached else "")
-        result = build_cache(self, ids, targets, wanted, positions, items, batch_size, described, clean)
+        if offload not in (None, "cpu"):
+            raise ValueError(f"offload={offload!r} must be None (keep activations on the model's device) or 'cpu'")
+        result = build_cache(self, ids, targets, wanted, positions, items, batch_size, described, clean, offload)
         if clean and memo:
             self._memo.put(key, result)
         return result

@@ -92,6 +92,16 @@ def ln2_scale(layer: int) -> str:
     return f"blocks.{layer}.ln2.hook_scale"
 
 
+def attn_post_scale(layer: int) -> str:
+    """Scale of block `layer`'s post-attention norm (Gemma 2/3, OLMo 2: the attention output is normalised before it is added)."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
+
+
+def mlp_post_scale(layer: int) -> str:
+    """Scale of block `layer`'s post-MLP norm (Gemma 2/3, OLMo 2)."""
+    return f"blocks.{layer}.ln2_post.hook_scale"
+
+
 def layer_of(hook_name: str) -> int:
     """The block index in a `blocks.L.…` hook name."""
     parts = hook_name.split(".")

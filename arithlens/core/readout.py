@@ -3,7 +3,8 @@
 Two readouts, both with the model's own unembedding bias `b_U`:
 
 * **Frozen-scale** ([`frozen_logits`][arithlens.core.readout.frozen_logits]):
-  `logits(v) = (v / σ) W_U + b_U`, with the final norm's scale `σ` frozen at the value of
+  `logits(v) = (v / σ) W_U + b_U` (soft-capped, `c · tanh(· / c)`, on models that cap their
+  logits: Gemma 2), with the final norm's scale `σ` frozen at the value of
   a forward pass (the reference code's `final_var`; `DatasetCache.final_scale`).
   Compatibility mode folds the final norm's weight (and, for LayerNorm, its centring and
   bias) into `W_U` / `b_U`, so at `σ` of the same pass this is exactly the model's own
@@ -40,19 +41,36 @@ from arithlens.core import validate
 
 
 class Readout:
-    """`W_U` and `b_U` in float32 on the model's device, for repeated frozen-scale readouts."""
+    """`W_U` and `b_U` in float32 on the model's device, for repeated frozen-scale readouts.
+
+    On a model with final-logit soft-capping (Gemma 2) `logits` applies it,
+    `c · tanh(raw / c)`; `raw` is the linear part before the cap.
+    """
 
     def __init__(self, model: Any):
         self.W_U: Float[torch.Tensor, "d_model vocab"] = model.bridge.W_U.detach().float()
         self.b_U: Float[torch.Tensor, "vocab"] = model.bridge.b_U.detach().float()
         self.device = self.W_U.device
+        self.cap: float | None = model.writes.softcap
+
+    def raw(self, v: Float[torch.Tensor, "... d_model"], scale: Float[torch.Tensor, "..."]) -> Float[torch.Tensor, "... vocab"]:
+        """`(v / scale) @ W_U + b_U`: the logits before any soft-capping (linear in `v`)."""
+        v = v.to(self.device, torch.float32)
+        return (v / scale.to(self.device, torch.float32)[..., None]) @ self.W_U + self.b_U
+
+    def capped(self, raw: Float[torch.Tensor, "... vocab"]) -> Float[torch.Tensor, "... vocab"]:
+        """The model's soft-capping applied to raw logits (identity without one)."""
+        return raw if self.cap is None else self.cap * torch.tanh(raw / self.cap)
+
+    def cap_slope(self, logits: Float[torch.Tensor, "... vocab"]) -> Float[torch.Tensor, "... vocab"] | None:
+        """`d logits / d raw` at capped `logits` (`None` without soft-capping: the slope is 1)."""
+        return None if self.cap is None else 1.0 - (logits / self.cap) ** 2
 
     def logits(
         self, v: Float[torch.Tensor, "... d_model"], scale: Float[torch.Tensor, "..."]
     ) -> Float[torch.Tensor, "... vocab"]:
-        """`(v / scale) @ W_U + b_U`."""
-        v = v.to(self.device, torch.float32)
-        return (v / scale.to(self.device, torch.float32)[..., None]) @ self.W_U + self.b_U
+        """The model's logits of `v` with the final norm's scale frozen: `(v / scale) @ W_U + b_U`, soft-capped when the model caps."""
+        return self.capped(self.raw(v, scale))
 
     def logprob(
         self, v: Float[torch.Tensor, "... d_model"], scale: Float[torch.Tensor, "..."], w: Int[torch.Tensor, "..."]
