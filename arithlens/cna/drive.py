@@ -27,6 +27,7 @@ Example:
     ```python
     import torch
     from arithlens.core import names
+from arithlens.core.blocks import pre_norm_gain
     from arithlens.cna.drive import neuron_keys
     from arithlens.testing import tiny_llama
 
@@ -45,6 +46,7 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names
+from arithlens.core.blocks import pre_norm_gain
 from arithlens.core.cache import DatasetCache
 from arithlens.cna.vo_transform import head_ov
 
@@ -94,6 +96,10 @@ def neuron_keys(
     # One block's weights: the bridge's stacked W_in / W_gate rebuild every layer per access.
     mlp = bridge.blocks[int(layer)].mlp
     W_in_l, W_gate_l = mlp.W_in.detach(), getattr(mlp, "W_gate", None)
+    gain = pre_norm_gain(model, layer, "ln2")  # an unfolded pre-MLP norm (Phi-3) scales the key rows
+    if gain is not None:
+        W_in_l = W_in_l.float() * gain.to(W_in_l.device)[:, None]
+        W_gate_l = None if W_gate_l is None else W_gate_l.detach().float() * gain.to(W_in_l.device)[:, None]
     dev = W_in_l.device
     neurons = neurons.to(dev)
     sigma = torch.as_tensor(ln2_scale, dtype=torch.float32, device=dev).reshape(())

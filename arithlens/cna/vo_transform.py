@@ -70,7 +70,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from arithlens.core import readout, validate
-from arithlens.core.blocks import attn_gain
+from arithlens.core.blocks import attn_gain, pre_norm_gain
 from arithlens.cna.concepts import NumberConceptTagger
 from arithlens.cna.vocabulary import NamedVector, VocabularyProjection, neuron_vectors, tagged_tokens
 from arithlens.analysis.base import Analysis
@@ -93,6 +93,9 @@ def head_ov(
     W_O = model.bridge.blocks[layer].attn.W_O.detach().float()  # [head, d_head, d_model]
     # Query head h reads KV head h // group (HF's repeat_kv order).
     W_V = einops.repeat(W_V, "kv d dh -> (kv g) d dh", g=W_O.shape[0] // W_V.shape[0])
+    gain = pre_norm_gain(model, layer, "ln1")  # an unfolded pre-attention norm (Phi-3) scales W_V's rows
+    if gain is not None:
+        W_V = W_V * gain.to(W_V.device)[None, :, None]
     return W_V, W_O
 
 

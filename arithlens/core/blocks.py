@@ -125,6 +125,31 @@ def _gain(norm: torch.nn.Module, d_model: int, like: torch.Tensor) -> Float[torc
     return out
 
 
+def _rms(model: Any) -> bool:
+    return str(getattr(model.cfg, "normalization_type", "RMS")).startswith("RMS")
+
+
+def final_gain(model: Any) -> Float[torch.Tensor, "d_model"] | None:
+    """The final norm's gain where compatibility mode left it unfolded (OLMo 2), else `None`.
+
+    Folded (the usual case) the norm's weight is all ones and the gain lives in `W_U`; a
+    LayerNorm is always folded by TransformerLens."""
+    if not _rms(model):
+        return None
+    gain = _gain(model.bridge.ln_final, model.d_model, model.bridge.W_U)
+    return None if torch.allclose(gain, torch.ones_like(gain)) else gain
+
+
+def pre_norm_gain(model: Any, layer: int, which: str) -> Float[torch.Tensor, "d_model"] | None:
+    """Block `layer`'s pre-attention (`which="ln1"`) or pre-MLP (`"ln2"`) norm gain where it is
+    not folded into the next weights (Phi-3), else `None` (folded, absent as in OLMo 2, or a LayerNorm)."""
+    norm = getattr(model.bridge.blocks[int(layer)], which, None)
+    if norm is None or not _rms(model):
+        return None
+    gain = _gain(norm, model.d_model, model.bridge.W_U)
+    return None if torch.allclose(gain, torch.ones_like(gain)) else gain
+
+
 def mlp_gain(model: Any, layer: int) -> Float[torch.Tensor, "d_model"] | None:
     """The post-MLP norm's gain `g₂` of `layer` (float32), or `None` without a post-norm."""
     if not model.writes.mlp_post_norm:

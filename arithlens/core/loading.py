@@ -37,6 +37,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pathlib
+import shutil
+import tempfile
 from typing import Any, Mapping
 
 import torch
@@ -234,9 +237,45 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def gguf_cache_dir(path: str) -> pathlib.Path:
+    """Where the dequantized copy of the GGUF file `path` is kept: under `$ARITHLENS_CACHE`
+    (default `~/.cache/arithlens`), named by the file's name, size and modification time."""
+    stat = os.stat(path)
+    root = pathlib.Path(os.environ.get("ARITHLENS_CACHE") or pathlib.Path.home() / ".cache" / "arithlens")
+    return root / f"{os.path.basename(path)}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
 def _from_gguf(directory: str, gguf: str, hub_name: str | None, name: str, placement: Placement, kwargs: dict) -> "LensModel":
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Reading a GGUF file parses its metadata three times (tokenizer, config, weights) and
+    # dequantizes every tensor: most of a load. The first load keeps a float32 copy with
+    # save_pretrained; later loads read that (the GGUF file's size and time name the copy).
+    cached = gguf_cache_dir(os.path.join(directory, gguf))
+    if (cached / "config.json").is_file():
+        try:
+            tok = AutoTokenizer.from_pretrained(str(cached))
+            hf = AutoModelForCausalLM.from_pretrained(str(cached), **kwargs)
+            return _wrap(hf, tok, name, hub_name, placement)
+        except (OSError, ValueError):
+            shutil.rmtree(cached, ignore_errors=True)  # a half-written copy: rebuild it below
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
-    hf = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, **{**kwargs, "dtype": torch.float32})
+    _keep_copy(hf, tok, cached)
+    hf = hf.to(kwargs["dtype"])
     return _wrap(hf, tok, name, hub_name, placement)
+
+
+def _keep_copy(hf: Any, tok: Any, target: pathlib.Path) -> None:
+    """Save `hf` and `tok` to `target` atomically (a temporary folder renamed); a read-only
+    or full cache only costs the speed-up."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+        hf.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -99,7 +99,9 @@ class LensModel:
         bridge = TransformerBridge.boot_transformers(
             bridge_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
         )
-        bridge.enable_compatibility_mode(disable_warnings=True)
+        # Value biases stay where the model has them: folded into b_O, a head's hook_z would
+        # lack its b_V term, and zeroing or scoring one head would miss part of its output.
+        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)

@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import validate
+from arithlens.core.blocks import final_gain
 
 
 class Readout:
@@ -48,7 +49,9 @@ class Readout:
     """
 
     def __init__(self, model: Any):
-        self.W_U: Float[torch.Tensor, "d_model vocab"] = model.bridge.W_U.detach().float()
+        W_U = model.bridge.W_U.detach().float()
+        gain = final_gain(model)  # an unfolded final norm (OLMo 2): its gain joins W_U here
+        self.W_U: Float[torch.Tensor, "d_model vocab"] = W_U if gain is None else gain.to(W_U.device)[:, None] * W_U
         self.b_U: Float[torch.Tensor, "vocab"] = model.bridge.b_U.detach().float()
         self.device = self.W_U.device
         self.cap: float | None = model.writes.softcap
