@@ -55,7 +55,9 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) results site .pytest_cache
 
-# Re-execute every tutorial on SmolLM2 and refresh the rendered copies in docs/tutorials
-# (what the docs site shows). `make test` executes them too but never writes the work tree.
+# Re-execute every tutorial (notebooks/NN_name.py, jupytext percent format) on SmolLM2 and
+# refresh the rendered copies docs/tutorials/NN_name.ipynb (what the docs site shows).
+# `make test` executes them too but never writes the work tree. After a markdown-only edit,
+# `$(PY) scripts/sync_tutorial_markdown.py` updates the copies without re-running.
 tutorials: $(STAMP)
 	ARITHLENS_WRITE_TUTORIALS=1 $(PY) -m pytest -q tests/test_notebooks.py -k notebook_executes
