@@ -44,21 +44,20 @@ model
 # answers correctly, how many of those answers zeroing it costs, and whether the
 # model gets the case analysed, `"1+2="`, right.
 #
-# CNA scores every one of the 46,080 FFN neurons. `CNAAnalysis(mode="fast")` ranks them
+# CNA scores every one of the 46,080 FFN neurons. `mode="fast"` ranks them
 # to first order and re-scores the top 200 of each case exactly, so the top-K listed
 # are exact scores; `mode="exact"` (the default) scores all exactly, which costs a
-# `W_out @ W_U` product per layer: minutes on a CPU, seconds on a GPU. One
-# `CNAAnalysis` serves every CNA-based analysis below.
+# `W_out @ W_U` product per layer: minutes on a CPU, seconds on a GPU. Every CNA-based
+# analysis below takes the same options (the fields of `CNAAnalysis`), so one dict serves all.
 
 # %%
-from arithlens.cna import CNAAnalysis
 from arithlens.cna.heads import HeadAblation
 from arithlens.core.interventions import ZeroHead
 from arithlens.core.stats import paired_difference
 
 head = (0, 8)      # the arithmetic head: your model's top "+" head from tutorial 02
 prompt = "1+2="
-config = CNAAnalysis(mode="fast")
+options = {"mode": "fast"}  # shared CNA options
 plus = data.arithmetic(model.tokenizer, ops="+", templates=[4], forms=["numeral"])
 right = plus.correct_under(model.cache(plus))          # the "+" prompts answered correctly
 check = HeadAblation(heads=[head], progress=False).run(model, right)
@@ -96,7 +95,7 @@ importance.plot()
 # %%
 from arithlens.cna import ComparativeNeuronScores
 
-cna = ComparativeNeuronScores(intervention=ZeroHead(*head), config=config).run(model, [prompt])
+cna = ComparativeNeuronScores(intervention=ZeroHead(*head), **options).run(model, [prompt])
 cna.table(5)
 
 # %%
@@ -118,8 +117,8 @@ cna.plot()
 from arithlens.cna import MaskKeep
 
 few = right.sample(16, seed=1)                      # 16 correctly answered "+" cases
-scores = ComparativeNeuronScores(intervention=ZeroHead(*head), config=config)
-mask_keep = MaskKeep(intervention=ZeroHead(*head), k=(50, 20, 10), config=config)
+scores = ComparativeNeuronScores(intervention=ZeroHead(*head), **options)
+mask_keep = MaskKeep(intervention=ZeroHead(*head), k=(50, 20, 10), **options)
 cache = model.cache(few, names=[scores, mask_keep])  # one clean forward pass for both
 few_cna = scores.run(model, few, cache=cache)
 table5 = mask_keep.run(model, few, cache=cache, cna=few_cna)
@@ -139,7 +138,7 @@ table5.plot()
 # %%
 from arithlens.cna import PredictionEnhancingDAG
 
-pe_dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, k_table=(30, 10), config=config)
+pe_dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, k_table=(30, 10), **options)
 dag = pe_dag.run(model, few[:4])
 dag.table()
 

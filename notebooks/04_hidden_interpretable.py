@@ -64,12 +64,15 @@ scan.plot()
 # ## Table 7: direct vs transformed top tokens
 #
 # The three neurons with the most number tokens after the transform, and the word
-# embeddings of `"3"` and `"5"`, through attention layer 15.
+# embeddings of `"3"` and `"5"`, through attention layer 15 (`layer=`; the options of an
+# analysis are frozen, so `dataclasses.replace` makes the variant).
 
 # %%
+import dataclasses
+
 top = scan.top(3)
 neurons = [(int(L), int(n)) for L, n in zip(top["layer"], top["neuron"])]
-table7 = vo.run(model, neurons + ["3", "5"], layer=15, k=10)
+table7 = dataclasses.replace(vo, layer=15, top_tokens=10).run(model, neurons + ["3", "5"])
 table7.table()
 
 # %%
@@ -79,14 +82,14 @@ table7.plot()
 # ## Table 8: ablate the hidden-interpretable sets
 #
 # Every `"n1+n2="` and `"n1-n2="` prompt the model answers correctly
-# (`only_correct=True`): the original accuracy is then 100 % and the decrease is the
+# (`correct_only=True`): the original accuracy is then 100 % and the decrease is the
 # share of correct answers an ablation destroys.
 
 # %%
 from arithlens.cna import HiddenInterpretable
 
 plus_minus = data.arithmetic(model.tokenizer, ops="+-", templates=[4], forms=["numeral"])
-table8 = HiddenInterpretable(transform=vo, progress=False).run(model, plus_minus, scan=scan, only_correct=True)
+table8 = HiddenInterpretable(transform=vo, correct_only=True, progress=False).run(model, plus_minus, scan=scan)
 table8.table()
 
 # %%

@@ -50,7 +50,7 @@ prompt = "1+2="
 print(prompt, "->", model.predict([prompt]))
 
 # %%
-from arithlens.cna import CNAAnalysis, LogicChain
+from arithlens.cna import LogicChain
 from arithlens.core.interventions import ZeroHead
 
 logic = LogicChain(intervention=ZeroHead(*head), k=10, k_shallow=8, shallow_layers=list(range(10)),

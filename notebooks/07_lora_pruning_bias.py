@@ -41,19 +41,19 @@ model
 # %% [markdown]
 # ## §5 · One LoRA model per layer (Figure 2)
 #
-# `LoRALayerSweep` fine-tunes one copy of the model per chosen layer with a LoRA
+# `lora_layer_sweep` fine-tunes one copy of the model per chosen layer with a LoRA
 # adapter on that layer's `q/k/v/o_proj` only, on the §5 two-digit set (all four ops,
 # negative results included), keeping the learning rate with the lowest held-out
 # answer loss. The model passed in is never changed; each merged copy is a
 # `LensModel` like any other. With `out_dir=` the adapters are saved and re-used.
 
 # %%
-from arithlens.cna.lora import LoRALayerSweep
+from arithlens.cna.lora import LoRASettings, lora_layer_sweep
 from arithlens.cna.lora_coefficients import LoRACoefficients
 
-lora_setting = LoRALayerSweep(layers=[4, 20], lrs=[1e-3], steps=20, n_train=200, n_val=40,
-                              n_test=80, progress=False)
-sweep = lora_setting.run(model)
+lora_setting = LoRASettings(layers=[4, 20], lrs=[1e-3], steps=20, n_train=200, n_val=40,
+                            n_test=80, progress=False)
+sweep = lora_layer_sweep(model, lora_setting)
 sweep.df[["model", "lora_layer", "group", "lr", "val_loss", "accuracy"]]
 
 # %%
@@ -69,7 +69,7 @@ sweep.plot()
 
 # %%
 cases = data.arithmetic(model.tokenizer, ops="+-", templates=[4], forms=["numeral"]).sample(16, seed=0)
-coef = LoRACoefficients(ks=(50, 10)).run(model, sweep, cases)
+coef = LoRACoefficients(ks=(50, 10)).run(model, cases, loras=sweep)
 coef.table9()
 
 # %%
@@ -85,10 +85,11 @@ coef.table10()
 # pruned at random with as many neurons per layer.
 
 # %%
-from arithlens.cna.pruning import CNAPruning, prune
+from arithlens.cna.pruning import PruningSettings, cna_pruning, prune
 from arithlens.analysis.tuning import load_saved, save_model
 
-pruning = CNAPruning(lora_layer=4, n_cases=12, sweep=lora_setting, progress=False).run(model, lora_model=sweep.models[4])
+pruning = cna_pruning(model, PruningSettings(lora_layer=4, n_cases=12, lora=lora_setting, progress=False),
+                      lora_model=sweep.models[4])
 pruning.df[["model", "accuracy", "n_params", "deep_neurons", "forward_ms"]]
 
 # %%
@@ -117,9 +118,9 @@ print(again.predict(["3+5="]), pruned.predict(["3+5="]))
 # costs in general-text perplexity and 1-digit arithmetic.
 
 # %%
-from arithlens.cna.bias import GenderBias, edit
+from arithlens.cna.bias import GenderBiasSettings, edit, gender_bias
 
-bias = GenderBias(n_neurons=18, ppl_tokens=256, n_arithmetic=48).run(model)
+bias = gender_bias(model, GenderBiasSettings(n_neurons=18, ppl_tokens=256, n_arithmetic=48))
 bias.table13()
 
 # %%
