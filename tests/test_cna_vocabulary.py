@@ -143,7 +143,7 @@ def test_run_tidy_frame_and_untouched(tiny):
     comps = [VocabularyProjection.neuron(tiny, 0, 1), VocabularyProjection.embedding(tiny, "7"), VocabularyProjection.head_output(tiny, 2, 3, "3+5=")]
     result = lens.run(tiny, comps)
     df = result.df
-    assert set(["component", "rank", "token", "value", "direction", "is_number_concept", "concept"]) <= set(df.columns)
+    assert set(["component", "rank", "token", "logit", "direction", "is_number_concept", "concept"]) <= set(df.columns)
     assert len(df) == 3 * 2 * 4
     assert df.groupby(["component", "direction"]).size().eq(4).all()
     tagger = NumberConceptTagger()

@@ -58,6 +58,10 @@ class Analysis:
         """Run the analysis on `data`, reading the clean pass from `cache` when given."""
         raise NotImplementedError
 
+    def pass_batch(self, model: LensModel) -> int | None:
+        """Cases per forward pass when `prepare` builds the cache (`None`: the model's)."""
+        return None
+
     def prepare(
         self,
         model: Any,
@@ -78,5 +82,6 @@ class Analysis:
         dataset = as_dataset(data, model.tokenizer)
         wanted = self.hook_names(model) if names is None else names
         where = self.cache_positions(model) if positions is None else positions
-        cache = ensure_cache(model, dataset, cache, wanted, where, clean=clean, batch_size=batch_size)
+        batch = batch_size or self.pass_batch(model)
+        cache = ensure_cache(model, dataset, cache, wanted, where, clean=clean, batch_size=batch)
         return Inputs(model, dataset, cache)

@@ -65,6 +65,7 @@ COLUMNS: dict[str, str] = {
     "token": "a vocabulary token, decoded",
     "token_id": "a vocabulary token id",
     "rank": "rank of the token in the vector's projection (0: highest)",
+    "logit": "the token's logit in the vector's projection (final norm, W_U, b_U)",
     "direction": "'top' or 'bottom' end of a vocabulary projection",
     "concept": "the number / operation concept a token names ('' for none)",
     "is_number_concept": "whether the token names a number or operation concept",

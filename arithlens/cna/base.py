@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from arithlens.analysis.base import Analysis, Inputs
-from arithlens.core.cache import DatasetCache
+from arithlens.analysis.base import Analysis
 from arithlens.core.dataset import as_dataset
 from arithlens.core.interventions import as_hooks
 from arithlens.core.loading import load_model
@@ -120,23 +119,6 @@ class CNAAnalysis(Analysis):
         if intervention is not None:
             as_hooks(model, [intervention])  # e.g. a head out of range
         return model, dataset
-
-    def prepare(
-        self,
-        model: Any,
-        data: Any,
-        cache: DatasetCache | None,
-        *,
-        names: Any = None,
-        positions: str | None = None,
-        clean: bool = True,
-        batch_size: int | None = None,
-    ) -> Inputs:
-        """[`Analysis.prepare`][arithlens.analysis.base.Analysis.prepare], passing
-        [`pass_batch`][arithlens.cna.base.CNAAnalysis.pass_batch] cases at a time."""
-        model = load_model(model)
-        batch = batch_size or self.pass_batch(model)
-        return super().prepare(model, data, cache, names=names, positions=positions, clean=clean, batch_size=batch)
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CNAAnalysis))

@@ -30,7 +30,7 @@ Example:
                               VocabularyProjection.embedding(model, "3"),
                               VocabularyProjection.residual(model, 20, "3+5=")])
     result.table()                  # Table 4's layout: one row per component
-    result.df                       # component, direction, rank, token, value, concept
+    result.df                       # component, direction, rank, token, logit, concept
     lens.top_tokens(model, model.bridge.W_out[28, :5])   # five token lists
     ```
 """
@@ -184,7 +184,7 @@ class VocabularyProjectionResult(Result):
     """Top and bottom tokens of each component.
 
     Attributes:
-        df: One row per (component, direction, rank) with `token`, `token_id`, `value`
+        df: One row per (component, direction, rank) with `token`, `token_id`, `logit`
             (the logit `ln_final(v) @ W_U + b_U`), `concept` (the tagger's concept or
             None) and `is_number_concept`.
         k: Tokens listed per component and direction.
@@ -229,7 +229,7 @@ class VocabularyProjectionResult(Result):
             [c for c, _ in groups],
             [list(g["token"]) for _, g in groups],
             [list(g["is_number_concept"]) for _, g in groups],
-            [list(g["value"]) for _, g in groups],
+            [list(g["logit"]) for _, g in groups],
             f"Logit lens: {direction}-{self.k} tokens of each component",
         )
         fig.update_layout(**kwargs)
@@ -384,7 +384,7 @@ def tagged_tokens(model: Any, tagger: NumberConceptTagger, values: list[float], 
     for rank, (v, t) in enumerate(zip(values, ids), start=1):
         token = model.decode([t])
         concept = tagger(token)
-        rows.append({"rank": rank, "token": token, "token_id": t, "value": v, "concept": concept,
+        rows.append({"rank": rank, "token": token, "token_id": t, "logit": v, "concept": concept,
                      "is_number_concept": concept is not None})  # fmt: skip
     return rows
 
