@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import arithlens
 from arithlens import data
 
 from arithlens.core import names, validate
@@ -392,3 +393,19 @@ def test_smollm2_exact_matches_brute_force(smollm2):
         frozen = None if scale == "own" else own_scale(smollm2, "3+5=")
         ref = brute_force(smollm2, "3+5=", w, [29], intervention=iv, neurons=some, scale=frozen)
         torch.testing.assert_close(res.importance_other[0, 0, some], ref[0, some], atol=1e-4, rtol=0)
+
+
+@pytest.mark.smollm2
+def test_smollm2_in_bfloat16_keeps_the_float32_top_neurons(smollm2):
+    """bf16 end to end: the cache stays bf16 on the model's device, and exact CNA in bf16 ranks
+    at least 18 of float32's top-20 neurons among its own top 20 on each prompt."""
+    half = arithlens.load_model(dtype="bfloat16", device="cpu")
+    prompts = ["3+5=", "12+7=", "6*7="]
+    cache = half.cache(prompts, names=NeuronImportance(layers=[27, 28, 29]), memo=False)
+    post = cache.last(names.post(29))
+    assert post.dtype == torch.bfloat16 and post.device == half.device
+    for prompt in prompts:
+        job = NeuronImportance(layers=[27, 28, 29], top_tokens=0)
+        full, low = job.run(smollm2, [prompt]), job.run(half, [prompt])
+        top = lambda r: set(kernels.flatten(r.importance)[0].topk(20).indices.tolist())  # noqa: E731
+        assert len(top(full) & top(low)) >= 18, prompt

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import pathlib
@@ -269,13 +270,26 @@ def _from_gguf(directory: str, gguf: str, hub_name: str | None, name: str, place
 def _keep_copy(hf: Any, tok: Any, target: pathlib.Path) -> None:
     """Save `hf` and `tok` to `target` atomically (a temporary folder renamed); a read-only
     or full cache only costs the speed-up."""
+    from safetensors.torch import save_file
+
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-        hf.save_pretrained(str(tmp))
+        # The weights are dequantized already; transformers' save_pretrained refuses a model
+        # still marked GGUF-quantized, so the config and the tensors are written directly.
+        config = copy.deepcopy(hf.config)
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.save_pretrained(str(tmp))
+        state = {k: v.detach().contiguous().clone() for k, v in hf.state_dict().items()}
+        tied = getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in state
+        if tied:
+            del state["lm_head.weight"]
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(str(tmp))
         os.replace(tmp, target)
-    except OSError:
+    except (OSError, ValueError, RuntimeError):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
