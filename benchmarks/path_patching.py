@@ -93,7 +93,7 @@ def main() -> None:
 
     import arithlens
     from arithlens import data
-    from arithlens.circuits import Counterfactual, PathPatching
+    from arithlens.circuits import counterfactual_pairs, PathPatching
     from arithlens.core.names import Component
 
     if args.tiny:
@@ -109,7 +109,7 @@ def main() -> None:
     loop_nodes = nodes if not args.loop_nodes or args.loop_nodes >= len(nodes) else nodes[:: -(-len(nodes) // args.loop_nodes)]
     extrapolated = "" if len(loop_nodes) == len(nodes) else f" (extrapolated from {len(loop_nodes)} nodes)"
     cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=max(args.pairs))
-    pool = Counterfactual().run(model, cases)
+    pool = counterfactual_pairs(model, cases)
     print(f"{model.name} on {describe_device(args.device)}, {dtype}; measured matmul peak {peak / 1e9:.1f} GFLOP/s (re-measured per run; the best reading is used)")
     print(f"{len(nodes)} nodes (heads and MLP of layers {layers[0]}..{layers[-1]} step {args.stride})\n")
 
@@ -117,7 +117,7 @@ def main() -> None:
         rows = [i for i in range(len(pool)) if len(pool.reference_ids[i]) == len(pool.reference_ids[0])][:n]
         ref = torch.tensor([list(pool.reference_ids[i]) for i in rows], device=args.device)
         cf = torch.tensor([list(pool.counterfactual_ids[i]) for i in rows], device=args.device)
-        pairs = Counterfactual().run(model, [cases[i] for i in rows])
+        pairs = counterfactual_pairs(model, [cases[i] for i in rows])
         target = pairs.target_ids.to(args.device)
         p = ref.shape[1]
         print(f"--- {n} pair(s) of {p} tokens, {len(nodes)} nodes ---")

@@ -45,11 +45,11 @@ model
 # node whose output differs between the two carries the operation, not the syntax.
 
 # %%
-from arithlens.circuits import Counterfactual, EndAttention, Knockout, MLPProbe, PathPatching
+from arithlens.circuits import counterfactual_pairs, EndAttention, Knockout, MLPProbe, PathPatching
 
 cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
                         forms=["numeral"], n_per_op=40, seed=0)
-pairs = Counterfactual().run(model, cases)
+pairs = counterfactual_pairs(model, cases)
 pairs.df[["prompt", "counterfactual", "target_str"]].head()
 
 # %% [markdown]

@@ -81,10 +81,10 @@ def table8(model, out: Path) -> None:
 
 def zhang(model, out: Path, n: int = 40) -> None:
     """Zhang et al. §4.1-4.2 on 2-digit addition, "n1 plus n2 is"."""
-    from arithlens.circuits import Counterfactual, EndAttention, Knockout, MLPProbe, PathPatching
+    from arithlens.circuits import counterfactual_pairs, EndAttention, Knockout, MLPProbe, PathPatching
 
     cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=n, seed=0)
-    pairs = Counterfactual().run(model, cases)
+    pairs = counterfactual_pairs(model, cases)
     patching = PathPatching(progress=False).run(model, pairs)
     patching.df.to_csv(out / "patching.csv", index=False)
     strongest = patching.df.reindex(patching.df.effect.abs().sort_values(ascending=False).index)

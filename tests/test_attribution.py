@@ -10,14 +10,14 @@ from arithlens.analysis import attribution
 from arithlens import data
 
 from arithlens.core import names
-from arithlens.circuits import Counterfactual, PathPatching
+from arithlens.circuits import counterfactual_pairs, PathPatching
 from arithlens.core.names import Component
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny):
     cases = data.arithmetic(tiny.tokenizer, ops="+-", digits=(1, 2), templates=(3,), forms=("numeral",), n_per_op=3)
-    return Counterfactual().run(tiny, cases)
+    return counterfactual_pairs(tiny, cases)
 
 
 # ------------------------------------------------------------------------- statistics

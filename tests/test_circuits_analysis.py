@@ -1,4 +1,4 @@
-"""Counterfactual pairs as a dataset, mean-ablation knockout, END attention and the MLP probe (Zhang et al. §4.1-4.2)."""
+"""counterfactual pairs as a dataset, mean-ablation knockout, END attention and the MLP probe (Zhang et al. §4.1-4.2)."""
 
 import dataclasses
 import math
@@ -11,10 +11,10 @@ from conftest import assert_untouched, model_state, forward_counter
 from arithlens import data
 
 from arithlens.core import names
-from arithlens.circuits import Counterfactual, CounterfactualPairs, EndAttention, Knockout, MeanMLP, MLPProbe, PathPatching
+from arithlens.circuits import counterfactual_pairs, CounterfactualPairs, EndAttention, Knockout, MeanMLP, MLPProbe, PathPatching
 from arithlens.circuits.operands import locate, token_roles
 from arithlens.circuits.end_attention import ROLES
-from arithlens.circuits.mean_ablation import MeanNodes, MLPMeans
+from arithlens.circuits.mean_ablation import MeanComponents, MLPMeans
 from arithlens.data import as_dataset
 from arithlens.core.interventions import HeadMeans
 from arithlens.core.names import Component
@@ -30,7 +30,7 @@ def cases(tiny):
 
 @pytest.fixture(scope="module")
 def pairs(tiny, cases):
-    return Counterfactual().run(tiny, cases)
+    return counterfactual_pairs(tiny, cases)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def scored_pairs(tiny):
     cases = data.arithmetic(tiny.tokenizer, ops="+-", digits=2, templates=(4,), forms=("numeral",), n_per_op=6)
     preds = tiny.cache(cases).predictions
     own = data.ArithmeticDataset([dataclasses.replace(c, target_id=int(p)) for c, p in zip(cases, preds)], name="own")
-    return Counterfactual().run(tiny, own)
+    return counterfactual_pairs(tiny, own)
 
 
 def _last_logits_with(model, tokens, name, replace):
@@ -72,11 +72,11 @@ def test_pairs_are_the_reference_dataset(tiny, cases, pairs):
 
 def test_pairs_of_empty_data_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="empty dataset"):
-        Counterfactual().run(tiny, [])
+        counterfactual_pairs(tiny, [])
     with pytest.raises(ValueError, match="replacement"):
-        Counterfactual(replacement="")
+        counterfactual_pairs(tiny, ["3+5="], replacement="")
     with pytest.raises(ValueError, match="list of non-empty words"):
-        Counterfactual(candidates={"word": "nothing"})  # a string is not a list of words
+        counterfactual_pairs(tiny, ["3+5="], candidates={"word": "nothing"})  # a string is not a list of words
 
 
 # -------------------------------------------------------------------------- ablation
@@ -120,13 +120,13 @@ def test_mean_nodes_equals_explicit_replacement(tiny, pairs):
     with tiny.hooked(hooks), torch.no_grad():
         expected = tiny.bridge(ref)[:, -1]
     layers = range(tiny.n_layers)
-    iv = MeanNodes(("0.1", Component(2, 3), Component(2)), HeadMeans.compute(tiny, pairs.counterfactual_ids, layers), MLPMeans.compute(tiny, pairs.counterfactual_ids, layers))
+    iv = MeanComponents(("0.1", Component(2, 3), Component(2)), HeadMeans.compute(tiny, pairs.counterfactual_ids, layers), MLPMeans.compute(tiny, pairs.counterfactual_ids, layers))
     assert iv.nodes == (Component(0, 1), Component(2, 3), Component(2))
     with tiny.intervened(iv), torch.no_grad():
         got = tiny.bridge(ref)[:, -1]
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="no MLP means for layer 1"):
-        MeanNodes((Component(1),), {}, {})
+        MeanComponents((Component(1),), {}, {})
 
 
 def test_knockout_equals_explicit_interventions(tiny, scored_pairs):
@@ -150,7 +150,7 @@ def test_knockout_equals_explicit_interventions(tiny, scored_pairs):
     ops = np.array(pairs.ops)
 
     def accuracy(nodes):
-        run = tiny.cache(pairs, interventions=[MeanNodes(tuple(nodes), means_h, means_m)])
+        run = tiny.cache(pairs, interventions=[MeanComponents(tuple(nodes), means_h, means_m)])
         return (run.predictions == pairs.target_ids).float()
 
     others = [Component(L, h) for L in range(tiny.n_layers) for h in [*range(tiny.n_heads), None] if Component(L, h) not in key]

@@ -1,4 +1,4 @@
-"""Counterfactual pairs and path / activation patching (Zhang et al. §4.1, Algorithm 1)."""
+"""counterfactual pairs and path / activation patching (Zhang et al. §4.1, Algorithm 1)."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from conftest import assert_untouched, model_state
 
 from arithlens import data
-from arithlens.circuits import Counterfactual, PathPatching
+from arithlens.circuits import counterfactual_pairs, PathPatching
 from arithlens.circuits.operands import locate, token_roles
 from arithlens.circuits.path_patching import MLP
 from arithlens.core.names import Component
@@ -20,7 +20,7 @@ def cases(tiny):
 
 @pytest.fixture(scope="module")
 def pairs(tiny, cases):
-    return Counterfactual().run(tiny, cases)
+    return counterfactual_pairs(tiny, cases)
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -36,18 +36,18 @@ def test_pairs_replace_the_operator_word_and_keep_length(tiny, cases, pairs):
 
 
 def test_pairs_of_bare_prompts(tiny):
-    pairs = Counterfactual().run(tiny, ["12+34=", "7 times 8 is"])
+    pairs = counterfactual_pairs(tiny, ["12+34=", "7 times 8 is"])
     assert pairs.df["word"].tolist() == ["+", "times"]
     assert [len(x) for x in pairs.counterfactual_ids] == [len(x) for x in pairs.reference_ids]
 
 
 def test_length_mismatch_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match=r"'3 plus 5 is' \(11 tokens\).*has 15 tokens"):
-        Counterfactual(replacement="nowhere!").run(tiny, ["3 plus 5 is"])
+        counterfactual_pairs(tiny, ["3 plus 5 is"], replacement="nowhere!")
     with pytest.raises(ValueError, match="no operator word"):
-        Counterfactual().run(tiny, ["hello world"])
+        counterfactual_pairs(tiny, ["hello world"])
     with pytest.raises(ValueError, match="candidate kinds"):
-        Counterfactual(candidates={"verbs": ["x"]})
+        counterfactual_pairs(tiny, ["3+5="], candidates={"verbs": ["x"]})
 
 
 def test_locate_and_token_roles(tiny):
@@ -159,7 +159,7 @@ def test_path_patching_equals_literal_algorithm_1(tiny, pairs):
 
 @pytest.mark.parametrize("position", ["last", "all"])
 def test_activation_patching_equals_naive_loop(tiny, cases, position):
-    pairs = Counterfactual().run(tiny, [c for c in cases if c.template == 3])
+    pairs = counterfactual_pairs(tiny, [c for c in cases if c.template == 3])
     snap, n_hooks = model_state(tiny)
     result = PathPatching(method="activation", position=position, progress=False, max_rows=7).run(tiny, pairs)
     assert_untouched(tiny, snap, n_hooks)
@@ -208,7 +208,7 @@ def test_patching_bad_input(tiny, pairs):
 @pytest.mark.smollm2
 def test_smollm2_patching_few_pairs(smollm2):
     cases = data.arithmetic(smollm2.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=3)
-    pairs = Counterfactual().run(smollm2, cases)
+    pairs = counterfactual_pairs(smollm2, cases)
     assert set(pairs.df["replacement"]) == {"nothing"}
     snap, n_hooks = model_state(smollm2)
     result = PathPatching(progress=False).run(smollm2, pairs)

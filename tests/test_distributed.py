@@ -68,10 +68,10 @@ def head_ablation(model) -> pd.DataFrame:
 def path_patching(model) -> dict:
     """Path patching (whole batches per rank), activation patching (whole layers) and the attribution pass."""
     from arithlens import data
-    from arithlens.circuits import Counterfactual, PathPatching
+    from arithlens.circuits import counterfactual_pairs, PathPatching
 
     cases = data.arithmetic(model.tokenizer, ops="+-", digits=(1, 2), templates=(3, 4), forms=("numeral",), n_per_op=2)
-    pairs = Counterfactual().run(model, cases)
+    pairs = counterfactual_pairs(model, cases)
     out = {}
     for key, kwargs in {"path": {}, "activation": {"method": "activation"}, "attribution": {"estimate": "attribution", "rescore": 3}}.items():
         result = PathPatching(progress=False, batch_size=2, **kwargs).run(model, pairs)

@@ -25,12 +25,12 @@ from typing import Any
 from arithlens.app.report import Section, join_words, plural
 from arithlens.core.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion
 from arithlens import data
-from arithlens.circuits.counterfactual import Counterfactual
+from arithlens.circuits.counterfactual import counterfactual_pairs
 from arithlens.circuits.end_attention import EndAttention
 from arithlens.circuits.mean_ablation import Knockout
 from arithlens.circuits.mlp_probe import MLPProbe
 from arithlens.circuits.path_patching import PathPatching
-from arithlens.circuits.precise_sft import PreciseSFT
+from arithlens.circuits.precise_sft import PreciseSFTSettings, precise_sft
 
 
 def _node_name(row: Any) -> str:
@@ -250,7 +250,7 @@ def sections(ctx: Any) -> list[Any]:
     model, out, sizes = ctx.model, ctx.out, ctx.sizes
     with ctx.timed("circuits: path patching"):
         cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=sizes.circuits_pairs)
-        pairs = Counterfactual().run(model, cases)
+        pairs = counterfactual_pairs(model, cases)
         patching = PathPatching(progress=True).run(model, pairs)
         patching.to_csv(str(out / "circuits_patching.csv"))
     top = patching.df.reindex(patching.df["effect"].abs().sort_values(ascending=False).index).head(8)
@@ -265,7 +265,7 @@ def sections(ctx: Any) -> list[Any]:
     ]
 
     with ctx.timed("circuits: knockout"):
-        knockout = Knockout(k=8, individual=sizes.knockout_individual, n_random=sizes.knockout_random, progress=True).run(model, pairs, patching)
+        knockout = Knockout(k=8, individual=sizes.knockout_individual, n_random=sizes.knockout_random, progress=True).run(model, pairs, patching=patching)
         knockout.to_csv(str(out / "circuits_knockout.csv"))
     out_sections.append(
         Section(
@@ -278,19 +278,19 @@ def sections(ctx: Any) -> list[Any]:
     )
 
     with ctx.timed("circuits: END attention and MLP probe"):
-        attention = EndAttention(k=4).run(model, pairs, patching)
+        attention = EndAttention(k=4).run(model, pairs, patching=patching)
         probe = MLPProbe().run(model, cases)
     out_sections.append(Section("END attention of the key heads", attention_reading(attention), figure=attention.plot()))
     out_sections.append(Section("MLP unembedding probe", probe_reading(probe), figure=probe.plot()))
 
     if sizes.sft:
-
         n_test, steps = 80, 60
         # The random control needs as many non-key nodes as key ones.
         k = max(1, min(8, len(patching.df) // 3))
         with ctx.timed("circuits: precise SFT"):
             try:
-                sft = PreciseSFT(k=k, steps=steps, batch_size=8, n_train=400, n_test=n_test, progress=True).run(model, patching=patching)
+                settings = PreciseSFTSettings(k=k, steps=steps, batch_size=8, n_train=400, n_test=n_test, progress=True)
+                sft = precise_sft(model, settings, patching=patching)
             except ValueError as err:
                 sft = None
                 out_sections.append(Section("Precise SFT (small CPU run)", f"Not computed: {err}."))

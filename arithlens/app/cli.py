@@ -28,6 +28,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+import pandas as pd
+
 from arithlens import __version__, data
 from arithlens.core import validate
 from arithlens.core.loading import check_dtype, load_model
@@ -46,9 +48,8 @@ from arithlens.cna.pruning import PruningSettings, cna_pruning
 from arithlens.cna.bias import BiasData, GenderBiasSettings, gender_bias, load_professions, paper_bias_data
 from arithlens.analysis.tuning import save_model
 from arithlens.cna.bias import edit
-from arithlens.circuits import path_patching
 from arithlens.circuits.path_patching import PathPatching
-from arithlens.circuits.precise_sft import PreciseSFT
+from arithlens.circuits.precise_sft import PreciseSFTSettings, precise_sft
 from arithlens.app.circuits_sections import sft_reading
 from arithlens.app.report import Report, Section
 
@@ -673,7 +674,7 @@ def _register_circuits(subparsers: Any) -> None:
     sft.add_argument("--steps", default="200", help="optimiser steps per variant (default 200)")
     sft.add_argument("--lr", default="1e-4", help="learning rate (default 1e-4)")
     sft.add_argument("--batch-size", default="8", help="sequences per step (default 8)")
-    sft.add_argument("--k", "--top-n", dest="k", default="10", help="key nodes fine-tuned: the largest |effect| of path patching (default 10)")
+    sft.add_argument("--k", dest="k", default="10", help="key nodes fine-tuned: the largest |effect| of path patching (default 10)")
     sft.add_argument("--n-train", default="1000", help="training cases of the 2-digit split (default 1000; the paper, on a GPU: 18000)")
     sft.add_argument("--n-test", default="200", help="test cases (default 200; the paper: 2000)")
     sft.add_argument("--variants", default="precise,full,random", help="any of precise,full,random (default all three)")
@@ -685,17 +686,10 @@ def _register_circuits(subparsers: Any) -> None:
     sft.set_defaults(func=_cmd_sft, out_kind="dir", check=_check_sft)
 
 
-def _position(value: str) -> str:
-    """The CLI's `last` in the spelling this version of PathPatching takes."""
-
-    allowed = getattr(path_patching, "POSITIONS", ("last", "all"))
-    return "end" if value == "last" and "last" not in allowed and "end" in allowed else value
-
-
 def _check_patch(args: argparse.Namespace) -> None:
 
     args.limit_n = None if args.limit is None else validate.positive_int(_int_text(args.limit, "--limit"), "--limit")
-    args.patching = PathPatching(method=args.method, position=_position(args.position))
+    args.patching = PathPatching(method=args.method, position=args.position)
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
@@ -715,7 +709,7 @@ def _check_sft(args: argparse.Namespace) -> None:
 
     args.patch_pairs_n = validate.positive_int(_int_text(args.patch_pairs, "--patch-pairs"), "--patch-pairs")
     args.seed_n = _int_text(args.seed, "--seed")
-    args.sft = PreciseSFT(
+    args.sft = PreciseSFTSettings(
         k=validate.positive_int(_int_text(args.k, "--k"), "--k"),
         variants=_csv_list(args.variants, str, "--variants"),
         steps=validate.positive_int(_int_text(args.steps, "--steps"), "--steps"),
@@ -730,13 +724,10 @@ def _check_sft(args: argparse.Namespace) -> None:
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-
     model = load_model_from_args(args)
     cases = data.zhang(model.tokenizer, n_per_op=args.patch_pairs_n, seed=args.seed_n)
     patching = PathPatching().run(model, cases)
-    result = args.sft.run(model, patching=patching)
+    result = precise_sft(model, args.sft, patching=patching)
     os.makedirs(args.out, exist_ok=True)
     result.to_csv(os.path.join(args.out, "sft.csv"))
     losses = pd.DataFrame([{"variant": v, "step": i, "loss": x} for v, c in result.losses.items() for i, x in enumerate(c)])

@@ -87,7 +87,7 @@ class Sizes:
         vo_per_op: Correctly answered cases per operation for Table 8 (`None`: all).
         vo_quick_scan: Scan shallow neurons through one attention layer only.
         vo_ms: Table 8's thresholds M.
-        circuits_pairs: Counterfactual pairs of 2-digit addition for Zhang et al.'s sections.
+        circuits_pairs: counterfactual pairs of 2-digit addition for Zhang et al.'s sections.
         knockout_random: Random node sets drawn for the knockout control.
         knockout_individual: Also knock out each key node alone.
         sft: Run the (CPU-sized) precise-SFT comparison.

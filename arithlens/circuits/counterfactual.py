@@ -29,11 +29,11 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.circuits import Counterfactual
+    from arithlens.circuits import counterfactual_pairs
 
     model = arithlens.load_model()
     cases = data.zhang(model.tokenizer, n_per_op=8)
-    pairs = Counterfactual().run(model, cases)
+    pairs = counterfactual_pairs(model, cases)
     pairs.to_frame()[["prompt", "counterfactual", "word", "replacement"]]
     model.cache(pairs.counterfactual)        # the counterfactual prompts as a dataset
     ```
@@ -100,7 +100,7 @@ class CounterfactualPairs(ArithmeticDataset):
 
     Example:
         ```python
-        pairs = Counterfactual().run(model, data.zhang(model.tokenizer, n_per_op=8))
+        pairs = counterfactual_pairs(model, data.zhang(model.tokenizer, n_per_op=8))
         pairs.to_frame()[["prompt", "counterfactual"]]
         pairs.filter(a=range(10, 50)).counterfactual_ids
         ```
@@ -236,10 +236,17 @@ class CounterfactualPairs(ArithmeticDataset):
         return f"CounterfactualPairs(name={self.name!r}, n={len(self)})"
 
 
-class Counterfactual:
-    """Build counterfactual pairs (the operator word replaced by an irrelevant one).
+def counterfactual_pairs(
+    model: Any, data: Any, *, replacement: str | None = None, candidates: dict[str, Sequence[str]] | None = None
+) -> CounterfactualPairs:
+    """Pair every case of `data` with its counterfactual: the operator word replaced by an irrelevant one.
+
+    A data step (no forward pass): `model` is a [`LensModel`][arithlens.core.model.LensModel]
+    or a tokenizer; only the tokenizer is used.
 
     Args:
+        model: The model, or its tokenizer.
+        data: A dataset, cases, prompts or token ids.
         replacement: A fixed replacement word for every prompt (its token count must
             match, else `ValueError`); default: the first matching candidate.
         candidates: Candidate lists per kind (`"word"`, `"noun"`, `"symbol"`),
@@ -247,60 +254,50 @@ class Counterfactual:
 
     Example:
         ```python
-        pairs = Counterfactual().run(model, ["12+34=", "7 times 8 is"])
+        pairs = counterfactual_pairs(model, ["12+34=", "7 times 8 is"])
         pairs.to_frame()[["prompt", "counterfactual"]]     # operator -> a word of as many tokens
         ```
     """
-
-    def __init__(self, replacement: str | None = None, candidates: dict[str, Sequence[str]] | None = None):
-        if replacement is not None and (not isinstance(replacement, str) or not replacement):
-            raise ValueError(f"replacement={replacement!r} must be a non-empty string")
-        if candidates is not None and not isinstance(candidates, dict):
-            raise ValueError(f"candidates={candidates!r} must be a dict of kind -> list of words")
-        extra: dict[str, tuple[str, ...]] = {}
-        for kind, words in (candidates or {}).items():
-            if isinstance(words, str) or not all(isinstance(w, str) and w for w in words):
-                raise ValueError(f"candidates[{kind!r}]={words!r} must be a list of non-empty words")
-            extra[kind] = tuple(words)
-        unknown = set(extra) - set(REPLACEMENTS)
-        if unknown:
-            raise ValueError(f"candidate kinds {sorted(unknown)} unknown; allowed: {sorted(REPLACEMENTS)}")
-        self.replacement = replacement
-        self.candidates = {**REPLACEMENTS, **extra}
-
-    def run(self, model: Any, data: Any) -> CounterfactualPairs:
-        """Pair every case of `data` (a dataset, cases, prompts or token ids) with its counterfactual.
-
-        `model` is a [`LensModel`][arithlens.core.model.LensModel] or a tokenizer; only the
-        tokenizer is used (no forward pass).
-        """
-        tokenizer = getattr(model, "tokenizer", model)
-        ds = as_dataset(data, tokenizer)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        pairs = []
-        for case in ds:
-            prompt, ids = case.prompt, tuple(int(t) for t in case.input_ids)
-            sp = locate(case)
-            words = [self.replacement] if self.replacement else list(self.candidates[sp.kind()])
-            chosen, last = None, None
-            for word in words:
-                text = prompt[: sp.op[0]] + word + prompt[sp.op[1] :]
-                cand = tuple(int(t) for t in tokenizer.encode(text))
-                last = (word, text, len(cand))
-                if len(cand) == len(ids) and (unk is None or unk not in cand or unk in ids):
-                    chosen = CounterfactualPrompt(text, cand, sp.word, word, sp)
-                    break
-            if chosen is None:
-                word, text, n = last
-                raise ValueError(
-                    f"counterfactual of {prompt!r} ({len(ids)} tokens) does not tokenize to the same "
-                    f"length: {text!r} has {n} tokens (tried {words}); pass "
-                    "Counterfactual(replacement=...) or candidates=... with a word of matching length"
-                )
-            pairs.append(chosen)
-        return CounterfactualPairs(list(ds), pairs, name=ds.name)
+    if replacement is not None and (not isinstance(replacement, str) or not replacement):
+        raise ValueError(f"replacement={replacement!r} must be a non-empty string")
+    if candidates is not None and not isinstance(candidates, dict):
+        raise ValueError(f"candidates={candidates!r} must be a dict of kind -> list of words")
+    extra: dict[str, tuple[str, ...]] = {}
+    for kind, words in (candidates or {}).items():
+        if isinstance(words, str) or not all(isinstance(w, str) and w for w in words):
+            raise ValueError(f"candidates[{kind!r}]={words!r} must be a list of non-empty words")
+        extra[kind] = tuple(words)
+    unknown = set(extra) - set(REPLACEMENTS)
+    if unknown:
+        raise ValueError(f"candidate kinds {sorted(unknown)} unknown; allowed: {sorted(REPLACEMENTS)}")
+    pool = {**REPLACEMENTS, **extra}
+    tokenizer = getattr(model, "tokenizer", model)
+    ds = as_dataset(data, tokenizer)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    pairs = []
+    for case in ds:
+        prompt, ids = case.prompt, tuple(int(t) for t in case.input_ids)
+        sp = locate(case)
+        words = [replacement] if replacement else list(pool[sp.kind()])
+        chosen, last = None, None
+        for word in words:
+            text = prompt[: sp.op[0]] + word + prompt[sp.op[1] :]
+            cand = tuple(int(t) for t in tokenizer.encode(text))
+            last = (word, text, len(cand))
+            if len(cand) == len(ids) and (unk is None or unk not in cand or unk in ids):
+                chosen = CounterfactualPrompt(text, cand, sp.word, word, sp)
+                break
+        if chosen is None:
+            word, text, n = last
+            raise ValueError(
+                f"counterfactual of {prompt!r} ({len(ids)} tokens) does not tokenize to the same "
+                f"length: {text!r} has {n} tokens (tried {words}); pass "
+                "replacement=... or candidates=... with a word of matching length"
+            )
+        pairs.append(chosen)
+    return CounterfactualPairs(list(ds), pairs, name=ds.name)
 
 
 def as_pairs(model: Any, data: Any) -> CounterfactualPairs:
-    """`data` if it is already pairs, else [`Counterfactual`][arithlens.circuits.counterfactual.Counterfactual] pairs of it."""
-    return data if isinstance(data, CounterfactualPairs) else Counterfactual().run(model, data)
+    """`data` if it is already pairs, else [`counterfactual_pairs`][arithlens.circuits.counterfactual.counterfactual_pairs] of it."""
+    return data if isinstance(data, CounterfactualPairs) else counterfactual_pairs(model, data)

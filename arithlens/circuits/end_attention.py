@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -42,11 +41,12 @@ import torch
 from jaxtyping import Float
 
 from arithlens.core import names, validate
-from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.cache import DatasetCache
 from arithlens.core.names import parse_components, top_components
 from arithlens.circuits.operands import ROLES, role_masks
 from arithlens.data import as_dataset
 from arithlens.core.names import Component
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
 from arithlens.core.loading import load_model
 
@@ -91,22 +91,23 @@ class EndAttentionResult(Result):
         )
 
 
-class EndAttention:
+@dataclass(frozen=True, kw_only=True)
+class EndAttention(Analysis):
     """Average END-row attention of key heads, by token role.
 
     Args:
         heads: The heads to read ([`Component`][arithlens.core.names.Component]s, `"L.H"` strings or
             `(layer, head)` pairs); or take them from a patching result given to `run`.
         k: Heads taken from a patching result (largest |effect|, heads only).
-        top_n: The former name of `k` (deprecated).
     """
 
-    def __init__(self, heads: Sequence[Any] | None = None, k: int = 5, *, top_n: int | None = None):
-        if top_n is not None:
-            warnings.warn("EndAttention(top_n=...) is now EndAttention(k=...)", DeprecationWarning, stacklevel=2)
-            k = top_n
-        self.heads = None if heads is None else parse_components(heads, "heads", heads_only=True)
-        self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
+    heads: Sequence[Any] | None = None
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(parse_components(self.heads, "heads", heads_only=True)))
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
 
     def hook_names(self, model: "LensModel") -> set[str]:
         """The attention patterns of the heads' layers (every layer while the heads come from patching)."""
@@ -115,7 +116,7 @@ class EndAttention:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, patching: Any | None = None, *, cache: DatasetCache | None = None
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, patching: Any | None = None
     ) -> EndAttentionResult:
         """Average END-position attention of the heads to operand A, operand B, the operator and other tokens.
 
@@ -133,11 +134,11 @@ class EndAttention:
         elif patching is not None:
             heads = top_components(patching, self.k, heads_only=True)
         else:
-            raise ValueError("EndAttention needs heads=[Component(layer, head), ...] or a patching result: run(model, data, patching)")
+            raise ValueError("EndAttention needs heads=[Component(layer, head), ...] or a patching result: run(model, data, patching=...)")
         if not heads:
             raise ValueError("no heads to read: the patching result ranks no attention head")
         masks = role_masks(model.tokenizer, cases)
-        cache = ensure_cache(model, cases, cache, {names.pattern(h.layer) for h in heads})
+        model, cases, cache = self.prepare(model, cases, cache, names={names.pattern(h.layer) for h in heads})
         per_case = torch.zeros(len(heads), len(cases), len(ROLES))
         for k, h in enumerate(heads):
             end_rows = cache.last(names.pattern(h.layer))  # [case, head, key], or one [head, key] per case

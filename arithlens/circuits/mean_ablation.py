@@ -28,10 +28,10 @@ Example:
     ```python
     import arithlens
     from arithlens import data
-    from arithlens.circuits import Counterfactual, Knockout, PathPatching
+    from arithlens.circuits import counterfactual_pairs, Knockout, PathPatching
 
     model = arithlens.load_model()
-    pairs = Counterfactual().run(model, data.zhang(model.tokenizer, n_per_op=20))
+    pairs = counterfactual_pairs(model, data.zhang(model.tokenizer, n_per_op=20))
     patching = PathPatching().run(model, pairs)
     cache = model.cache(pairs)                      # the clean reference pass, reusable
     result = Knockout(k=8).run(model, pairs, patching, cache=cache)
@@ -43,20 +43,20 @@ Example:
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from arithlens.core import names, validate
-from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.cache import DatasetCache
 from arithlens.core.names import all_components, as_component, parse_components, top_components
 from arithlens.circuits.counterfactual import as_pairs
-from arithlens.core.interventions import ActivationMeans, HeadMeans, Intervention, _UsesMeans, _where, compute_means
+from arithlens.core.interventions import ActivationMeans, HeadMeans, Intervention, MeanAblation, position_view, compute_means
 from arithlens.core.names import Component, Position
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result, percent
 from arithlens.circuits.path_patching import PathPatching
 from arithlens.core.loading import load_model
@@ -84,7 +84,7 @@ class MLPMeans(ActivationMeans):
 
 
 @dataclass(frozen=True)
-class MeanMLP(_UsesMeans, Intervention):
+class MeanMLP(MeanAblation, Intervention):
     """Replace layer `layer`'s MLP output by its mean over `reference` data.
 
     `reference` is a dataset / prompts (means computed on first use, per model) or an
@@ -103,12 +103,12 @@ class MeanMLP(_UsesMeans, Intervention):
             raise ValueError("MeanMLP needs reference data (prompts or a dataset) or an MLPMeans")
         names.check_position(self.position)
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         model.check_layer(self.layer)
         position, means = self.position, self.means(model)
 
         def fn(out: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> torch.Tensor:
-            _where(out, position)[:] = means.for_length(out.shape[1], position).to(out)
+            position_view(out, position)[:] = means.for_length(out.shape[1], position).to(out)
             return out
 
         return [(names.mlp_out(self.layer), fn)]
@@ -118,7 +118,7 @@ class MeanMLP(_UsesMeans, Intervention):
 
 
 @dataclass(frozen=True)
-class MeanNodes(Intervention):
+class MeanComponents(Intervention):
     """Mean-ablate many nodes at once: one hook per layer (heads by index, the MLP whole).
 
     Attributes:
@@ -141,13 +141,13 @@ class MeanNodes(Intervention):
             if nd.layer not in means:
                 raise ValueError(f"no {'MLP' if nd.is_mlp else 'head'} means for layer {nd.layer} (needed by {nd.name})")
 
-    def hooks(self, model: "LensModel") -> list["Hook"]:
+    def hooks(self, model: "LensModel", rows: Int[torch.Tensor, "batch"] | None = None) -> list["Hook"]:
         position, hooks = self.position, []
         heads: dict[int, list[int]] = {}
         for nd in self.nodes:
             nd.check(model)
             if nd.is_mlp:
-                hooks += MeanMLP(nd.layer, self.mlp_means[nd.layer], position).hooks(model)
+                hooks += MeanMLP(nd.layer, self.mlp_means[nd.layer], position).hooks(model, rows)
             else:
                 heads.setdefault(nd.layer, []).append(nd.head)
         for L, hs in heads.items():
@@ -155,14 +155,14 @@ class MeanNodes(Intervention):
 
             def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any, idx=idx, means=means) -> torch.Tensor:
                 mean = means.for_length(z.shape[1], position)[:, idx].to(z)  # [pos, k, d_head]
-                _where(z, position)[:, :, idx.to(z.device)] = mean
+                position_view(z, position)[:, :, idx.to(z.device)] = mean
                 return z
 
             hooks.append((names.z(L), fn))
         return hooks
 
     def __repr__(self) -> str:
-        return f"MeanNodes({len(self.nodes)} nodes)"
+        return f"MeanComponents({len(self.nodes)} nodes)"
 
 
 @dataclass
@@ -215,7 +215,8 @@ class KnockoutResult(Result):
         )
 
 
-class Knockout:
+@dataclass(frozen=True, kw_only=True)
+class Knockout(Analysis):
     """Validate key nodes by mean ablation (means over the counterfactual prompts).
 
     Args:
@@ -228,33 +229,27 @@ class Knockout:
         rest: Also ablate every non-key node.
         seed: Seed of the random draws.
         progress: Show path patching's progress bar when it runs here.
-        top_n: The former name of `k` (deprecated).
     """
 
-    def __init__(
-        self,
-        k: int = 10,
-        nodes: Sequence[Any] | None = None,
-        position: Position = "all",
-        individual: bool = True,
-        n_random: int = 3,
-        rest: bool = True,
-        seed: int = 0,
-        progress: bool = True,
-        *,
-        top_n: int | None = None,
-    ):
-        if top_n is not None:
-            warnings.warn("Knockout(top_n=...) is now Knockout(k=...)", DeprecationWarning, stacklevel=2)
-            k = top_n
-        self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
-        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
-        self.position = names.check_position(position)
-        self.individual = validate.boolean(individual, "individual")
-        self.n_random = validate.non_negative_int(n_random, "n_random")
-        self.rest = validate.boolean(rest, "rest")
-        self.seed = validate.integer(seed, "seed")
-        self.progress = validate.boolean(progress, "progress")
+    k: int = 10
+    nodes: Sequence[Any] | None = None
+    position: Position = "all"
+    individual: bool = True
+    n_random: int = 3
+    rest: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
+        if self.nodes is not None:
+            object.__setattr__(self, "nodes", tuple(parse_components(self.nodes, "nodes")))
+        object.__setattr__(self, "position", names.check_position(self.position))
+        object.__setattr__(self, "individual", validate.boolean(self.individual, "individual"))
+        object.__setattr__(self, "n_random", validate.non_negative_int(self.n_random, "n_random"))
+        object.__setattr__(self, "rest", validate.boolean(self.rest, "rest"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
 
     def hook_names(self, model: "LensModel") -> set[str]:
         """No hooks: only the predictions of the reference's clean cache are read (the means come from a pass over the counterfactuals)."""
@@ -262,7 +257,7 @@ class Knockout:
 
     @torch.no_grad()
     def run(
-        self, model: Any, data: Any, patching: Any | None = None, *, cache: DatasetCache | None = None
+        self, model: Any, data: Any, *, cache: DatasetCache | None = None, patching: Any | None = None
     ) -> KnockoutResult:
         """Accuracy of the reference prompts of `data` (pairs, a dataset or prompts) under each condition.
 
@@ -283,7 +278,7 @@ class Knockout:
             if patching is None:
                 patching = PathPatching(progress=self.progress).run(model, pairs)
             key = top_components(patching, self.k)
-        base = ensure_cache(model, pairs, cache, self)
+        model, pairs, base = self.prepare(model, pairs, cache)
         others = [nd for nd in all_components(model) if nd not in key]
         draws = self._random_draws(key, others)
         groups: list[tuple[str, list[list[Component]], int]] = [("baseline", [], 0), ("key", [key], len(key))]
@@ -305,7 +300,7 @@ class Knockout:
                 if nodes is None:
                     predictions = base.predictions
                 else:
-                    iv = MeanNodes(tuple(nodes), head_means, mlp_means, self.position)
+                    iv = MeanComponents(tuple(nodes), head_means, mlp_means, self.position)
                     predictions = model.cache(pairs, interventions=[iv]).predictions
                 ok = predictions == scoring
                 accs.append(ok.float())

@@ -50,10 +50,12 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from arithlens.core import names, readout, validate
-from arithlens.core.cache import DatasetCache, ensure_cache
+from arithlens.core.cache import DatasetCache
 from arithlens.circuits.operands import operand_tokens
 from arithlens.data import as_dataset
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
+from arithlens.core.blocks import mlp_base, mlp_base_hooks
 from arithlens.core.loading import load_model
 
 if TYPE_CHECKING:
@@ -128,7 +130,8 @@ class MLPProbeResult(Result):
         return fig
 
 
-class MLPProbe:
+@dataclass(frozen=True, kw_only=True)
+class MLPProbe(Analysis):
     """Cosine of MLP inputs / outputs with the unembedding of A, B and C, and their top tokens, per layer.
 
     Args:
@@ -136,9 +139,13 @@ class MLPProbe:
         k: Top tokens kept per vector (the model's own readout).
     """
 
-    def __init__(self, layers: Sequence[int] | None = None, k: int = 10):
-        self.layers = None if layers is None else validate.int_sequence(layers, "layers", low=0, unique=True)
-        self.k = validate.positive_int(k, "k")
+    layers: Sequence[int] | None = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(validate.int_sequence(self.layers, "layers", low=0, unique=True)))
+        object.__setattr__(self, "k", validate.positive_int(self.k, "k"))
 
     def _layers(self, model: "LensModel") -> list[int]:
         if self.layers is None:
@@ -146,9 +153,10 @@ class MLPProbe:
         return [model.check_layer(L, "layers item") for L in self.layers]
 
     def hook_names(self, model: "LensModel") -> set[str]:
-        """`MLP_in` (`hook_resid_mid`) and `MLP_out` (`hook_mlp_out`) of every probed layer."""
+        """`MLP_in` (the residual the MLP's output is added to: `hook_resid_mid`, or `resid_pre + attn_out`
+        in a parallel block) and `MLP_out` (`hook_mlp_out`) of every probed layer."""
         layers = self._layers(model)
-        return {names.resid_mid(L) for L in layers} | {names.mlp_out(L) for L in layers}
+        return {h for L in layers for h in mlp_base_hooks(model, L)} | {names.mlp_out(L) for L in layers}
 
     @torch.no_grad()
     def run(self, model: Any, data: Any, *, cache: DatasetCache | None = None) -> MLPProbeResult:
@@ -166,9 +174,9 @@ class MLPProbe:
         k = validate.integer(self.k, "k", low=1, high=model.d_vocab)
         tok = torch.empty(len(cases), len(TOKENS), dtype=torch.long)
         tok[:, :2] = operand_tokens(model.tokenizer, cases)
-        cache = ensure_cache(model, cases, cache, self)
+        model, cases, cache = self.prepare(model, cases, cache)
         tok[:, 2] = cache.scoring_ids
-        mlp_in = cache.stack(names.resid_mid, layers)  # [case, layer, d_model]
+        mlp_in = torch.stack([mlp_base(model, cache.last, L) for L in layers], dim=1)  # [case, layer, d_model]
         mlp_out = cache.stack(names.mlp_out, layers)
         q = torch.stack([mlp_in, mlp_out, mlp_out - mlp_in], 2).float()  # [case, layer, quantity, d_model]
         W_U = model.bridge.W_U.detach().float().cpu()  # [d_model, vocab]

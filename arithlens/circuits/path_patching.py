@@ -77,13 +77,13 @@ from arithlens.core.names import all_components, as_component, parse_components
 from arithlens.circuits.counterfactual import as_pairs
 from arithlens.core.names import Component
 from arithlens.core.readout import Readout
+from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
 from typing import Any
 import einops
 from jaxtyping import Float
 from arithlens.core import forward, names
 from arithlens.circuits.counterfactual import CounterfactualPairs
-from arithlens.core.cache import DatasetCache
 from arithlens.core.loading import load_model
 
 MLP = "mlp"
@@ -230,14 +230,15 @@ class PathPatchingResult(Result):
         return fig
 
 
-class PathPatching:
+@dataclass(frozen=True, kw_only=True)
+class PathPatching(Analysis):
     """Algorithm 1: the causal effect of every head and MLP on the ground-truth logit.
 
     Args:
         method: `"path"` (others frozen at the reference: direct path to the logits,
             Algorithm 1) or `"activation"` (downstream nodes recompute).
         position: `"last"` (END, the paper) or `"all"` positions (only activation patching
-            differs; for `"path"` the two coincide). `"end"` was renamed `"last"`.
+            differs; for `"path"` the two coincide).
         nodes: Nodes to patch (default all): [`Component`][arithlens.core.names.Component]s, `"L.H"`,
             `"MLP L"`, `(layer, head)` or `(layer, "mlp")`.
         batch_size: Pairs per forward.
@@ -249,29 +250,27 @@ class PathPatching:
         progress: Show a progress bar.
     """
 
-    def __init__(
-        self,
-        method: Literal["path", "activation"] = "path",
-        position: names.Position = "last",
-        nodes: Sequence[Any] | None = None,
-        batch_size: int = 32,
-        max_rows: int = 256,
-        logprobs: bool = False,
-        estimate: Literal["exact", "attribution"] = "exact",
-        rescore: int = 20,
-        progress: bool = True,
-    ):
-        self.method = validate.choice(method, "method", METHODS)
-        if position == "end":
-            raise ValueError("position='end' was renamed: use position='last' (the END token is the last position)")
-        self.position = names.check_position(position)
-        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
-        self.batch_size = validate.positive_int(batch_size, "batch_size")
-        self.max_rows = validate.positive_int(max_rows, "max_rows")
-        self.logprobs = validate.boolean(logprobs, "logprobs") or self.method == "activation"
-        self.estimate = validate.choice(estimate, "estimate", ESTIMATES)
-        self.rescore = validate.non_negative_int(rescore, "rescore")
-        self.progress = validate.boolean(progress, "progress")
+    method: Literal["path", "activation"] = "path"
+    position: names.Position = "last"
+    nodes: Sequence[Any] | None = None
+    batch_size: int = 32
+    max_rows: int = 256
+    logprobs: bool = False
+    estimate: Literal["exact", "attribution"] = "exact"
+    rescore: int = 20
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate.choice(self.method, "method", METHODS)
+        object.__setattr__(self, "position", names.check_position(self.position))
+        if self.nodes is not None:
+            object.__setattr__(self, "nodes", tuple(parse_components(self.nodes, "nodes")))
+        object.__setattr__(self, "batch_size", validate.positive_int(self.batch_size, "batch_size"))
+        object.__setattr__(self, "max_rows", validate.positive_int(self.max_rows, "max_rows"))
+        object.__setattr__(self, "logprobs", validate.boolean(self.logprobs, "logprobs") or self.method == "activation")
+        validate.choice(self.estimate, "estimate", ESTIMATES)
+        object.__setattr__(self, "rescore", validate.non_negative_int(self.rescore, "rescore"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
 
     def hook_names(self, model: Any) -> set[str]:
         """What the reference run must hold: node outputs at END and the final residual (`"path"`), or the residual entering each node layer (`"activation"`, every position)."""
@@ -296,10 +295,15 @@ class PathPatching:
         """
 
         model = load_model(model)
+        if self.method == "path":
+            model.writes.refuse(
+                "PathPatching(method='path')", "the direct path freezes a head's output z·W_O on its way to the logits, "
+                "which a post-attention norm rescales per position; use method='activation'", parallel=False, softcap=False,
+            )
         nodes = check_nodes(model, self.nodes)
         pairs = as_pairs(model, data)
-        if cache is not None:
-            check_cache(model, cache, pairs, self.hook_names(model), self.cache_positions(model))
+        if cache is not None:  # checked like every analysis's; without one, each batch runs its own reference pass
+            self.prepare(model, pairs, cache)
         readout = Readout(model)
         n = len(pairs)
         logit_o, logprob_o = torch.zeros(n), torch.zeros(n)
@@ -402,21 +406,6 @@ class PathPatching:
 def _cat(parts: list[torch.Tensor], empty: tuple[int, ...]) -> torch.Tensor:
     """`torch.cat` that gives an empty `empty`-shaped tensor for a rank with no batches."""
     return torch.cat(parts) if parts else torch.empty(empty)
-
-
-def check_cache(model: Any, cache: Any, pairs: CounterfactualPairs, wanted: set[str], positions: str) -> None:
-    """Raise unless `cache` is the clean reference pass of `pairs` holding `wanted` (at every position for `"all"`)."""
-
-    if not isinstance(cache, DatasetCache):
-        raise ValueError(f"cache={type(cache).__name__} is not an DatasetCache (build one with model.cache(reference prompts, ...))")
-    cache.check_matches(pairs.reference_ids, "the reference prompts")
-    missing = sorted(wanted - cache.names)
-    if missing:
-        raise ValueError(f"cache lacks {len(missing)} hook(s) path patching reads ({', '.join(missing[:4])}…); build it with model.cache(data, names=[patching], positions={positions!r})")
-    if positions == "all" and cache.positions != "all":
-        raise ValueError("activation patching restarts from the residual at every position; build the cache with positions='all'")
-    if not cache.clean:
-        raise ValueError(f"path patching needs the clean reference pass, but the cache was built {cache.interventions or 'with hooks attached'}")
 
 
 class Batch:

@@ -35,10 +35,10 @@ use e.g. `steps=2000, batch_size=32, n_train=18000, n_test=2000`.
 Example:
     ```python
     import arithlens
-    from arithlens.circuits import PreciseSFT
+    from arithlens.circuits import PreciseSFTSettings, precise_sft
 
     model = arithlens.load_model()
-    result = PreciseSFT(k=10, steps=100).run(model)   # finds the key nodes itself
+    result = precise_sft(model, PreciseSFTSettings(k=10, steps=100))   # finds the key nodes itself
     result.table()                                     # accuracy / perplexity per variant
     result.models["precise"].predict(["23+45="])
     ```
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import random
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -124,8 +123,9 @@ class PreciseSFTResult(Result):
         return fig
 
 
-class PreciseSFT:
-    """Fine-tune key components only; compare with full and random-component tuning.
+@dataclass(frozen=True, kw_only=True)
+class PreciseSFTSettings:
+    """How [`precise_sft`][arithlens.circuits.precise_sft.precise_sft] fine-tunes (Zhang et al. §4.3).
 
     Args:
         nodes: Key nodes ([`Component`][arithlens.core.names.Component]s, `"L.H"` / `"MLP L"` strings or
@@ -142,46 +142,36 @@ class PreciseSFT:
         full_answer: Also greedy-decode whole answers on the test split.
         ppl_tokens: Tokens of the general text scored for perplexity.
         progress: Progress bars.
-        top_n: The former name of `k` (deprecated).
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[Any] | None = None,
-        k: int = 10,
-        variants: Sequence[str] = VARIANTS,
-        steps: int = 200,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        n_train: int = 1000,
-        n_test: int = 200,
-        seed: int = 0,
-        full_answer: bool = True,
-        ppl_tokens: int = 2048,
-        progress: bool = True,
-        *,
-        top_n: int | None = None,
-    ):
-        if top_n is not None:
-            warnings.warn("PreciseSFT(top_n=...) is now PreciseSFT(k=...)", DeprecationWarning, stacklevel=2)
-            k = top_n
-        variants = [variants] if isinstance(variants, str) else variants
+    nodes: Sequence[Any] | None = None
+    k: int = 10
+    variants: Sequence[str] = VARIANTS
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 8
+    n_train: int = 1000
+    n_test: int = 200
+    seed: int = 0
+    full_answer: bool = True
+    ppl_tokens: int = 2048
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        variants = [self.variants] if isinstance(self.variants, str) else self.variants
         if not isinstance(variants, Sequence) or not variants:
             raise ValueError(f"variants={variants!r} must list one or more of {VARIANTS}")
-        self.variants = tuple(validate.choice(v, "variants item", VARIANTS) for v in variants)
+        object.__setattr__(self, "variants", tuple(validate.choice(v, "variants item", VARIANTS) for v in variants))
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants={list(variants)!r} has repeated values")
-        self.nodes = None if nodes is None else parse_components(nodes, "nodes")
-        self.k = validate.positive_int(k, "top_n" if top_n is not None else "k")
-        self.steps = validate.positive_int(steps, "steps")
-        self.lr = validate.positive_number(lr, "lr")
-        self.batch_size = validate.positive_int(batch_size, "batch_size")
-        self.n_train = validate.positive_int(n_train, "n_train")
-        self.n_test = validate.positive_int(n_test, "n_test")
-        self.seed = validate.integer(seed, "seed")
-        self.full_answer = validate.boolean(full_answer, "full_answer")
-        self.ppl_tokens = validate.positive_int(ppl_tokens, "ppl_tokens")
-        self.progress = validate.boolean(progress, "progress")
+        if self.nodes is not None:
+            object.__setattr__(self, "nodes", tuple(parse_components(self.nodes, "nodes")))
+        for name in ("k", "steps", "batch_size", "n_train", "n_test", "ppl_tokens"):
+            object.__setattr__(self, name, validate.positive_int(getattr(self, name), name))
+        object.__setattr__(self, "lr", validate.positive_number(self.lr, "lr"))
+        object.__setattr__(self, "seed", validate.integer(self.seed, "seed"))
+        object.__setattr__(self, "full_answer", validate.boolean(self.full_answer, "full_answer"))
+        object.__setattr__(self, "progress", validate.boolean(self.progress, "progress"))
 
     def key_nodes(self, model: Any, patching: Any | None = None) -> list[Component]:
         """`nodes`, or the top `k` of `patching` (path patching on Zhang et al.'s dataset when `None`)."""
@@ -193,65 +183,7 @@ class PreciseSFT:
             patching = PathPatching(progress=self.progress).run(model, cases)
         return top_components(patching, self.k)
 
-    def run(
-        self,
-        model: Any,
-        train: Any = None,
-        test: Any = None,
-        patching: Any | None = None,
-        text: str | None = None,
-    ) -> PreciseSFTResult:
-        """Train each variant on `train` (default: the 2-digit LoRA split) and evaluate on `test`.
-
-        Args:
-            model: The model (never modified: each variant trains a copy).
-            train: Training cases with answers (default the [`lora_split`][arithlens.data.lora_split] train set).
-            test: Test cases (default the split's test set).
-            patching: A path-patching result to take the key nodes from (when `nodes` is not set).
-            text: General text for perplexity (default the shipped sample).
-        """
-
-        model = load_model(model)
-        if train is None or test is None:
-            tr, te = data.lora_split(model.tokenizer, n_train=self.n_train, n_test=self.n_test, seed=self.seed)
-            train, test = train if train is not None else tr, test if test is not None else te
-        train, test = data.as_dataset(train, model.tokenizer), data.as_dataset(test, model.tokenizer)
-        sequences = answer_sequences(train)
-        text = general_text() if text is None else text
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"text={text!r} must be a non-empty string")
-        key = self.key_nodes(model, patching)
-        key_masks = component_masks(model, model.bridge, key)
-        random_nodes = self._random_nodes(model, key, n_params(key_masks)) if "random" in self.variants else []
-
-        def score(lm: Any) -> dict:
-            ev = evaluate(lm, test, full_answer=self.full_answer)
-            row = {"accuracy": ev.accuracy, "perplexity": perplexity(lm, text, max_tokens=self.ppl_tokens)}
-            row["full_accuracy"] = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
-            return row
-
-        rows = [{"variant": "original", "n_params": 0, "steps": 0, "final_loss": float("nan"), **score(model)}]
-        models, losses = {}, {}
-        for variant in self.variants:
-            bridge = copy.deepcopy(model.bridge)
-            if variant == "full":
-                masks = None
-            else:
-                masks = component_masks(model, bridge, key if variant == "precise" else random_nodes)
-            count = sum(p.numel() for p in bridge.parameters()) if masks is None else n_params(masks)
-            loss_curve = train_on_answers(bridge, masks, sequences, steps=self.steps, lr=self.lr, batch_size=self.batch_size,
-                                          seed=self.seed, progress=self.progress, desc=f"SFT {variant}")
-            lm = LensModel(bridge, model.tokenizer, name=f"{model.name}-sft-{variant}", batch_size=model.batch_size)
-            models[variant], losses[variant] = lm, loss_curve
-            rows.append({"variant": variant, "n_params": count, "steps": self.steps, "final_loss": float(sum(loss_curve[-10:]) / len(loss_curve[-10:])), **score(lm)})
-        df = pd.DataFrame(rows)
-        df["accuracy_change"] = df["accuracy"] - df["accuracy"].iloc[0]
-        df["perplexity_change"] = df["perplexity"] - df["perplexity"].iloc[0]
-        labels = {"precise": ", ".join(n.name for n in key), "full": "all", "random": ", ".join(n.name for n in random_nodes)}
-        df["nodes"] = [""] + [labels[v] for v in self.variants]
-        return PreciseSFTResult(df=df, models=models, losses=losses, nodes=key, random_nodes=random_nodes)
-
-    def _random_nodes(self, model: Any, key: list[Component], target: int) -> list[Component]:
+    def random_nodes(self, model: Any, key: list[Component], target: int) -> list[Component]:
         """Random non-key nodes, same head / MLP counts, same parameter count if one exists."""
         rng = random.Random(self.seed)
         others = [nd for nd in all_components(model) if nd not in key]
@@ -271,3 +203,68 @@ class PreciseSFT:
                 break
         return sorted(best, key=_node_order)
 
+
+def precise_sft(
+    model: Any,
+    settings: PreciseSFTSettings | None = None,
+    *,
+    train: Any = None,
+    test: Any = None,
+    patching: Any | None = None,
+    text: str | None = None,
+) -> PreciseSFTResult:
+    """Zhang et al. §4.3: fine-tune the key components only, against full and random-component
+    fine-tuning — a procedure. Each variant trains on `train` (default: the 2-digit LoRA split)
+    and is evaluated on `test`.
+
+    Args:
+        model: The model (never modified: each variant trains a copy).
+        settings: How to train ([`PreciseSFTSettings`][arithlens.circuits.precise_sft.PreciseSFTSettings]; default ones).
+        train: Training cases with answers (default the [`lora_split`][arithlens.data.lora_split] train set).
+        test: Test cases (default the split's test set).
+        patching: A path-patching result to take the key nodes from (when `nodes` is not set).
+        text: General text for perplexity (default the shipped sample).
+    """
+    settings = settings or PreciseSFTSettings()
+    if not isinstance(settings, PreciseSFTSettings):
+        raise ValueError(f"settings={settings!r} must be PreciseSFTSettings")
+
+    model = load_model(model)
+    if train is None or test is None:
+        tr, te = data.lora_split(model.tokenizer, n_train=settings.n_train, n_test=settings.n_test, seed=settings.seed)
+        train, test = train if train is not None else tr, test if test is not None else te
+    train, test = data.as_dataset(train, model.tokenizer), data.as_dataset(test, model.tokenizer)
+    sequences = answer_sequences(train)
+    text = general_text() if text is None else text
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text={text!r} must be a non-empty string")
+    key = settings.key_nodes(model, patching)
+    key_masks = component_masks(model, model.bridge, key)
+    random_nodes = settings.random_nodes(model, key, n_params(key_masks)) if "random" in settings.variants else []
+
+    def score(lm: Any) -> dict:
+        ev = evaluate(lm, test, full_answer=settings.full_answer)
+        row = {"accuracy": ev.accuracy, "perplexity": perplexity(lm, text, max_tokens=settings.ppl_tokens)}
+        row["full_accuracy"] = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
+        return row
+
+    rows = [{"variant": "original", "n_params": 0, "steps": 0, "final_loss": float("nan"), **score(model)}]
+    models, losses = {}, {}
+    for variant in settings.variants:
+        bridge = copy.deepcopy(model.bridge)
+        if variant == "full":
+            masks = None
+        else:
+            masks = component_masks(model, bridge, key if variant == "precise" else random_nodes)
+        count = sum(p.numel() for p in bridge.parameters()) if masks is None else n_params(masks)
+        loss_curve = train_on_answers(bridge, masks, sequences, steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
+                                      seed=settings.seed, progress=settings.progress, desc=f"SFT {variant}")
+        lm = LensModel(bridge, model.tokenizer, name=f"{model.name}-sft-{variant}", batch_size=model.batch_size)
+        models[variant], losses[variant] = lm, loss_curve
+        rows.append({"variant": variant, "n_params": count, "steps": settings.steps, "final_loss": float(sum(loss_curve[-10:]) / len(loss_curve[-10:])), **score(lm)})
+    df = pd.DataFrame(rows)
+    df["accuracy_change"] = df["accuracy"] - df["accuracy"].iloc[0]
+    df["perplexity_change"] = df["perplexity"] - df["perplexity"].iloc[0]
+    labels = {"precise": ", ".join(n.name for n in key), "full": "all", "random": ", ".join(n.name for n in random_nodes)}
+    df["nodes"] = [""] + [labels[v] for v in settings.variants]
+    return PreciseSFTResult(df=df, models=models, losses=losses, nodes=key, random_nodes=random_nodes)

@@ -50,7 +50,7 @@ def _check_position(position: str) -> str:
     return names.check_position(position)
 
 
-def _where(act: torch.Tensor, position: str) -> torch.Tensor:
+def position_view(act: torch.Tensor, position: str) -> torch.Tensor:
     """The view of `act` ([batch, pos, ...]) an intervention writes to."""
     return act if position == "all" else act[:, -1:]
 
@@ -155,7 +155,7 @@ class ZeroHead(Intervention):
         position, head = _check_position(self.position), self.head
 
         def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any) -> torch.Tensor:
-            _where(z, position)[:, :, head] = 0.0
+            position_view(z, position)[:, :, head] = 0.0
             return z
 
         return [(names.z(self.layer), fn)]
@@ -251,7 +251,7 @@ def compute_means(
     return out
 
 
-class _UsesMeans:
+class MeanAblation:
     """Shared by mean-ablation interventions: means of `reference` data, or given means."""
 
     means_class: type[ActivationMeans] = ActivationMeans
@@ -269,7 +269,7 @@ class _UsesMeans:
 
 
 @dataclass(frozen=True)
-class MeanHead(_UsesMeans, Intervention):
+class MeanHead(MeanAblation, Intervention):
     """Replace head `head`'s output by its mean over `reference` data.
 
     `reference` is a dataset / list of prompts (means are computed on first use) or a
@@ -294,7 +294,7 @@ class MeanHead(_UsesMeans, Intervention):
 
         def fn(z: Float[torch.Tensor, "batch pos head d_head"], hook: Any) -> torch.Tensor:
             mean = means.for_length(z.shape[1], position)[:, head].to(z)
-            _where(z, position)[:, :, head] = mean
+            position_view(z, position)[:, :, head] = mean
             return z
 
         return [(names.z(self.layer), fn)]
@@ -348,7 +348,7 @@ class ScaleNeurons(Intervention):
         position, factor = _check_position(self.position), float(self.factor)
 
         def fn(post: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> torch.Tensor:
-            view = _where(post, position)
+            view = position_view(post, position)
             view[..., idx] = view[..., idx] * factor
             return post
 
@@ -386,7 +386,7 @@ class KeepNeurons(Intervention):
             keep[idx.to(model.device)] = 1.0
 
             def fn(post: torch.Tensor, hook: Any, keep: torch.Tensor = keep) -> torch.Tensor:
-                view = _where(post, position)
+                view = position_view(post, position)
                 view.mul_(keep.to(post.dtype))
                 return post
 
@@ -435,7 +435,7 @@ class CaseNeurons(Intervention):
             def fn(post: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> torch.Tensor:
                 chosen = mask[rows.to(mask.device), layer].to(post.device)
                 factor = (chosen if keep else ~chosen).to(post.dtype)[:, None, :]
-                view = _where(post, position)
+                view = position_view(post, position)
                 view.mul_(factor)
                 return post
 
@@ -453,7 +453,7 @@ def resolve_means(model: "LensModel", interventions: Iterable[Any]) -> list[Any]
             item = Interventions(resolve_means(model, item.items))
         elif isinstance(item, (list, tuple)):
             item = resolve_means(model, item)
-        elif isinstance(item, _UsesMeans) and not isinstance(item.reference, ActivationMeans):
+        elif isinstance(item, MeanAblation) and not isinstance(item.reference, ActivationMeans):
             item = dataclasses.replace(item, reference=item.means(model))
         out.append(item)
     return out
