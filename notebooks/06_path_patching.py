@@ -80,14 +80,14 @@ patching.top(10)
 # %%
 attention, probe = EndAttention(k=4), MLPProbe()
 cache = model.cache(pairs, names=[attention, probe])    # one clean forward pass for all three
-knockout = Knockout(k=10, progress=False).run(model, pairs, patching, cache=cache)
+knockout = Knockout(k=10, progress=False).run(model, pairs, cache=cache, patching=patching)
 knockout.table()
 
 # %% [markdown]
 # ## What the key heads attend to, what the MLPs write (§4.2)
 
 # %%
-heads_attention = attention.run(model, pairs, patching, cache=cache)
+heads_attention = attention.run(model, pairs, cache=cache, patching=patching)
 heads_attention.plot()
 
 # %%
@@ -101,14 +101,15 @@ probed.plot()
 # with as many parameters (`random`), each on a deep copy of the model (the original
 # is never touched), then compare test accuracy and the perplexity of a general-text
 # sample. A CPU-sized run: 30 steps of 8 prompts; `arithlens sft` or
-# `PreciseSFT(steps=…, n_train=…)` for the paper's scale on a GPU.
+# `PreciseSFTSettings(steps=…, n_train=…)` for the paper's scale on a GPU.
 
 # %%
-from arithlens.circuits import PreciseSFT
+from arithlens.circuits import PreciseSFTSettings, precise_sft
 
 n_test = 60
-sft = PreciseSFT(nodes=key, steps=30, batch_size=8, n_train=240, n_test=n_test,
-                 ppl_tokens=512, full_answer=False, progress=False).run(model)
+settings = PreciseSFTSettings(nodes=key, steps=30, batch_size=8, n_train=240, n_test=n_test,
+                              ppl_tokens=512, full_answer=False, progress=False)
+sft = precise_sft(model, settings)
 sft.df[["variant", "n_params", "final_loss", "accuracy", "accuracy_change", "perplexity", "perplexity_change"]]
 
 # %%

@@ -89,10 +89,10 @@ def zhang(model, out: Path, n: int = 40) -> None:
     patching.df.to_csv(out / "patching.csv", index=False)
     strongest = patching.df.reindex(patching.df.effect.abs().sort_values(ascending=False).index)
     print(strongest.head(10)[["layer", "node", "effect"]].to_string(index=False))
-    ko = Knockout(k=10, progress=False).run(model, pairs, patching)
+    ko = Knockout(k=10, progress=False).run(model, pairs, patching=patching)
     ko.df.to_csv(out / "knockout.csv", index=False)
     print(ko.df.to_string(index=False))
-    att = EndAttention(k=5).run(model, pairs, patching)
+    att = EndAttention(k=5).run(model, pairs, patching=patching)
     att.df.to_csv(out / "end_attention.csv", index=False)
     print(att.df.pivot_table(index="head_label", columns="role", values="attention", sort=False).round(2).to_string())
     probe = MLPProbe().run(model, cases)
@@ -102,9 +102,9 @@ def zhang(model, out: Path, n: int = 40) -> None:
 
 def sft(model, out: Path) -> None:
     """Zhang et al. §4.3: precise SFT of the key nodes vs full and random-node tuning."""
-    from arithlens.circuits import PreciseSFT
+    from arithlens.circuits import PreciseSFTSettings, precise_sft
 
-    res = PreciseSFT(steps=120, batch_size=8, n_train=960, n_test=200, lr=1e-4, progress=False).run(model)
+    res = precise_sft(model, PreciseSFTSettings(steps=120, batch_size=8, n_train=960, n_test=200, lr=1e-4, progress=False))
     res.df.to_csv(out / "sft.csv", index=False)
     print(res.df.to_string(index=False))
     print("key nodes:", res.nodes, "| random nodes:", res.random_nodes)

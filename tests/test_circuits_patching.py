@@ -195,7 +195,7 @@ def test_top_plot_and_by(tiny, pairs):
 def test_patching_bad_input(tiny, pairs):
     with pytest.raises(ValueError, match="method='direct'"):
         PathPatching(method="direct")
-    with pytest.raises(ValueError, match="position='end' was renamed: use position='last'"):
+    with pytest.raises(ValueError, match="position='end' is not one of"):
         PathPatching(position="end")
     with pytest.raises(ValueError, match="layer=9 is out of range"):
         PathPatching(nodes=[(9, 0)]).run(tiny, pairs)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from conftest import assert_untouched, model_state
 
 from arithlens import data
-from arithlens.circuits import PreciseSFT, general_text, perplexity
-from arithlens.circuits.components import _canonical, component_masks, n_params
+from arithlens.analysis.tuning import general_text, perplexity
+from arithlens.circuits import PreciseSFTSettings, precise_sft
+from arithlens.circuits.components import canonical_name, component_masks, n_params
 from arithlens.analysis.tuning import answer_loss
 from arithlens.core.names import Component
 from arithlens.core.validate import NonFiniteError
@@ -19,12 +20,12 @@ TEXT = "The river keeps moving in the dark. Tomorrow the fog will return."
 
 
 def _param(bridge, suffix):
-    return next(p for n, p in bridge.named_parameters() if _canonical(n).endswith(suffix))
+    return next(p for n, p in bridge.named_parameters() if canonical_name(n).endswith(suffix))
 
 
 def test_component_masks_select_head_slices_and_whole_mlps(tiny):
     d, group = tiny.d_head, tiny.n_heads // tiny.n_kv_heads
-    masks = {_canonical(k): v for k, v in component_masks(tiny, tiny.bridge, [Component(1, 3), Component(2)]).items()}
+    masks = {canonical_name(k): v for k, v in component_masks(tiny, tiny.bridge, [Component(1, 3), Component(2)]).items()}
     q = masks["model.layers.1.self_attn.q_proj.weight"]
     assert q[3 * d : 4 * d].all() and q.sum() == d * tiny.d_model
     g = 3 // group
@@ -70,8 +71,8 @@ def test_precise_sft_trains_only_key_components(tiny):
     tiny.cache(test, memo=False)  # the bridge adds torch hooks of its own on its first run_with_cache
     snap, n_hooks = model_state(tiny)
     key = [Component(1, 3), Component(2)]
-    sft = PreciseSFT(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
-    result = sft.run(tiny, train, test, text=TEXT)
+    sft = PreciseSFTSettings(nodes=key, steps=3, batch_size=4, lr=1e-2, full_answer=False, progress=False)
+    result = precise_sft(tiny, sft, train=train, test=test, text=TEXT)
     assert_untouched(tiny, snap, n_hooks)
     assert result.df["variant"].tolist() == ["original", "precise", "full", "random"]
     rows = result.df.set_index("variant")
@@ -113,31 +114,27 @@ def test_precise_sft_trains_only_key_components(tiny):
 
 def test_precise_sft_bad_input(tiny):
     with pytest.raises(ValueError, match="variants item='lora' is not one of"):
-        PreciseSFT(variants=["lora"])
+        PreciseSFTSettings(variants=["lora"])
     with pytest.raises(ValueError, match="steps=0 is out of range"):
-        PreciseSFT(steps=0)
+        PreciseSFTSettings(steps=0)
     with pytest.raises(ValueError, match="steps=2.5 must be an integer"):
-        PreciseSFT(steps=2.5)
+        PreciseSFTSettings(steps=2.5)
     with pytest.raises(ValueError, match="steps=True must be an integer, not a bool"):
-        PreciseSFT(steps=True)
+        PreciseSFTSettings(steps=True)
     with pytest.raises(ValueError, match="batch_size='8' must be an integer"):
-        PreciseSFT(batch_size="8")
-    with pytest.raises(ValueError, match="top_n='3' must be an integer"):
-        PreciseSFT(top_n="3")
+        PreciseSFTSettings(batch_size="8")
     with pytest.raises(ValueError, match="lr=0.0 is out of range"):
-        PreciseSFT(lr=0)
+        PreciseSFTSettings(lr=0)
     with pytest.raises(ValueError, match="full_answer='no' must be True or False"):
-        PreciseSFT(full_answer="no")
+        PreciseSFTSettings(full_answer="no")
     with pytest.raises(ValueError, match="component 'attn' is not of the form"):
-        PreciseSFT(nodes=["attn"])
-    sft = PreciseSFT(k=np.int64(4), steps=np.int64(3), batch_size=torch.tensor(2), variants="full")
+        PreciseSFTSettings(nodes=["attn"])
+    sft = PreciseSFTSettings(k=np.int64(4), steps=np.int64(3), batch_size=torch.tensor(2), variants="full")
     assert (sft.k, sft.steps, sft.batch_size, sft.variants) == (4, 3, 2, ("full",))
-    with pytest.warns(DeprecationWarning):
-        assert PreciseSFT(top_n=6).k == 6
     with pytest.raises(ValueError, match="layer=3 is out of range"):
-        PreciseSFT(nodes=[Component(3)]).key_nodes(tiny)
+        PreciseSFTSettings(nodes=[Component(3)]).key_nodes(tiny)
     with pytest.raises(ValueError, match="has no answer tokens"):
-        PreciseSFT(nodes=["1.3"], steps=1).run(tiny, ["1+2="], ["3+4="], text=TEXT)
+        precise_sft(tiny, PreciseSFTSettings(nodes=["1.3"], steps=1), train=["1+2="], test=["3+4="], text=TEXT)
     with pytest.raises(ValueError, match="window=0 is out of range"):
         perplexity(tiny, TEXT, window=0)
 
@@ -146,7 +143,7 @@ def test_diverging_training_is_an_error_not_nan_results(tiny):
     train, test = data.lora_split(tiny.tokenizer, n_train=16, n_test=4)
     tiny.cache(test, memo=False)  # the bridge adds torch hooks of its own on its first run_with_cache
     snap, n_hooks = model_state(tiny)
-    sft = PreciseSFT(nodes=["1.3"], variants=["full"], steps=4, batch_size=4, lr=1e30, full_answer=False, progress=False)
+    sft = PreciseSFTSettings(nodes=["1.3"], variants=["full"], steps=4, batch_size=4, lr=1e30, full_answer=False, progress=False)
     with pytest.raises(NonFiniteError, match="SFT full: the training loss is nan"):
-        sft.run(tiny, train, test, text=TEXT)
+        precise_sft(tiny, sft, train=train, test=test, text=TEXT)
     assert_untouched(tiny, snap, n_hooks)

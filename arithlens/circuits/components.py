@@ -31,7 +31,7 @@ _ATTN = re.compile(r"layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$")
 _MLP = re.compile(r"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$")
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     return name.replace("._original_component", "")
 
 
@@ -47,7 +47,7 @@ def component_masks(model: Any, bridge: torch.nn.Module, nodes: Sequence[Any]) -
     params = dict(bridge.named_parameters())
     by_layer: dict[int, dict[str, tuple[str, str]]] = {}
     for name in params:
-        c = _canonical(name)
+        c = canonical_name(name)
         for pattern, kind in ((_ATTN, "attn"), (_MLP, "mlp")):
             m = pattern.search(c)
             if m:

@@ -99,9 +99,13 @@ class LensModel:
         bridge = TransformerBridge.boot_transformers(
             bridge_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
         )
-        # Value biases stay where the model has them: folded into b_O, a head's hook_z would
-        # lack its b_V term, and zeroing or scoring one head would miss part of its output.
-        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
+        # HookedTransformer's hook names. RMSNorm models keep their weights as they are (the
+        # norms' gains are read where an analysis needs them, arithlens.core.blocks): folding
+        # them costs a transient of several times the weights' memory. LayerNorm models are
+        # folded (centring and biases), with value biases left where the model has them —
+        # folded into b_O, a head's hook_z would lack its b_V term.
+        rms = str(getattr(bridge.cfg, "normalization_type", "")).startswith("RMS")
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=rms, fold_value_biases=False)
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)
