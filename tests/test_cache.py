@@ -188,3 +188,41 @@ def test_cache_type_and_repr(tiny):
     cache = tiny.cache(PROMPTS[:2], memo=False)
     assert isinstance(cache, DatasetCache) and len(cache) == 2
     assert "2 cases" in repr(cache) and "clean" in repr(cache)
+
+
+# ----------------------------------------------------------------------------- a cache that cannot lie
+def test_a_cache_is_read_only_for_the_model_and_weights_that_built_it(tiny):
+    from arithlens import evaluate
+    from arithlens.cna import HeadAblation
+    from arithlens.testing import tiny_llama
+
+    other, prompts = tiny_llama(seed=1), ["3+5=", "1+2="]
+    sweep = HeadAblation(layers=[0], progress=False)
+    cache = tiny.cache(prompts, names=[sweep])
+    for use in (lambda: sweep.run(other, prompts, cache=cache), lambda: evaluate(other, prompts, cache=cache)):
+        with pytest.raises(ValueError, match="built by another model"):
+            use()
+    edited = tiny_llama(seed=2)
+    stale = edited.cache(prompts)
+    with torch.no_grad():
+        next(edited.bridge.parameters()).data.add_(0.5)  # an in-place edit no version counter sees
+    with pytest.raises(ValueError, match="weights changed since this cache was built"):
+        evaluate(edited, prompts, cache=stale)
+    assert not torch.equal(edited.cache(prompts).target_logprob, stale.target_logprob)  # the memo is not stale either
+
+
+def test_a_cache_of_other_targets_is_refused(tiny):
+    from arithlens import data, evaluate
+
+    cases = data.arithmetic(tiny.tokenizer, ops="+", digits=1, templates=[4], forms=["numeral"], n_per_op=3)
+    relabelled = data.prompts(tiny.tokenizer, [c.prompt for c in cases], ["7"] * len(cases))
+    with pytest.raises(ValueError, match="other targets"):
+        evaluate(tiny, relabelled, cache=tiny.cache(cases))
+
+
+def test_editing_a_returned_cache_does_not_corrupt_the_memo(tiny):
+    prompts = ["2+2=", "4+1="]
+    first = tiny.cache(prompts)
+    truth = first.target_logprob.clone()
+    first.target_logprob[:] = 0
+    assert torch.equal(tiny.cache(prompts).target_logprob, truth)

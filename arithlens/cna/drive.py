@@ -4,7 +4,8 @@ How much a vector `v` added to the residual stream raises FFN neuron `b`'s coeff
 score `m_b`, to first order, with `b`'s pre-MLP norm scale `σ_b` (the `ln2` scale)
 frozen, is `v · ∇_x m_b` — [`neuron_keys`][arithlens.cna.drive.neuron_keys] gives that
 key. For a SwiGLU neuron, `m_b = act(x̂·W_gate[:, b]) · (x̂·W_in[:, b])` with
-`x̂ = x / σ_b` (compatibility mode folds the norm's weight into both key rows), so
+`x̂ = g ⊙ x / σ_b` (the norm's gain `g` scales both key rows: folded into them on a
+LayerNorm model, applied here on an RMSNorm one, [`arithlens.core.blocks`][arithlens.core.blocks]), so
 
     ∇_x m_b = (act'(g_b) u_b W_gate[:, b] + act(g_b) W_in[:, b]) / σ_b
 
@@ -20,8 +21,7 @@ carried to the last position by the attention layers up to the root's:
     T(l, k, p) = m_k(p) · Σ_{l < l' ≤ l_root} Σ_h A^{l'h}[last, p] / σ1^{l'}(p) · fc2_k W_V^{l'h} W_O^{l'h}
     score      = T(l, k, p) · ∇_x m_root
 
-(`A`: attention pattern, `σ1`: the `ln1` scale at `p` — compatibility mode folds the
-norm weight into `W_V`).
+(`A`: attention pattern, `σ1`: the `ln1` scale at `p`; the `ln1` gain scales `W_V`'s rows).
 
 Example:
     ```python

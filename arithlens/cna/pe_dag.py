@@ -11,8 +11,7 @@ key. The edge score is the first-order change of `b`'s coefficient `m_b` caused 
     relative_drive = drive · sign(m_b) / |m_b|
 
 with `∇_x m_b` from [`drive.neuron_keys`][arithlens.cna.drive.neuron_keys]. For a SwiGLU
-neuron (compatibility mode folds the pre-MLP norm's weight into both key rows — checked by
-the tests) the edge combines both inner products exactly as they enter `m_b`:
+neuron (the pre-MLP norm's gain scales both key rows — checked by the tests) the edge combines both inner products exactly as they enter `m_b`:
 
     gate_ip = fc2_a · W_gate[:, b]        up_ip = fc2_a · W_in[:, b]
     drive   = (m_a / σ_b) · (act'(g_b) · u_b · gate_ip + act(g_b) · up_ip)

@@ -12,10 +12,9 @@ value-output circuit, all query heads summed:
 query head; [`ov_matrix`][arithlens.cna.vo_transform.ov_matrix] precomputes the
 `[d_model, d_model]` sum). What the formula leaves out, and why:
 
-* *Attention input norm.* Attention reads `ln1(x) = w₁ ⊙ x / rms(x)`. Compatibility
-  mode folds `w₁` into `W_V` (the bridge's `ln1` weight is then all ones; the tests
-  check `T_a` against the layer's own forward on a one-position input), so `w₁` is
-  included. `1 / rms(x)` is a positive scalar per source position — of the whole
+* *Attention input norm.* Attention reads `ln1(x) = w₁ ⊙ x / rms(x)`. `w₁` scales
+  `W_V`'s rows ([`arithlens.core.blocks`][arithlens.core.blocks]; the tests check `T_a`
+  against the layer's own forward on a one-position input), so `w₁` is included. `1 / rms(x)` is a positive scalar per source position — of the whole
   residual the neuron is part of, not of the neuron — so it is left out: it scales
   `T_a(v)` and cannot change its top tokens.
 * *Attention weights.* Each head mixes positions with its own weights; the paper sums the

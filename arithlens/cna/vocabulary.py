@@ -9,9 +9,8 @@ al., 2022), here through the model's own final norm and unembedding:
 
 computed by [`readout.top_token_ids`][arithlens.core.readout.top_token_ids] (TransformerLens's
 `logit_readout`, final-norm statistics recomputed per vector, `b_U` included). On RMSNorm
-models compatibility mode folds the final norm's weight into `W_U` and `b_U` is zero, so
-the norm contributes only the positive scalar `1 / rms(v)`: the ranking of tokens is
-exactly the ranking of `v @ W_U`. On LayerNorm models (GPT-2 style, `b_U ≠ 0` after
+models `b_U` is zero and the norm contributes its gain and the positive scalar
+`1 / rms(v)`: the ranking of tokens is exactly the ranking of `(g ⊙ v) @ W_U`. On LayerNorm models (GPT-2 style, `b_U ≠ 0` after
 folding) the norm and `b_U` change the ranking, and this is the ranking the model itself
 would produce. Table 4's "top10 tokens" are the `k` largest logits (`direction="top"`);
 the `k` smallest (`direction="bottom"`) are also listed.

@@ -130,10 +130,8 @@ def _rms(model: Any) -> bool:
 
 
 def final_gain(model: Any) -> Float[torch.Tensor, "d_model"] | None:
-    """The final norm's gain where compatibility mode left it unfolded (OLMo 2), else `None`.
-
-    Folded (the usual case) the norm's weight is all ones and the gain lives in `W_U`; a
-    LayerNorm is always folded by TransformerLens."""
+    """The final norm's gain where it is not folded into `W_U` (RMSNorm models, which arithlens
+    wraps unprocessed), else `None` (a LayerNorm, folded by compatibility mode, or a gain of ones)."""
     if not _rms(model):
         return None
     gain = _gain(model.bridge.ln_final, model.d_model, model.bridge.W_U)
@@ -142,7 +140,7 @@ def final_gain(model: Any) -> Float[torch.Tensor, "d_model"] | None:
 
 def pre_norm_gain(model: Any, layer: int, which: str) -> Float[torch.Tensor, "d_model"] | None:
     """Block `layer`'s pre-attention (`which="ln1"`) or pre-MLP (`"ln2"`) norm gain where it is
-    not folded into the next weights (Phi-3), else `None` (folded, absent as in OLMo 2, or a LayerNorm)."""
+    not folded into the next weights (RMSNorm models), else `None` (a LayerNorm, folded; absent, as in OLMo 2; or ones)."""
     norm = getattr(model.bridge.blocks[int(layer)], which, None)
     if norm is None or not _rms(model):
         return None

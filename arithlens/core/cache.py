@@ -67,6 +67,8 @@ class DatasetCache:
         activations: Hook name → activations as described by `positions`.
         interventions: Description of the interventions active during the pass (`""`: clean).
         clean: Whether the pass ran with no intervention and no hook attached.
+        model: The [`weights_fingerprint`][arithlens.core.cache.weights_fingerprint] of the
+            model that ran the pass: a cache is only read for that model, with those weights.
     """
 
     input_ids: list[tuple[int, ...]]
@@ -79,6 +81,7 @@ class DatasetCache:
     activations: dict[str, Any] = field(default_factory=dict, repr=False)
     interventions: str = ""
     clean: bool = True
+    model: tuple = ()
 
     # ------------------------------------------------------------------ outcomes
     def __len__(self) -> int:
@@ -109,6 +112,10 @@ class DatasetCache:
         """Bytes held by the activations and per-case tensors."""
         total = sum(t.numel() * t.element_size() for t in self._tensors())
         return total
+
+    def versions(self) -> tuple[int, ...]:
+        """Each tensor's in-place modification counter: equal after an edit never happens."""
+        return tuple(t._version for t in self._tensors())
 
     def _tensors(self) -> Iterable[torch.Tensor]:
         yield from (self.target_ids, self.predictions, self.target_logprob, self.prediction_logprob, self.final_scale)
@@ -176,6 +183,7 @@ class DatasetCache:
             acts,
             self.interventions,
             self.clean,
+            self.model,
         )
 
     def check_matches(self, input_ids: Sequence[Sequence[int]], what: str = "data") -> None:
@@ -229,13 +237,20 @@ class Memo:
         self._store: OrderedDict[tuple, DatasetCache] = OrderedDict()
 
     def get(self, key: tuple) -> DatasetCache | None:
-        hit = self._store.get(key)
-        if hit is not None:
-            self._store.move_to_end(key)
-        return hit
+        """The entry for `key`, unless a caller has edited one of its tensors in place since
+        it was stored (then it is dropped: the pass is run again)."""
+        entry = self._store.get(key)
+        if entry is None:
+            return None
+        cache, versions = entry
+        if cache.versions() != versions:
+            del self._store[key]
+            return None
+        self._store.move_to_end(key)
+        return cache
 
     def put(self, key: tuple, cache: DatasetCache) -> None:
-        self._store[key] = cache
+        self._store[key] = (cache, cache.versions())
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries or (len(self._store) > 1 and self.nbytes > self.max_bytes):
             self._store.popitem(last=False)
@@ -244,7 +259,7 @@ class Memo:
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self._store.values())
+        return sum(c.nbytes for c, _ in self._store.values())
 
     def clear(self) -> None:
         self._store.clear()
@@ -334,7 +349,28 @@ def build_cache(
                     per_case[nm][r] = act[j]
             del logits, acts
     activations: dict[str, Any] = {nm: stacked.get(nm, per_case[nm]) for nm in wanted}
-    return DatasetCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean)
+    return DatasetCache(list(input_ids), target_t, preds, tlp, plp, scale, positions, activations, described, clean,
+                        weights_fingerprint(model))  # fmt: skip
+
+
+def weights_fingerprint(model: "LensModel") -> tuple:
+    """Which model, with which weights: its identity and a cheap checksum of every parameter
+    (a strided sample of about 1,000 entries each), so an in-place edit of the weights is seen."""
+    sums = []
+    with torch.no_grad():
+        for p in model.bridge.parameters():
+            flat = p.detach().reshape(-1)
+            sums.append(float(flat[:: max(1, flat.numel() // 1024)].double().sum()))
+    return (id(model), hash(tuple(sums)))
+
+
+def check_model(cache: DatasetCache, model: "LensModel") -> None:
+    """`ValueError` unless `cache` was built by `model` with its current weights."""
+    now = weights_fingerprint(model)
+    if cache.model and cache.model[0] != now[0]:
+        raise ValueError(f"cache was built by another model than {model!r}: build it with this model's model.cache(data, ...)")
+    if cache.model and cache.model[1] != now[1]:
+        raise ValueError("the model's weights changed since this cache was built: build a new one with model.cache(data, ...)")
 
 
 def ensure_cache(
@@ -362,6 +398,14 @@ def ensure_cache(
         raise ValueError(f"cache={type(cache).__name__} is not an DatasetCache (build one with model.cache(data, ...))")
     ds = as_dataset(data, model.tokenizer)
     cache.check_matches([c.input_ids for c in ds])
+    check_model(cache, model)
+    targets = torch.tensor([c.target_id for c in ds], dtype=torch.long)
+    if not torch.equal(targets, cache.target_ids.cpu()):
+        differ = int((targets != cache.target_ids.cpu()).sum())
+        raise ValueError(
+            f"cache was built with other targets than the data ({differ} of {len(ds)} cases differ): "
+            "build it with model.cache(data, ...) on this dataset"
+        )
     missing = sorted(wanted - cache.names)
     if missing:
         raise ValueError(

@@ -19,9 +19,9 @@ Placement is Hugging Face's and TransformerLens's, passed through, never re-impl
 
 Every argument is checked before any weight is read: a device this machine does not have,
 a malformed map or a conflicting combination is a `ValueError` naming the devices that are
-available. The bridge runs in compatibility mode (folded layer norms), which
-TransformerLens supports on GPU splits but not on CPU or disk offload, so a map that sends
-part of the model to `"cpu"` or `"disk"` is refused; a map that names a single device
+available. The bridge runs in compatibility mode (folded layer norms on LayerNorm
+models), which TransformerLens supports on GPU splits but not on CPU or disk offload, so a
+map that sends part of the model to `"cpu"` or `"disk"` is refused; a map that names a single device
 (`device_map="cpu"`, `{"": "cuda:0"}`) simply means that device.
 
 Example:

@@ -36,7 +36,7 @@ from arithlens.core.forward import logits_from
 from arithlens.core.interventions import as_hooks, resolve_means
 from arithlens.core.names import Hook
 from arithlens.core import validate
-from arithlens.core.cache import DatasetCache, Memo, build_cache, hook_names_of, positions_of
+from arithlens.core.cache import DatasetCache, Memo, build_cache, hook_names_of, positions_of, weights_fingerprint
 
 
 
@@ -311,7 +311,7 @@ class LensModel:
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
         attached = self.has_hooks()
         clean = not any(i is not None for i in items) and not attached
-        key = (tuple(ids), tuple(targets))
+        key = (tuple(ids), tuple(targets), weights_fingerprint(self))  # edited weights: another entry
         if clean and memo:
             hit = self._memo.get(key)
             if hit is not None and hit.has(wanted, positions):
