@@ -226,3 +226,11 @@ def test_editing_a_returned_cache_does_not_corrupt_the_memo(tiny):
     truth = first.target_logprob.clone()
     first.target_logprob[:] = 0
     assert torch.equal(tiny.cache(prompts).target_logprob, truth)
+
+
+def test_a_top_tokens_larger_than_the_vocabulary_fails_before_any_pass(tiny):
+    from arithlens.cna import NeuronImportance
+
+    with forward_counter(tiny) as calls, pytest.raises(ValueError, match="larger than the model's vocabulary"):
+        NeuronImportance(top_tokens=10**7).run(tiny, ["9+9="])
+    assert calls.n == 0

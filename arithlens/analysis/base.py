@@ -79,6 +79,9 @@ class Analysis:
         `cache_positions`; `clean=False` accepts a cache built under interventions.
         """
         model = load_model(model)
+        top_tokens = getattr(self, "top_tokens", 0)
+        if top_tokens > model.d_vocab:  # known only with the model; checked before any pass
+            raise ValueError(f"top_tokens={top_tokens} is larger than the model's vocabulary ({model.d_vocab} tokens)")
         dataset = as_dataset(data, model.tokenizer)
         wanted = self.hook_names(model) if names is None else names
         where = self.cache_positions(model) if positions is None else positions
