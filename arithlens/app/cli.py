@@ -51,7 +51,7 @@ from arithlens.cna.bias import edit
 from arithlens.circuits.path_patching import PathPatching
 from arithlens.circuits.precise_sft import PreciseSFTSettings, precise_sft
 from arithlens.app.circuits_sections import sft_reading
-from arithlens.app.report import Report, Section
+from arithlens.app.report import Report, Section, write_atomically
 
 DESCRIPTION = "Find where a language model does arithmetic: the methods of Yu & Ananiadou (EMNLP 2024) and Zhang et al. (ICML 2024)."
 
@@ -219,8 +219,7 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
 
 def _write_csv(frame: Any, path: str | os.PathLike) -> None:
     """Write `frame` (no index), creating the parent directory, and say so."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    frame.to_csv(path, index=False)
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     print(f"wrote {len(frame)} rows to {path}")
 
 

@@ -60,6 +60,9 @@ __all__ = [
     "top_head",
 ]
 
+INCOMPLETE = "INCOMPLETE"
+"""The file `arithlens run` keeps in its output directory until the report is written."""
+
 PAPER_SECTIONS: tuple[Callable[[Any], list[Section]], ...] = (
     cna_sections.sections,
     cna_sections.vo_sections,
@@ -239,6 +242,11 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
     sizes = QUICK if quick else FULL
     ctx = RunContext(None, None, None, None, (0, 0), quick, out_dir, sizes)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Until the report is written the directory says it is incomplete, and no report from an
+    # earlier run stays beside this run's partial CSVs looking finished.
+    (out_dir / "report.html").unlink(missing_ok=True)
+    marker = out_dir / INCOMPLETE
+    marker.write_text("arithlens run has not finished writing this directory (killed or still running).\n")
     with ctx.timed("load model"):
         lens = load_model(model, **load_options)
     ctx.model = lens
@@ -285,6 +293,7 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
     }
     report = Report(f"arithlens report: {lens.name}", meta=meta, sections=sections, timings=dict(ctx.timings), cpu=dict(ctx.cpu))
     path = report.write(out_dir / "report.html")
+    marker.unlink(missing_ok=True)
     print(f"arithlens run: total {sum(ctx.timings.values()):.0f} s", file=sys.stderr)
     return path
 

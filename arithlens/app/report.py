@@ -29,11 +29,30 @@ from __future__ import annotations
 
 import html
 import os
+import pathlib
+import tempfile
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pandas as pd
+
+
+def write_atomically(path: str | os.PathLike, write: Any) -> str:
+    """Run `write(tmp)` on a temporary file beside `path`, then move it into place: an
+    interrupted write never leaves a truncated file under the final name."""
+    path = os.path.abspath(str(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
 
 
 NEURON_LABEL_NOTE = "a neuron label L_N (e.g. 29_545) is neuron N of the FFN of layer L, both counted from 0"
@@ -242,9 +261,6 @@ class Report:
 </body></html>"""
 
     def write(self, path: str | os.PathLike) -> str:
-        """Write the self-contained HTML file and return its path."""
-        path = str(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_html())
-        return path
+        """Write the self-contained HTML file (atomically) and return its path."""
+        html_text = self.to_html()
+        return write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(html_text, encoding="utf-8"))
