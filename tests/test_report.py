@@ -344,3 +344,32 @@ def test_sft_reading():
     assert "changes general-text perplexity less than full fine-tuning" in text
     small = sft_reading(types.SimpleNamespace(df=df), n_test=10)
     assert "not distinguishable from it" in small
+
+
+def test_an_interrupted_run_leaves_no_report_that_looks_complete(monkeypatch, tmp_path):
+    import arithlens.app.pipeline as pipeline
+
+    (tmp_path / "report.html").write_text("<html>an earlier run</html>")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "load_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(out=str(tmp_path), quick=True)
+    assert not (tmp_path / "report.html").exists()
+    assert (tmp_path / pipeline.INCOMPLETE).exists()
+
+
+def test_reports_are_written_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "r.html"
+    target.write_text("old")
+    report = Report("t")
+
+    def broken(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Report, "to_html", broken)
+    with pytest.raises(OSError):
+        report.write(target)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
