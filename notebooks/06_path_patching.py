@@ -50,7 +50,7 @@ from arithlens.circuits import counterfactual_pairs, EndAttention, Knockout, MLP
 cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3],
                         forms=["numeral"], n_per_op=40, seed=0)
 pairs = counterfactual_pairs(model, cases)
-pairs.df[["prompt", "counterfactual", "target_str"]].head()
+pairs.to_frame()[["prompt", "counterfactual", "target_str"]].head()
 
 # %% [markdown]
 # ## Algorithm 1: the effect of every head and MLP

@@ -26,18 +26,18 @@ def pairs(tiny, cases):
 # ----------------------------------------------------------------------------- pairs
 def test_pairs_replace_the_operator_word_and_keep_length(tiny, cases, pairs):
     assert len(pairs) == len(cases)
-    for row, ref, cf in zip(pairs.df.itertuples(), pairs.reference_ids, pairs.counterfactual_ids):
+    for row, ref, cf in zip(pairs.to_frame().itertuples(), pairs.reference_ids, pairs.counterfactual_ids):
         assert len(ref) == len(cf)
         assert row.word in row.prompt and row.replacement in row.counterfactual
         assert row.prompt.replace(row.word, row.replacement, 1) == row.counterfactual
-    words = dict(zip(pairs.df["template"], pairs.df["word"]))
+    words = dict(zip(pairs.to_frame()["template"], pairs.to_frame()["word"]))
     assert words[1] in ("sum", "difference") and words[3] in ("plus", "minus") and words[4] in ("+", "-")
     assert (pairs.target_ids == torch.tensor([c.target_id for c in cases])).all()
 
 
 def test_pairs_of_bare_prompts(tiny):
     pairs = counterfactual_pairs(tiny, ["12+34=", "7 times 8 is"])
-    assert pairs.df["word"].tolist() == ["+", "times"]
+    assert pairs.to_frame()["word"].tolist() == ["+", "times"]
     assert [len(x) for x in pairs.counterfactual_ids] == [len(x) for x in pairs.reference_ids]
 
 
@@ -209,7 +209,7 @@ def test_patching_bad_input(tiny, pairs):
 def test_smollm2_patching_few_pairs(smollm2):
     cases = data.arithmetic(smollm2.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=3)
     pairs = counterfactual_pairs(smollm2, cases)
-    assert set(pairs.df["replacement"]) == {"nothing"}
+    assert set(pairs.to_frame()["replacement"]) == {"nothing"}
     snap, n_hooks = model_state(smollm2)
     result = PathPatching(progress=False).run(smollm2, pairs)
     assert_untouched(smollm2, snap, n_hooks)

@@ -173,11 +173,6 @@ class CounterfactualPairs(ArithmeticDataset):
             frame.insert(1 + k, col, values)
         return frame
 
-    @property
-    def df(self) -> pd.DataFrame:
-        """`to_frame()` (the name earlier versions used)."""
-        return self.to_frame()
-
     # ------------------------------------------------------------------ subsets keep the pairing
     def _paired(self, ds: ArithmeticDataset, *sources: "CounterfactualPairs") -> "CounterfactualPairs":
         lookup: dict[Case, CounterfactualPrompt] = {}

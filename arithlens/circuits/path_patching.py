@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 from arithlens.analysis import attribution
 from arithlens.core import distributed, validate
 from arithlens.analysis.attribution import ESTIMATES, Agreement
-from arithlens.core.names import all_components, as_component, parse_components
+from arithlens.core.names import all_components, parse_components
 from arithlens.circuits.counterfactual import as_pairs
 from arithlens.core.names import Component
 from arithlens.core.readout import Readout
@@ -88,11 +88,6 @@ from arithlens.core.loading import load_model
 
 MLP = "mlp"
 METHODS = ("path", "activation")
-
-
-def node_label(node: Any) -> str:
-    """`'L.H'` for a head, `'MLP L'` for an MLP (the node's [`name`][arithlens.core.names.Component.name])."""
-    return as_component(node).name
 
 
 def check_nodes(model: Any, nodes: Any | None) -> list[Component]:
@@ -169,9 +164,9 @@ class PathPatchingResult(Result):
 
     def by(self, column: str = "op") -> pd.DataFrame:
         """Mean effect per node and value of a pair label (e.g. `op`)."""
-        if self.pairs is None or column not in self.pairs.df:
-            raise ValueError(f"column={column!r} is not a label of the pairs; choose from {list(self.pairs.df.columns) if self.pairs is not None else []}")
-        labels = self.pairs.df[column].astype(str).to_numpy()
+        if self.pairs is None or column not in self.pairs.to_frame():
+            raise ValueError(f"column={column!r} is not a label of the pairs; choose from {list(self.pairs.to_frame().columns) if self.pairs is not None else []}")
+        labels = self.pairs.to_frame()[column].astype(str).to_numpy()
         frames = []
         for value in dict.fromkeys(labels):
             idx = torch.tensor((labels == value).nonzero()[0].tolist())
@@ -488,9 +483,12 @@ class Batch:
         final = self.refc()[names.resid_post(self.model.n_layers - 1)][:, -1]
         resid = final[None] + self.deltas(which)  # [node, b, d_model]
         tgt = einops.repeat(self.target, "b -> node b", node=len(which))
+        # The model's own final norm (its gain included), then the raw unembedding: Readout's
+        # W_U carries an unfolded final norm's gain, which ln_final has applied already.
         normed = self.model.bridge.ln_final(resid).float()
-        w = einops.rearrange(readout.W_U[:, tgt], "d node b -> node b d")
-        logits = (normed * w).sum(-1) + readout.b_U[tgt]
+        W_U, b_U = self.model.bridge.W_U.detach().float(), self.model.bridge.b_U.detach().float()
+        w = einops.rearrange(W_U[:, tgt], "d node b -> node b d")
+        logits = (normed * w).sum(-1) + b_U[tgt]
         if not self.config.logprobs:
             return logits.cpu(), torch.full_like(logits, float("nan")).cpu()
         logprob = torch.empty_like(logits)
@@ -543,7 +541,8 @@ class Batch:
             with torch.enable_grad():
                 v = final.detach().requires_grad_(True)
                 normed = self.model.bridge.ln_final(v.to(self.model.bridge.W_U.dtype)).float()
-                logit = (normed * readout.W_U[:, self.target].T).sum(-1) + readout.b_U[self.target]
+                W_U, b_U = self.model.bridge.W_U.detach().float(), self.model.bridge.b_U.detach().float()
+                logit = (normed * W_U[:, self.target].T).sum(-1) + b_U[self.target]
                 (grad,) = torch.autograd.grad(logit.sum(), [v])
             return einops.einsum(self.deltas(everything).float(), grad, "node b d, b d -> node b").cpu()
         self.refc()
