@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/head_sweep.py
 	$(PY) benchmarks/path_patching.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/scale.py --size 1b
 
 clean:
 	rm -rf $(VENV) results site .pytest_cache

@@ -1,7 +1,7 @@
 """Scale: wrapping a 1B-shaped model, and one prompt's CNA and head sweep on it.
 
 A Llama-3.2-1B-shaped model (16 layers, d_model 2048, 32 query / 8 KV heads, d_mlp 8192,
-vocabulary 128,256: 1.24 B parameters) is built with random weights in process (no hub),
+vocabulary 128,256; about 1.5 B parameters as built, untied) is built with random weights in process (no hub),
 saved with `save_pretrained`, and loaded with `arithlens.load_model(dir)` as a user would.
 Reported, each stage in a fresh process so peaks do not mix:
 
