@@ -412,3 +412,26 @@ def test_head_importance(families, family):
     res, _, ref, _ = _importance(families(family))
     assert float(ref.abs().max()) > 0.05
     _close(res.head_importance, ref, "head importance [case, layer, head]")
+
+
+def test_cli_cna_in_bfloat16_on_gemma2_matches_the_brute_force(families, tmp_path):
+    """`arithlens cna --model DIR --dtype bfloat16 --prompt "3+5=" --ablate-head 1.1` on a saved
+    Gemma 2 (post-norms, soft-capping): its `importance` column is the brute force's, to bf16 precision."""
+    import pandas as pd
+
+    from arithlens.app.cli import main
+
+    fam = families("gemma2")
+    out = tmp_path / "cna.csv"
+    argv = ["cna", "--model", fam.path, "--dtype", "bfloat16", "--prompt", "3+5=", "--target", "8", "--ablate-head", "1.1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    df = pd.read_csv(out)
+    tokens = torch.tensor([fam.tok.encode("3+5=")])
+    rec = fam.bf.record(tokens)
+    w = fam.tok.encode("8")[0]
+    for L in range(fam.model.n_layers):
+        ref = fam.bf.neuron_importance(rec, L, w)
+        got = df[df["layer"] == L].sort_values("neuron")["importance"].to_numpy()
+        assert float((torch.tensor(got) - ref).abs().max()) < 0.05, L  # bf16 weights and activations
+    assert float(ref.abs().max()) > 0.05
