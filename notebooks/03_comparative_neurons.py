@@ -79,7 +79,7 @@ print(f"{prompt!r} -> {model.predict([prompt])[0]!r}:",
 # %%
 from arithlens.cna import NeuronImportance
 
-importance = NeuronImportance(config=config).run(model, [prompt])
+importance = NeuronImportance(**options).run(model, [prompt])
 importance.top(10)
 
 # %%

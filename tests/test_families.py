@@ -30,6 +30,8 @@ Known differences are strict xfails (see `XFAIL`): when a fix lands the mark mus
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -194,31 +196,50 @@ class BruteForce:
                 return getattr(mlp, n)
         raise AssertionError(f"no down projection in {type(mlp).__name__}")
 
-    @torch.no_grad()
-    def log_probs(self, tokens: torch.Tensor, zero_head: tuple[int, int] | None = None) -> torch.Tensor:
-        """Last-position log-probabilities, optionally with one head's output zeroed at every position."""
+    @contextlib.contextmanager
+    def edited(self, zero_head: tuple[int, int] | None = None, zero_neurons: dict | None = None):
+        """Hooks, for the duration of the block, that zero one head's slice of the input of its layer's
+        attention output projection (`zero_head=(L, h)`) and/or FFN neurons — the input of the layer's
+        down projection at the given indices (`zero_neurons={L: indices}`) — at every position."""
         handles = []
+
+        def zero_slice(index):
+            def fn(module, args):
+                z = args[0].clone()
+                z[..., index] = 0.0
+                return (z,) + tuple(args[1:])
+
+            return fn
+
         if zero_head is not None:
             L, h = zero_head
             proj = self.attn_out_proj(L)
             d_head = _rows(proj).shape[0] // self.n_heads
-
-            def zero(module, args):
-                z = args[0].clone()
-                z[..., h * d_head : (h + 1) * d_head] = 0.0
-                return (z,) + tuple(args[1:])
-
-            handles.append(proj.register_forward_pre_hook(zero))
+            handles.append(proj.register_forward_pre_hook(zero_slice(slice(h * d_head, (h + 1) * d_head))))
+        for L, index in (zero_neurons or {}).items():
+            index = torch.as_tensor(index)
+            index = index.nonzero()[:, 0] if index.dtype == torch.bool else index.long()
+            handles.append(self.mlp_down_proj(L).register_forward_pre_hook(zero_slice(index)))
         try:
-            logits = self.hf(tokens).logits[0, -1]
+            yield
         finally:
             for hd in handles:
                 hd.remove()
-        return logits.double().log_softmax(-1)
 
     @torch.no_grad()
-    def record(self, tokens: torch.Tensor) -> dict:
-        """Last-position inputs and outputs of every layer, its projections and the final norm."""
+    def logits(self, tokens: torch.Tensor, zero_head: tuple[int, int] | None = None, zero_neurons: dict | None = None) -> torch.Tensor:
+        """Last-position logits, optionally under `edited(zero_head, zero_neurons)`."""
+        with self.edited(zero_head, zero_neurons):
+            return self.hf(tokens).logits[0, -1].double()
+
+    def log_probs(self, tokens: torch.Tensor, zero_head: tuple[int, int] | None = None, zero_neurons: dict | None = None) -> torch.Tensor:
+        """Last-position log-probabilities, optionally with one head's output (or some neurons) zeroed at every position."""
+        return self.logits(tokens, zero_head, zero_neurons).log_softmax(-1)
+
+    @torch.no_grad()
+    def record(self, tokens: torch.Tensor, zero_head: tuple[int, int] | None = None) -> dict:
+        """Last-position inputs and outputs of every layer, its projections and the final norm
+        (optionally with one head zeroed at every position, as in `edited`)."""
         rec: dict = {}
         handles = []
 
@@ -246,7 +267,8 @@ class BruteForce:
                     handles.append(mod.register_forward_hook(keep_out((key, L))))
         handles.append(self.final_norm.register_forward_pre_hook(keep_in("final"), with_kwargs=True))
         try:
-            rec["logits"] = self.hf(tokens).logits[0, -1].detach().clone()
+            with self.edited(zero_head):
+                rec["logits"] = self.hf(tokens).logits[0, -1].detach().clone()
         finally:
             for hd in handles:
                 hd.remove()
@@ -314,6 +336,155 @@ class BruteForce:
         vecs = torch.stack([z[h * d_head : (h + 1) * d_head] @ W[h * d_head : (h + 1) * d_head] for h in range(self.n_heads)])
         x = rec[("x", L)].double()
         return self.readout(rec, x + self.sublayer(rec, L, "attn", vecs))[:, w] - self.readout(rec, x)[w]
+
+
+    def neuron_importance_other(self, rec: dict, rec_other: dict, L: int, w: int) -> torch.Tensor:
+        """`neuron_importance` of the run `rec_other` (e.g. a head zeroed) read with the final norm's
+        scale of the original run `rec` (CNA's default `scale="original"`); everything else —
+        the residual, the coefficient scores, the post-norms' scales — is the other run's own."""
+        return self.neuron_importance({**rec_other, "final": rec["final"]}, L, w)
+
+    # ------------------------------------------------------------ one attention layer on one position
+    def _pre_attn_norm(self, L: int) -> torch.nn.Module | None:
+        layer = self.layers[L]
+        return next((getattr(layer, n) for n in ("input_layernorm", "ln_1") if hasattr(layer, n)), None)  # OLMo 2: none
+
+    def _attention(self, L: int) -> torch.nn.Module:
+        layer = self.layers[L]
+        return next(getattr(layer, n) for n in ("self_attn", "attention", "attn") if hasattr(layer, n))
+
+    @torch.no_grad()
+    def _attention_on(self, L: int, x: torch.Tensor) -> torch.Tensor:
+        """`[n, d_model]`: layer `L`'s HF attention module run on `n` one-position sequences whose
+        attention input (after the pre-attention norm) is `x[i]` — the model runs on dummy tokens and a
+        hook swaps the module's input. On one position every head attends to it with weight 1."""
+        mod, out = self._attention(L), {}
+
+        def swap(module, args, kwargs):
+            if args:
+                return (x[:, None, :].to(args[0].dtype),) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x[:, None, :].to(kwargs["hidden_states"].dtype)}
+
+        def keep(module, args, o):
+            out["o"] = (o[0] if isinstance(o, tuple) else o)[:, 0].detach().clone()
+
+        handles = [mod.register_forward_pre_hook(swap, with_kwargs=True), mod.register_forward_hook(keep)]
+        try:
+            self.hf(torch.zeros(x.shape[0], 1, dtype=torch.long))
+        finally:
+            for hd in handles:
+                hd.remove()
+        return out["o"].double()
+
+    @torch.no_grad()
+    def vo_transform(self, L: int, v: torch.Tensor) -> torch.Tensor:
+        """`[n, d_model]`: each vector `v[i]`, as the only position's residual, through attention layer
+        `L`'s value-output path, up to a positive factor per vector: the HF pre-attention norm (its
+        `1/rms` or `1/σ` is that factor; a LayerNorm's bias, constant, dropped), the HF attention with
+        its biases' part (its output on a zero input) subtracted, and on post-norm families the HF
+        post-attention norm (its `1/rms` again a positive factor)."""
+        v = v.float()
+        norm = self._pre_attn_norm(L)
+        x = v if norm is None else norm(v) - (norm.bias if getattr(norm, "bias", None) is not None else 0.0)
+        y = self._attention_on(L, x) - self._attention_on(L, torch.zeros_like(x))
+        if self.family in POST_NORM:
+            y = self.layers[L].post_attention_layernorm(y.float()).double()
+        return y
+
+    @torch.no_grad()
+    def logit_directions(self, rec: dict, ids: list[int]) -> torch.Tensor:
+        """`[len(ids), d_model]`: the direction of a residual vector (at the final position) that raises each
+        token's logit relative to the average token, `∂(logit_t − mean logit) / ∂x` with the final
+        norm's scale frozen at `rec`'s value (a positive factor); before any soft-cap."""
+        W = self.lm_head.weight.double()
+        rows = []
+        for t in ids:
+            x = torch.zeros(W.shape[1], dtype=torch.float64, requires_grad=True)
+            with torch.enable_grad():
+                (_frozen_norm(self.final_norm, x, rec["final"]) @ (W[t] - W.mean(0))).backward()
+            rows.append(x.grad)
+        return torch.stack(rows)
+
+    def readable(self, v: torch.Tensor) -> torch.Tensor:
+        """`v` with what the final norm ignores removed: centred before a LayerNorm, unchanged before an RMSNorm."""
+        v = v.double()
+        return v - v.mean(-1, keepdim=True) if isinstance(self.final_norm, torch.nn.LayerNorm) else v
+
+    @torch.no_grad()
+    def end_outputs(self, tokens: torch.Tensor) -> dict:
+        """Every node's output at the last position: `("z", L)` the input of layer `L`'s attention output
+        projection (all heads' `z`), `("mlp", L)` the output of its MLP module (before any post-norm)."""
+        out, handles = {}, []
+
+        def keep_in(key):
+            return lambda module, args: out.__setitem__(key, args[0][0, -1].detach().clone())
+
+        def keep_out(key):
+            return lambda module, args, o: out.__setitem__(key, (o[0] if isinstance(o, tuple) else o)[0, -1].detach().clone())
+
+        for L, layer in enumerate(self.layers):
+            handles.append(self.attn_out_proj(L).register_forward_pre_hook(keep_in(("z", L))))
+            handles.append(layer.mlp.register_forward_hook(keep_out(("mlp", L))))
+        try:
+            self.hf(tokens)
+        finally:
+            for hd in handles:
+                hd.remove()
+        return out
+
+    @torch.no_grad()
+    def activation_patched(self, tokens: torch.Tensor, cf: dict, node: tuple[int, int | None]) -> torch.Tensor:
+        """Last-position logits of `tokens` with one node's output at the last position replaced by the
+        counterfactual's (`cf` = `end_outputs` of the counterfactual): head `(L, h)` — its slice of the
+        attention output projection's input; MLP `(L, None)` — the MLP module's output. Every later
+        component recomputes (plain activation patching)."""
+        L, h = node
+        if h is not None:
+            proj = self.attn_out_proj(L)
+            d_head = _rows(proj).shape[0] // self.n_heads
+            sl = slice(h * d_head, (h + 1) * d_head)
+
+            def fn(module, args):
+                z = args[0].clone()
+                z[0, -1, sl] = cf[("z", L)][sl]
+                return (z,) + tuple(args[1:])
+
+            handle = proj.register_forward_pre_hook(fn)
+        else:
+
+            def fn(module, args, o):
+                o = o.clone()
+                o[0, -1] = cf[("mlp", L)]
+                return o
+
+            handle = self.layers[L].mlp.register_forward_hook(fn)
+        try:
+            return self.hf(tokens).logits[0, -1].double()
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def path_patched(self, rec: dict, rec_cf: dict, node: tuple[int, int | None]) -> torch.Tensor:
+        """Last-position logits when only the direct path of one node is patched (Algorithm 1): the node's
+        output at the last position changes from the reference's to the counterfactual's (`record`s of
+        the two prompts) and that change is added to the final residual, which the final norm (recomputed,
+        not frozen), `lm_head` and any soft-cap read. Head `(L, h)`: `z_h · W_O[h]`; MLP `(L, None)`: the
+        down projection's output."""
+        L, h = node
+        if h is None:
+            delta = rec_cf[("m_out", L)].double() - rec[("m_out", L)].double()
+        else:
+            W = _rows(self.attn_out_proj(L)).double()
+            sl = slice(h * (W.shape[0] // self.n_heads), (h + 1) * (W.shape[0] // self.n_heads))
+            delta = (rec_cf[("z", L)].double()[sl] - rec[("z", L)].double()[sl]) @ W[sl]
+        logits = self.lm_head(self.final_norm((rec["final"].double() + delta).float())).double()
+        cap = getattr(self.cfg, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
+    def end_attention(self, tokens: torch.Tensor, L: int, h: int) -> torch.Tensor:
+        """`[pos]`: head `h` of layer `L`'s attention weights from the last position (HF eager attention)."""
+        return self.hf(tokens, output_attentions=True).attentions[L][0, h, -1].double()
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -435,3 +606,333 @@ def test_cli_cna_in_bfloat16_on_gemma2_matches_the_brute_force(families, tmp_pat
         got = df[df["layer"] == L].sort_values("neuron")["importance"].to_numpy()
         assert float((torch.tensor(got) - ref).abs().max()) < 0.05, L  # bf16 weights and activations
     assert float(ref.abs().max()) > 0.05
+
+
+# ---------------------------------------------------------------------------- every other analysis
+GATED = {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "olmo2"}
+"""Families whose MLP is gated with separate `gate_proj`, `up_proj`, `down_proj` (Phi-3 fuses
+`gate_up_proj`; GPT-2 and GPT-NeoX are not gated): pruning and bias editing slice these."""
+
+FUSED_ATTENTION = {"gpt2", "gpt_neox", "phi3"}
+"""Families without separate `q_proj`…`o_proj` (`c_attn`, `query_key_value`, `qkv_proj`): LoRA refuses them."""
+
+PARALLEL = {"gpt_neox"}
+
+HEAD = (1, 1)
+"""The head CNA and the analyses built on it compare against (`intervention="1.1"`)."""
+
+PAIRS = ["12+34=", "31+25="]
+"""Reference prompts of the circuits analyses (two-digit operands around one operator)."""
+
+
+def _refuses(fam: Family, run, what: str) -> None:
+    """`run()` raises a one-line `ValueError` naming the family (its transformers architecture)."""
+    with pytest.raises(ValueError) as err:
+        run()
+    msg, arch = str(err.value), fam.hf.config.architectures[0]
+    assert "\n" not in msg, f"{what}: the ValueError is not one line: {msg!r}"
+    assert arch in msg, f"{what}: the ValueError does not name the family {arch}: {msg!r}"
+
+
+def _cna(fam: Family):
+    """arithlens's CNA of PROMPTS against head 1.1 zeroed (exact; computed once per family, reused by
+    MaskKeep and the PE-DAG as `cna=`)."""
+    if getattr(fam, "_cna", None) is None:
+        from arithlens.cna import ComparativeNeuronScores
+
+        fam._cna = ComparativeNeuronScores(intervention="1.1", mode="exact", top_tokens=0, progress=False).run(fam.model, PROMPTS)
+    return fam._cna
+
+
+@pytest.mark.parametrize("family", _params("cna"))
+def test_comparative_neuron_scores(families, family):
+    """`ComparativeNeuronScores(intervention="1.1")`: on the original side `importance` is the neuron
+    brute force and `coef` the down projection's input; on the other side `importance_other` is the
+    brute force on the HF model with head 1.1 zeroed at every position, read with the ORIGINAL
+    run's final-norm scale (`scale="original"`) for the original run's top token, and `coef_other`
+    the down projection's input of that run. Every neuron of both layers, every prompt."""
+    fam = families(family)
+    res = _cna(fam)
+    imp, coef, imp_o, coef_o = [], [], [], []
+    for i, prompt in enumerate(PROMPTS):
+        tokens = torch.tensor([fam.tok.encode(prompt)])
+        rec, rec_o = fam.bf.record(tokens), fam.bf.record(tokens, zero_head=HEAD)
+        w = int(rec["logits"].argmax())
+        assert int(res.w[i]) == w  # fixed from the original side
+        layers = range(len(fam.bf.layers))
+        imp.append(torch.stack([fam.bf.neuron_importance(rec, L, w) for L in layers]))
+        imp_o.append(torch.stack([fam.bf.neuron_importance_other(rec, rec_o, L, w) for L in layers]))
+        coef.append(torch.stack([rec[("m", L)] for L in layers]))
+        coef_o.append(torch.stack([rec_o[("m", L)] for L in layers]))
+    imp, imp_o, coef, coef_o = map(torch.stack, (imp, imp_o, coef, coef_o))
+    assert float((imp_o - imp)[:, 1].abs().max()) > 0.05  # zeroing the head changes layer 1's scores: the check has teeth
+    _close(res.importance, imp, "CNA importance [case, layer, neuron]")
+    _close(res.importance_other, imp_o, "CNA importance_other (head 1.1 zeroed) [case, layer, neuron]")
+    _close(res.coef, coef, "CNA coef")
+    _close(res.coef_other, coef_o, "CNA coef_other")
+
+
+@pytest.mark.parametrize("family", _params("fast"))
+def test_neuron_importance_fast_rescored(families, family):
+    """`NeuronImportance(mode="fast", rescore=20)`: `exact` marks 20 re-scored neurons per case and
+    their scores are the brute force's."""
+    from arithlens.cna import NeuronImportance
+
+    fam = families(family)
+    _, ref, _, _ = _importance(fam)
+    res = NeuronImportance(mode="fast", rescore=20, top_tokens=0, progress=False).run(fam.model, PROMPTS)
+    assert res.exact is not None and res.exact.shape == ref.shape
+    assert res.exact.flatten(1).sum(1).tolist() == [20] * len(PROMPTS)
+    _close(res.importance[res.exact], ref[res.exact], "fast mode's re-scored importance")
+
+
+@pytest.mark.parametrize("family", _params("mask_keep"))
+def test_mask_keep(families, family):
+    """`MaskKeep(intervention="1.1", k=(5,), correct_only=False)` on prompts without answers (the
+    reference is the original prediction): its mask and keep accuracies are the brute force's —
+    each case's top-5 CNA neurons zeroed at every position (mask), or every other neuron of the
+    keep layers (keep)."""
+    from arithlens.cna import MaskKeep
+
+    fam = families(family)
+    cna = _cna(fam)
+    res = MaskKeep(intervention="1.1", k=(5,), correct_only=False, mode="exact", progress=False).run(fam.model, PROMPTS, cna=cna)
+    top = cna.top_mask(5)
+    assert res.baseline_accuracy == 1.0 and res.keep_layers == [1]
+    hits = {"mask": [], "keep": []}
+    for i, prompt in enumerate(PROMPTS):
+        tokens = torch.tensor([fam.tok.encode(prompt)])
+        pred = int(fam.bf.logits(tokens).argmax())
+        masked = fam.bf.logits(tokens, zero_neurons={L: top[i, L] for L in range(top.shape[1])})
+        kept = fam.bf.logits(tokens, zero_neurons={1: ~top[i, 1]})
+        hits["mask"].append(int(masked.argmax()) == pred)
+        hits["keep"].append(int(kept.argmax()) == pred)
+    for measure, ok in hits.items():
+        got = float(res.df.query("measure == @measure")["accuracy"].iloc[0])
+        assert got == pytest.approx(sum(ok) / len(ok)), measure
+
+
+@pytest.mark.parametrize("family", _params("vo"))
+def test_vo_transform(families, family):
+    """`VOTransform.transform(model, v, 1)` points where the brute force's `vo_transform` does (the
+    module drops the norms' scales by design: directions are compared). On LayerNorm families both
+    are centred first: arithlens's writing weights are centred by compatibility mode and the final
+    LayerNorm removes the mean anyway."""
+    from arithlens.cna import VOTransform
+
+    fam = families(family)
+    v = torch.randn(4, fam.model.d_model, generator=torch.Generator().manual_seed(1))
+    got = VOTransform(upto_layer=1, k=10, progress=False).transform(fam.model, v, 1).double()
+    ref = fam.bf.vo_transform(1, v)
+    if isinstance(fam.bf.final_norm, torch.nn.LayerNorm):
+        got, ref = got - got.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert float(cos.min()) > 0.9999, f"cosine of T(v) with the brute force: {cos.tolist()}"
+
+
+def _activation_patching(fam: Family):
+    """arithlens's `PathPatching(method="activation", logprobs=True)` on PAIRS, and the brute force's
+    reference log-prob `[pair]`, patched log-probs `[node, pair]`, and the same as logits minus their
+    mean over the vocabulary (computed once per family)."""
+    if getattr(fam, "_patching", None) is None:
+        from arithlens.circuits import PathPatching, counterfactual_pairs
+
+        pairs = counterfactual_pairs(fam.model, PAIRS)
+        res = PathPatching(method="activation", logprobs=True, progress=False).run(fam.model, pairs)
+        n = (len(res.nodes), len(PAIRS))
+        lp_o, lp_p, lg_o, lg_p = torch.zeros(n[1:], dtype=torch.float64), torch.zeros(n, dtype=torch.float64), torch.zeros(n[1:], dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        for i, (prompt, cf) in enumerate(zip(PAIRS, pairs.to_frame()["counterfactual"])):
+            tokens = torch.tensor([fam.tok.encode(prompt)])
+            clean = fam.bf.logits(tokens)
+            w = int(clean.argmax())  # the prompts have no answers: the target is the prediction
+            lp_o[i], lg_o[i] = clean.log_softmax(-1)[w], clean[w] - clean.mean()
+            outs = fam.bf.end_outputs(torch.tensor([fam.tok.encode(cf)]))
+            for j, node in enumerate(res.nodes):
+                patched = fam.bf.activation_patched(tokens, outs, (node.layer, node.head))
+                lp_p[j, i], lg_p[j, i] = patched.log_softmax(-1)[w], patched[w] - patched.mean()
+        assert float((lp_p - lp_o[None]).abs().max()) > 0.01  # some node matters: the check has teeth
+        fam._patching = (res, lp_o, lp_p, lg_o, lg_p)
+    return fam._patching
+
+
+@pytest.mark.parametrize("family", _params("patch_activation"))
+def test_path_patching_activation(families, family):
+    """`PathPatching(method="activation")`: the reference and patched target log-probs are the HF
+    model's with each node's output at the last position replaced by the counterfactual's (a head's
+    `z` slice, an MLP module's output) and every later component recomputed; every node, both pairs."""
+    res, lp_o, lp_p, _, _ = _activation_patching(families(family))
+    _close(res.logprob_o, lp_o, "activation patching: reference log-prob")
+    _close(res.logprob_p, lp_p, "activation patching: patched log-probs [node, pair]")
+
+
+@pytest.mark.parametrize("family", _params("patch_logits"))
+def test_path_patching_logits(families, family):
+    """`PathPatching`'s logits (`logit_o`, `logit_p`, whose ratio is `effect`) are, as its docstring says,
+    "the HF logit minus its mean over the vocabulary" (for Gemma 2: of the soft-capped logits, what
+    the model outputs)."""
+    res, _, _, lg_o, lg_p = _activation_patching(families(family))
+    _close(res.logit_o, lg_o, "activation patching: reference logit (HF, centred over the vocabulary)")
+    _close(res.logit_p, lg_p, "activation patching: patched logits (HF, centred over the vocabulary)")
+
+
+@pytest.mark.parametrize("family", _params("patch_path"))
+def test_path_patching_path(families, family):
+    """`PathPatching(method="path")`: `ValueError` on post-norm families; elsewhere each node's patched
+    log-prob is the brute force's direct path (`BruteForce.path_patched`), every node, both pairs."""
+    from arithlens.circuits import PathPatching, counterfactual_pairs
+
+    fam = families(family)
+    pairs = counterfactual_pairs(fam.model, PAIRS)
+    run = lambda: PathPatching(method="path", logprobs=True, progress=False).run(fam.model, pairs)  # noqa: E731
+    if family in POST_NORM:
+        _refuses(fam, run, "PathPatching(method='path')")
+        return
+    res = run()
+    ref = torch.zeros(len(res.nodes), len(PAIRS), dtype=torch.float64)
+    for i, (prompt, cf) in enumerate(zip(PAIRS, pairs.to_frame()["counterfactual"])):
+        rec, rec_cf = fam.bf.record(torch.tensor([fam.tok.encode(prompt)])), fam.bf.record(torch.tensor([fam.tok.encode(cf)]))
+        w = int(rec["logits"].argmax())
+        for j, node in enumerate(res.nodes):
+            ref[j, i] = fam.bf.path_patched(rec, rec_cf, (node.layer, node.head)).log_softmax(-1)[w]
+    assert float((ref - res.logprob_o[None].double()).abs().max()) > 0.01
+    _close(res.logprob_p, ref, "path patching: patched log-probs [node, pair]")
+
+
+@pytest.mark.parametrize("family", _params("end_attention"))
+def test_end_attention(families, family):
+    """`EndAttention(heads=["1.0"])`: each role's attention is the HF eager attention of head 1.0 from
+    the last position summed over that role's positions (operand A: the digits before the operator,
+    B: the digits after it, the operator, the rest), averaged over the prompts."""
+    from arithlens.circuits import EndAttention
+
+    fam = families(family)
+    res = EndAttention(heads=["1.0"]).run(fam.model, PAIRS)
+    ref = {"A": 0.0, "B": 0.0, "operator": 0.0, "other": 0.0}
+    for prompt in PAIRS:
+        ids = fam.tok.encode(prompt)
+        chars = fam.tok.convert_ids_to_tokens(ids)
+        row = fam.bf.end_attention(torch.tensor([ids]), 1, 0)
+        op = chars.index("+")
+        for j, c in enumerate(chars):
+            role = "operator" if j == op else ("A" if j < op else "B") if c.isdigit() else "other"
+            ref[role] += float(row[j]) / len(PAIRS)
+    got = res.df.query("layer == 1 and head == 0").set_index("role")["attention"]
+    for role, value in ref.items():
+        assert float(got[role]) == pytest.approx(value, abs=1e-5), role
+
+
+@pytest.mark.parametrize("family", _params("mlp_probe"))
+def test_mlp_probe(families, family):
+    """`MLPProbe(layers=[0, 1])`: each cosine is, as its docstring defines it, between `MLP_in` (the
+    residual the MLP's output is added to), `MLP_out` (what the MLP adds) or their difference at the
+    last position and the direction that raises the token's logit relative to the average token
+    (`BruteForce.logit_directions`); vectors as the final norm reads them (`BruteForce.readable`)."""
+    from arithlens.circuits import MLPProbe
+
+    fam = families(family)
+    res = MLPProbe(layers=[0, 1]).run(fam.model, PAIRS)
+    ref = torch.zeros(res.per_case.shape, dtype=torch.float64)
+    for i, prompt in enumerate(PAIRS):
+        rec = fam.bf.record(torch.tensor([fam.tok.encode(prompt)]))
+        assert int(res.token_ids[i, 2]) == int(rec["logits"].argmax())  # C: the prediction (no answers given)
+        dirs = fam.bf.logit_directions(rec, res.token_ids[i].tolist())
+        for j, L in enumerate((0, 1)):
+            mlp_in, mlp_out = fam.bf.neuron_base(rec, L), fam.bf.sublayer(rec, L, "mlp", rec[("m_out", L)])
+            for q, v in enumerate((mlp_in, mlp_out, mlp_out - mlp_in)):
+                ref[i, j, q] = torch.nn.functional.cosine_similarity(fam.bf.readable(v)[None], dirs, dim=-1)
+    _close(res.per_case, ref, "MLPProbe cosines [case, layer, quantity, token]")
+
+
+@pytest.mark.parametrize("family", _params("pe_dag"))
+def test_pe_dag(families, family):
+    """`PredictionEnhancingDAG`: runs on plain families, `ValueError` on parallel and post-norm ones."""
+    from arithlens.cna import PredictionEnhancingDAG
+
+    fam = families(family)
+    dag = PredictionEnhancingDAG(intervention="1.1", k=5, k_table=(), mode="exact", progress=False)
+    if family in POST_NORM | PARALLEL:
+        _refuses(fam, lambda: dag.run(fam.model, PROMPTS), "PredictionEnhancingDAG")
+        return
+    res = dag.run(fam.model, PROMPTS, cna=_cna(fam))
+    assert res is not None
+
+
+@pytest.mark.parametrize("family", _params("logic_chain"))
+def test_logic_chain(families, family):
+    """`LogicChain`: runs on plain families, `ValueError` on parallel and post-norm ones."""
+    from arithlens.cna import LogicChain
+
+    fam = families(family)
+    chain = LogicChain(intervention="1.1", k=3, k_shallow=3, mode="exact", progress=False)
+    if family in POST_NORM | PARALLEL:
+        _refuses(fam, lambda: chain.run(fam.model, PROMPTS[0]), "LogicChain")
+        return
+    assert chain.run(fam.model, PROMPTS[0]) is not None
+
+
+@pytest.mark.parametrize("family", _params("prune"))
+def test_prune(families, family):
+    """`prune(model, {1: [0, 1, 2]})`: on gated families the pruned model's logits are the HF model's
+    with every other neuron of layer 1 zeroed; `ValueError` on the others."""
+    from arithlens.cna import prune
+
+    fam = families(family)
+    if family not in GATED:
+        _refuses(fam, lambda: prune(fam.model, {1: [0, 1, 2]}), "prune")
+        return
+    pruned = prune(fam.model, {1: [0, 1, 2]})
+    others = [k for k in range(fam.model.d_mlp) if k not in (0, 1, 2)]
+    for prompt in PROMPTS:
+        tokens = torch.tensor([fam.tok.encode(prompt)])
+        ref = fam.bf.logits(tokens, zero_neurons={1: others})
+        _close(pruned.last_logits(tokens)[0], ref, f"pruned model's logits on {prompt!r}")
+
+
+@pytest.mark.parametrize("family", _params("edit"))
+def test_bias_edit(families, family):
+    """`edit(model, {1: [0, 1, 2]})` (§6.2's editing): on gated families the edited model's logits are
+    the HF model's with those neurons zeroed; `ValueError` on the others."""
+    from arithlens.cna import edit
+
+    fam = families(family)
+    if family not in GATED:
+        _refuses(fam, lambda: edit(fam.model, {1: [0, 1, 2]}), "edit")
+        return
+    edited = edit(fam.model, {1: [0, 1, 2]})
+    for prompt in PROMPTS:
+        tokens = torch.tensor([fam.tok.encode(prompt)])
+        _close(edited.last_logits(tokens)[0], fam.bf.logits(tokens, zero_neurons={1: [0, 1, 2]}), f"edited model's logits on {prompt!r}")
+
+
+@pytest.mark.parametrize("family", _params("lora"))
+def test_lora_refuses_fused_attention(families, family):
+    """LoRA (§5): `lora_layer_sweep` refuses families with fused attention projections before any work;
+    the check passes on the others (training itself is not run here)."""
+    from arithlens.cna import lora_layer_sweep
+    from arithlens.cna.lora import check_attention_projections
+
+    fam = families(family)
+    if family in FUSED_ATTENTION:
+        _refuses(fam, lambda: lora_layer_sweep(fam.model), "lora_layer_sweep")
+    else:
+        check_attention_projections(fam.model)
+
+
+@pytest.mark.parametrize("family", _params("head_ablation"))
+def test_head_ablation(families, family):
+    """`HeadAblation(layers=[1])`: each head's target log-prob under ablation is the HF model's with the
+    head zeroed at every position, and its `logprob_drop` the mean drop from the clean log-prob."""
+    from arithlens.cna import HeadAblation
+
+    fam = families(family)
+    ds, tokens, targets = _dataset(fam)
+    res = HeadAblation(layers=[1], progress=False).run(fam.model, ds)
+    assert res.heads == [(1, h) for h in range(fam.model.n_heads)]
+    clean = torch.stack([fam.bf.log_probs(t)[w] for t, w in zip(tokens, targets)])
+    ablated = torch.stack([torch.stack([fam.bf.log_probs(t, zero_head=(1, h))[w] for t, w in zip(tokens, targets)]) for h in range(fam.model.n_heads)])
+    assert float((clean[None] - ablated).abs().max()) > 0.05
+    _close(res.logprob, ablated, "HeadAblation log-probs [head, case]")
+    for h in range(fam.model.n_heads):
+        row = res.df.query("layer == 1 and head == @h")
+        assert len(row) == 1
+        assert float(row["logprob_drop"].iloc[0]) == pytest.approx(float((clean - ablated[h]).mean()), abs=ATOL), h
