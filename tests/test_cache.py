@@ -234,3 +234,12 @@ def test_a_top_tokens_larger_than_the_vocabulary_fails_before_any_pass(tiny):
     with forward_counter(tiny) as calls, pytest.raises(ValueError, match="larger than the model's vocabulary"):
         NeuronImportance(top_tokens=10**7).run(tiny, ["9+9="])
     assert calls.n == 0
+
+
+def test_an_overflowing_residual_is_an_error_not_a_degenerate_result(tiny):
+    from arithlens.core.interventions import ScaleNeurons
+    from arithlens.core.validate import NonFiniteError
+
+    blowup = ScaleNeurons(0, list(range(tiny.d_mlp)), 1e30)
+    with pytest.raises(NonFiniteError):
+        tiny.cache(["3+5="], interventions=[blowup], memo=False)

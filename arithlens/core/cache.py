@@ -326,7 +326,7 @@ def build_cache(
             if has_scale:
                 s = acts[hooks.FINAL_SCALE].float()
                 s = s if positions == "last" else s[:, -1]
-                scale[rows] = s.reshape(len(rows), -1)[:, 0].cpu()
+                scale[rows] = validate.check_finite(s.reshape(len(rows), -1)[:, 0], "the final norm's scale (the residual stream overflowed)").cpu()
             for nm in wanted:
                 # Kept on the model's device in the model's dtype (consumers accumulate in
                 # float32 where precision needs it); offload="cpu" moves them to the host.
