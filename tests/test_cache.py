@@ -243,3 +243,30 @@ def test_an_overflowing_residual_is_an_error_not_a_degenerate_result(tiny):
     blowup = ScaleNeurons(0, list(range(tiny.d_mlp)), 1e30)
     with pytest.raises(NonFiniteError):
         tiny.cache(["3+5="], interventions=[blowup], memo=False)
+
+
+def test_two_threads_on_one_model_do_not_see_each_others_hooks(tiny):
+    import threading
+
+    from arithlens.core.interventions import ZeroHead
+
+    prompts = ["3+5=", "12+7="]
+    truth = tiny.cache(prompts, memo=False).target_logprob.clone()
+    seen, stop = [], threading.Event()
+
+    def intervening():
+        while not stop.is_set():
+            with tiny.intervened(ZeroHead(0, 1)):
+                tiny.cache(prompts, memo=False)
+
+    worker = threading.Thread(target=intervening)
+    worker.start()
+    try:
+        for _ in range(10):
+            run = tiny.cache(prompts, memo=False)
+            seen.append((bool(torch.equal(run.target_logprob, truth)), run.clean))
+    finally:
+        stop.set()
+        worker.join()
+    assert seen == [(True, True)] * 10
+    assert not tiny.has_hooks()

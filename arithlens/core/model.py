@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -77,6 +78,9 @@ class LensModel:
         self.batch_size = validate.positive_int(batch_size, "batch_size")
         # Clean caches, least recently used first out; clear with clear_cache().
         self._memo = Memo(memo_entries, memo_bytes)
+        # One forward at a time per model: hooks are per model, so a pass in another thread
+        # would see this thread's interventions. Re-entrant: a pass inside `intervened` is fine.
+        self._lock = threading.RLock()
         self._trim_ok: bool | None = None
         # Indices (into the dataset being run) of the rows of the current batch, so
         # per-case interventions can pick their rows (see interventions.PerCase).
@@ -234,8 +238,9 @@ class LensModel:
 
     @contextlib.contextmanager
     def hooked(self, hooks: Sequence[Hook]) -> Iterator["LensModel"]:
-        """Apply forward hooks for the duration of the context; always removed."""
-        with self.bridge.hooks(fwd_hooks=list(hooks), reset_hooks_end=True):
+        """Apply forward hooks for the duration of the context; always removed. Other threads'
+        passes on this model wait until the context ends."""
+        with self._lock, self.bridge.hooks(fwd_hooks=list(hooks), reset_hooks_end=True):
             yield self
 
     @contextlib.contextmanager
@@ -309,23 +314,25 @@ class LensModel:
         positions = positions_of(self, names, positions)
         batch_size = validate.optional_positive_int(batch_size, "batch_size")
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
-        attached = self.has_hooks()
-        clean = not any(i is not None for i in items) and not attached
-        key = (tuple(ids), tuple(targets), weights_fingerprint(self))  # edited weights: another entry
-        if clean and memo:
-            hit = self._memo.get(key)
-            if hit is not None and hit.has(wanted, positions):
-                return hit
-            if hit is not None:  # widen the memoized entry instead of keeping two
-                wanted |= hit.names
-                positions = "all" if hit.positions == "all" else positions
-        described = " + ".join(repr(i) for i in items if i is not None) or ("hooks attached" if attached else "")
         if offload not in (None, "cpu"):
             raise ValueError(f"offload={offload!r} must be None (keep activations on the model's device) or 'cpu'")
-        result = build_cache(self, ids, targets, wanted, positions, items, batch_size, described, clean, offload)
-        if clean and memo:
-            self._memo.put(key, result)
-        return result
+        # One step for other threads: whether hooks are attached, the memo, and the pass itself.
+        with self._lock:
+            attached = self.has_hooks()
+            clean = not any(i is not None for i in items) and not attached
+            key = (tuple(ids), tuple(targets), weights_fingerprint(self))  # edited weights: another entry
+            if clean and memo:
+                hit = self._memo.get(key)
+                if hit is not None and hit.has(wanted, positions):
+                    return hit
+                if hit is not None:  # widen the memoized entry instead of keeping two
+                    wanted |= hit.names
+                    positions = "all" if hit.positions == "all" else positions
+            described = " + ".join(repr(i) for i in items if i is not None) or ("hooks attached" if attached else "")
+            result = build_cache(self, ids, targets, wanted, positions, items, batch_size, described, clean, offload)
+            if clean and memo:
+                self._memo.put(key, result)
+            return result
 
     @torch.no_grad()
     def generate_greedy(
