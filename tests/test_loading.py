@@ -253,3 +253,26 @@ def test_available_devices_lists_cpu_first():
     devices = available_devices()
     assert devices[0] == "cpu"
     assert all(d == "cpu" or d == "mps" or d.startswith("cuda:") for d in devices)
+
+
+def test_broken_checkpoints_are_one_line_value_errors(tiny_dir, tmp_path):
+    import shutil
+
+    from arithlens.core.loading import load_model
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_dir, truncated)
+    weights = next(truncated.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="could not read the model in"):
+        load_model(str(truncated), device="cpu")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_dir, no_tokenizer)
+    for f in no_tokenizer.glob("*token*"):
+        f.unlink()
+    with pytest.raises(ValueError, match="no usable tokenizer"):
+        load_model(str(no_tokenizer), device="cpu")
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello")
+    with pytest.raises(ValueError, match="is a file but not a .gguf model"):
+        load_model(str(not_a_model), device="cpu")

@@ -153,15 +153,19 @@ def load_model(
         directory, gguf = os.path.split(os.path.abspath(spec))
         return _from_gguf(directory, gguf, None, os.path.splitext(gguf)[0], placement, kwargs)
     if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise ValueError(f"{spec!r} is a directory but holds no config.json: not a model saved with save_pretrained")
         try:
             tok = AutoTokenizer.from_pretrained(spec)
+        except Exception as err:  # transformers raises OSError, ValueError or its own kinds
+            raise ValueError(f"{spec!r} has a model but no usable tokenizer ({_first_line(err)}): save one beside it with tokenizer.save_pretrained") from err
+        try:
             hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{spec!r} is a directory but not a Hugging Face model saved with "
-                f"save_pretrained ({err})"
-            ) from err
+        except Exception as err:  # a truncated or corrupt weights file (SafetensorError, OSError, ...)
+            raise ValueError(f"could not read the model in {spec!r}: {_first_line(err)}") from err
         return _wrap(hf, tok, os.path.basename(os.path.normpath(spec)), None, placement)
+    if os.path.isfile(spec):
+        raise ValueError(f"{spec!r} is a file but not a .gguf model: pass a .gguf file or the directory a model was saved to")
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith((".bin", ".safetensors")):
         # Looks like a path, not an "org/name" hub id.
         raise ValueError(
@@ -187,6 +191,11 @@ def load_model(
             "SmolLM2-135M-Instruct"
         ) from err
     return _wrap(hf, tok, spec, None, placement)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0][:300] if text else "") or type(err).__name__
 
 
 def check_dtype(dtype: Any) -> torch.dtype:
