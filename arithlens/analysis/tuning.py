@@ -56,8 +56,8 @@ def check_gated(model: Any, layers: Sequence[int]) -> None:
     state = canonical_state(model)
     for layer in layers:
         if mlp_path(state, layer) is None:
-            raise ValueError(f"layer {layer} of {model.name!r} has no gated MLP (gate_proj/up_proj/down_proj): "
-                             "slicing neurons needs a Llama-style FFN")  # fmt: skip
+            raise ValueError(f"layer {layer} of {model.name!r} ({model.writes.family}) has no gated MLP "
+                             "(gate_proj/up_proj/down_proj): slicing neurons needs a Llama-style FFN")  # fmt: skip
 
 
 def ffn_sizes(hf: Any, n_layers: int) -> list[int] | None:

@@ -11,9 +11,10 @@ unembedding vectors of operand A, operand B and the answer C, as the paper does:
 averaged over prompts. `A` / `B` is the first token of the operand as the tokenizer gives
 it in the prompt (SmolLM2: the first digit; the bare `' '` is skipped), `C` the case's
 target (first answer token; the prediction where a prompt has none). `W_U` is the
-bridge's unembedding (compatibility mode folds the final norm's weight into it and
-centres it over the vocabulary, so each `W_U[t]` is the direction that raises `t`'s logit
-relative to the average token).
+unembedding as the readout uses it: the final norm's gain included (folded in by
+compatibility mode on LayerNorm models, which also centres it over the vocabulary; applied
+by [`Readout`][arithlens.core.readout.Readout] on RMSNorm models), so each `W_U[t]` is the
+direction that raises `t`'s logit.
 
 Beside the cosines, each vector's *top tokens* — the tokens it promotes most, in the
 spirit of Geva et al. (2022), whom the paper follows — are read with the model's own
@@ -56,6 +57,7 @@ from arithlens.data import as_dataset
 from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
 from arithlens.core.blocks import mlp_base, mlp_base_hooks
+from arithlens.core.readout import Readout
 from arithlens.core.loading import load_model
 
 if TYPE_CHECKING:
@@ -179,7 +181,7 @@ class MLPProbe(Analysis):
         mlp_in = torch.stack([mlp_base(model, cache.last, L) for L in layers], dim=1)  # [case, layer, d_model]
         mlp_out = cache.stack(names.mlp_out, layers)
         q = torch.stack([mlp_in, mlp_out, mlp_out - mlp_in], 2).float()  # [case, layer, quantity, d_model]
-        W_U = model.bridge.W_U.detach().float().cpu()  # [d_model, vocab]
+        W_U = Readout(model).W_U.cpu()  # [d_model, vocab], the final norm's gain included
         w = F.normalize(einops.rearrange(W_U[:, tok], "d case t -> case t d"), dim=-1)
         per_case = einops.einsum(F.normalize(q, dim=-1), w, "c l q d, c t d -> c l q t")
         validate.check_finite(per_case, "the MLP probe's cosines")

@@ -39,8 +39,11 @@ for `"activation"` (one forward per layer of nodes saved); exact `"path"` patchi
 costs two forwards per batch, so there the estimate only adds work (it is offered for
 symmetry and for the agreement measurement).
 
-Logits are the bridge's (compatibility mode centres the unembedding, so a logit is the HF
-logit minus its mean over the vocabulary; the paper's ratio is taken on these).
+Logits are the model's own on RMSNorm models (wrapped unprocessed: the paper's ratio is
+taken on the HF logits); on LayerNorm models (GPT-2, GPT-NeoX) compatibility mode centres
+the unembedding, so a logit there is the HF logit minus its mean over the vocabulary.
+Models that soft-cap their logits (Gemma 2) are refused: the ratio of capped logits is not
+the paper's quantity.
 `logit_change` (`logit_p - logit_o`, no division) is also reported, and with
 `logprobs=True` `logprob_change` (for `"path"` this costs a full-vocabulary unembedding
 per node and pair): the ratio is unstable when `logit_o` is near zero.
@@ -290,6 +293,9 @@ class PathPatching(Analysis):
         """
 
         model = load_model(model)
+        model.writes.refuse(
+            "PathPatching", "its effect is a ratio of final logits, which this model soft-caps", parallel=False, post_norm=False,
+        )
         if self.method == "path":
             model.writes.refuse(
                 "PathPatching(method='path')", "the direct path freezes a head's output z·W_O on its way to the logits, "

@@ -73,9 +73,9 @@ def prune(model: Any, keep: Mapping[int, Sequence[int]], name: str | None = None
     Returns:
         A [`LensModel`][arithlens.core.model.LensModel] with fewer parameters.
     """
+    check_gated(model, [validate.integer(L, "keep layer", low=0, high=model.n_layers - 1) for L in keep])  # before any copy
     hf = hf_copy(model)
     sizes = ffn_sizes(hf, model.n_layers)
-    check_gated(model, [validate.integer(L, "keep layer", low=0, high=model.n_layers - 1) for L in keep])
     for layer, idx in keep.items():
         idx = sorted(set(validate.int_sequence(idx, f"keep[{layer}]", low=0, high=sizes[layer] - 1, allow_empty=True)))
         set_ffn_width(hf, int(layer), len(idx), torch.tensor(idx, dtype=torch.long, device=model.device))
