@@ -255,8 +255,6 @@ def test_chain_top_tokens_are_the_models_readout_when_b_U_is_nonzero(gpt2):
 
 @pytest.mark.smollm2
 def test_smollm2_chain_one_prompt(smollm2):
-    from arithlens.cna.base import CNAAnalysis
-
     chain = LogicChain(intervention=(3, 0), k=5, k_shallow=3, mode="fast").run(smollm2, "3+5=")
     assert chain.prediction == smollm2.predict(["3+5="])[0]
     assert len(chain.stage("feature enhancing")) == 3

@@ -2,9 +2,7 @@
 cache contract, the one readout, validation and no side effects."""
 
 import dataclasses
-import ast
 import math
-import pathlib
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ import arithlens
 from arithlens import data
 
 from arithlens.core import names, validate
-from arithlens.cna import CNAAnalysis, ComparativeNeuronScores, ComparativeNeuronScoresResult, NeuronImportance
+from arithlens.cna import CNAAnalysis, ComparativeNeuronScores, NeuronImportance
 from arithlens.cna import scores as kernels
 from arithlens.cna.scores import first_order_scores
 from arithlens.cna.inputs import Activations, cna_hooks

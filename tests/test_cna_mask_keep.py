@@ -8,7 +8,6 @@ import torch
 
 from arithlens.core import validate
 from arithlens.cna import ComparativeNeuronScores, MaskKeep
-from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.mask_keep import coef_decrease
 from arithlens.core.interventions import KeepNeurons, ZeroHead, ZeroNeurons
 from conftest import assert_untouched, params_snapshot
