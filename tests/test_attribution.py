@@ -114,16 +114,18 @@ def test_activation_estimate_is_the_first_order_change(tiny, pairs):
 def test_patching_reads_the_reference_from_a_cache(tiny, pairs):
     for method, positions in [("path", "last"), ("activation", "all")]:
         patching = PathPatching(method=method, progress=False)
-        cache = tiny.cache(pairs.reference_ids, names=[patching], positions=positions, memo=False)
+        cache = tiny.cache(pairs, names=[patching], positions=positions, memo=False)
         cached = patching.run(tiny, pairs, cache=cache)
         plain = patching.run(tiny, pairs)
         torch.testing.assert_close(cached.logit_p, plain.logit_p, atol=1e-4, rtol=0)
         torch.testing.assert_close(cached.logit_o, plain.logit_o, atol=1e-4, rtol=0)
-    last_only = tiny.cache(pairs.reference_ids, names=[PathPatching(method="activation")], positions="last", memo=False)
+    last_only = tiny.cache(pairs, names=[PathPatching(method="activation")], positions="last", memo=False)
     with pytest.raises(ValueError, match="positions='all'"):
         PathPatching(method="activation", progress=False).run(tiny, pairs, cache=last_only)
     with pytest.raises(ValueError, match="lacks"):
-        PathPatching(progress=False).run(tiny, pairs, cache=tiny.cache(pairs.reference_ids, memo=False))
+        PathPatching(progress=False).run(tiny, pairs, cache=tiny.cache(pairs, memo=False))
+    with pytest.raises(ValueError, match="other targets"):  # the same prompts without their answers
+        PathPatching(progress=False).run(tiny, pairs, cache=tiny.cache(pairs.reference_ids, names=[PathPatching()], memo=False))
 
 
 @pytest.mark.parametrize(

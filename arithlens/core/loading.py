@@ -44,6 +44,7 @@ import tempfile
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
 
 from arithlens.core.model import LensModel
 from arithlens.core.placement import Placement, check_loaded, resolve_placement
@@ -154,14 +155,14 @@ def load_model(
         return _from_gguf(directory, gguf, None, os.path.splitext(gguf)[0], placement, kwargs)
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise ValueError(f"{spec!r} is a directory but holds no config.json: not a model saved with save_pretrained")
+            raise ValueError(f"{spec!r} is a directory but not a Hugging Face model (no config.json): save one with save_pretrained")
         try:
             tok = AutoTokenizer.from_pretrained(spec)
-        except Exception as err:  # transformers raises OSError, ValueError or its own kinds
+        except (OSError, ValueError, TypeError, KeyError) as err:
             raise ValueError(f"{spec!r} has a model but no usable tokenizer ({_first_line(err)}): save one beside it with tokenizer.save_pretrained") from err
         try:
             hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        except Exception as err:  # a truncated or corrupt weights file (SafetensorError, OSError, ...)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a truncated or corrupt weights file
             raise ValueError(f"could not read the model in {spec!r}: {_first_line(err)}") from err
         return _wrap(hf, tok, os.path.basename(os.path.normpath(spec)), None, placement)
     if os.path.isfile(spec):
