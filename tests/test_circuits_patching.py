@@ -220,3 +220,90 @@ def test_smollm2_patching_few_pairs(smollm2):
     for node in [Component(29), Component(28, 3)]:
         k = result.nodes.index(node)
         assert math.isclose(float(result.logit_p[k, 0]), _naive_path_logit(smollm2, ref, cf, target, node), rel_tol=1e-3, abs_tol=1e-3)
+
+
+# ------------------------------------------------------- Algorithm 1 on the HF model's logits
+def _hf_path_logits(hf, ref, cf, target, n_layers, n_heads):
+    """Algorithm 1 on a Hugging Face GPT-2, hooks on its own modules: `[node, ]` patched logits of `target`
+    (nodes in layer order, heads then MLP) and the reference logit. Every block's attention input to
+    `c_proj` (the heads' `z`, merged) and MLP output are frozen at their reference values; node n's END
+    slice comes from the counterfactual. The final LayerNorm and `lm_head` run as the model runs them."""
+    rec = {}
+
+    def grab(key):
+        def pre(module, args):
+            rec[key] = args[0].detach().clone()
+
+        def post(module, args, out):
+            rec[key] = out.detach().clone()
+
+        return pre, post
+
+    def run(tokens, patch=None):
+        handles, found = [], {}
+        for L, block in enumerate(hf.transformer.h):
+            for key, module, kind in ((("z", L), block.attn.c_proj, "pre"), (("mlp", L), block.mlp, "post")):
+                if patch is None:
+                    pre, post = grab(key)
+                    handles.append(module.register_forward_pre_hook(pre) if kind == "pre" else module.register_forward_hook(post))
+                else:
+                    value = patch(key)
+                    if kind == "pre":
+                        handles.append(module.register_forward_pre_hook(lambda m, a, v=value: (v,)))
+                    else:
+                        handles.append(module.register_forward_hook(lambda m, a, o, v=value: v))
+        try:
+            with torch.no_grad():
+                logits = hf(tokens).logits[0, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        found.update(rec)
+        rec.clear()
+        return logits, found
+
+    logit_o, r = run(ref)
+    _, c = run(cf)
+    d_head = r[("z", 0)].shape[-1] // n_heads
+    out = []
+    for L in range(n_layers):
+        for node in [*range(n_heads), "mlp"]:
+            def patch(key, L=L, node=node):
+                v = r[key].clone()
+                if key == ("mlp", L) and node == "mlp":
+                    v[:, -1] = c[key][:, -1]
+                if key == ("z", L) and node != "mlp":
+                    cols = slice(node * d_head, (node + 1) * d_head)
+                    v[:, -1, cols] = c[key][:, -1, cols]
+                return v
+
+            out.append(float(run(ref, patch)[0][target]))
+    return torch.tensor(out, dtype=torch.float64), float(logit_o[target]), logit_o
+
+
+def test_path_patching_effect_is_on_the_hf_logits():
+    """Algorithm 1's ratio `(logit_p − logit_o) / logit_o` on a LayerNorm model (GPT-2) is taken on the
+    model's own, uncentred logits: a brute force on the HF modules (hooks on `c_proj` and the MLP). The
+    unembedding is given a large common row so that centring (subtracting the mean logit) would change
+    every ratio: the check has teeth."""
+    import copy
+
+    from arithlens.core.model import LensModel
+    from arithlens.testing import tiny_gpt2_hf
+
+    hf, tok = tiny_gpt2_hf(n_layers=2, seed=3)
+    with torch.no_grad():  # a shared row shifts every logit by the same amount: predictions unchanged
+        hf.lm_head.weight += 4.0 * torch.randn(hf.config.n_embd, generator=torch.Generator().manual_seed(0))
+    plain = copy.deepcopy(hf)  # wrapping folds the norms into hf's weights in place
+    model = LensModel.from_hf(hf, tok, name="tiny-gpt2", device="cpu")
+    pairs = counterfactual_pairs(model, ["12+34=", "7 plus 8 is"])
+    result = PathPatching(progress=False).run(model, pairs)
+    for i in range(len(pairs)):
+        ref, cf = torch.tensor([pairs.reference_ids[i]]), torch.tensor([pairs.counterfactual_ids[i]])
+        with torch.no_grad():
+            target = int(plain(ref).logits[0, -1].argmax())  # bare prompts: the target is the prediction
+        lp, lo, logits = _hf_path_logits(plain, ref, cf, target, model.n_layers, model.n_heads)
+        assert abs(float(logits.mean())) > 0.5 * abs(lo)  # centring would move the ratio a lot
+        assert float(result.logit_o[i]) == pytest.approx(lo, rel=1e-4, abs=1e-4)
+        torch.testing.assert_close(result.logit_p[:, i].double(), lp, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(result.effects[:, i].double(), (lp - lo) / lo, rtol=1e-3, atol=1e-4)

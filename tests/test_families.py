@@ -429,16 +429,16 @@ class BruteForce:
         return y
 
     @torch.no_grad()
-    def logit_directions(self, rec: dict, ids: list[int], centred: bool) -> torch.Tensor:
+    def logit_directions(self, rec: dict, ids: list[int]) -> torch.Tensor:
         """`[len(ids), d_model]`: the direction of a residual vector (at the final position) that raises each
-        token's logit, `∂ logit_t / ∂x` (`centred`: relative to the average token, `∂(logit_t − mean logit) / ∂x`)
-        with the final norm's scale frozen at `rec`'s value (a positive factor); before any soft-cap."""
+        token's logit, `∂ logit_t / ∂x`, with the final norm's scale frozen at `rec`'s value (a positive
+        factor); before any soft-cap."""
         W = self.lm_head.weight.double()
         rows = []
         for t in ids:
             x = torch.zeros(W.shape[1], dtype=torch.float64, requires_grad=True)
             with torch.enable_grad():
-                (_frozen_norm(self.final_norm, x, rec["final"]) @ (W[t] - W.mean(0) if centred else W[t])).backward()
+                (_frozen_norm(self.final_norm, x, rec["final"]) @ W[t]).backward()
             rows.append(x.grad)
         return torch.stack(rows)
 
@@ -790,8 +790,7 @@ def test_vo_transform(families, family):
 def _activation_patching(fam: Family):
     """arithlens's `PathPatching(method="activation", logprobs=True)` on PAIRS, and the brute force's
     reference log-prob `[pair]`, patched log-probs `[node, pair]`, and the same as logits — the HF
-    logits on RMSNorm families (wrapped unprocessed), minus their mean over the vocabulary on
-    LayerNorm families (compatibility mode centres the unembedding) — computed once per family."""
+    logits on every family (arithlens never centres the unembedding) — computed once per family."""
     if fam._patching is None:
         from arithlens.circuits import PathPatching, counterfactual_pairs
 
@@ -804,12 +803,11 @@ def _activation_patching(fam: Family):
             tokens = torch.tensor([fam.tok.encode(prompt)])
             clean = fam.bf.logits(tokens)
             w = int(clean.argmax())  # the prompts have no answers: the target is the prediction
-            shift = (lambda x: x.mean()) if fam.name not in RMS_NORM else (lambda x: 0.0)  # noqa: E731
-            lp_o[i], lg_o[i] = clean.log_softmax(-1)[w], clean[w] - shift(clean)
+            lp_o[i], lg_o[i] = clean.log_softmax(-1)[w], clean[w]
             outs = fam.bf.end_outputs(torch.tensor([fam.tok.encode(cf)]))
             for j, node in enumerate(res.nodes):
                 patched = fam.bf.activation_patched(tokens, outs, (node.layer, node.head))
-                lp_p[j, i], lg_p[j, i] = patched.log_softmax(-1)[w], patched[w] - shift(patched)
+                lp_p[j, i], lg_p[j, i] = patched.log_softmax(-1)[w], patched[w]
         assert float((lp_p - lp_o[None]).abs().max()) > 0.01  # some node matters: the check has teeth
         fam._patching = (res, lp_o, lp_p, lg_o, lg_p)
     return fam._patching
@@ -834,13 +832,13 @@ def test_path_patching_activation(families, family):
 @pytest.mark.parametrize("family", _params("patch_logits"))
 def test_path_patching_logits(families, family):
     """`PathPatching`'s logits (`logit_o`, `logit_p`, whose ratio is `effect`) are, as its docstring says,
-    the HF logits on RMSNorm families and the HF logits minus their mean over the vocabulary on
-    LayerNorm families (Gemma 2, which soft-caps, is refused: see `test_path_patching_activation`)."""
+    the HF model's own (uncentred) logits on every family (Gemma 2, which soft-caps, is refused: see
+    `test_path_patching_activation`)."""
     if family == "gemma2":
         return
     res, _, _, lg_o, lg_p = _activation_patching(families(family))
-    _close(res.logit_o, lg_o, "activation patching: reference logit (HF, centred over the vocabulary)", "logit")
-    _close(res.logit_p, lg_p, "activation patching: patched logits (HF, centred over the vocabulary)", "logit")
+    _close(res.logit_o, lg_o, "activation patching: reference logit (HF)", "logit")
+    _close(res.logit_p, lg_p, "activation patching: patched logits (HF)", "logit")
 
 
 @pytest.mark.parametrize("family", _params("patch_path"))
@@ -893,9 +891,8 @@ def test_end_attention(families, family):
 def test_mlp_probe(families, family):
     """`MLPProbe(layers=[0, 1])`: each cosine is, as its docstring defines it, between `MLP_in` (the
     residual the MLP's output is added to), `MLP_out` (what the MLP adds) or their difference at the
-    last position and the direction that raises the token's logit — relative to the average token on
-    LayerNorm families, whose unembedding compatibility mode centres (`BruteForce.logit_directions`);
-    vectors as the final norm reads them (`BruteForce.readable`)."""
+    last position and the direction that raises the token's logit (`BruteForce.logit_directions`; the
+    unembedding is never centred); vectors as the final norm reads them (`BruteForce.readable`)."""
     from arithlens.circuits import MLPProbe
 
     fam = families(family)
@@ -904,7 +901,7 @@ def test_mlp_probe(families, family):
     for i, prompt in enumerate(PAIRS):
         rec = fam.bf.record(torch.tensor([fam.tok.encode(prompt)]))
         assert int(res.token_ids[i, 2]) == int(rec["logits"].argmax())  # C: the prediction (no answers given)
-        dirs = fam.bf.logit_directions(rec, res.token_ids[i].tolist(), centred=family not in RMS_NORM)
+        dirs = fam.bf.logit_directions(rec, res.token_ids[i].tolist())
         for j, L in enumerate((0, 1)):
             mlp_in, mlp_out = fam.bf.neuron_base(rec, L), fam.bf.sublayer(rec, L, "mlp", rec[("m_out", L)])
             for q, v in enumerate((mlp_in, mlp_out, mlp_out - mlp_in)):

@@ -83,6 +83,13 @@ def test_paired_difference_signs():
 def test_t_quantile_and_mean_interval():
     for df, t in [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)]:
         assert t_quantile(0.975, df) == pytest.approx(t, abs=2e-3)
+    # Bonferroni levels, from printed tables: exact, where a series expansion is ~9 % low at df = 3
+    # and a normal z (3.76 at 300 nodes) ~10 % low at df = 39.
+    assert t_quantile(0.9995, 3) == pytest.approx(12.924, abs=2e-3)
+    assert t_quantile(0.995, 3) == pytest.approx(5.841, abs=2e-3)
+    assert t_quantile(1 - 0.05 / 600, 39) == pytest.approx(4.17, abs=1e-2)
+    with pytest.raises(ValueError, match="df=0"):
+        t_quantile(0.9, 0)
     e = mean_interval([1.0, 2.0, 3.0, 4.0])
     assert e.value == 2.5 and e.low == pytest.approx(2.5 - 3.182 * math.sqrt(5 / 3) / 2, abs=1e-2)
     single = mean_interval([3.0])
@@ -285,6 +292,12 @@ def test_patching_reading():
     df["effect"] = [0.03, 0.01, -0.02]
     failed = patching_reading(types.SimpleNamespace(df=df))
     assert "No node's effect is distinguishable from zero on 40 pairs" in failed
+    # |effect| / SEM = 2.45: past the Bonferroni normal z (2.39 for 3 nodes) but not t_39 (2.50).
+    df["effect"] = [0.245, 0.01, -0.02]
+    df["effect_sem"] = [0.1, 0.02, 0.03]
+    assert "No node's effect is distinguishable" in patching_reading(types.SimpleNamespace(df=df))
+    df["n"] = 4000  # many pairs: t approaches z and the node is clear
+    assert "1 of 3 nodes have an effect distinguishable" in patching_reading(types.SimpleNamespace(df=df))
 
 
 def _knockout(n, base, key, random_, rest):

@@ -97,14 +97,14 @@ def hf_copy(model: Any) -> Any:
     """A plain transformers model computing what `model` computes (a [`LensModel`][arithlens.core.model.LensModel]).
 
     The bridge folded the norms into the weights in place; the copy holds that equivalent
-    parametrisation (norm weights 1, an untied, centred unembedding) and each layer's own
+    parametrisation (norm weights 1, an untied unembedding carrying the final norm's gain) and each layer's own
     FFN width, so it trains, merges and saves like any transformers model.
     """
     from transformers import AutoModelForCausalLM
 
     state = canonical_state(model)
     config = copy.deepcopy(model.bridge.original_model.config)
-    config.tie_word_embeddings = False  # the bridge centred the unembedding: it no longer equals the embedding
+    config.tie_word_embeddings = False  # the folded final-norm gain is in the unembedding: it no longer equals the embedding
     dtype = next(v for v in state.values() if v.is_floating_point()).dtype
     fresh = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
     for layer in range(model.n_layers):  # pruned layers keep their own width

@@ -19,11 +19,10 @@ Example:
 
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Any
 
 from arithlens.app.report import Section, join_words, plural
-from arithlens.core.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion
+from arithlens.core.stats import CONFIDENCE, bonferroni, difference_interval, mean_interval, num, paired_difference, pct, proportion, t_quantile
 from arithlens import data
 from arithlens.circuits.counterfactual import counterfactual_pairs
 from arithlens.circuits.end_attention import EndAttention
@@ -61,8 +60,9 @@ def patching_reading(patching: Any, n_pairs: int | None = None) -> str:
     if n < 2 or not sem.notna().any():
         lines.append(f"With {plural(n, 'pair')} there is no standard error, so no node's effect can be told from zero.")
         return "\n".join(lines)
-    z = NormalDist().inv_cdf(0.5 + bonferroni(CONFIDENCE, len(df)) / 2)
-    clear = df[(df["effect"].abs() > z * sem) & sem.notna()]
+    # The effect is a mean of n pairs and its SEM an estimate: Student's t with n − 1 df, not a normal z.
+    t = t_quantile(0.5 + bonferroni(CONFIDENCE, len(df)) / 2, n - 1)
+    clear = df[(df["effect"].abs() > t * sem) & sem.notna()]
     names = [_node_name(r) for _, r in clear.reindex(clear["effect"].abs().sort_values(ascending=False).index).iterrows()]
     adjusted = f"{round(100 * CONFIDENCE)}% intervals adjusted for the {len(df)} nodes"
     top_abs = float(df["effect"].abs().max())

@@ -12,7 +12,7 @@ averaged over prompts. `A` / `B` is the first token of the operand as the tokeni
 it in the prompt (SmolLM2: the first digit; the bare `' '` is skipped), `C` the case's
 target (first answer token; the prediction where a prompt has none). `W_U` is the
 unembedding as the readout uses it: the final norm's gain included (folded in by
-compatibility mode on LayerNorm models, which also centres it over the vocabulary; applied
+compatibility mode on LayerNorm models, which arithlens leaves uncentred; applied
 by [`Readout`][arithlens.core.readout.Readout] on RMSNorm models), so each `W_U[t]` is the
 direction that raises `t`'s logit.
 

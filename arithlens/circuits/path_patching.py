@@ -39,9 +39,10 @@ for `"activation"` (one forward per layer of nodes saved); exact `"path"` patchi
 costs two forwards per batch, so there the estimate only adds work (it is offered for
 symmetry and for the agreement measurement).
 
-Logits are the model's own on RMSNorm models (wrapped unprocessed: the paper's ratio is
-taken on the HF logits); on LayerNorm models (GPT-2, GPT-NeoX) compatibility mode centres
-the unembedding, so a logit there is the HF logit minus its mean over the vocabulary.
+Logits are the model's own (the HF logits) on every family: RMSNorm models are wrapped
+unprocessed, and on LayerNorm models (GPT-2, GPT-NeoX) arithlens folds the norms but leaves
+the unembedding uncentred — centring would shift both `logit_p` and `logit_o` by the mean
+over the vocabulary, change the ratio and possibly the node ranking.
 Models that soft-cap their logits (Gemma 2) are refused: the ratio of capped logits is not
 the paper's quantity.
 `logit_change` (`logit_p - logit_o`, no division) is also reported, and with

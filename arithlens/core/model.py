@@ -109,7 +109,7 @@ class LensModel:
         # folded (centring and biases), with value biases left where the model has them —
         # folded into b_O, a head's hook_z would lack its b_V term.
         rms = str(getattr(bridge.cfg, "normalization_type", "")).startswith("RMS")
-        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=rms, fold_value_biases=False)
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=rms, center_unembed=False, fold_value_biases=False)
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)

@@ -7,7 +7,7 @@ Two readouts, both with the model's own unembedding bias `b_U`:
   logits: Gemma 2), with the final norm's scale `σ` frozen at the value of
   a forward pass (the reference code's `final_var`; `DatasetCache.final_scale`).
   The final norm's weight is in `W_U` / `b_U` (folded by compatibility mode on LayerNorm
-  models, with the centring and bias; applied here as a gain on RMSNorm models, which
+  models, with the bias, the unembedding left uncentred; applied here as a gain on RMSNorm models, which
   arithlens wraps unprocessed), so at `σ` of the same pass this is exactly the model's own
   readout of the final residual — and it is linear in `v`, which is what makes adding one
   neuron's or head's vector to a residual (CNA §4.1, the VO transform, the logic chain)
