@@ -77,7 +77,36 @@ def test_accuracy_and_figure(swept):
     assert df.loc["original", "accuracy"] == evaluate(model, test, full_answer=False).accuracy
     assert df.loc["lora1", "accuracy"] == evaluate(result.models[1], test, full_answer=False).accuracy
     fig = result.plot()
-    assert fig.layout.xaxis.title.text == "LoRA layer" and fig.layout.yaxis.title.text
+    assert fig.layout.xaxis.title.text == "LoRA layer" and "whole answer" in fig.layout.yaxis.title.text
+
+
+def _greedy_whole_answer(model, cases):
+    """Brute force: the share of cases whose answer tokens greedy decoding reproduces, one token at a time."""
+    right = 0
+    for case in cases:
+        ids, ok = list(case.input_ids), True
+        for t in case.answer_ids:
+            with torch.no_grad():
+                nxt = int(model.bridge(torch.tensor([ids]))[0, -1].argmax())
+            if nxt != t:
+                ok = False
+                break
+            ids.append(nxt)
+        right += ok
+    return right / len(cases)
+
+
+def test_figure_2_scores_the_whole_answer_by_default(swept):
+    """§5's split has multi-token answers ("-2"): Figure 2's accuracy is of the whole answer by default."""
+    model, _, sweep, result, _ = swept
+    _, _, test = sweep.split(model)
+    assert LoRASettings().full_answer and result.metric == "full_accuracy"
+    assert any(len(c.answer_ids) > 1 for c in test)  # the check has teeth: some answers are several tokens
+    df = result.df.set_index("model")
+    assert df.loc["original", "full_accuracy"] == pytest.approx(_greedy_whole_answer(model, test))
+    assert df.loc["lora1", "full_accuracy"] == pytest.approx(_greedy_whole_answer(result.models[1], test))
+    assert result.table().iloc[0].tolist() == pytest.approx([round(100 * df.loc[m, "full_accuracy"], 1) for m in ("original", "lora1")])
+    assert LoRASettings(full_answer=False).metric == "accuracy"
 
 
 def test_saved_adapter_is_reused_not_retrained(swept):

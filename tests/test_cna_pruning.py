@@ -132,6 +132,14 @@ def test_cna_pruning_keeps_the_union_of_each_case_top_k(tiny, tmp_path):
     assert df.loc["original", "n_params"] - df.loc["cna-pruned", "n_params"] == (128 - kept) * 3 * tiny.d_model
     assert df.loc["lora0-p", "n_params"] == df.loc["cna-pruned", "n_params"]
     assert list(result.table().columns) == ["origin", "LoRA0", "LoRA0-p", "LoRA0-r"]
+    # Table 11 scores whole answers by default (the 2-digit split has multi-token answers).
+    assert result.metric == "full_accuracy" and df["full_accuracy"].notna().all()
+    from arithlens.analysis.evaluation import evaluate
+
+    _, _, test = lora.split(tiny)
+    full = evaluate(result.models["cna-pruned"], test).cases["full_correct"].mean()
+    assert df.loc["cna-pruned", "full_accuracy"] == pytest.approx(float(full))
+    assert result.table().loc["acc", "LoRA0-p"] == pytest.approx(round(100 * df.loc["lora0-p", "full_accuracy"], 1))
     again = load_saved(result.saved["cna-pruned"], device="cpu")
     torch.testing.assert_close(_all_logits(again), _all_logits(result.models["cna-pruned"]), atol=1e-6, rtol=0)
     assert result.plot().layout.yaxis.title.text

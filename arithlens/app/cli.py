@@ -528,6 +528,8 @@ def _add_lora_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--n-val", default="100", help="held-out training cases that choose the learning rate")
     sub.add_argument("--n-test", default="200", help="test cases (GPU: 2000)")
     sub.add_argument("--lora-seed", default="0", help="seed of the split, batches and adapters")
+    sub.add_argument("--first-token", action="store_true",
+                     help="score the first answer token only (default: the whole answer, greedy, as '-2' needs its digit too)")
 
 
 def _sweep(args: argparse.Namespace, **extra: Any) -> Any:
@@ -536,7 +538,7 @@ def _sweep(args: argparse.Namespace, **extra: Any) -> Any:
         lrs=_number_list(args.lrs, "--lrs"), rank=_int(args.rank, "--rank"), alpha=_float(args.alpha, "--alpha"),
         epochs=_int(args.epochs, "--epochs"), steps=_int(args.steps, "--steps"), batch_size=_int(args.batch_size, "--batch-size"),
         n_train=_int(args.n_train, "--n-train"), n_val=_int(args.n_val, "--n-val"), n_test=_int(args.n_test, "--n-test"),
-        seed=_int(args.lora_seed, "--lora-seed"), **extra,
+        seed=_int(args.lora_seed, "--lora-seed"), full_answer=not args.first_token, **extra,
     )  # fmt: skip
 
 
@@ -548,7 +550,6 @@ def _register_paper(subparsers: Any) -> None:
     lora.add_argument("--layers", default=None, help="LoRA layers, e.g. 4,12,20 or 1-28 (default: one per paper range)")
     _add_lora_args(lora)
     lora.add_argument("--adapters", default=None, metavar="DIR", help="save adapters here; re-use those already saved")
-    lora.add_argument("--full-answer", action="store_true", help="also greedy-decode whole answers")
     lora.add_argument("--cases", default="64", help="dataset cases sampled for Table 10 (default 64)")
     lora.add_argument("--rank-on", default="original", choices=["original", "lora", "change"], help="model that ranks the neurons")
     lora.add_argument("--ks", default="50,30,20,10", help="top-K sizes of Table 10")
@@ -597,14 +598,14 @@ def _cmd_lora(args: argparse.Namespace) -> int:
         validate.output_path(args.coef_out, "--coef-out")
     layers = None if args.layers is None else _int_list(args.layers, "--layers")
     adapters = None if args.adapters is None else validate.output_dir(args.adapters, "--adapters")
-    settings = _sweep(args, layers=layers, out_dir=adapters, full_answer=args.full_answer)
+    settings = _sweep(args, layers=layers, out_dir=adapters)
     n_cases = validate.positive_int(_int(args.cases, "--cases"), "--cases")
     coef = LoRACoefficients(rank_on=args.rank_on, ks=_int_list(args.ks, "--ks"), case=args.case,
                             case_answer=args.case_answer, mode=args.mode)  # fmt: skip
     model = load_model_from_args(args)
     result = lora_layer_sweep(model, settings)
     _write_csv(result.df, args.out)
-    print(result.df[["model", "lora_layer", "lr", "accuracy"]].to_string(index=False))
+    print(result.df[["model", "lora_layer", "lr", "accuracy", "full_accuracy"]].to_string(index=False))
     if args.coef_out is not None:
         cases = data.arithmetic(model.tokenizer, **dataset)
         tables = coef.run(model, cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases, loras=result)

@@ -62,6 +62,7 @@ from arithlens.analysis.tuning import answer_nll
 
 
 PAPER_LRS = (1e-3, 5e-4, 1e-4)
+ANSWER_SCORING = {"full_accuracy": "whole answer, greedy", "accuracy": "first answer token"}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 # The paper's ranges 1–9, 10–16, 17–30 of Llama-2-7B's 32 layers, as range starts (and the end).
 PAPER_GROUP_STARTS = (1, 10, 17, 31)
@@ -120,7 +121,9 @@ class LoRALayerSweepResult(Result):
         df: One row per model (`original` first): `model, lora_layer` (`<NA>` for the
             original), `group, lr, steps, epochs, val_loss, final_loss, n_lora_params,
             accuracy` (first answer token), `full_accuracy` (greedy whole answer, NaN
-            unless asked for), `reused` (adapter loaded from `out_dir`).
+            with `full_answer=False`), `reused` (adapter loaded from `out_dir`).
+        metric: The column Figure 2 plots: `full_accuracy` (default: a case counts only when
+            its whole answer, e.g. `-2` with its sign, is right) or `accuracy`.
         lr_search: One row per (LoRA layer, learning rate): `lora_layer, lr, val_loss, chosen`.
         losses: Training loss per step of each chosen adapter, by LoRA layer.
         models: The merged models ([`LensModel`][arithlens.core.model.LensModel]), by LoRA layer
@@ -132,22 +135,23 @@ class LoRALayerSweepResult(Result):
     losses: dict[int, list[float]] = field(default_factory=dict, repr=False)
     models: dict[int, Any] = field(default_factory=dict, repr=False)
     adapter_dirs: dict[int, str] = field(default_factory=dict)
+    metric: str = "full_accuracy"
 
     def table(self) -> pd.DataFrame:
-        """Figure 2's numbers as a table: accuracy (%) of the original and of each LoRA layer."""
+        """Figure 2's numbers as a table: accuracy (%, of `metric`) of the original and of each LoRA layer."""
         names = ["original"] + [f"L{int(L)}" for L in self.df["lora_layer"].iloc[1:]]
-        return pd.DataFrame([100 * self.df["accuracy"].to_numpy()], index=["accuracy (%)"], columns=names).round(1)
+        return pd.DataFrame([100 * self.df[self.metric].to_numpy()], index=[f"{self.metric} (%)"], columns=names).round(1)
 
     def plot(self, **kwargs: Any) -> Any:
         """Accuracy against LoRA layer, the original model's accuracy as a dashed line."""
         import plotly.graph_objects as go
 
         lora = self.df[self.df["model"] != "original"]
-        fig = go.Figure(go.Scatter(x=lora["lora_layer"].astype(int), y=lora["accuracy"], mode="lines+markers", name="LoRA model"))
-        original = float(self.df.loc[self.df["model"] == "original", "accuracy"].iloc[0])
+        fig = go.Figure(go.Scatter(x=lora["lora_layer"].astype(int), y=lora[self.metric], mode="lines+markers", name="LoRA model"))
+        original = float(self.df.loc[self.df["model"] == "original", self.metric].iloc[0])
         fig.add_hline(y=original, line_dash="dash", annotation_text=f"original {original:.1%}")
         fig.update_layout(title="Accuracy with LoRA on one attention layer (Figure 2)", xaxis_title="LoRA layer",
-                          yaxis_title="test accuracy (first answer token)", yaxis_tickformat=".0%", **kwargs)  # fmt: skip
+                          yaxis_title=f"test accuracy ({ANSWER_SCORING[self.metric]})", yaxis_tickformat=".0%", **kwargs)  # fmt: skip
         return fig
 
 
@@ -172,7 +176,9 @@ class LoRASettings:
         out_dir: Adapters are saved in `out_dir/lora_L{layer}/` and re-used when present.
         keep_models: Keep each merged model in the result (memory: one model copy each;
             under `torchrun`, each rank keeps the layers it trained).
-        full_answer: Also greedy-decode whole answers on the test split.
+        full_answer: Score the whole answer (greedy decoding on the test split): a case is
+            right only when every answer token is (§5's split has answers like `-2` whose first
+            token is the sign). `False` scores the first answer token only (faster).
         progress: Progress bars.
     """
 
@@ -189,7 +195,7 @@ class LoRASettings:
     seed: int = 0
     out_dir: str | pathlib.Path | None = None
     keep_models: bool = True
-    full_answer: bool = False
+    full_answer: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -207,6 +213,11 @@ class LoRASettings:
             object.__setattr__(self, "out_dir", validate.output_dir(self.out_dir, "out_dir"))
         for name in ("keep_models", "full_answer", "progress"):
             object.__setattr__(self, name, validate.boolean(getattr(self, name), name))
+
+    @property
+    def metric(self) -> str:
+        """The accuracy column results are read by: `full_accuracy` with `full_answer`, else `accuracy`."""
+        return "full_accuracy" if self.full_answer else "accuracy"
 
     def config(self) -> dict[str, Any]:
         """What an adapter depends on; a saved adapter is re-used only when this matches."""
@@ -346,4 +357,5 @@ def lora_layer_sweep(
         losses.append((row["lora_layer"], curve))
         dirs += where
     df = pd.DataFrame(rows).astype({"lora_layer": "Int64"})
-    return LoRALayerSweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs))
+    return LoRALayerSweepResult(df=df, lr_search=pd.DataFrame(search), losses=dict(losses), models=models, adapter_dirs=dict(dirs),
+                                metric=settings.metric)  # fmt: skip

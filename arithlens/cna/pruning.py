@@ -26,7 +26,7 @@ unpruned model.
 Example:
     ```python
     import arithlens
-    from arithlens.cna.lora import LoRASettings
+    from arithlens.cna.lora import ANSWER_SCORING, LoRASettings
     from arithlens.cna.pruning import PruningSettings, cna_pruning
     from arithlens.analysis.tuning import load_saved
 
@@ -57,7 +57,7 @@ from arithlens.analysis.evaluation import evaluate
 from arithlens.core.loading import load_model
 from arithlens.analysis.tuning import SIZES_KEY, check_gated, ffn_sizes, hf_copy, layer_widths, lens_from_hf, n_parameters, save_model, set_ffn_width
 from arithlens.cna.frames import top_mask
-from arithlens.cna.lora import LoRASettings
+from arithlens.cna.lora import ANSWER_SCORING, LoRASettings
 
 PAPER_TOP_FRACTION = 500 / (32 * 11008)  # top 500 of Llama-2-7B's 32 × 11,008 FFN neurons
 
@@ -103,7 +103,8 @@ class CNAPruningResult(Result):
     Attributes:
         df: One row per model (`original, lora{L}, cna-pruned, lora{L}-p, random-pruned,
             lora{L}-r`): `model, pruning` (`none`/`cna`/`random`), `lora` (bool),
-            `accuracy` (2-digit test split, first answer token), `n_params`,
+            `accuracy` (2-digit test split, first answer token), `full_accuracy` (whole
+            answer, greedy; NaN with `lora.full_answer=False`), `n_params`,
             `deep_ffn_params` (parameters of the deep layers' FFNs), `deep_neurons`
             (FFN neurons left in them), `forward_ms` (median time of one forward pass of
             a test batch; NaN for the LoRA models, which have their base's shapes).
@@ -111,6 +112,7 @@ class CNAPruningResult(Result):
         lora_layer: The shallow LoRA layer; deep_layers: the pruned layers.
         models: The pruned and fine-tuned models by row name (with `keep_models=True`).
         saved: Where the pruned models were saved, by row name.
+        metric: The accuracy column Table 11 shows (`full_accuracy` unless `lora.full_answer=False`).
     """
 
     kept: dict[int, list[int]] = field(default_factory=dict, repr=False)
@@ -119,11 +121,12 @@ class CNAPruningResult(Result):
     deep_layers: list[int] = field(default_factory=list)
     models: dict[str, Any] = field(default_factory=dict, repr=False)
     saved: dict[str, str] = field(default_factory=dict)
+    metric: str = "full_accuracy"
 
     def table(self) -> pd.DataFrame:
         """Table 11's layout: accuracy (%) of origin, LoRA, LoRA-p, LoRA-r, plus parameter counts."""
         pick = self.df[self.df["model"].isin(["original"]) | self.df["lora"]].set_index("model")
-        out = pd.DataFrame({"acc": 100 * pick["accuracy"], "params (M)": pick["n_params"] / 1e6,
+        out = pd.DataFrame({"acc": 100 * pick[self.metric], "params (M)": pick["n_params"] / 1e6,
                             "deep FFN params (M)": pick["deep_ffn_params"] / 1e6}).T  # fmt: skip
         L = self.lora_layer
         return out.rename(columns={"original": "origin", f"lora{L}": f"LoRA{L}", f"lora{L}-p": f"LoRA{L}-p", f"lora{L}-r": f"LoRA{L}-r"}).round(1)
@@ -132,10 +135,10 @@ class CNAPruningResult(Result):
         """Test accuracy of every model, bars coloured by pruning."""
         import plotly.express as px
 
-        fig = px.bar(self.df, x="model", y="accuracy", color="pruning", hover_data=["n_params", "deep_neurons"],
+        fig = px.bar(self.df, x="model", y=self.metric, color="pruning", hover_data=["n_params", "deep_neurons"],
                      title=f"Accuracy on 2-digit arithmetic: LoRA on layer {self.lora_layer}, pruned layers "
                      f"{self.deep_layers[0]}–{self.deep_layers[-1]} (Table 11)", **kwargs)  # fmt: skip
-        fig.update_layout(xaxis_title="model", yaxis_title="test accuracy (first answer token)", yaxis_tickformat=".0%")
+        fig.update_layout(xaxis_title="model", yaxis_title=f"test accuracy ({ANSWER_SCORING[self.metric]})", yaxis_tickformat=".0%")
         return fig
 
 
@@ -253,7 +256,9 @@ def cna_pruning(
 
     def add(name: str, lm: Any, pruning: str, tuned: bool) -> None:
         sizes = layer_widths(lm)
-        rows.append({"model": name, "pruning": pruning, "lora": tuned, "accuracy": evaluate(lm, test, full_answer=False).accuracy,
+        ev = evaluate(lm, test, full_answer=settings.lora.full_answer)
+        full = float(ev.cases["full_correct"].mean()) if "full_correct" in ev.cases else float("nan")
+        rows.append({"model": name, "pruning": pruning, "lora": tuned, "accuracy": ev.accuracy, "full_accuracy": full,
                      "n_params": n_parameters(lm), "deep_ffn_params": sum(3 * lm.d_model * sizes[L] for L in deep),
                      "deep_neurons": sum(sizes[L] for L in deep),
                      "forward_ms": float("nan") if tuned else forward_ms(lm, tokens, settings.timing_repeats)})  # fmt: skip
@@ -271,7 +276,7 @@ def cna_pruning(
         tuned, _ = settings.lora.fit(pruned, layer, train, val, where(f"{pruning}-pruned", f"lora_L{layer}"))
         add(f"lora{layer}-{tag}", tuned, pruning, True)
     return CNAPruningResult(df=pd.DataFrame(rows), kept=kept, random_kept=random_kept, lora_layer=layer,
-                            deep_layers=deep, models=models, saved=saved)  # fmt: skip
+                            deep_layers=deep, models=models, saved=saved, metric=settings.lora.metric)  # fmt: skip
 
 
 def _timing_batch(model: Any, test: Any, rows: int = 32) -> torch.Tensor:
