@@ -127,6 +127,25 @@ def test_scan_counts_match_literal(tiny):
     assert fig.layout.xaxis.title.text == "FFN layer" and "neurons" in fig.layout.yaxis.title.text
 
 
+def test_scan_reach_all_is_every_attention_layer(tiny):
+    """`reach="all"` (the paper's "0th–16th attention layers" read literally): every neuron goes through
+    every attention layer up to `upto_layer`, its own and lower ones included."""
+    tagger = NumberConceptTagger()
+    scan = VOTransform(upto_layer=2, k=10, reach="all", progress=False).scan(tiny)
+    above = VOTransform(upto_layer=2, k=10, progress=False).scan(tiny)
+    assert (scan.counts >= 0).all()
+    read = above.counts >= 0
+    assert torch.equal(scan.counts[read], above.counts[read])
+    for i, L in enumerate([0, 1]):
+        for k in range(0, tiny.d_mlp, 11):
+            v = tiny.bridge.W_out[L, k]
+            for a in range(0, L + 1):
+                assert int(scan.counts[i, k, a]) == _literal_count(tiny, _literal_transform(tiny, v, a), 10, tagger)
+    assert VOTransform.paper().reach == "all" and VOTransform.paper().k == 50
+    with pytest.raises(ValueError, match="reach"):
+        VOTransform(reach="below")
+
+
 def test_scan_respects_attn_layers_and_distinct(tiny):
     vo = VOTransform(upto_layer=2, attn_layers=[2], k=10, progress=False)
     scan = vo.scan(tiny)

@@ -28,12 +28,18 @@ its top `k = 50` tokens, and the number of them the
 [`NumberConceptTagger`][arithlens.cna.concepts.NumberConceptTagger] marks as numbers or
 operations.
 
-Which attention layers: an FFN neuron of layer `l` writes after attention `l` has run,
-so only attention layers `l+1 … upto_layer` can read it (word embeddings: `0 …
-upto_layer`). The paper scans neurons of layers 0–15 through attention layers 0–16 on a
+Which attention layers: the paper (§4.4) "for each FFN neuron on 0th–15th layer …
+compute[s] the transformation by 0th–16th attention layers' value-output matrices" of a
 32-layer model; the default here is the same shallow half: `upto_layer = n_layers // 2`
 (15 on SmolLM2's 30 layers), neuron layers `0 … upto_layer - 1` (SmolLM2: 15 × 1536 =
-23,040 neurons). A neuron's count is its largest count over those attention layers.
+23,040 neurons). The sentence leaves open whether a neuron goes through *every* one of
+those attention layers or only those that can read it (the reference notebooks have no
+scan; their Table 7 example moves layer-11/12 neurons through attention 15). `reach`
+chooses: `"above"` (default) — an FFN neuron of layer `l` writes after attention `l` has
+run, so only attention layers `l+1 … upto_layer` can read it (word embeddings: `0 …
+upto_layer`); `"all"` — the sentence read literally, every neuron through every
+attention layer `0 … upto_layer` (the paper profile, `VOTransform.paper()`). A neuron's
+count is its largest count over the attention layers it goes through.
 Table 8 (ablating the neurons found) is
 [`HiddenInterpretable`][arithlens.cna.hidden_interpretable.HiddenInterpretable].
 
@@ -244,8 +250,11 @@ class VOTransform(Analysis):
     Args:
         upto_layer: Last attention layer used (default `n_layers // 2`).
         neuron_layers: FFN layers scanned (default `0 … upto_layer - 1`).
-        attn_layers: Attention layers tried (default `0 … upto_layer`); a neuron of
-            layer `l` only goes through those `> l`.
+        attn_layers: Attention layers tried (default `0 … upto_layer`); with
+            `reach="above"` a neuron of layer `l` only goes through those `> l`.
+        reach: `"above"` (default: only the attention layers that can read the neuron,
+            those above its layer) or `"all"` (every attention layer in `attn_layers`: the
+            paper's sentence read literally).
         k: Top tokens inspected per transformed vector (the paper: 50).
         tagger: The concept tagger (default
             [`NumberConceptTagger`][arithlens.cna.concepts.NumberConceptTagger]).
@@ -269,8 +278,16 @@ class VOTransform(Analysis):
     progress: bool = True
     layer: int | None = None
     top_tokens: int = 10
+    reach: Literal["above", "all"] = "above"
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "VOTransform":
+        """§4.4's setup: neurons of layers 0 … n/2 − 1 through every attention layer 0 … n/2 (on 32
+        layers: 0–15 through 0–16), top 50 tokens, concept tokens counted."""
+        return cls(**{"k": 50, "reach": "all", "distinct": False, **changes})
 
     def __post_init__(self) -> None:
+        validate.choice(self.reach, "reach", ("above", "all"))
         if self.upto_layer is not None:
             object.__setattr__(self, "upto_layer", validate.non_negative_int(self.upto_layer, "upto_layer"))
         if self.neuron_layers is not None:
@@ -305,7 +322,7 @@ class VOTransform(Analysis):
             raise ValueError(f"attention layers {attn_layers} go past upto_layer={upto}")
         if not neuron_layers:
             raise ValueError("no neuron layers to scan: upto_layer=0 leaves none below it")
-        unread = [L for L in neuron_layers if not any(a > L for a in attn_layers)]
+        unread = [L for L in neuron_layers if not any(a > L for a in attn_layers)] if self.reach == "above" else []
         if unread:
             raise ValueError(
                 f"FFN layers {unread} have no attention layer above them among {attn_layers}: "
@@ -376,11 +393,12 @@ class VOTransform(Analysis):
         concept_idx = self._concept_index(model)
         counts = torch.full((len(neuron_layers), model.d_mlp, len(attn_layers)), -1, dtype=torch.long)
         W_out = {L: neuron_vectors(model, L) for L in neuron_layers}
-        steps = [(j, a) for j, a in enumerate(attn_layers) if any(L < a for L in neuron_layers)]
+        reads = (lambda L, a: L < a) if self.reach == "above" else (lambda L, a: True)  # noqa: E731
+        steps = [(j, a) for j, a in enumerate(attn_layers) if any(reads(L, a) for L in neuron_layers)]
         bar = tqdm(total=len(steps) + direct, desc="VO transform scan", unit="layer", disable=not self.progress)
         try:
             for j, a in steps:
-                rows = [i for i, L in enumerate(neuron_layers) if L < a]
+                rows = [i for i, L in enumerate(neuron_layers) if reads(L, a)]
                 vecs = torch.cat([W_out[neuron_layers[i]] for i in rows])  # [(layer neuron), d_model]
                 n = self._count_top(model, vecs @ ov_matrix(model, a).to(vecs.dtype), concept_idx)
                 counts[rows, :, j] = einops.rearrange(n, "(l k) -> l k", l=len(rows))
