@@ -290,7 +290,8 @@ def test_gpt2_top_tokens_follow_the_model_readout_and_scores_match(gpt2):
     labelled = res.df[res.df["top_tokens"] != ""].head(30)
     differs = 0
     for r in labelled.itertuples():
-        v = gpt2.bridge.W_out[r.layer, r.neuron]
+        m = float(res.coef[:, res.layers.index(r.layer), r.neuron].mean())
+        v = gpt2.bridge.W_out[r.layer, r.neuron] * (1.0 if m >= 0 else -1.0)  # the subvalue m · fc2's direction
         model_ids = gpt2.bridge.unembed(gpt2.bridge.ln_final(v[None, None]))[0, 0].topk(5).indices.tolist()
         assert r.top_tokens == "[" + ", ".join(repr(t) for t in gpt2.token_strs(model_ids)) + "]"
         differs += model_ids != (v @ gpt2.bridge.W_U).topk(5).indices.tolist()
@@ -407,3 +408,18 @@ def test_smollm2_in_bfloat16_keeps_the_float32_top_neurons(smollm2):
         full, low = job.run(smollm2, [prompt]), job.run(half, [prompt])
         top = lambda r: set(kernels.flatten(r.importance)[0].topk(20).indices.tolist())  # noqa: E731
         assert len(top(full) & top(low)) >= 18, prompt
+
+
+def test_top_tokens_are_the_subvalues_not_the_unsigned_value_vectors(tiny):
+    """Table 4's token list is that of the subvalue `m_k · fc2_k` (the reference prints
+    `get_bsvalues(coefficient * fc2)`): for a negative coefficient (SwiGLU), the tokens of `−fc2_k`."""
+    res = ComparativeNeuronScores(intervention=ZeroHead(1, 2), top_tokens=5).run(tiny, ["3+5="])
+    frame = res.case_frame(0)
+    labelled = frame[frame["top_tokens"] != ""]
+    negative = 0
+    for r in labelled.itertuples():
+        sub = r.coef * tiny.bridge.W_out[r.layer, r.neuron]
+        ids = tiny.bridge.unembed(tiny.bridge.ln_final(sub[None, None]))[0, 0].topk(5).indices.tolist()
+        assert r.top_tokens == "[" + ", ".join(repr(t) for t in tiny.token_strs(ids)) + "]"
+        negative += r.coef < 0
+    assert negative > 0  # some listed neuron has a negative coefficient: the sign is tested

@@ -323,7 +323,7 @@ class ComparativeNeuronScores(CNAAnalysis):
         tokens = None
         if self.top_tokens:
             pairs = label_pairs(layers, validate.check_finite(tensors["importance_change"], "the importance changes"), max(self.top_k, 50))
-            tokens = labelled_tokens(model, pairs, self.top_tokens)
+            tokens = labelled_tokens(model, pairs, self.top_tokens, layers, sc.coef)
         budget = self.memory_budget
         return ComparativeNeuronScoresResult(
             df=_per_case_df(layers, tensors, tokens),

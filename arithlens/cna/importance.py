@@ -296,7 +296,8 @@ class NeuronImportance(CNAAnalysis):
         budget = self.memory_budget
         attn, mlp = components.layer_scores(model, acts, budget)
         label_k = max(self.top_k, 50)
-        tokens = labelled_tokens(model, label_pairs(sc.layers, sc.importance, label_k), self.top_tokens) if self.top_tokens else None
+        pairs = label_pairs(sc.layers, sc.importance, label_k)
+        tokens = labelled_tokens(model, pairs, self.top_tokens, sc.layers, sc.coef) if self.top_tokens else None
         df = aggregate_importance(sc.layers, sc.importance, sc.coef, self.top_k, tokens)
         return NeuronImportanceResult(
             df=df,
