@@ -89,15 +89,20 @@ def test_gender_bias_against_brute_force(tiny):
     res = ComparativeNeuronScores(top_tokens=0, other_data=theirs, target="answer", mode="exact").run(tiny, mine)
     top = einops.rearrange(res.importance_change.mean(0), "l n -> (l n)").topk(3).indices.tolist()
     assert result.neurons == [(j // 64, j % 64) for j in top]
-    # Table 13: |log p(prof | woman) - log p(prof | man)| averaged, with and without the edit.
+    # Table 13: §6.2's signed log p(prof | gend1) - log p(prof | gend2), gend1 the biased-to gender,
+    # averaged, with and without the edit (and |difference| with absolute=True).
+    signs = torch.tensor([1.0 if g == "woman" else -1.0 for g in profs["biased_to"]])
+    assert set(profs["biased_to"]) == {"woman", "man"}
     for name, ivs in (("original", ()), ("edited", (zero_neurons(tiny, result.neurons),))):
         w = profession_logprobs(tiny, [fill(p, "woman") for p in SMALL.prompts], list(profs["profession"]), ivs)
         m = profession_logprobs(tiny, [fill(p, "man") for p in SMALL.prompts], list(profs["profession"]), ivs)
-        gap = (w - m).abs()
+        signed = (w - m) * signs[None]
+        assert bool((signed < 0).any())  # some sign is negative: signed and absolute differ here
         row = result.table13().loc[name]
-        assert row["total bias"] == pytest.approx(float(gap.mean()), abs=1e-5)
-        assert row["woman bias"] == pytest.approx(float(gap[:, :2].mean()), abs=1e-5)
-        assert row["man bias"] == pytest.approx(float(gap[:, 2:].mean()), abs=1e-5)
+        assert row["total bias"] == pytest.approx(float(signed.mean()), abs=1e-5)
+        assert row["woman bias"] == pytest.approx(float(signed[:, :2].mean()), abs=1e-5)
+        assert row["man bias"] == pytest.approx(float(signed[:, 2:].mean()), abs=1e-5)
+        assert result.table13(absolute=True).loc[name, "total bias"] == pytest.approx(float((w - m).abs().mean()), abs=1e-5)
     assert len(result.df) == 2 * 2 * 4  # models x prompts x professions
     assert set(result.table13().columns) >= {"perplexity", "arithmetic_accuracy"}
     # Table 12: two rows per neuron, the biased gender's side first.

@@ -122,7 +122,8 @@ COLUMNS: dict[str, str] = {
     "biased_to": "the gender a profession is biased to",
     "logp_woman": "log p(profession) after the woman prompt, in nats",
     "logp_man": "log p(profession) after the man prompt, in nats",
-    "bias": "|logp_woman - logp_man|",
+    "bias": "log p(profession) after the biased-to gender's prompt minus after the other's (§6.2), in nats",
+    "abs_bias": "|logp_woman - logp_man|, in nats",
     "prob": "next-token probability",
     "one_sided": "whether the token is in one gender's top list only",
 }

@@ -11,8 +11,11 @@ gender, and the tokens that appear for one gender only.
 teacher-forced: the sum of the log-probs of all its tokens as the tokenizer encodes
 `prompt + " " + profession` ([`profession_logprobs`][arithlens.cna.bias.profession_logprobs]),
 so "dental assistant" is two words, and a bare space token, where a tokenizer emits one,
-is part of the string. The bias of a (prompt, profession) is
-`|log p(prof | woman) − log p(prof | man)|`; Table 13 averages it over prompts and
+is part of the string. The bias of a (prompt, profession) is, as §6.2 writes it, the signed
+`log p(prof | gend1) − log p(prof | gend2)` with `gend1` the gender the profession is biased
+towards (Table 23): positive while the bias persists, negative where an edit overshoots.
+`abs_bias` is `|log p(prof | woman) − log p(prof | man)|`, which counts an overshoot as
+bias too (`table13(absolute=True)`). Table 13 averages the bias over prompts and
 professions: all (total), the woman-biased ones, the man-biased ones.
 
 [`gender_bias`][arithlens.cna.bias.gender_bias] runs CNA between the two genders' versions
@@ -279,7 +282,8 @@ class GenderBiasResult(Result):
 
     Attributes:
         df: One row per (model, prompt, profession): `model` (`original`/`edited`),
-            `prompt, profession, biased_to, logp_woman, logp_man, bias` (`|difference|`).
+            `prompt, profession, biased_to, logp_woman, logp_man, bias` (signed: log p of the
+            biased-to gender minus the other's), `abs_bias` (`|logp_woman − logp_man|`).
         neurons: The edited `(layer, neuron)` pairs, most important first.
         neuron_scores: Per edited neuron: `layer, neuron, importance_change` (mean over professions).
         cases: CNA's cases: `case, prompt, profession, biased_to`.
@@ -297,12 +301,16 @@ class GenderBiasResult(Result):
         """Table 13 (see [`table13`][arithlens.cna.bias.GenderBiasResult.table13])."""
         return self.table13()
 
-    def table13(self) -> pd.DataFrame:
-        """Table 13: mean bias, total / woman-biased / man-biased professions, plus the collateral columns."""
+    def table13(self, absolute: bool = False) -> pd.DataFrame:
+        """Table 13: mean bias, total / woman-biased / man-biased professions, plus the collateral columns.
+
+        `absolute=True` averages `abs_bias` instead of the paper's signed `bias`.
+        """
+        col = "abs_bias" if validate.boolean(absolute, "absolute") else "bias"
         rows = {}
         for name, part in self.df.groupby("model", sort=False):
-            rows[name] = {"total bias": part["bias"].mean(), "woman bias": part.loc[part["biased_to"] == "woman", "bias"].mean(),
-                          "man bias": part.loc[part["biased_to"] == "man", "bias"].mean()}  # fmt: skip
+            rows[name] = {"total bias": part[col].mean(), "woman bias": part.loc[part["biased_to"] == "woman", col].mean(),
+                          "man bias": part.loc[part["biased_to"] == "man", col].mean()}  # fmt: skip
         out = pd.DataFrame(rows).T
         if not self.collateral.empty:
             out = out.join(self.collateral.set_index("model"))
@@ -330,7 +338,7 @@ class GenderBiasResult(Result):
         long = long.melt(id_vars="model", var_name="professions", value_name="bias")
         fig = px.bar(long, x="professions", y="bias", color="model", barmode="group",
                      title=f"Gender bias before and after zeroing {len(self.neurons)} neurons (Table 13)", **kwargs)  # fmt: skip
-        fig.update_layout(xaxis_title="professions", yaxis_title="mean |log p(prof | woman) − log p(prof | man)|")
+        fig.update_layout(xaxis_title="professions", yaxis_title="mean log p(prof | biased gender) − log p(prof | other)")
         return fig
 
 
@@ -414,8 +422,9 @@ def gender_bias(model: Any, settings: GenderBiasSettings | None = None) -> Gende
         for i, prompt in enumerate(data.prompts):
             for j, prof in enumerate(profs.itertuples()):
                 woman, man = float(lp["woman"][i, j]), float(lp["man"][i, j])
+                signed = woman - man if prof.biased_to == "woman" else man - woman
                 rows.append({"model": name, "prompt": prompt, "profession": prof.profession, "biased_to": prof.biased_to,
-                             "logp_woman": woman, "logp_man": man, "bias": abs(woman - man)})  # fmt: skip
+                             "logp_woman": woman, "logp_man": man, "bias": signed, "abs_bias": abs(woman - man)})  # fmt: skip
         if settings.collateral:
             costs.append({"model": name, **_collateral(model, ivs, settings.n_arithmetic, settings.seed, settings.ppl_tokens)})
     return GenderBiasResult(df=pd.DataFrame(rows), neurons=neurons, neuron_scores=scores, cases=cases,
