@@ -146,10 +146,13 @@ def test_coefficient_increase_against_brute_force(tiny):
         table10 = result.table10()
         assert list(table10.columns) == ["top5", "top2"]
         assert table10.loc["high", "top2"] == pytest.approx(result.df[result.df["k"] == 2]["coef_increase"].mean())
-    # Table 9 (ranked on the original): the case's top neurons, their coefficient in each model.
+    # Table 9 (ranked by the default, CNA between the original and the LoRA model): the case's top
+    # neurons, their coefficient in each model.
     result = LoRACoefficients(ks=(5,), mode="exact", case_k=3).run(tiny, cases, loras={2: other})
+    assert result.rank_on == "change"
     case = data.prompts(tiny.tokenizer, ["3+5="], ["8"])
-    imp = flat(scorer.run(tiny, case).importance[0])
+    base = scorer.run(tiny, case)
+    imp = flat(scorer.run(other, case, w=base.w).importance[0] - base.importance[0])
     top = imp.topk(3).indices.tolist()
     table9 = result.table9()
     assert list(table9.index) == [f"{j // 64}_{j % 64}" for j in top]

@@ -80,13 +80,13 @@ def test_correct_only_filters_through_the_cache(tiny):
     cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(5)
     # The random tiny model answers none correctly.
     with pytest.raises(ValueError, match="answers none"):
-        MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, cases)
-    res = MaskKeep(intervention=(1, 2), k=(5,), correct_only=False).run(tiny, cases)
+        MaskKeep(intervention=(1, 2), k=(5,), correct_only=True).run(tiny, cases)
+    res = MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, cases)  # the default: every case, as the paper
     assert res.baseline_accuracy == 0.0 and res.n_cases == 5
     # Make two cases correct (target = the model's prediction): only those are evaluated.
     pred = tiny.cache(cases).predictions.tolist()
     fixed = [dataclasses.replace(c, target_id=pred[i]) if i in (1, 3) else c for i, c in enumerate(cases)]
-    res = MaskKeep(intervention=(1, 2), k=(5,)).run(tiny, ArithmeticDataset(fixed))
+    res = MaskKeep(intervention=(1, 2), k=(5,), correct_only=True).run(tiny, ArithmeticDataset(fixed))
     assert res.rows == [1, 3] and res.n_cases == 2 and res.baseline_accuracy == 1.0
     assert res.cna.n_cases == 5  # CNA covers the data; the evaluated rows are picked from it
 
@@ -134,7 +134,7 @@ def test_smollm2_mask_keep_runs_on_correct_cases(smollm2):
     from arithlens import data
 
     cases = data.arithmetic(smollm2.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(4, seed=1)
-    res = MaskKeep(intervention=(3, 0), k=(50,), mode="fast").run(smollm2, cases)
+    res = MaskKeep(intervention=(3, 0), k=(50,), mode="fast", correct_only=True).run(smollm2, cases)
     t = res.table()
     assert res.baseline_accuracy == 1.0 and 1 <= res.n_cases <= 4
     assert 0 <= t.loc["mask", "top50"] <= 100 and 0 <= t.loc["keep", "top50"] <= 100

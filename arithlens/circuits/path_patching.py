@@ -259,6 +259,13 @@ class PathPatching(Analysis):
     rescore: int = 20
     progress: bool = True
 
+    @classmethod
+    def paper(cls, **changes: Any) -> "PathPatching":
+        """Algorithm 1 as written: every head and MLP, its END output replaced by the counterfactual's,
+        every other node frozen at the reference, exact; the data are
+        [`data.zhang`][arithlens.data.zhang]'s pairs."""
+        return cls(**{"method": "path", "position": "last", "nodes": None, "estimate": "exact", **changes})
+
     def __post_init__(self) -> None:
         validate.choice(self.method, "method", METHODS)
         object.__setattr__(self, "position", names.check_position(self.position))

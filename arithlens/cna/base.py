@@ -32,6 +32,18 @@ TARGETS: tuple[str, ...] = ("prediction", "answer")
 MODES: tuple[str, ...] = ("exact", "fast")
 SCALES: tuple[str, ...] = ("original", "own")
 PROJECTION_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+PAPER_N_LAYERS = 32
+"""The depth of Llama-7B, the model the CNA paper's layer numbers refer to."""
+
+
+def paper_layer(layer: int, n_layers: int) -> int:
+    """The paper's layer `layer` (of 32) scaled to a model of `n_layers`: `round(layer · n_layers / 32)`."""
+    return round(layer * validate.positive_int(n_layers, "n_layers") / PAPER_N_LAYERS)
+
+
+def deep_layers(n_layers: int) -> list[int]:
+    """The paper's deep layers (17–31 of 32: Table 5's "keep", Table 11's pruning) scaled to `n_layers`."""
+    return list(range(paper_layer(17, n_layers), validate.positive_int(n_layers, "n_layers")))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +114,13 @@ class CNAAnalysis(Analysis):
                 "are read through the bounded series (tolerance=0 asks for the direct float32 log-sum-exp)"
             )
         object.__setattr__(self, "projection_bytes", validate.positive_number(self.projection_bytes, "projection_bytes"))
+
+    @classmethod
+    def paper(cls, **changes: Any) -> Any:
+        """The paper's setup (§4.1 as the reference code computes it): exact scores of the model's
+        own prediction, the other side read with the original run's final-norm scale; `changes`
+        override fields (an analysis that compares needs its `intervention`, e.g. `ZeroHead(17, 22)`)."""
+        return cls(**{"target": "prediction", "mode": "exact", "scale": "original", **changes})
 
     def pass_batch(self, model: Any) -> int:
         """Cases per forward pass: `batch_size`, else the model's, capped so a batch's

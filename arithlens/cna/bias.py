@@ -350,7 +350,7 @@ class GenderBiasSettings:
         n_neurons: Neurons edited (the paper: 18).
         data: Prompts and professions (default Tables 22 and 23).
         cna_prompts: Indices of the prompts CNA runs on (default the first, as Appendix D).
-        mode: CNA mode, `"fast"` (default) or `"exact"`.
+        mode: CNA mode, `"exact"` (default, the paper) or `"fast"`.
         top_tokens: Top vocabulary tokens per neuron in Table 12.
         collateral: Measure perplexity and arithmetic accuracy before and after.
         ppl_tokens: Tokens of the general text scored for perplexity.
@@ -362,13 +362,20 @@ class GenderBiasSettings:
     n_neurons: int = 18
     data: BiasData | None = None
     cna_prompts: Sequence[int] = (0,)
-    mode: str = "fast"
+    mode: str = "exact"
     top_tokens: int = 10
     collateral: bool = True
     ppl_tokens: int = 1024
     n_arithmetic: int = 200
     seed: int = 0
     progress: bool = False
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "GenderBiasSettings":
+        """§6.2 / Appendix D's setup: Tables 22–23's prompts and professions, exact CNA on the first
+        prompt, the top 18 neurons zeroed, the signed bias over all eight prompts."""
+        base = {"n_neurons": 18, "data": paper_bias_data(), "cna_prompts": (0,), "mode": "exact"}
+        return cls(**{**base, **changes})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_neurons", validate.positive_int(self.n_neurons, "n_neurons"))

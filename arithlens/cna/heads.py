@@ -256,6 +256,14 @@ class HeadAblation(Analysis):
     rescore: int = 20
     progress: bool = True
 
+    @classmethod
+    def paper(cls, **changes: Any) -> "HeadAblation":
+        """§3's setup: every head zeroed (the reference code zeroes its `o_proj` columns, i.e. its
+        output at every position), one at a time, exactly; accuracy per op. Table 2 and
+        Tables 24–27 group by op and digits: `HeadAblation.paper(group_by=("op", "digits"))`;
+        the data are [`data.paper`][arithlens.data.paper]'s."""
+        return cls(**{"method": "zero", "position": "all", "estimate": "exact", "group_by": ("op",), **changes})
+
     def __post_init__(self) -> None:
         validate.choice(self.method, "method", ("zero", "mean"))
         object.__setattr__(self, "position", names.check_position(self.position))

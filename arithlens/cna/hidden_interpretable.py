@@ -122,6 +122,16 @@ class HiddenInterpretable(Analysis):
     batch_size: int | None = None
     progress: bool = True
 
+    @classmethod
+    def paper(cls, **changes: Any) -> "HiddenInterpretable":
+        """Table 8's setup: M = 0…3 with "more than M" (the rule that reproduces the paper's neuron
+        counts: "M or more" would put every neuron in the M = 0 set), the scan of
+        [`VOTransform.paper`][arithlens.cna.vo_transform.VOTransform.paper], all positions,
+        every case counted, a random control."""
+        base = {"ms": (0, 1, 2, 3), "rule": "gt", "transform": VOTransform.paper(), "position": "all",
+                "correct_only": False, "random_control": True}  # fmt: skip
+        return cls(**{**base, **changes})
+
     def __post_init__(self) -> None:
         validate.choice(self.rule, "rule", RULES)
         object.__setattr__(self, "position", names.check_position(self.position))

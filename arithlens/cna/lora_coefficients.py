@@ -15,13 +15,13 @@ with their coefficient in each model; Table 10 averages the increase over cases 
 over the LoRA models of each layer range (the paper's 1–9, 10–16, 17–30 of 32 layers,
 scaled to the model's depth by [`layer_groups`][arithlens.cna.lora.layer_groups]).
 
-**Which model ranks "the most important neurons"?** The paper does not say. The default,
-`rank_on="original"`, ranks by the §4.1 importance in the *original* model — the
-neurons the original prediction rests on (Table 9's neurons are §4's) — so the
-coefficient change is measured on a set LoRA did not choose. `rank_on="lora"` ranks by
-importance in each LoRA model, `rank_on="change"` by CNA's importance change from the
-original to the LoRA model; both select neurons *because* LoRA made them matter, which
-biases the measured increase upwards.
+**Which model ranks "the most important neurons"?** §5: "We apply our CNA method on the
+original model and five LoRA models analyzing the case 3+5=" — CNA between the original
+and each fine-tuned model, so the default, `rank_on="change"`, ranks by CNA's importance
+change from the original to the LoRA model. It selects neurons *because* LoRA made them
+matter, which biases the measured increase upwards; `rank_on="original"` ranks by the
+§4.1 importance in the original model (a set LoRA did not choose) and `rank_on="lora"`
+by importance in each LoRA model.
 
 Example:
     ```python
@@ -80,7 +80,7 @@ class LoRACoefficientsResult(Result):
 
     neurons: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     ks: list[int] = field(default_factory=list)
-    rank_on: str = "original"
+    rank_on: str = "change"
 
     def table9(self) -> pd.DataFrame:
         """Table 9's layout: one row per neuron, one coefficient column per model."""
@@ -120,29 +120,37 @@ class LoRACoefficients(Analysis):
     """Do LoRA models raise the coefficient scores of the important neurons? (Tables 9, 10)
 
     Args:
-        rank_on: `"original"` (default: §4.1 importance in the original model), `"lora"`
-            (importance in each LoRA model) or `"change"` (CNA: LoRA minus original).
+        rank_on: `"change"` (default, the paper: CNA, LoRA minus original), `"original"`
+            (§4.1 importance in the original model) or `"lora"` (importance in each LoRA model).
         ks: Top-K sizes of Table 10 (the paper's 50, 30, 20, 10).
         target: Scored token: `"answer"` (the correct one, default: LoRA is trained to
             raise it) or `"prediction"` (the original model's top token).
         case: Table 9's prompt; case_answer: its answer (needed with `target="answer"`).
         case_k: Neurons in Table 9.
         groups: LoRA-layer ranges `{label: layers}` (default [`layer_groups`][arithlens.cna.lora.layer_groups]).
-        mode: CNA mode, `"fast"` (default) or `"exact"`.
+        mode: CNA mode, `"exact"` (default, the paper) or `"fast"` (first order, the top
+            candidates re-scored exactly).
         batch_size: Cases per forward pass.
         progress: Progress bars.
     """
 
-    rank_on: str = "original"
+    rank_on: str = "change"
     ks: Sequence[int] = (50, 30, 20, 10)
     target: str = "answer"
     case: str = "3+5="
     case_answer: str | None = "8"
     case_k: int = 3
     groups: Mapping[str, Sequence[int]] | None = None
-    mode: str = "fast"
+    mode: str = "exact"
     batch_size: int | None = None
     progress: bool = False
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "LoRACoefficients":
+        """Tables 9–10's setup: CNA between the original and each LoRA model (`rank_on="change"`),
+        exact, top 50/30/20/10, Table 9 on "3+5=" → 8, the paper's layer ranges (scaled)."""
+        base = {"rank_on": "change", "ks": (50, 30, 20, 10), "case": "3+5=", "case_answer": "8", "mode": "exact", "groups": None}
+        return cls(**{**base, **changes})
 
     def __post_init__(self) -> None:
         validate.choice(self.rank_on, "rank_on", RANK_ON)

@@ -8,14 +8,16 @@ model and the model under an intervention — the paper's: the arithmetic head z
 * **mask** — zeroed in the original model (their coefficient scores `m_k` set to 0 at
   every position, [`CaseNeurons`][arithlens.core.interventions.CaseNeurons]), and
 * **keep** — kept while every *other* neuron of a deep layer range is zeroed (default the
-  upper half of the layers; the paper used layers 17–31 of Llama-7B's 32).
+  paper's layers 17–31 of Llama-7B's 32, scaled to the model's depth:
+  [`deep_layers`][arithlens.cna.base.deep_layers]; 16–29 on SmolLM2's 30).
 
 Measures, in % like the paper, for each K:
 
 * `mask` / `keep`: accuracy decrease relative to the original accuracy on the same
-  cases, `100 · (acc_ori − acc_int) / acc_ori`. By default only the cases the original
-  model answers correctly are used (`correct_only=True`,
-  [`correct_under`][arithlens.data.ArithmeticDataset.correct_under]), so `acc_ori = 1`.
+  cases, `100 · (acc_ori − acc_int) / acc_ori`. By default every case is used, as the
+  paper does ("all 1D+ and 1D− cases"); `correct_only=True` keeps only the cases the
+  original model answers correctly
+  ([`correct_under`][arithlens.data.ArithmeticDataset.correct_under]), so `acc_ori = 1`.
   Prompts without an answer count the original prediction as correct.
 * `coef`: relative decrease of the top-K neurons' coefficient scores under the
   intervention, per case `100 · Σ_k s_k (m_k − m'_k) / Σ_k |m_k|` with `s_k = sign(m_k)`
@@ -54,7 +56,7 @@ from tqdm.auto import tqdm
 
 from arithlens.core import validate
 from arithlens.core.cache import DatasetCache
-from arithlens.cna.base import CNAAnalysis, cna_options
+from arithlens.cna.base import CNAAnalysis, cna_options, deep_layers
 from arithlens.analysis.results import Result
 from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna, required_intervention
 from arithlens.data import ArithmeticDataset
@@ -142,9 +144,10 @@ class MaskKeep(CNAAnalysis):
         intervention: What CNA compares the model against — the paper's
             `ZeroHead(layer, head)`, the arithmetic head zeroed (or the head, `"17.2"`).
         k: The K values (columns of Table 5), an integer or a sequence.
-        keep_layers: Layers where "keep" zeroes every non-top neuron (default the upper
-            half: `n_layers // 2 … n_layers − 1`).
-        correct_only: Evaluate on the cases the original model answers correctly.
+        keep_layers: Layers where "keep" zeroes every non-top neuron (default the paper's
+            17–31 of 32, scaled: [`deep_layers`][arithlens.cna.base.deep_layers]).
+        correct_only: Evaluate only on the cases the original model answers correctly
+            (default `False`: every case, as the paper).
         target, mode, rescore, batch_size, progress, …: how CNA scores neurons (the shared
             options of [`CNAAnalysis`][arithlens.cna.base.CNAAnalysis]); `batch_size` and
             `progress` also apply to the mask / keep passes.
@@ -153,7 +156,14 @@ class MaskKeep(CNAAnalysis):
     intervention: Any = None
     k: int | Sequence[int] = TABLE_K
     keep_layers: Sequence[int] | None = None
-    correct_only: bool = True
+    correct_only: bool = False
+
+    @classmethod
+    def paper(cls, n_layers: int, **changes: Any) -> "MaskKeep":
+        """Table 5's setup on a model of `n_layers`: exact CNA, K = 99, 50, 30, 20, 10, keep acting on
+        the paper's layers 17–31 of 32 (scaled), every case counted; give `intervention=`."""
+        base = {"k": TABLE_K, "keep_layers": tuple(deep_layers(n_layers)), "correct_only": False}
+        return super().paper(**{**base, **changes})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -187,7 +197,7 @@ class MaskKeep(CNAAnalysis):
 
         model, ds = self.start(model, data)
         keep_layers = (
-            list(range(model.n_layers // 2, model.n_layers))
+            deep_layers(model.n_layers)
             if self.keep_layers is None
             else [model.check_layer(L, "keep_layers item") for L in self.keep_layers]
         )

@@ -26,7 +26,7 @@ unpruned model.
 Example:
     ```python
     import arithlens
-    from arithlens.cna.lora import ANSWER_SCORING, LoRASettings
+    from arithlens.cna.lora import LoRASettings
     from arithlens.cna.pruning import PruningSettings, cna_pruning
     from arithlens.analysis.tuning import load_saved
 
@@ -57,6 +57,7 @@ from arithlens.analysis.evaluation import evaluate
 from arithlens.core.loading import load_model
 from arithlens.analysis.tuning import SIZES_KEY, check_gated, ffn_sizes, hf_copy, layer_widths, lens_from_hf, n_parameters, save_model, set_ffn_width
 from arithlens.cna.frames import top_mask
+from arithlens.cna.base import deep_layers, paper_layer
 from arithlens.cna.lora import ANSWER_SCORING, LoRASettings
 
 PAPER_TOP_FRACTION = 500 / (32 * 11008)  # top 500 of Llama-2-7B's 32 × 11,008 FFN neurons
@@ -152,7 +153,9 @@ class PruningSettings:
         deep_layers: Layers pruned (default the paper's 17–31 of 32, scaled).
         n_cases: 1-digit cases CNA runs on, sampled (None: all).
         target: CNA's scored token: `"prediction"` (the paper; of the LoRA model) or `"answer"`.
-        mode: CNA mode, `"fast"` (default) or `"exact"`.
+        mode: CNA mode, `"exact"` (default, the paper) or `"fast"` (first order with the top
+            `rescore` re-scored exactly: with a top-K above that, part of each kept set is
+            chosen by first-order scores).
         random_control: Also prune at random (same count per layer) and fine-tune that.
         lora: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] that train every LoRA
             model and whose split gives the data (default CPU-sized, seeded by `seed`).
@@ -169,7 +172,7 @@ class PruningSettings:
     deep_layers: Sequence[int] | None = None
     n_cases: int | None = 64
     target: str = "prediction"
-    mode: str = "fast"
+    mode: str = "exact"
     random_control: bool = True
     lora: LoRASettings | None = None
     out_dir: str | pathlib.Path | None = None
@@ -177,6 +180,18 @@ class PruningSettings:
     seed: int = 0
     timing_repeats: int = 5
     progress: bool = True
+
+    @classmethod
+    def paper(cls, n_layers: int, **changes: Any) -> "PruningSettings":
+        """§6.1's setup on a model of `n_layers`: CNA (exact) between the LoRA model of layer 9 of 32
+        (scaled) and the original on every 1-digit `+ − × ÷` case, each case's top 500 of 352,256
+        neurons (the same fraction of the model's), layers 17–31 of 32 (scaled) pruned, LoRA as
+        [`LoRASettings.paper`][arithlens.cna.lora.LoRASettings.paper], a random control."""
+        layer = paper_layer(9, n_layers)
+        base = {"lora_layer": layer, "top_k": None, "deep_layers": tuple(deep_layers(n_layers)), "n_cases": None,
+                "target": "prediction", "mode": "exact", "random_control": True,
+                "lora": LoRASettings.paper(n_layers, layers=(layer,))}  # fmt: skip
+        return cls(**{**base, **changes})
 
     def __post_init__(self) -> None:
         if self.lora_layer is not None:
@@ -202,9 +217,9 @@ class PruningSettings:
     def resolve(self, model: Any) -> tuple[int, list[int], int]:
         """`(lora_layer, deep_layers, top_k)` for `model`, validated against its shape (gated MLPs included)."""
         n, total = model.n_layers, model.n_layers * model.d_mlp
-        layer = round(9 * n / 32) if self.lora_layer is None else self.lora_layer
+        layer = paper_layer(9, n) if self.lora_layer is None else self.lora_layer
         validate.integer(layer, "lora_layer", low=0, high=n - 1)
-        deep = list(range(round(17 * n / 32), n)) if self.deep_layers is None else list(self.deep_layers)
+        deep = deep_layers(n) if self.deep_layers is None else list(self.deep_layers)
         for L in deep:
             validate.integer(L, "deep_layers item", low=0, high=n - 1)
         top_k = max(1, round(PAPER_TOP_FRACTION * total)) if self.top_k is None else self.top_k

@@ -30,10 +30,12 @@ from arithlens.data.arithmetic import (
     DIGITS,
     FORMS,
     OPS,
+    PAPER_TABLES,
     TEMPLATES,
     arithmetic,
     lora_split,
     number_to_words,
+    paper,
     zhang,
 )
 from arithlens.core.dataset import ArithmeticDataset, Case, as_dataset, prompts
@@ -47,6 +49,8 @@ __all__ = [
     "as_dataset",
     "arithmetic",
     "lora_split",
+    "paper",
+    "PAPER_TABLES",
     "zhang",
     "prompts",
     "number_to_words",

@@ -267,6 +267,38 @@ def lora_split(
     return ArithmeticDataset(cases[:n_train], name="lora-train"), ArithmeticDataset(cases[n_train:], name="lora-test")
 
 
+PAPER_TABLES: dict[str, str] = {
+    "1": "2-digit + − × ÷, templates 1–4, numerals and number words, 50 problems per op: 1,600 sentences (§3.2)",
+    "2": "1-, 2- and 3-digit + − × ÷, the last template (n1+n2=), numerals (Appendix E)",
+    "3": "Table 1's sentences, one case per answer token (memorize / change-one, §3.4)",
+    "5": "every 1-digit + and − problem, the last template, numerals (§4.2: all 1D+ and 1D− cases)",
+    "8": "every 1-digit + and − problem, the last template, numerals (§4.4)",
+    "11": "every 1-digit + − × ÷ problem, the last template, numerals (§6.1's CNA cases)",
+}
+"""The arithmetic data of each CNA table, as [`paper`][arithlens.data.paper] builds it (Tables 24–27
+are Table 2's data; Table 6 and Table 10 use Table 5's; Figure 2 and Table 11's LoRA data are
+[`lora_split`][arithlens.data.lora_split]'s)."""
+_PAPER_ALIASES = {"24": "2", "25": "2", "26": "2", "27": "2", "24-27": "2", "6": "5", "10": "5"}
+
+
+def paper(tokenizer: Any, table: int | str) -> ArithmeticDataset:
+    """The arithmetic cases the CNA paper's `table` was computed on ([`PAPER_TABLES`][arithlens.data.PAPER_TABLES]).
+
+    Where the paper leaves the data open, the choice is documented in docs/reproducing.md
+    (for example Table 1's 1,600 sentences: both operand forms at 50 problems per op here;
+    numerals only at 100 per op is the other reading, `arithmetic(tok, digits=2, forms="numeral")`).
+    """
+    key = _PAPER_ALIASES.get(str(table).strip(), str(table).strip())
+    if key not in PAPER_TABLES:
+        raise ValueError(f"table={table!r} has no arithmetic data of its own; choose from {sorted(PAPER_TABLES, key=int) + ['6', '10', '24-27']}")
+    if key in ("1", "3"):
+        return arithmetic(tokenizer, ops="+-*/", digits=2, templates=(1, 2, 3, 4), forms=("numeral", "word"), n_per_op=50, per_digit=key == "3")
+    if key == "2":
+        return arithmetic(tokenizer, ops="+-*/", digits=(1, 2, 3), templates=(4,), forms=("numeral",))
+    ops = "+-*/" if key == "11" else "+-"
+    return arithmetic(tokenizer, ops=ops, digits=1, templates=(4,), forms=("numeral",))
+
+
 def zhang(
     tokenizer: Any, n_per_op: int = 50, ops: str | Sequence[str] = "+", digits: int = 2, seed: int = 0
 ) -> ArithmeticDataset:
