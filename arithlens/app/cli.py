@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -66,21 +67,33 @@ _FORMS = ("numeral", "word")
 
 
 # ----------------------------------------------------------------------------- shared flags
+def default_text(settings: Any, name: str) -> str:
+    """A settings dataclass's default for field `name`, written as its flag takes it (`1e-3,5e-4`, `8`)."""
+    value = next(f.default for f in dataclasses.fields(settings) if f.name == name)
+    if isinstance(value, (tuple, list)):
+        return ",".join(default_text_item(v) for v in value)
+    return default_text_item(value)
+
+
+def default_text_item(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """`--model`, `--device`, `--dtype`, `--device-map`, `--n-devices`."""
     parser.add_argument(
         "--model",
         default=None,
-        help="model: omitted for the embedded SmolLM2-135M-Instruct, a .gguf file, a local "
-        "Hugging Face directory, or a hub name",
+        help="model: a .gguf file, a local Hugging Face directory, or a hub name "
+        "(default: the embedded SmolLM2-135M-Instruct)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default="float32", help="weight dtype: float32 (default), bfloat16, float16 or float64")
+    parser.add_argument("--dtype", default="float32", help="weight dtype: float32, bfloat16, float16 or float64 (default float32)")
     parser.add_argument(
         "--device-map", default=None, metavar="STRATEGY",
-        help="split the model over GPUs with Accelerate: auto, balanced, balanced_low_0 or sequential",
+        help="split the model over GPUs with Accelerate: auto, balanced, balanced_low_0 or sequential (default: not split)",
     )  # fmt: skip
-    parser.add_argument("--n-devices", default=None, help="split the model evenly over GPUs 0..N-1")
+    parser.add_argument("--n-devices", default=None, help="split the model evenly over GPUs 0..N-1 (default: not split)")
 
 
 def add_dataset_args(
@@ -300,10 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = subparsers.add_parser("run", help=RUN_HELP, description=RUN_HELP)
     add_model_args(run)
-    run.add_argument(
+    size = run.add_mutually_exclusive_group()
+    size.add_argument(
         "--quick",
         action="store_true",
         help=QUICK_HELP,
+    )
+    size.add_argument(
+        "--paper", action="store_true",
+        help="the full run (the default without --quick: every case, exact CNA); each table's own paper setup is "
+        "its command's --paper (docs/reproducing.md)",
     )
     run.add_argument("--out", default="results/run", help="output directory for report.html and the CSVs (default results/run)")
     run.set_defaults(func=_cmd_run, out_kind="dir")
@@ -312,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ev)
     add_dataset_args(ev)
     ev.add_argument("--no-full-answer", action="store_true", help="skip greedy whole-answer decoding (faster)")
+    add_paper_arg(ev)
     ev.add_argument("--out", required=True, help="CSV file to write")
     ev.set_defaults(func=_cmd_eval, out_kind="file")
 
@@ -327,12 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablate every head exactly, or estimate all by attribution and ablate the top --rescore exactly (default exact)",
     )
     heads.add_argument("--rescore", default="20", help="heads ablated exactly after an attribution estimate (default 20)")
+    add_paper_arg(heads)
     heads.add_argument("--out", required=True, help="CSV file to write")
     heads.set_defaults(func=_cmd_heads, out_kind="file", check=_check_heads)
 
     _register_cna(subparsers)
     _register_circuits(subparsers)
     _register_paper(subparsers)
+    for name, sub in subparsers.choices.items():
+        if name in PAPER_FLAGS:
+            _paper_help(sub, name)
     return parser
 
 
@@ -349,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = f"arithlens {args.command}"
     try:
+        apply_paper(parser, args, argv)
         precheck(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -388,23 +413,24 @@ def _register_cna(subparsers: Any) -> None:
     add_model_args(sub)
     sub.add_argument("--prompt", required=True, help='the prompt, e.g. "3+5="')
     side = sub.add_mutually_exclusive_group()
-    side.add_argument("--ablate-head", default=None, metavar="L.H", help="compare with this head zeroed, e.g. 17.2 (layer 17, head 2)")
-    side.add_argument("--other-prompt", default=None, metavar="P", help='compare with the same model on another input, e.g. "A man works as a"')
+    side.add_argument("--ablate-head", default=None, metavar="L.H", help="compare with this head zeroed, e.g. 17.2 (layer 17, head 2) (default: no comparison)")
+    side.add_argument("--other-prompt", default=None, metavar="P", help='compare with the same model on another input, e.g. "A man works as a" (default: no comparison)')
     sub.add_argument(
         "--target",
         default=None,
         metavar="TOKEN",
-        help="score this token (the first token of the string as the tokenizer encodes it) instead of the model's top prediction",
+        help="score this token (the first token of the string as the tokenizer encodes it) (default: the model's top prediction, as the paper)",
     )
     sub.add_argument(
         "--scale",
         default="original",
         choices=["original", "own"],
-        help="final-norm scale the other side is read with: the original run's, as the paper's code (default), or its own",
+        help="final-norm scale the other side is read with: the original run's, as the paper's code, or its own (default original)",
     )
-    sub.add_argument("--mode", default="exact", choices=["exact", "fast"], help="exact scores (default) or first order with the top --rescore re-scored exactly")
+    sub.add_argument("--mode", default="exact", choices=["exact", "fast"], help="exact scores (the paper) or first order with the top --rescore re-scored exactly (default exact)")
     sub.add_argument("--rescore", default="200", help="neurons re-scored exactly in fast mode (default 200)")
     sub.add_argument("--memory-budget", default="1e9", help="bytes the exact computation may use (default 1e9)")
+    add_paper_arg(sub)
     sub.add_argument("--out", required=True, help="CSV file to write")
     sub.set_defaults(func=_cmd_cna, out_kind="file", check=_check)
 
@@ -518,16 +544,18 @@ def _float(text: str, flag: str) -> float:
 
 
 def _add_lora_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--lrs", default="1e-3,5e-4,1e-4", help="candidate learning rates (the paper's three)")
-    sub.add_argument("--rank", default="8", help="LoRA rank (default 8)")
-    sub.add_argument("--alpha", default="16", help="LoRA alpha (default 16)")
-    sub.add_argument("--epochs", default="4", help="at most this many passes over the training data")
-    sub.add_argument("--steps", default="150", help="at most this many optimiser steps per model (GPU: 9000)")
-    sub.add_argument("--batch-size", default="8", help="training cases per optimiser step (default 8)")
-    sub.add_argument("--n-train", default="1000", help="training cases of the 2-digit split (GPU: 18000)")
-    sub.add_argument("--n-val", default="100", help="held-out training cases that choose the learning rate")
-    sub.add_argument("--n-test", default="200", help="test cases (GPU: 2000)")
-    sub.add_argument("--lora-seed", default="0", help="seed of the split, batches and adapters")
+    """The [`LoRASettings`][arithlens.cna.lora.LoRASettings] flags, their defaults the dataclass's (CPU-sized)."""
+    d = lambda name: default_text(LoRASettings, name)  # noqa: E731
+    sub.add_argument("--lrs", default=d("lrs"), help=f"candidate learning rates, the one with the lowest held-out loss kept (default {d('lrs')})")
+    sub.add_argument("--rank", default=d("rank"), help=f"LoRA rank (default {d('rank')})")
+    sub.add_argument("--alpha", default=d("alpha"), help=f"LoRA alpha; the update is scaled by alpha / rank (default {d('alpha')})")
+    sub.add_argument("--epochs", default=d("epochs"), help=f"at most this many passes over the training data (default {d('epochs')})")
+    sub.add_argument("--steps", default=d("steps"), help=f"at most this many optimiser steps per model (default {d('steps')})")
+    sub.add_argument("--batch-size", default=d("batch_size"), help=f"training cases per optimiser step (default {d('batch_size')})")
+    sub.add_argument("--n-train", default=d("n_train"), help=f"training cases of the 2-digit split (default {d('n_train')})")
+    sub.add_argument("--n-val", default=d("n_val"), help=f"more training-split cases held out to choose the learning rate (default {d('n_val')})")
+    sub.add_argument("--n-test", default=d("n_test"), help=f"test cases (default {d('n_test')})")
+    sub.add_argument("--lora-seed", default=d("seed"), help=f"seed of the split, batches and adapters (default {d('seed')})")
     sub.add_argument("--first-token", action="store_true",
                      help="score the first answer token only (default: the whole answer, greedy, as '-2' needs its digit too)")
 
@@ -542,50 +570,140 @@ def _sweep(args: argparse.Namespace, **extra: Any) -> Any:
     )  # fmt: skip
 
 
+def _count_or_all(text: str, flag: str) -> int | None:
+    """`"all"` (None) or a positive count."""
+    if str(text).strip() == "all":
+        return None
+    return validate.positive_int(_int(text, flag), flag)
+
+
+def coefficients(args: argparse.Namespace) -> Any:
+    """The [`LoRACoefficients`][arithlens.cna.lora_coefficients.LoRACoefficients] of `arithlens lora`'s flags."""
+    return LoRACoefficients(rank_on=args.rank_on, ks=_int_list(args.ks, "--ks"), case=args.case,
+                            case_answer=args.case_answer, mode=args.mode)  # fmt: skip
+
+
+def pruning_settings(args: argparse.Namespace) -> Any:
+    """The [`PruningSettings`][arithlens.cna.pruning.PruningSettings] of `arithlens prune`'s flags (no model needed)."""
+    deep = None if args.deep_layers is None else _int_list(args.deep_layers, "--deep-layers")
+    layer = _int(args.lora_layer, "--lora-layer")
+    return PruningSettings(lora_layer=layer, top_k=_int(args.top_k, "--top-k"), deep_layers=deep,
+                           n_cases=_count_or_all(args.n_cases, "--n-cases"), target=args.target, mode=args.mode,
+                           random_control=not args.no_random, lora=_sweep(args, layers=None if layer is None else (layer,)),
+                           seed=_int(args.seed, "--seed"))  # fmt: skip
+
+
+def bias_settings(args: argparse.Namespace, data: Any = None) -> Any:
+    """The [`GenderBiasSettings`][arithlens.cna.bias.GenderBiasSettings] of `arithlens bias`'s flags."""
+    return GenderBiasSettings(n_neurons=_int(args.n_neurons, "--n-neurons"), data=data, cna_prompts=_int_list(args.cna_prompts, "--cna-prompts"),
+                              mode=args.mode, collateral=not args.no_collateral, ppl_tokens=_int(args.ppl_tokens, "--ppl-tokens"),
+                              n_arithmetic=_int(args.n_arithmetic, "--n-arithmetic"), seed=_int(args.seed, "--seed"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- --paper
+_TABLE1_DATA = {"ops": "+-*/", "digits": "2", "templates": "1,2,3,4", "forms": "numeral,word", "n_per_op": "50"}
+_LORA_PAPER = {"lrs": "0.001,0.0005,0.0001", "rank": "32", "alpha": "64", "epochs": "4", "steps": "9000", "batch_size": "8",
+               "n_train": "18000", "n_val": "2000", "n_test": "2000", "first_token": False}  # fmt: skip
+PAPER_FLAGS: dict[str, dict[str, Any]] = {
+    "eval": dict(_TABLE1_DATA),
+    "heads": {**_TABLE1_DATA, "method": "zero", "position": "all", "estimate": "exact"},
+    "cna": {"mode": "exact", "scale": "original", "target": None},
+    "patch": {"ops": "+", "digits": "2", "templates": "3", "forms": "numeral", "method": "path", "position": "last", "limit": None},
+    "sft": {"steps": "2250", "lr": "1e-4", "batch_size": "8", "k": "10", "n_train": "18000", "n_test": "2000", "no_full_answer": False},
+    "lora": {**_LORA_PAPER, "layers": "all", "ops": "+-", "digits": "1", "templates": "4", "forms": "numeral", "n_per_op": None,
+             "cases": "all", "rank_on": "change", "ks": "50,30,20,10", "case": "3+5=", "case_answer": "8", "mode": "exact"},
+    "prune": {**_LORA_PAPER, "ops": "+-*/", "digits": "1", "templates": "4", "forms": "numeral", "n_per_op": None,
+              "lora_layer": None, "top_k": None, "deep_layers": None, "n_cases": "all", "target": "prediction",
+              "mode": "exact", "no_random": False},
+    "bias": {"n_neurons": "18", "cna_prompts": "0", "mode": "exact", "professions": None},
+}
+"""What `--paper` sets, per command, for every flag not given on the command line: the paper
+profile of docs/reproducing.md (`None`: the flag's scaled default, which is the paper's)."""
+
+
+def _flag_text(sub: argparse.ArgumentParser, dest: str, value: Any) -> str:
+    flag = next(a.option_strings[-1] for a in sub._actions if a.dest == dest)
+    if isinstance(value, bool):
+        return flag if value else ""
+    return "" if value is None else f"{flag} {value}"
+
+
+def add_paper_arg(sub: argparse.ArgumentParser) -> None:
+    """`--paper`: the command's paper profile ([`PAPER_FLAGS`][arithlens.app.cli.PAPER_FLAGS]) under any flag given."""
+    sub.add_argument("--paper", action="store_true",
+                     help="the paper's setup for every flag not given (docs/reproducing.md)")  # completed by _paper_help
+
+
+def _paper_help(sub: argparse.ArgumentParser, command: str) -> None:
+    """Spell out in `--paper`'s help what it sets."""
+    action = next(a for a in sub._actions if a.dest == "paper")
+    shown = " ".join(t for t in (_flag_text(sub, d, v) for d, v in PAPER_FLAGS[command].items()) if t)
+    action.help = f"the paper's setup for every flag not given: {shown or 'the defaults'} (docs/reproducing.md)"
+
+
+def apply_paper(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """With `--paper`, set every flag of [`PAPER_FLAGS`][arithlens.app.cli.PAPER_FLAGS] not given in `argv`."""
+    if not getattr(args, "paper", False) or args.command not in PAPER_FLAGS:
+        return
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    given = {a.dest for a in sub._actions for opt in a.option_strings for t in tokens if t == opt or t.startswith(opt + "=")}
+    for dest, value in PAPER_FLAGS[args.command].items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
 def _register_paper(subparsers: Any) -> None:
 
     lora = subparsers.add_parser("lora", help="LoRA on one attention layer per model (CNA §5, Figure 2, Tables 9-10)")
     add_model_args(lora)
     add_dataset_args(lora, ops="+-*/", digits="1", forms="numeral")
-    lora.add_argument("--layers", default=None, help="LoRA layers, e.g. 4,12,20 or 1-28 (default: one per paper range)")
+    lora.add_argument("--layers", default=None, help="LoRA layers, e.g. 4,12,20, 1-28 or all (default: one per paper range, the middle one)")
     _add_lora_args(lora)
-    lora.add_argument("--adapters", default=None, metavar="DIR", help="save adapters here; re-use those already saved")
-    lora.add_argument("--cases", default="64", help="dataset cases sampled for Table 10 (default 64)")
-    lora.add_argument("--rank-on", default="original", choices=["original", "lora", "change"], help="model that ranks the neurons")
-    lora.add_argument("--ks", default="50,30,20,10", help="top-K sizes of Table 10")
-    lora.add_argument("--case", default="3+5=", help="Table 9's prompt")
-    lora.add_argument("--case-answer", default="8", help="Table 9's answer")
-    lora.add_argument("--mode", default="fast", choices=["fast", "exact"], help="CNA mode")
-    lora.add_argument("--coef-out", default=None, metavar="FILE.csv", help="also write Tables 9-10's rows here")
+    lora.add_argument("--adapters", default=None, metavar="DIR", help="save adapters here; re-use those already saved (default: not saved)")
+    lora.add_argument("--cases", default="64", help="dataset cases sampled for Table 10, or all (default 64)")
+    c = lambda name: default_text(LoRACoefficients, name)  # noqa: E731
+    lora.add_argument("--rank-on", default=c("rank_on"), choices=["change", "original", "lora"],
+                      help=f"what ranks the neurons: CNA between original and LoRA model (the paper), the original, or the LoRA model (default {c('rank_on')})")
+    lora.add_argument("--ks", default=c("ks"), help=f"top-K sizes of Table 10 (default {c('ks')})")
+    lora.add_argument("--case", default=c("case"), help=f"Table 9's prompt (default {c('case')})")
+    lora.add_argument("--case-answer", default=c("case_answer"), help=f"Table 9's answer (default {c('case_answer')})")
+    lora.add_argument("--mode", default=c("mode"), choices=["exact", "fast"], help=f"CNA mode: exact (the paper) or fast (default {c('mode')})")
+    add_paper_arg(lora)
+    lora.add_argument("--coef-out", default=None, metavar="FILE.csv", help="also write Tables 9-10's rows here (default: not written)")
     lora.add_argument("--out", required=True, metavar="FILE.csv", help="Figure 2's rows: one per model")
     lora.set_defaults(func=_cmd_lora)
 
     prune = subparsers.add_parser("prune", help="CNA-guided pruning, then LoRA (CNA §6.1, Table 11)")
     add_model_args(prune)
     add_dataset_args(prune, ops="+-*/", digits="1", forms="numeral")
-    prune.add_argument("--lora-layer", default=None, help="shallow LoRA layer (default round(9 n / 32))")
-    prune.add_argument("--top-k", default=None, help="each case's top-K CNA neurons kept (default the paper's fraction)")
-    prune.add_argument("--deep-layers", default=None, help="pruned layers, e.g. 16-29 (default the paper's 17-31 of 32, scaled)")
-    prune.add_argument("--n-cases", default="64", help="1-digit cases CNA runs on (default 64)")
-    prune.add_argument("--target", default="prediction", choices=["prediction", "answer"], help="token CNA scores: the LoRA model's prediction (the paper) or the correct answer")
-    prune.add_argument("--mode", default="fast", choices=["fast", "exact"], help="CNA mode")
+    p = lambda name: default_text(PruningSettings, name)  # noqa: E731
+    prune.add_argument("--lora-layer", default=None, help="shallow LoRA layer (default: the paper's 9 of 32, scaled: round(9 n / 32))")
+    prune.add_argument("--top-k", default=None, help="each case's top-K CNA neurons kept (default: the paper's fraction, 500 of 32 x 11008)")
+    prune.add_argument("--deep-layers", default=None, help="pruned layers, e.g. 16-29 (default: the paper's 17-31 of 32, scaled)")
+    prune.add_argument("--n-cases", default=p("n_cases"), help=f"1-digit cases CNA runs on, sampled, or all (default {p('n_cases')})")
+    prune.add_argument("--target", default=p("target"), choices=["prediction", "answer"], help=f"token CNA scores: the LoRA model's prediction (the paper) or the correct answer (default {p('target')})")
+    prune.add_argument("--mode", default=p("mode"), choices=["exact", "fast"], help=f"CNA mode: exact (the paper) or fast (default {p('mode')})")
     prune.add_argument("--no-random", action="store_true", help="skip the randomly pruned control")
     _add_lora_args(prune)
-    prune.add_argument("--save", default=None, metavar="DIR", help="save adapters and the pruned models here")
+    add_paper_arg(prune)
+    prune.add_argument("--save", default=None, metavar="DIR", help="save adapters and the pruned models here (default: not saved)")
     prune.add_argument("--out", required=True, metavar="FILE.csv", help="Table 11's rows: one per model")
     prune.set_defaults(func=_cmd_prune)
 
     bias = subparsers.add_parser("bias", help="gender-bias neurons by CNA, zeroed (CNA §6.2, Tables 12-13)")
     add_model_args(bias)
-    bias.add_argument("--n-neurons", default="18", help="neurons edited (default 18)")
-    bias.add_argument("--professions", default=None, metavar="FILE", help="JSON {woman: [...], man: [...]} or 'woman: a, b' lines")
-    bias.add_argument("--cna-prompts", default="0", help="indices of the Table 22 prompts CNA runs on (default 0)")
-    bias.add_argument("--mode", default="fast", choices=["fast", "exact"], help="CNA mode")
+    b = lambda name: default_text(GenderBiasSettings, name)  # noqa: E731
+    bias.add_argument("--n-neurons", default=b("n_neurons"), help=f"neurons edited (default {b('n_neurons')})")
+    bias.add_argument("--professions", default=None, metavar="FILE", help="JSON {woman: [...], man: [...]} or 'woman: a, b' lines (default: Table 23's)")
+    bias.add_argument("--cna-prompts", default=b("cna_prompts"), help=f"indices of the Table 22 prompts CNA runs on (default {b('cna_prompts')})")
+    bias.add_argument("--mode", default=b("mode"), choices=["exact", "fast"], help=f"CNA mode: exact (the paper) or fast (default {b('mode')})")
     bias.add_argument("--no-collateral", action="store_true", help="skip perplexity and arithmetic accuracy")
-    bias.add_argument("--ppl-tokens", default="1024", help="general-text tokens scored for perplexity")
-    bias.add_argument("--n-arithmetic", default="200", help="1-digit cases for the arithmetic accuracy")
-    bias.add_argument("--seed", default="0", help="seed of the arithmetic sample scored for collateral accuracy (default 0)")
-    bias.add_argument("--save-edited", default=None, metavar="DIR", help="save the edited model here")
+    bias.add_argument("--ppl-tokens", default=b("ppl_tokens"), help=f"general-text tokens scored for perplexity (default {b('ppl_tokens')})")
+    bias.add_argument("--n-arithmetic", default=b("n_arithmetic"), help=f"1-digit cases for the arithmetic accuracy (default {b('n_arithmetic')})")
+    bias.add_argument("--seed", default=b("seed"), help=f"seed of the arithmetic sample scored for collateral accuracy (default {b('seed')})")
+    add_paper_arg(bias)
+    bias.add_argument("--save-edited", default=None, metavar="DIR", help="save the edited model here (default: not saved)")
     bias.add_argument("--out", required=True, metavar="FILE.csv", help="one row per model, prompt and profession")
     bias.set_defaults(func=_cmd_bias)
 
@@ -596,19 +714,21 @@ def _cmd_lora(args: argparse.Namespace) -> int:
     dataset = dataset_kwargs(args)
     if args.coef_out is not None:
         validate.output_path(args.coef_out, "--coef-out")
-    layers = None if args.layers is None else _int_list(args.layers, "--layers")
+    every = args.layers is not None and args.layers.strip() == "all"
+    layers = None if args.layers is None or every else _int_list(args.layers, "--layers")
     adapters = None if args.adapters is None else validate.output_dir(args.adapters, "--adapters")
     settings = _sweep(args, layers=layers, out_dir=adapters)
-    n_cases = validate.positive_int(_int(args.cases, "--cases"), "--cases")
-    coef = LoRACoefficients(rank_on=args.rank_on, ks=_int_list(args.ks, "--ks"), case=args.case,
-                            case_answer=args.case_answer, mode=args.mode)  # fmt: skip
+    n_cases = _count_or_all(args.cases, "--cases")
+    coef = coefficients(args)
     model = load_model_from_args(args)
+    if every:
+        settings = dataclasses.replace(settings, layers=tuple(range(model.n_layers)))
     result = lora_layer_sweep(model, settings)
     _write_csv(result.df, args.out)
     print(result.df[["model", "lora_layer", "lr", "accuracy", "full_accuracy"]].to_string(index=False))
     if args.coef_out is not None:
         cases = data.arithmetic(model.tokenizer, **dataset)
-        tables = coef.run(model, cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases, loras=result)
+        tables = coef.run(model, cases.sample(n_cases, seed=dataset["seed"]) if n_cases is not None and n_cases < len(cases) else cases, loras=result)
         _write_csv(tables.df, args.coef_out)
         print(tables.table9().round(3).to_string())
         print(tables.table10().round(1).to_string())
@@ -620,15 +740,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     validate.output_path(args.out, "--out")
     dataset = dataset_kwargs(args)
     save = None if args.save is None else validate.output_dir(args.save, "--save")
-    deep = None if args.deep_layers is None else _int_list(args.deep_layers, "--deep-layers")
-    n_cases = validate.positive_int(_int(args.n_cases, "--n-cases"), "--n-cases")
-    settings = PruningSettings(lora_layer=_int(args.lora_layer, "--lora-layer"), top_k=_int(args.top_k, "--top-k"), deep_layers=deep,
-                               n_cases=n_cases, target=args.target, mode=args.mode, random_control=not args.no_random,
-                               lora=_sweep(args), out_dir=save, seed=dataset["seed"])  # fmt: skip
+    settings = dataclasses.replace(pruning_settings(args), out_dir=save)
+    n_cases = settings.n_cases
     model = load_model_from_args(args)
     settings.resolve(model)  # layer range, K and the gated MLP checked before any training
     cases = data.arithmetic(model.tokenizer, **dataset)
-    result = cna_pruning(model, settings, cases=cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases)
+    result = cna_pruning(model, settings, cases=cases.sample(n_cases, seed=dataset["seed"]) if n_cases is not None and n_cases < len(cases) else cases)
     _write_csv(result.df, args.out)
     print(result.table().to_string())
     return 0
@@ -641,9 +758,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
     data = paper_bias_data()
     if args.professions is not None:
         data = BiasData(data.prompts, load_professions(args.professions))
-    settings = GenderBiasSettings(n_neurons=_int(args.n_neurons, "--n-neurons"), data=data, cna_prompts=_int_list(args.cna_prompts, "--cna-prompts"),
-                                  mode=args.mode, collateral=not args.no_collateral, ppl_tokens=_int(args.ppl_tokens, "--ppl-tokens"),
-                                  n_arithmetic=_int(args.n_arithmetic, "--n-arithmetic"), seed=_int(args.seed, "--seed"))  # fmt: skip
+    settings = bias_settings(args, data)
     model = load_model_from_args(args)
     result = gender_bias(model, settings)
     _write_csv(result.df, args.out)
@@ -661,27 +776,30 @@ def _register_circuits(subparsers: Any) -> None:
     sub = subparsers.add_parser("patch", help="path patching (Zhang et al. Algorithm 1): one row per (layer, node)")
     add_model_args(sub)
     add_dataset_args(sub, ops="+", digits="2", templates="3", forms="numeral", n_per_op=50)
-    sub.add_argument("--limit", default=None, help="use at most N pairs, a seeded sample (default all)")
+    sub.add_argument("--limit", default=None, help="use at most N pairs, a seeded sample (default: all)")
     sub.add_argument(
-        "--method", default="path", choices=["path", "activation"], help="others frozen at the reference (path, the paper; default) or recomputed (activation)"
+        "--method", default="path", choices=["path", "activation"], help="others frozen at the reference (path, the paper) or recomputed (activation) (default path)"
     )
-    sub.add_argument("--position", default="last", choices=["last", "all"], help="patch the last position (the paper's END; default) or every position")
+    sub.add_argument("--position", default="last", choices=["last", "all"], help="patch the last position (the paper's END) or every position (default last)")
+    add_paper_arg(sub)
     sub.add_argument("--out", required=True, help="CSV file to write")
     sub.set_defaults(func=_cmd_patch, out_kind="file", check=_check_patch)
 
     sft = subparsers.add_parser("sft", help="precise SFT of key components vs full and random fine-tuning (Zhang et al. §4.3)")
     add_model_args(sft)
-    sft.add_argument("--steps", default="200", help="optimiser steps per variant (default 200)")
-    sft.add_argument("--lr", default="1e-4", help="learning rate (default 1e-4)")
-    sft.add_argument("--batch-size", default="8", help="sequences per step (default 8)")
-    sft.add_argument("--k", dest="k", default="10", help="key nodes fine-tuned: the largest |effect| of path patching (default 10)")
-    sft.add_argument("--n-train", default="1000", help="training cases of the 2-digit split (default 1000; the paper, on a GPU: 18000)")
-    sft.add_argument("--n-test", default="200", help="test cases (default 200; the paper: 2000)")
-    sft.add_argument("--variants", default="precise,full,random", help="any of precise,full,random (default all three)")
+    f = lambda name: default_text(PreciseSFTSettings, name)  # noqa: E731
+    sft.add_argument("--steps", default=f("steps"), help=f"optimiser steps per variant (default {f('steps')})")
+    sft.add_argument("--lr", default=f("lr"), help=f"learning rate (default {f('lr')})")
+    sft.add_argument("--batch-size", default=f("batch_size"), help=f"sequences per step (default {f('batch_size')})")
+    sft.add_argument("--k", dest="k", default=f("k"), help=f"key nodes fine-tuned: the largest |effect| of path patching (default {f('k')})")
+    sft.add_argument("--n-train", default=f("n_train"), help=f"training cases of the 2-digit split (default {f('n_train')})")
+    sft.add_argument("--n-test", default=f("n_test"), help=f"test cases (default {f('n_test')})")
+    sft.add_argument("--variants", default=f("variants"), help=f"any of precise,full,random (default {f('variants')})")
     sft.add_argument("--patch-pairs", default="16", help="2-digit addition pairs path patching finds the key nodes on (default 16)")
-    sft.add_argument("--ppl-tokens", default="2048", help="general-text tokens scored for perplexity (default 2048)")
+    sft.add_argument("--ppl-tokens", default=f("ppl_tokens"), help=f"general-text tokens scored for perplexity (default {f('ppl_tokens')})")
     sft.add_argument("--no-full-answer", action="store_true", help="skip greedy whole-answer accuracy (faster)")
     sft.add_argument("--seed", default="0", help="seed of the split, the random control and training (default 0)")
+    add_paper_arg(sft)
     sft.add_argument("--out", required=True, help="output directory for sft.csv, losses.csv and sft.html")
     sft.set_defaults(func=_cmd_sft, out_kind="dir", check=_check_sft)
 
