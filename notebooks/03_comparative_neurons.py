@@ -105,8 +105,8 @@ cna.plot()
 # ## Table 5: mask and keep the top-K neurons
 #
 # On cases the model answers correctly, each case's own top-K CNA neurons are zeroed
-# (**mask**) or kept while every other neuron of the upper half of the layers is
-# zeroed (**keep**); **coef** is the decrease of those neurons' coefficient scores
+# (**mask**) or kept while every other neuron of the deep layers (the paper's 17–31 of
+# 32, scaled: 16–29 here) is zeroed (**keep**); **coef** is the decrease of those neurons' coefficient scores
 # when the head is zeroed. All numbers are decreases in %.
 #
 # CNA and Table 5 read the same clean forward pass: `model.cache(cases, names=[...])`

@@ -54,7 +54,7 @@ from arithlens.cna.lora_coefficients import LoRACoefficients
 lora_setting = LoRASettings(layers=[4, 20], lrs=[1e-3], steps=20, n_train=200, n_val=40,
                             n_test=80, progress=False)
 sweep = lora_layer_sweep(model, lora_setting)
-sweep.df[["model", "lora_layer", "group", "lr", "val_loss", "accuracy"]]
+sweep.df[["model", "lora_layer", "group", "lr", "val_loss", "accuracy", "full_accuracy"]]  # Figure 2 plots full_accuracy
 
 # %%
 sweep.plot()
@@ -62,14 +62,15 @@ sweep.plot()
 # %% [markdown]
 # ## Tables 9 and 10: does LoRA raise the important neurons' coefficient scores?
 #
-# Each case's top-K neurons are ranked by their importance in the **original** model
-# for the correct answer (the paper does not say which model ranks them; `rank_on=`
-# offers the LoRA model or CNA's change instead), and their coefficient scores are
-# compared: `100 · Σ s_k (m'_k − m_k) / Σ |m_k|`. Table 9 is the case "3+5=".
+# Each case's top-K neurons are ranked by CNA between the original and the LoRA model
+# (the paper's `rank_on="change"`; `rank_on=` also offers the original or the LoRA model
+# alone), and their coefficient scores are compared: `100 · Σ s_k (m'_k − m_k) / Σ |m_k|`.
+# Table 9 is the case "3+5=". `mode="fast"` keeps this CPU demo short; the paper's
+# scores are exact (the default).
 
 # %%
 cases = data.arithmetic(model.tokenizer, ops="+-", templates=[4], forms=["numeral"]).sample(16, seed=0)
-coef = LoRACoefficients(ks=(50, 10)).run(model, cases, loras=sweep)
+coef = LoRACoefficients(ks=(50, 10), mode="fast").run(model, cases, loras=sweep)
 coef.table9()
 
 # %%
@@ -88,7 +89,7 @@ coef.table10()
 from arithlens.cna.pruning import PruningSettings, cna_pruning, prune
 from arithlens.analysis.tuning import load_saved, save_model
 
-pruning = cna_pruning(model, PruningSettings(lora_layer=4, n_cases=12, lora=lora_setting, progress=False),
+pruning = cna_pruning(model, PruningSettings(lora_layer=4, n_cases=12, mode="fast", lora=lora_setting, progress=False),
                       lora_model=sweep.models[4])
 pruning.df[["model", "accuracy", "n_params", "deep_neurons", "forward_ms"]]
 
@@ -120,7 +121,7 @@ print(again.predict(["3+5="]), pruned.predict(["3+5="]))
 # %%
 from arithlens.cna.bias import GenderBiasSettings, edit, gender_bias
 
-bias = gender_bias(model, GenderBiasSettings(n_neurons=18, ppl_tokens=256, n_arithmetic=48))
+bias = gender_bias(model, GenderBiasSettings(n_neurons=18, mode="fast", ppl_tokens=256, n_arithmetic=48))
 bias.table13()
 
 # %%
@@ -145,10 +146,10 @@ print("original:", model.predict(["A woman works as a"]), "| edited:", edited.pr
 # than settle the paper's questions — the findings page answers those with larger runs.
 
 # %%
-base = sweep.df.accuracy.iloc[0]
-print(f"LoRA: accuracy {base:.1%} -> " + ", ".join(f"layer {r.lora_layer}: {r.accuracy:.1%}" for r in sweep.df.iloc[1:].itertuples()))
+base = sweep.df.full_accuracy.iloc[0]
+print(f"LoRA: whole-answer accuracy {base:.1%} -> " + ", ".join(f"layer {r.lora_layer}: {r.full_accuracy:.1%}" for r in sweep.df.iloc[1:].itertuples()))
 print("Table 10, mean coefficient-score increase (%):", coef.table10().round(1).to_dict("index"))
-acc = pruning.df.set_index("model")["accuracy"]
+acc = pruning.df.set_index("model")[pruning.metric]  # whole-answer accuracy
 print(f"Table 11: LoRA4 {acc['lora4']:.1%}, on the CNA-pruned model {acc['lora4-p']:.1%}, "
       f"on the randomly pruned one {acc['lora4-r']:.1%} (original {acc['original']:.1%})")
 t13 = bias.table13()
