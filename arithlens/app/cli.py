@@ -71,11 +71,11 @@ def default_text(settings: Any, name: str) -> str:
     """A settings dataclass's default for field `name`, written as its flag takes it (`1e-3,5e-4`, `8`)."""
     value = next(f.default for f in dataclasses.fields(settings) if f.name == name)
     if isinstance(value, (tuple, list)):
-        return ",".join(default_text_item(v) for v in value)
-    return default_text_item(value)
+        return ",".join(_text_item(v) for v in value)
+    return _text_item(value)
 
 
-def default_text_item(value: Any) -> str:
+def _text_item(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
