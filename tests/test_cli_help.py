@@ -97,3 +97,23 @@ def test_paper_flag_gives_the_paper_profile_and_keeps_explicit_flags():
     assert _fields(args.sft, names) == _fields(PreciseSFTSettings.paper(), names)
     args = _parsed(["bias", "--paper", "--out", "x.csv"])
     assert _fields(cli.bias_settings(args), ("n_neurons", "cna_prompts", "mode")) == _fields(GenderBiasSettings.paper(), ("n_neurons", "cna_prompts", "mode"))
+
+
+def test_analysis_flag_defaults_are_the_classes_defaults():
+    from arithlens.circuits import PathPatching
+    from arithlens.cna import HeadAblation, NeuronImportance
+
+    args = _parsed(["heads", "--out", "x.csv"])
+    assert (args.method, args.position, args.estimate, int(args.rescore)) == (
+        HeadAblation().method, HeadAblation().position, HeadAblation().estimate, HeadAblation().rescore)
+    args = _parsed(["patch", "--out", "x.csv"])
+    assert (args.method, args.position) == (PathPatching().method, PathPatching().position)
+    args = _parsed(["cna", "--prompt", "3+5=", "--out", "x.csv"])
+    ref = NeuronImportance()
+    assert (args.mode, int(args.rescore), float(args.memory_budget), args.scale) == (ref.mode, ref.rescore, ref.memory_budget, ref.scale)
+
+
+def test_run_paper_and_quick_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--paper", "--quick"])
+    assert "not allowed with argument" in capsys.readouterr().err
