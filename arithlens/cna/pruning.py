@@ -153,9 +153,9 @@ class PruningSettings:
         deep_layers: Layers pruned (default the paper's 17–31 of 32, scaled).
         n_cases: 1-digit cases CNA runs on, sampled (None: all).
         target: CNA's scored token: `"prediction"` (the paper; of the LoRA model) or `"answer"`.
-        mode: CNA mode, `"exact"` (default, the paper) or `"fast"` (first order with the top
-            `rescore` re-scored exactly: with a top-K above that, part of each kept set is
-            chosen by first-order scores).
+        mode: CNA mode, `"exact"` (default, the paper) or `"fast"` (first-order scores, the top
+            `2 · top_k` candidates of each case (at least 200) re-scored exactly, so every kept
+            neuron's score is exact; the candidates are still chosen to first order).
         random_control: Also prune at random (same count per layer) and fine-tune that.
         lora: The [`LoRASettings`][arithlens.cna.lora.LoRASettings] that train every LoRA
             model and whose split gives the data (default CPU-sized, seeded by `seed`).
@@ -260,7 +260,9 @@ def cna_pruning(
     if cases is None:
         cases = data.arithmetic(model.tokenizer, ops="+-*/", digits=1, templates=[1, 2, 3, 4], forms=["numeral"])
         cases = cases if settings.n_cases is None or settings.n_cases >= len(cases) else cases.sample(settings.n_cases, seed=settings.seed)
-    scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=settings.target, mode=settings.mode, progress=settings.progress)
+    # Fast mode re-scores twice the kept count exactly, so no kept neuron rests on a first-order score alone.
+    scorer = ComparativeNeuronScores(top_tokens=0, other_model=model, target=settings.target, mode=settings.mode,
+                                     rescore=max(200, 2 * n_top), progress=settings.progress)  # fmt: skip
     # The LoRA model is CNA's first side: importance_change = LoRA minus original.
     union = top_mask(scorer.run(lora_model, cases).importance_change, n_top).any(0)
     kept = {L: union[L].nonzero()[:, 0].tolist() for L in deep}
