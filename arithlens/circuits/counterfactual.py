@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
+from arithlens.analysis.saving import saveable
 from arithlens.circuits.operands import Spans, locate
 from arithlens.data import ArithmeticDataset, Case, as_dataset
 
@@ -62,6 +63,7 @@ REPLACEMENTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+@saveable
 @dataclass(frozen=True)
 class CounterfactualPrompt:
     """The counterfactual of one reference case.
@@ -84,6 +86,7 @@ class CounterfactualPrompt:
 _PAIR_COLUMNS = ("counterfactual", "word", "replacement")
 
 
+@saveable
 class CounterfactualPairs(ArithmeticDataset):
     """Reference cases, each carrying its same-length counterfactual.
 
@@ -119,6 +122,15 @@ class CounterfactualPairs(ArithmeticDataset):
                     f"counterfactual {cf.prompt!r} has {len(cf.input_ids)} tokens but its reference "
                     f"{case.prompt!r} has {len(case.input_ids)}: pairs must align token by token"
                 )
+
+    def to_saved(self) -> dict[str, Any]:
+        """The cases, their counterfactuals and the name (what a saved result keeps)."""
+        return {"cases": list(self._cases), "counterfactuals": list(self._pairs), "name": self.name}
+
+    @classmethod
+    def from_saved(cls, state: dict[str, Any]) -> "CounterfactualPairs":
+        """The pairs [`to_saved`][arithlens.circuits.counterfactual.CounterfactualPairs.to_saved] described."""
+        return cls(state["cases"], state["counterfactuals"], name=state["name"])
 
     # ------------------------------------------------------------------ the pairs
     @property

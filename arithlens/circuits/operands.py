@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from arithlens.analysis.saving import saveable
 from arithlens.data import Case
 from arithlens.data import TEMPLATES, number_to_words
 from arithlens.core.dataset import decode_many
@@ -59,6 +60,7 @@ _NUMBER = re.compile(
 Span = tuple[int, int]
 
 
+@saveable
 @dataclass(frozen=True)
 class Spans:
     """Character spans `[start, end)` of operand A, operand B and the operator word.

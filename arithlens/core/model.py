@@ -61,6 +61,8 @@ class LensModel:
         bridge: The `TransformerBridge` in compatibility mode.
         tokenizer: The model's own tokenizer; prompts are encoded with `tokenizer.encode`.
         name: A display name.
+        revision: The weights' revision (the hub commit loaded, or the `revision` asked
+            for), `None` when unknown (a local file); saved results record it.
     """
 
     def __init__(
@@ -71,10 +73,12 @@ class LensModel:
         batch_size: int = 64,
         memo_entries: int = 8,
         memo_bytes: float = 2e9,
+        revision: str | None = None,
     ):
         self.bridge = bridge
         self.tokenizer = tokenizer
         self.name = name
+        self.revision = revision
         self.batch_size = validate.positive_int(batch_size, "batch_size")
         # Clean caches, least recently used first out; clear with clear_cache().
         self._memo = Memo(memo_entries, memo_bytes)
