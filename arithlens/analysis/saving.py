@@ -168,17 +168,24 @@ def _state(value: Any) -> dict[str, Any]:
     raise ValueError(f"{type(value).__name__} is registered as saveable but is neither a dataclass, a NamedTuple nor has to_saved()")
 
 
+def check_path(path: Any, name: str = "path") -> str:
+    """`path` as a string if a result can be saved there: a new or empty directory, or one
+    holding a saved result (which saving replaces); else a one-line `ValueError`."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"{name}={path!r} must be a directory path")
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}={path!r} is a file, not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, RESULT_JSON)):
+        raise ValueError(f"{name}={path!r} is a non-empty directory that holds no saved result; choose an empty or new one")
+    return path
+
+
 def save_result(result: Any, path: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> str:
     """Write `result` to the directory `path` (created; an existing saved result there is
     replaced, any other non-empty directory refused) and return the path. See the module
     docstring for the layout."""
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise ValueError("path must be a directory path")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"path={path!r} is a file, not a directory")
-    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, RESULT_JSON)):
-        raise ValueError(f"path={path!r} is a non-empty directory that holds no saved result; choose an empty or new one")
+    path = check_path(path)
     if _REGISTRY.get(type(result).__name__) is not type(result):
         raise ValueError(f"a {type(result).__name__} is not a saveable result")
     writer = _Writer()
