@@ -36,7 +36,7 @@ import pandas as pd
 
 from arithlens import __version__, data
 from arithlens.core import validate
-from arithlens.core.loading import check_dtype, load_model
+from arithlens.core.loading import HubUnavailableError, check_dtype, load_model
 from arithlens.core.placement import available_devices, resolve_placement
 from arithlens.app.pipeline import run_pipeline
 from arithlens.analysis.evaluation import evaluate
@@ -219,7 +219,10 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     """Load `--model` with `--device` / `--dtype` / `--device-map` / `--n-devices` (all checked first)."""
 
     check_model(args.model)
-    return load_model(args.model, **model_options(args))
+    try:
+        return load_model(args.model, **model_options(args))
+    except HubUnavailableError as err:  # say it in the command line's words, not Python's
+        raise HubUnavailableError(err.spec, err.reason, local_hint="omit --model") from None
 
 
 def _write_csv(frame: Any, path: str | os.PathLike, result: Any = None, model: Any = None, args: Any = None) -> None:
@@ -270,7 +273,10 @@ def precheck(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- commands
 def _cmd_run(args: argparse.Namespace) -> int:
 
-    path = run_pipeline(model=args.model, out=args.out, quick=args.quick, **model_options(args))
+    try:
+        path = run_pipeline(model=args.model, out=args.out, quick=args.quick, **model_options(args))
+    except HubUnavailableError as err:
+        raise HubUnavailableError(err.spec, err.reason, local_hint="omit --model") from None
     print(f"report: {os.path.abspath(path)}")
     return 0
 

@@ -43,18 +43,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import einops
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import ActivationCache
-from transformer_lens.utilities import get_act_name
 
 from arithlens.core import names as hooks
 from arithlens.core import validate
 from arithlens.core.dataset import as_dataset
 from arithlens.core.interventions import as_hooks, resolve_means
+
+if TYPE_CHECKING:  # transformer_lens loads with a model, so `arithlens --help` stays quick
+    from transformer_lens import ActivationCache
 
 
 
@@ -134,6 +135,8 @@ class DatasetCache:
         """The hook name a TransformerLens key means: a name (`"blocks.3.hook_resid_post"`),
         a shorthand (`"resid_post3"`, `"embed"`) or a tuple (`("resid_post", 3)`,
         `("scale", 2, "ln1")`), read by TransformerLens's own `get_act_name`."""
+        from transformer_lens.utilities import get_act_name
+
         if isinstance(key, str):
             return get_act_name(key)
         if isinstance(key, tuple) and key and isinstance(key[0], str) and len(key) <= 3:
@@ -196,6 +199,8 @@ class DatasetCache:
             ValueError: `model` did not build this cache, or the cases are of several
                 lengths (TL caches are one equal-length batch).
         """
+        from transformer_lens import ActivationCache
+
         bridge = getattr(model, "bridge", None)
         if bridge is None:
             raise ValueError(f"model={type(model).__name__} is not a LensModel: pass the model that built this cache")
