@@ -274,6 +274,17 @@ def test_package_is_eager_and_complete():
     assert out == ["True", "load_model", "HeadAblation", "True"]
 
 
+def test_the_package_ships_py_typed():
+    """PEP 561: type checkers read arithlens's annotations only when `py.typed` is in the wheel."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert (root / "arithlens" / "py.typed").is_file()
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["arithlens"]
+
+
 def _documented_commands() -> list[tuple[str, str]]:
     """`arithlens <command> ...` lines quoted in the README and the docs (code spans and shell blocks)."""
     import pathlib

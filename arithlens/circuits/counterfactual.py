@@ -50,6 +50,7 @@ from jaxtyping import Int
 
 from arithlens.analysis.saving import saveable
 from arithlens.circuits.operands import Spans, locate
+from arithlens.core.dataset import set_bos
 from arithlens.data import ArithmeticDataset, Case, as_dataset
 
 # Irrelevant replacements, tried in order; the first giving the same token count wins.
@@ -289,7 +290,8 @@ def counterfactual_pairs(
         chosen, last = None, None
         for word in words:
             text = prompt[: sp.op[0]] + word + prompt[sp.op[1] :]
-            cand = tuple(int(t) for t in tokenizer.encode(text))
+            # The counterfactual starts as its reference does: with BOS exactly when it has one.
+            cand = set_bos(tokenizer.encode(text), tokenizer, bool(ids) and ids[0] == getattr(tokenizer, "bos_token_id", None))
             last = (word, text, len(cand))
             if len(cand) == len(ids) and (unk is None or unk not in cand or unk in ids):
                 chosen = CounterfactualPrompt(text, cand, sp.word, word, sp)

@@ -162,9 +162,15 @@ def token_spans(tokenizer: Any, ids: Sequence[int]) -> list[Span]:
     """Character span of every token of `ids` in `decode(ids)` (by cumulative decoding)."""
 
     ids = list(ids)
-    ends = [len(t) for t in decode_many(tokenizer, [ids[: i + 1] for i in range(len(ids))])]
+    # Leading special tokens (a BOS) are not in the prompt's text: empty spans at 0.
+    specials = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    k = 0
+    while k < len(ids) and ids[k] in specials:
+        k += 1
+    rest = ids[k:]
+    ends = [len(t) for t in decode_many(tokenizer, [rest[: i + 1] for i in range(len(rest))])]
     starts = [0] + ends[:-1]
-    return list(zip(starts, ends))
+    return [(0, 0)] * k + list(zip(starts, ends))
 
 
 def token_roles(tokenizer: Any, ids: Sequence[int], spans: Spans) -> list[str]:
