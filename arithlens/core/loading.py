@@ -163,7 +163,7 @@ def load_model(
     dtype = check_dtype(dtype)
     placement = resolve_placement(device, device_map, n_devices, max_memory)
     given = {k: v for k, v in dict(device=device, device_map=device_map, n_devices=n_devices, max_memory=max_memory).items() if v is not None}
-    extra = check_model_kwargs(model_kwargs)
+    extra = _check_model_kwargs(model_kwargs)
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ValueError(f"revision={revision!r} must be a branch, tag or commit name")
     if not isinstance(trust_remote_code, bool):
@@ -223,7 +223,7 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=True, **hub)
         hf = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **hub, **kwargs)
     except OSError:
-        check_hub(spec, revision)  # one request, the hub client's timeout: fails in seconds, not after retries
+        _check_hub(spec, revision)  # one request, the hub client's timeout: fails in seconds, not after retries
         try:
             tok = AutoTokenizer.from_pretrained(spec, **hub)
             hf = AutoModelForCausalLM.from_pretrained(spec, **hub, **kwargs)
@@ -273,7 +273,7 @@ def _input_device(hf: Any) -> str:
     return str(found) if found is not None else str(next(hf.parameters()).device)
 
 
-def check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
+def _check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
     """`model_kwargs` as a dict of `from_pretrained` arguments, refusing the ones `load_model` sets itself."""
     if model_kwargs is None:
         return {}
@@ -285,7 +285,7 @@ def check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
     return dict(model_kwargs)
 
 
-def hub_offline() -> bool:
+def _hub_offline() -> bool:
     """Whether the hub client is in offline mode: `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`)
     set when huggingface_hub was imported, or set since (the client reads it once)."""
     from huggingface_hub import constants
@@ -294,14 +294,14 @@ def hub_offline() -> bool:
     return constants.is_offline_mode() or now.upper() in constants.ENV_VARS_TRUE_VALUES
 
 
-def check_hub(spec: str, revision: str | None = None) -> None:
+def _check_hub(spec: str, revision: str | None = None) -> None:
     """Ask the hub, once and with the hub client's own timeout (`HF_HUB_ETAG_TIMEOUT`) and
     proxies, whether it serves `spec` at `revision`: `HubUnavailableError` when offline or
     unreachable, `ValueError` when the hub says the model or revision does not exist."""
     from huggingface_hub import constants, model_info
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
-    if hub_offline():
+    if _hub_offline():
         raise HubUnavailableError(spec, "offline mode: HF_HUB_OFFLINE is set")
     try:
         model_info(spec, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
