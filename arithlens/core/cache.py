@@ -177,6 +177,9 @@ class DatasetCache:
             return value.unsqueeze(_pos_dim(name))
         return value
 
+    # Not iterable (len counts cases, indexing takes hook names): iterate `cache.names`.
+    __iter__ = None
+
     def __contains__(self, key: Any) -> bool:
         try:
             return self.act_name(key) in self.activations
