@@ -343,3 +343,12 @@ def test_transformer_lens_cache_refuses_ragged_data_and_another_model(tiny):
         last.to_transformer_lens(tiny_llama(seed=1))
     with pytest.raises(ValueError, match="not a LensModel"):
         last.to_transformer_lens(tiny.bridge)
+
+
+def test_a_bos_dataset_caches_what_a_transformer_lens_notebook_caches(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=3, prepend_bos=True)
+    cases = cases.filter(digits=1)
+    same = [c for c in cases if len(c.input_ids) == len(cases[0].input_ids)]
+    cache = tiny.cache(same, names=["blocks.1.hook_resid_post"], positions="all", memo=False)
+    _, notebook = tiny.bridge.run_with_cache(tiny.bridge.to_tokens([c.prompt for c in same]))  # TL's default: BOS first
+    torch.testing.assert_close(cache["resid_post", 1], notebook["blocks.1.hook_resid_post"], rtol=0, atol=0)
