@@ -32,7 +32,6 @@ from arithlens.circuits import (
 )
 from arithlens.cna import (
     BiasData,
-    CNAPruningResult,
     ComparativeNeuronScores,
     GenderBiasSettings,
     HeadAblation,
