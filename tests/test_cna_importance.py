@@ -407,3 +407,23 @@ def test_smollm2_in_bfloat16_keeps_the_float32_top_neurons(smollm2):
         full, low = job.run(smollm2, [prompt]), job.run(half, [prompt])
         top = lambda r: set(kernels.flatten(r.importance)[0].topk(20).indices.tolist())  # noqa: E731
         assert len(top(full) & top(low)) >= 18, prompt
+
+
+def test_captions_name_the_scored_token_the_other_side_and_the_sign(tiny):
+    """`print(result.table(k))` shows every column (scores not elided) under a caption built from the result;
+    the result's caption names w, where it came from, the other side and importance_change's sign."""
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(1)
+    res = ComparativeNeuronScores(intervention=(1, 2), target="answer").run(tiny, cases)
+    w = res.w_str[0]
+    caption = res.caption()
+    assert f"w = {w!r}" in caption and "the correct answer's token" in caption and res.other in caption
+    assert "importance − importance_other" in caption and "dropped on the other side" in caption
+    printed = repr(res.table(2))
+    assert printed.startswith("Table 4: the top 2 neurons") and f"w = {w!r}" in printed
+    header = printed.splitlines()[1].split()
+    assert header == ["neuron_label", "side", "importance", "coef", "top_tokens"]
+    assert all(len(line.split()) >= 5 for line in printed.splitlines()[2:])  # every row shows its scores
+    html = res._repr_html_()
+    assert "importance − importance_other" in html and str(res).splitlines()[0].endswith(caption)
+    imp = NeuronImportance(mode="exact").run(tiny, PROMPTS[:2], w=[3, 3])
+    assert "w = " + repr(imp.w_str[0]) in imp.caption() and "given by the caller" in imp.caption() and "2 cases" in imp.caption()

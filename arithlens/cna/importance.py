@@ -52,7 +52,7 @@ from arithlens.cna import scores as kernels
 from arithlens.cna.base import CNAAnalysis
 from arithlens.core.interventions import as_intervention
 from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame
-from arithlens.cna.inputs import Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label
+from arithlens.cna.inputs import TARGET_WORDS, Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label, scored_tokens
 from arithlens.cna.projections import projection_cache
 from arithlens.cna.tokens import labelled_tokens
 from arithlens.analysis.results import Result, case_frame
@@ -105,10 +105,18 @@ class NeuronImportanceResult(Result):
     exact: Bool[torch.Tensor, "case layer d_mlp"] | None = field(repr=False, default=None)
     neuron_tokens: dict[tuple[int, int], str] | None = field(repr=False, default=None)
     bound: float = 0.0
+    target: str = "prediction"
 
     @property
     def n_cases(self) -> int:
         return int(self.importance.shape[0])
+
+    def caption(self) -> str:
+        return (
+            f"scored token w = {scored_tokens(self.w_str)} ({TARGET_WORDS.get(self.target, self.target)}); "
+            "importance = log p(w) with the neuron's subvalue added − without it (nats, mean over "
+            f"{self.n_cases} case{'s' * (self.n_cases != 1)}): positive means the neuron raises w."
+        )
 
     def _check_case(self, case: Any) -> int:
         return validate.integer(case, "case", low=0, high=self.n_cases - 1)
@@ -286,12 +294,15 @@ class NeuronImportance(CNAAnalysis):
             cache = model.cache(data, names=hooks, interventions=list(self.interventions), batch_size=self.pass_batch(model))
         else:
             cache = self.prepare(model, data, cache, names=hooks, clean=False).cache
+        target = self.target if w is None else "given"
         w = choose_w(cache, self.target) if w is None else check_w(w, len(cache), model)
         acts = Activations(cache, w)
         (sc,) = score_sides(model, [acts], layers, self)
-        return self.result(model, data, acts, sc)
+        return self.result(model, data, acts, sc, target=target)
 
-    def result(self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores) -> NeuronImportanceResult:
+    def result(
+        self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores, *, target: str | None = None
+    ) -> NeuronImportanceResult:
         """An [`NeuronImportanceResult`][arithlens.cna.importance.NeuronImportanceResult] from a side's activations and scores."""
         budget = self.memory_budget
         attn, mlp = components.layer_scores(model, acts, budget)
@@ -315,6 +326,7 @@ class NeuronImportance(CNAAnalysis):
             exact=sc.exact,
             neuron_tokens=tokens,
             bound=sc.bound,
+            target=self.target if target is None else target,
         )
 
     def fast_agreement(self, model: Any, data: Any, k: int = 10, *, cache: DatasetCache | None = None) -> pd.DataFrame:
