@@ -115,6 +115,15 @@ def built_site(tmp_path_factory):
     return site
 
 
+def test_the_site_asks_the_network_for_nothing(built_site):
+    """No web fonts, no MathJax or other CDN script: every page works offline."""
+    remote = re.compile(r'<(?:script|link|img)[^>]*(?:src|href)="(?:https?:)?//[^"]*"')
+    for page in built_site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert not remote.search(text), f"{page.relative_to(built_site)}: {remote.search(text).group(0)}"
+        assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page
+
+
 def test_a_tutorial_page_draws_every_figure(built_site, tmp_path):
     """Tutorial 02 as the docs site serves it: plotly.js from the site itself, every figure drawn, no page error."""
     page = built_site / "tutorials" / "02_arithmetic_heads" / "index.html"
