@@ -174,7 +174,9 @@ def test_aggregates_frames_and_plot(tiny):
     assert (df["top_tokens"].head(10) != "").all() and len(res.per_case(2)) == 2 * len(PROMPTS)
     fig = res.plot(n_label=3)
     assert len(fig.data[0].y) == len(df) and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
-    assert list(fig.data[1].text) == [f"{L}_{n}" for L, n in zip(df["layer"].head(3), df["neuron"].head(3))]
+    names = [t.name.split(" ")[1] for t in fig.data[1:]]  # "1. L_N (importance)": named in the legend
+    assert names == [f"{L}_{n}" for L, n in zip(df["layer"].head(3), df["neuron"].head(3))]
+    assert [t.y[0] for t in fig.data[1:]] == pytest.approx(df["importance"].head(3).tolist())
     capped = res.plot(max_points=20).data[0].y
     assert sorted(abs(v) for v in capped) == pytest.approx(sorted(df["importance"].abs().nlargest(20)))
 

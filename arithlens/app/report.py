@@ -100,8 +100,11 @@ class Section:
 
 
 def _wrap(text: str, width: int) -> str:
-    """Break a plain title into `<br>`-joined lines of at most ~`width` characters."""
-    if "<br>" in text or len(text) <= width:
+    """Break a title into `<br>`-joined lines of at most ~`width` characters (each `<br>`
+    line on its own; a line with markup, e.g. a `<sup>` subtitle, is kept whole)."""
+    if "<br>" in text:
+        return "<br>".join(_wrap(part, width) for part in text.split("<br>"))
+    if "<" in text or len(text) <= width:
         return text
     lines, line = [], ""
     for word in text.split(" "):
@@ -114,7 +117,11 @@ def _wrap(text: str, width: int) -> str:
     return "<br>".join(lines)
 
 
-def prepare_figure(fig: Any, title_width: int = 90) -> Any:
+TITLE_CHARS = 60
+"""Characters per title line: a 16 px title line fits a figure 700 px wide (a narrow window)."""
+
+
+def prepare_figure(fig: Any, title_width: int = TITLE_CHARS) -> Any:
     """A copy of `fig` laid out for the report's page width.
 
     The title is wrapped (never clipped) and left-aligned with room above the plot, the

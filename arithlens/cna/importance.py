@@ -161,13 +161,16 @@ class NeuronImportanceResult(Result):
             [pd.DataFrame({"layer": range(L), "part": p, "importance": t.mean(0).numpy()}) for p, t in parts], ignore_index=True
         )
 
-    def plot(self, n_label: int = 10, max_points: int | None = 5000, **kwargs: Any) -> Any:
-        """Neurons' mean importance against their layer; the top `n_label` labelled `L_N`.
+    def plot(self, n_label: int = 5, max_points: int | None = 5000, **kwargs: Any) -> Any:
+        """Neurons' mean importance against their layer; the top `n_label` marked and named in the legend.
 
-        `max_points` keeps the neurons with the largest `|importance|` (the rest sit in the
-        band around 0); `None` plots every neuron.
+        The top neurons are named in the legend (one colour each), not beside their points,
+        so no two names collide however close the points sit. `max_points` keeps the neurons
+        with the largest `|importance|` (the rest sit in the band around 0); `None` plots
+        every neuron.
         """
         import plotly.graph_objects as go
+        from plotly.colors import qualitative
 
         n_label = validate.non_negative_int(n_label, "n_label")
         df = self.df
@@ -191,19 +194,23 @@ class NeuronImportanceResult(Result):
                 hovertemplate="neuron %{text} (layer_neuron)<br>importance %{y:.3f} nats<extra></extra>",
             )
         )  # fmt: skip
-        fig.add_trace(
-            go.Scatter(
-                x=xpos(top), y=top["importance"], mode="markers+text", text=labels(top), textposition="top center",
-                marker={"size": 8, "color": "black"}, name=f"top {n_label} (label L_N: layer_neuron)",
-                hovertemplate="neuron %{text}<br>importance %{y:.3f} nats<extra></extra>",
-            )
-        )  # fmt: skip
+        palette = qualitative.Dark24
+        for i, (label, r) in enumerate(zip(labels(top), top.itertuples())):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.layer + (r.neuron / span - 0.5) * 0.8], y=[r.importance], mode="markers",
+                    marker={"size": 10, "color": palette[i % len(palette)], "line": {"width": 1, "color": "black"}},
+                    name=f"{i + 1}. {label} ({r.importance:.3f})",
+                    hovertemplate=f"neuron {label} (layer_neuron), rank {i + 1}<br>importance %{{y:.3f}} nats<extra></extra>",
+                )
+            )  # fmt: skip
         target = self.w_str[0] if len(set(self.w_str)) == 1 and self.w_str else "w"
-        note = f"; the {shown:,} largest |importance| of {len(self.df):,} neurons" if shown < len(self.df) else ""
+        note = f"<br><sup>the {shown:,} largest |importance| of {len(self.df):,} neurons shown</sup>" if shown < len(self.df) else ""
         fig.update_layout(
-            title=f"FFN neuron importance: Δ log p({target!r}) ({self.n_cases} case{'s' * (self.n_cases != 1)}{note})",
+            title=f"FFN neuron importance for {target!r} ({self.n_cases} case{'s' * (self.n_cases != 1)}){note}",
             xaxis_title="layer (neurons spread within each layer)",
             yaxis_title="importance (nats)",
+            legend={"title": {"text": "top neurons (L_N: layer_neuron)"}},
             **kwargs,
         )
         return fig
