@@ -173,10 +173,13 @@ def table6_reading(dag: Any, case: int = 0) -> str:
     nodes = dag.nodes[dag.nodes["case"] == case]
     edges = dag.df[dag.df["case"] == case]
     if len(edges):
-        root = dag.root(case)
+        roots = nodes[nodes["is_root"]].sort_values("score", ascending=False) if "is_root" in nodes else nodes.iloc[:0]
+        names = [f"{int(r.layer)}_{int(r.neuron)}" for r in roots.itertuples()] or ["{}_{}".format(*dag.root(case))]
         lines.append(
             f"The figure is case {case}'s DAG: {plural(len(edges), 'edge')} among its {len(nodes)} top neurons "
-            f"(an edge: the lower neuron raises the upper one's coefficient by ≥{dag.threshold:.0%} to first order); root {root[0]}_{root[1]}."
+            f"(an edge: the lower neuron raises the upper one's coefficient by ≥{dag.threshold:.0%} to first order); "
+            + (f"root {names[0]}" if len(names) == 1 else f"{len(names)} roots (ringed), most important first: {join_words(names)}")
+            + "."
         )
     else:
         lines.append(f"Case {case}'s {len(nodes)} top neurons have no edge above the threshold ({dag.threshold:.0%}): the figure shows them unconnected.")
@@ -235,6 +238,12 @@ def chain_reading(chain: Any) -> str:
         lines.append("Not located: " + "; ".join(f"{s} ({why.get(s, 'no component passes its criterion')})" for s in missing) + ".")
     lines.append(f"Labels: {NEURON_LABEL_NOTE}; L.H is head H of layer L.")
     return "\n".join(lines)
+
+
+def chain_table(chain: Any) -> Any:
+    """Fig. 1's table for the report: each stage's strongest components, as many as the
+    reading counts PE-DAG edges (at least 3), so the table lists every edge it names."""
+    return chain.table(max(3, int((chain.df["stage"] == "prediction enhancing").sum())))
 
 
 # ----------------------------------------------------------------------------- sections
@@ -364,7 +373,7 @@ def sections(ctx: Any) -> list[Any]:
             f"Internal logic chain of {case.prompt!r} (Fig. 1)",
             chain_reading(chain),
             figure=chain.plot(),
-            table=chain.table() if hasattr(chain, "table") else None,
+            table=chain_table(chain),
             csv="cna_chain.csv",
         )
     )

@@ -37,6 +37,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from arithlens.analysis.figures import format_hovers
+
 
 def write_atomically(path: str | os.PathLike, write: Any) -> str:
     """Run `write(tmp)` on a temporary file beside `path`, then move it into place: an
@@ -146,7 +148,7 @@ def prepare_figure(fig: Any, title_width: int = TITLE_CHARS) -> Any:
         hoverlabel={"namelength": -1, "font": {"size": 13}},
         font={"size": 13},
     )
-    return fig
+    return format_hovers(fig)
 
 
 _CSS = """
