@@ -30,6 +30,7 @@ from arithlens import circuits, cna, data
 from arithlens.analysis.base import Analysis
 from arithlens.analysis.evaluation import EvaluationResult, evaluate
 from arithlens.analysis.results import Result
+from arithlens.analysis.saving import load_result
 from arithlens.cna.heads import HeadAblation, HeadAblationResult
 from arithlens.core.cache import DatasetCache
 from arithlens.core.loading import load_model
@@ -53,4 +54,5 @@ __all__ = [
     "data",
     "evaluate",
     "load_model",
+    "load_result",
 ]

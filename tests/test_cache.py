@@ -270,3 +270,85 @@ def test_two_threads_on_one_model_do_not_see_each_others_hooks(tiny):
         worker.join()
     assert seen == [(True, True)] * 10
     assert not tiny.has_hooks()
+
+
+# ----------------------------------------------------------------------------- TransformerLens's view
+EQUAL = ["3+5=", "2+4=", "7+1="]  # one length under the tiny model's character tokenizer
+
+
+def _tl_names(model):
+    per_layer = ("attn_out", "mlp_out", "resid_pre", "resid_post")
+    return ["hook_embed"] + [f"blocks.{L}.hook_{k}" for L in range(model.n_layers) for k in per_layer] + [
+        f"blocks.{L}.attn.hook_z" for L in range(model.n_layers)
+    ] + ["blocks.1.attn.hook_pattern"]
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_tl_indexing_matches_run_with_cache(tiny, positions):
+    cache = tiny.cache(EQUAL, names=_tl_names(tiny), positions=positions, memo=False)
+    _, ref = tiny.bridge.run_with_cache(torch.tensor([tiny.encode(p) for p in EQUAL]))
+    keep = slice(None) if positions == "all" else slice(-1, None)
+    for key, name in [("blocks.2.hook_resid_post", "blocks.2.hook_resid_post"), (("resid_post", 2), "blocks.2.hook_resid_post"),
+                      (("resid_pre", 1), "blocks.1.hook_resid_pre"), ("z1", "blocks.1.attn.hook_z"), ("embed", "hook_embed"), (("z", 1), "blocks.1.attn.hook_z")]:  # fmt: skip
+        assert key in cache
+        torch.testing.assert_close(cache[key], ref[name][:, keep], rtol=0, atol=0)
+    torch.testing.assert_close(cache["pattern", 1], ref["blocks.1.attn.hook_pattern"][:, :, keep], rtol=0, atol=0)
+    assert ("resid_mid", 0) not in cache
+    with pytest.raises(KeyError, match="not in this cache"):
+        cache["resid_mid", 0]
+    with pytest.raises(ValueError, match="non-negative int"):
+        cache["resid_post", -1]
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_transformer_lens_analyses_run_on_the_cache(tiny, positions):
+    """TL's own decompose_resid, accumulated_resid and stack_head_results read the cache and
+    agree with a direct computation from the cached sublayer outputs and the weights."""
+    from transformer_lens import ActivationCache
+
+    cache = tiny.cache(EQUAL, names=_tl_names(tiny), positions=positions, memo=False)
+    tl = cache.to_transformer_lens(tiny)
+    assert type(tl) is ActivationCache and tl.model is tiny.bridge
+    n = tiny.n_layers
+    parts, labels = tl.decompose_resid(layer=None, mode="all", apply_ln=False, return_labels=True)
+    assert labels == ["embed"] + [f"{L}_{k}" for L in range(n) for k in ("attn_out", "mlp_out")]
+    direct = cache["embed"] + sum(cache["attn_out", L] + cache["mlp_out", L] for L in range(n))
+    torch.testing.assert_close(parts.sum(0), direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.sum(0), cache["resid_post", n - 1], rtol=1e-5, atol=1e-5)
+    acc = tl.accumulated_resid(layer=None, incl_mid=False)
+    for L in range(n):
+        torch.testing.assert_close(acc[L], cache["resid_pre", L], rtol=0, atol=0)
+    heads = tl.stack_head_results(layer=n, apply_ln=False)  # [layer·head, case, pos, d_model]
+    W_O = tiny.bridge.W_O  # [layer, head, d_head, d_model]
+    for L in range(n):
+        z = cache["z", L]  # [case, pos, head, d_head]
+        by_head = torch.stack([z[:, :, h] @ W_O[L, h] for h in range(tiny.n_heads)])
+        torch.testing.assert_close(heads[L * tiny.n_heads : (L + 1) * tiny.n_heads], by_head, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(by_head.sum(0), cache["attn_out", L], rtol=1e-4, atol=1e-5)  # the tiny Llama has no b_O
+
+
+def test_transformer_lens_cache_refuses_ragged_data_and_another_model(tiny):
+    ragged = tiny.cache(["3+5=", "12+4="], names=["blocks.0.hook_resid_post", "blocks.0.attn.hook_pattern"], positions="all", memo=False)
+    with pytest.raises(ValueError, match="2 lengths.*equal-length batch"):
+        ragged.to_transformer_lens(tiny)
+    with pytest.raises(ValueError, match="equal-length batch"):
+        ragged["resid_post", 0]
+    last = tiny.cache(["3+5=", "12+4="], names=["blocks.0.hook_resid_post", "blocks.0.attn.hook_pattern"], memo=False)
+    assert last["resid_post", 0].shape == (2, 1, tiny.d_model)  # the last position is one axis for any lengths
+    with pytest.raises(ValueError, match="equal-length batch"):
+        last["pattern", 0]  # keys of two lengths
+    from arithlens.testing import tiny_llama
+
+    with pytest.raises(ValueError, match="another model"):
+        last.to_transformer_lens(tiny_llama(seed=1))
+    with pytest.raises(ValueError, match="not a LensModel"):
+        last.to_transformer_lens(tiny.bridge)
+
+
+def test_a_bos_dataset_caches_what_a_transformer_lens_notebook_caches(tiny):
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"], n_per_op=3, prepend_bos=True)
+    cases = cases.filter(digits=1)
+    same = [c for c in cases if len(c.input_ids) == len(cases[0].input_ids)]
+    cache = tiny.cache(same, names=["blocks.1.hook_resid_post"], positions="all", memo=False)
+    _, notebook = tiny.bridge.run_with_cache(tiny.bridge.to_tokens([c.prompt for c in same]))  # TL's default: BOS first
+    torch.testing.assert_close(cache["resid_post", 1], notebook["blocks.1.hook_resid_post"], rtol=0, atol=0)

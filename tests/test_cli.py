@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from arithlens import load_result
 from arithlens.app.cli import build_parser, dataset_kwargs, main
 
 
@@ -192,6 +193,11 @@ def test_eval_and_heads_on_a_local_directory(tiny_dir, tmp_path):
     frame = pd.read_csv(out)
     assert {"layer", "head", "op", "accuracy", "baseline_accuracy", "accuracy_drop", "logprob_drop"} <= set(frame)
     assert len(frame) == 3 * 3 * 4  # (all, +, -) x layers x heads
+    saved = load_result(tmp_path / "heads.result")  # the whole result beside the CSV
+    assert type(saved).__name__ == "HeadAblationResult" and saved.correct.shape == (len(saved.heads), len(saved.cases))
+    assert list(saved.df.columns) == list(frame.columns) and saved.df["accuracy_drop"].tolist() == pytest.approx(frame["accuracy_drop"].tolist())
+    assert saved.meta["command"].startswith("arithlens heads") and saved.meta["model"]["name"]
+    assert type(load_result(tmp_path / "eval.result")).__name__ == "EvaluationResult"
 
 
 def test_cna_command_columns_match_the_python_result(tiny_dir, tmp_path):
@@ -218,6 +224,14 @@ def test_cna_command_two_inputs_and_a_target(tiny_dir, tmp_path, capsys):
     assert "-> '8'" in capsys.readouterr().out
 
 
+def test_saved_result_directory_checked_before_loading(tiny_dir, tmp_path, capsys):
+    (tmp_path / "x.result").mkdir()
+    (tmp_path / "x.result" / "notes.txt").write_text("mine")
+    code = main(["heads", "--model", tiny_dir, "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-empty directory that holds no saved result" in err and not (tmp_path / "x.csv").exists()
+
+
 def test_cna_command_head_out_of_range(tiny_dir, tmp_path, capsys):
     code = main(["cna", "--model", tiny_dir, "--device", "cpu", "--prompt", "3+5=", "--ablate-head", "7.0", "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
@@ -232,6 +246,7 @@ def test_patch_command_writes_one_row_per_node(tiny_dir, tmp_path):
     df = pd.read_csv(out)
     assert len(df) == 3 * (4 + 1)  # the tiny model: 3 layers x (4 heads + MLP)
     assert {"layer", "node", "effect"} <= set(df.columns)
+    assert load_result(tmp_path / "patch.result").effects.shape == (3 * 5, 3)
 
 
 def test_sft_command_writes_an_offline_page(tiny_dir, tmp_path):
@@ -242,6 +257,8 @@ def test_sft_command_writes_an_offline_page(tiny_dir, tmp_path):
     df = pd.read_csv(out / "sft.csv")
     assert df["variant"].tolist() == ["original", "precise", "random"]
     assert (out / "losses.csv").exists()
+    saved = load_result(out / "sft.result")
+    assert saved.losses.keys() == {"precise", "random"} and saved.models == {}
     page = (out / "sft.html").read_text(encoding="utf-8")
     assert "<script src=" not in page and "plotly.js v" in page
     assert "After 2 steps, on 4 test cases" in page
@@ -255,6 +272,17 @@ def test_package_is_eager_and_complete():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "load_model", "HeadAblation", "True"]
+
+
+def test_the_package_ships_py_typed():
+    """PEP 561: type checkers read arithlens's annotations only when `py.typed` is in the wheel."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert (root / "arithlens" / "py.typed").is_file()
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["arithlens"]
 
 
 def _documented_commands() -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import time
 import pandas as pd
 import pytest
 
+from arithlens import data
 from arithlens.data import (
     OPS,
     TEMPLATES,
@@ -490,3 +491,39 @@ def test_speed(char):
     elapsed = time.perf_counter() - start
     assert len(ds) == 3200
     assert elapsed < 1.0, f"3,200 cases took {elapsed:.2f}s"
+
+
+# ----------------------------------------------------------------------------- BOS, as TransformerLens tokenizes
+def _to_tokens_agree(model, cases, prepend_bos):
+    return [list(c.input_ids) for c in cases] == [model.bridge.to_tokens(c.prompt, prepend_bos=prepend_bos)[0].tolist() for c in cases]
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_prepend_bos_gives_transformer_lens_positions(which, request):
+    from arithlens.circuits import counterfactual_pairs
+    from arithlens.circuits.operands import locate, token_roles
+
+    model = request.getfixturevalue(which)
+    tok = model.tokenizer
+    kw = dict(ops="+-*/", templates=[1, 2, 3, 4], forms=["numeral", "word"], n_per_op=2)
+    with_bos, plain = data.arithmetic(tok, prepend_bos=True, **kw), data.arithmetic(tok, **kw)
+    assert _to_tokens_agree(model, with_bos, None)  # TL's default: BOS first
+    assert _to_tokens_agree(model, plain, False)  # arithlens's default: the tokenizer's own encode
+    assert [c.target_id for c in with_bos] == [c.target_id for c in plain]
+    assert all(c.input_ids == (tok.bos_token_id, *p.input_ids) for c, p in zip(with_bos, plain))
+    assert list(plain.with_bos(tok)) == list(with_bos) and list(with_bos.with_bos(tok, False)) == list(plain)
+    prompts = ["3+5=", "The job of a woman is"]
+    assert _to_tokens_agree(model, data.as_dataset(prompts, tok, prepend_bos=True), None)
+    assert _to_tokens_agree(model, data.prompts(tok, prompts, ["8", "nurse"], prepend_bos=True), None)
+    # circuits read token roles off the prompt's text: a BOS is "other" and moves nothing else
+    pairs = counterfactual_pairs(model, data.zhang(tok, n_per_op=2, prepend_bos=True))
+    for case, cf in zip(pairs, pairs.counterfactual_ids):
+        assert cf[0] == tok.bos_token_id and len(cf) == len(case.input_ids)
+        assert token_roles(tok, case.input_ids, locate(case)) == ["other"] + token_roles(tok, case.input_ids[1:], locate(case))
+
+
+def test_prepend_bos_is_checked(tiny):
+    with pytest.raises(ValueError, match="prepend_bos='yes' must be None"):
+        data.arithmetic(tiny.tokenizer, prepend_bos="yes")
+    with pytest.raises(ValueError, match="prepend_bos=1 must be None"):
+        data.as_dataset(["1+1="], tiny.tokenizer, prepend_bos=1)

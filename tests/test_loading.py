@@ -276,3 +276,106 @@ def test_broken_checkpoints_are_one_line_value_errors(tiny_dir, tmp_path):
     not_a_model.write_text("hello")
     with pytest.raises(ValueError, match="is a file but not a .gguf model"):
         load_model(str(not_a_model), device="cpu")
+
+
+# ---------------------------------------------------------------------------- pass-through, hub client, bridges
+def test_from_pretrained_arguments_pass_through(tiny_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    model = load_model(tiny_dir, device="cpu", trust_remote_code=True, model_kwargs={"low_cpu_mem_usage": True})
+    assert seen[-1]["low_cpu_mem_usage"] is True and seen[-1]["trust_remote_code"] is True
+    assert model.revision is None  # a local directory has no hub commit
+    with pytest.raises(ValueError, match="revision='v1' applies to hub names only"):
+        load_model(tiny_dir, revision="v1")
+    with pytest.raises(ValueError, match="model_kwargs sets dtype, revision: pass them as load_model's own"):
+        load_model(tiny_dir, model_kwargs={"revision": "x", "dtype": "float32"})
+    with pytest.raises(ValueError, match="only apply when loading weights"):
+        load_model(model, revision="main")
+
+
+def test_hub_names_load_through_the_hub_client(tiny_dir, monkeypatch):
+    """A hub name: first the local cache (revision and trust_remote_code passed), then one
+    hub-client request (its offline mode, timeout and proxies), then the download."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    calls = []
+    real_model, real_tok = AutoModelForCausalLM.from_pretrained.__func__, AutoTokenizer.from_pretrained.__func__
+
+    def fake(real):
+        def load(cls, name, **kwargs):
+            calls.append((name, kwargs.get("revision"), kwargs.get("local_files_only", False)))
+            if kwargs.pop("local_files_only", False):
+                raise OSError("not in the local cache")
+            kwargs.pop("revision", None), kwargs.pop("trust_remote_code", None)
+            return real(cls, tiny_dir, **kwargs)
+
+        return classmethod(load)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake(real_model))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake(real_tok))
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda name, revision=None, timeout=None: asked.append((name, revision, timeout)))
+    model = load_model("org/tiny", revision="abc123", device="cpu")
+    assert asked == [("org/tiny", "abc123", huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT)]
+    assert ("org/tiny", "abc123", True) in calls and ("org/tiny", "abc123", False) in calls
+    assert model.revision == "abc123" and model.name == "org/tiny"
+
+    def missing(name, revision=None, timeout=None):
+        import httpx2  # the hub client's HTTP library
+
+        url = "https://huggingface.co/api/models/org/none"
+        raise RepositoryNotFoundError("404", response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+
+    monkeypatch.setattr(huggingface_hub, "model_info", missing)
+    with pytest.raises(ValueError, match="'org/none' is not a model on the Hugging Face hub"):
+        load_model("org/none")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after import: still offline, no request
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: pytest.fail("asked the hub while offline"))
+    with pytest.raises(ValueError, match=r"offline mode: HF_HUB_OFFLINE is set.*model=None"):
+        load_model("org/tiny")
+
+
+def test_cli_offline_error_speaks_cli(tmp_path, monkeypatch, capsys):
+    from arithlens.app.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "--model", "some-org/not-cached", "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "omit --model" in err and "model=None" not in err
+
+
+def test_bridges_are_put_in_compatibility_mode_or_refused():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from arithlens.core.model import LensModel
+    from arithlens.testing import tiny_gpt2_hf, tiny_llama_hf
+
+    tokens = torch.tensor([[3, 5, 7, 9]])
+    for make in (tiny_gpt2_hf, tiny_llama_hf):
+        hf, tok = make()
+        reference = LensModel.from_hf(make()[0], tok, device="cpu")
+        bridge = TransformerBridge.boot_transformers("x", hf_model=hf, tokenizer=tok, device="cpu")
+        assert not bridge.compatibility_mode
+        model = load_model(bridge)
+        assert model.bridge.compatibility_mode
+        torch.testing.assert_close(model.bridge.W_U, reference.bridge.W_U)  # folded as arithlens folds
+        torch.testing.assert_close(model.bridge(tokens), reference.bridge(tokens), rtol=1e-5, atol=1e-5)
+    hf, tok = tiny_gpt2_hf()
+    unfolded = TransformerBridge.boot_transformers("x", hf_model=hf, tokenizer=tok, device="cpu")
+    unfolded.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    with pytest.raises(ValueError, match="LayerNorms unfolded"):
+        load_model(unfolded)
+    hf, tok = tiny_llama_hf()
+    rms = TransformerBridge.boot_transformers("x", hf_model=hf, tokenizer=tok, device="cpu")
+    rms.enable_compatibility_mode(disable_warnings=True, no_processing=True)  # RMSNorm gains are read off the modules
+    assert load_model(rms).bridge is rms

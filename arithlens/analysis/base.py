@@ -25,6 +25,8 @@ editing, fine-tuning — are plain functions returning a result
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -44,7 +46,26 @@ class Inputs(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class Analysis:
-    """Base class of every analysis: options as frozen fields, one `run`."""
+    """Base class of every analysis: options as frozen fields, one `run`.
+
+    Every subclass's `run` records where its result came from in `result.meta`
+    ([`describe_run`][arithlens.analysis.base.describe_run]), what `result.save(dir)` writes.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is None:
+            return
+
+        @functools.wraps(run)
+        def recorded(self: Analysis, model: Any, data: Any, *args: Any, **kw: Any) -> Any:
+            result = run(self, model, data, *args, **kw)
+            if isinstance(getattr(result, "meta", None), dict) and not result.meta:  # an inner run's record stands
+                result.meta.update(describe_run(self, model, data))
+            return result
+
+        cls.run = recorded
 
     def hook_names(self, model: LensModel) -> set[str]:
         """The hooks `run` reads from a clean cache (none: only the final log-probs)."""
@@ -88,3 +109,27 @@ class Analysis:
         batch = batch_size or self.pass_batch(model)
         cache = ensure_cache(model, dataset, cache, wanted, where, clean=clean, batch_size=batch)
         return Inputs(model, dataset, cache)
+
+
+def describe_run(analysis: Analysis, model: Any, data: Any) -> dict[str, Any]:
+    """What produced a result, as JSON-able values: `model` (name, revision), `analysis`
+    (class, options), `data` (class, name, number of cases)."""
+    if isinstance(model, LensModel):
+        described_model = {"name": model.name, "revision": model.revision}
+    else:
+        described_model = {"name": model if isinstance(model, str) else None, "revision": None}
+    options = {f.name: _plain(getattr(analysis, f.name)) for f in dataclasses.fields(analysis)}
+    described_data: dict[str, Any] = {"class": type(data).__name__, "name": getattr(data, "name", None)}
+    if isinstance(data, str):
+        described_data["prompt"] = data
+    elif hasattr(data, "__len__"):
+        described_data["n_cases"] = len(data)
+    return {"model": described_model, "analysis": {"class": type(analysis).__name__, "options": options}, "data": described_data}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return repr(value)

@@ -4,25 +4,45 @@ Each analysis's result is a dataclass deriving from [`Result`][arithlens.analysi
 `pandas.DataFrame` (one row per observation, columns named `layer`, `head`,
 `neuron`, `op`, `accuracy_drop`, …), `.plot()` returns a
 `plotly.graph_objects.Figure`, and `.to_csv(path)` writes `.df`. In Jupyter a result
-renders as its table.
+renders as its table. `.save(dir)` writes the whole result — table, tensors, provenance — and
+[`load_result(dir)`][arithlens.analysis.saving.load_result] opens it again
+([`arithlens.analysis.saving`][arithlens.analysis.saving] describes the layout).
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pandas as pd
-from arithlens.core.dataset import as_dataset
+from arithlens.analysis import saving
+from arithlens.core.dataset import Case, as_dataset
+from arithlens.core.names import Component
 
 
 @dataclass
 class Result:
     """Base class of analysis results: `df` (tidy, columns from the
-    [glossary][arithlens.analysis.columns.COLUMNS]), `plot()`, `to_csv(path)`."""
+    [glossary][arithlens.analysis.columns.COLUMNS]), `plot()`, `to_csv(path)`, `save(dir)`.
+
+    Attributes:
+        df: The tidy table.
+        meta: Where the result came from — `model` (name, revision), `analysis` (class and
+            options), `data` (name, class, size) — filled by `Analysis.run`; a loaded result
+            also has `versions` (of arithlens, torch, transformers, transformer_lens, pandas).
+    """
 
     df: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)
+
+    unsaved_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields `save` leaves out (live models); a loaded result has their defaults."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        saving.saveable(cls)  # load_result rebuilds a saved result by its class name
 
     def __post_init__(self) -> None:
         if not isinstance(self.df, pd.DataFrame):
@@ -39,6 +59,14 @@ class Result:
         """What the table means (scored token, what the other side is, sign conventions), from
         the result's own fields; shown above the table in Jupyter and by `print(result)`."""
         return ""
+
+    def save(self, path: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> str:
+        """Write the whole result to the directory `path` and return it: `.df` and every other
+        table as parquet, every tensor as safetensors, the rest and `meta` (plus `meta` given
+        here and the package versions) as JSON. Open it again with
+        [`arithlens.load_result`][arithlens.analysis.saving.load_result]. Fields in
+        `unsaved_fields` (live models) are left out."""
+        return saving.save_result(self, path, meta=meta)
 
     def _repr_html_(self) -> str:
         shown = min(len(self.df), REPR_ROWS)
@@ -75,6 +103,10 @@ class Table(pd.DataFrame):
         caption = html.escape(self.attrs.get("caption", ""))
         return (f"<p><em>{caption}</em></p>" if caption else "") + self.to_html(index=False)
 
+
+saving.saveable(Result)
+saving.saveable(Case)
+saving.saveable(Component)
 
 REPR_ROWS = 50
 """Rows a result shows in Jupyter before saying how many there are."""

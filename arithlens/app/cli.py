@@ -9,6 +9,10 @@
 * `arithlens cna`, `patch`, `sft`, `lora`, `prune`, `bias` — the analyses of the
   paper subpackages (each registered here by `_register_cna`, `_register_circuits`, `_register_paper`).
 
+A command writing `--out FILE.csv` also saves the whole result — per-case tensors and
+provenance included — to `FILE.result/` (`sft`: `DIR/sft.result/`); open it in Python with
+`arithlens.load_result("FILE.result")`.
+
 Every argument — output paths included — is checked before the model loads, and every
 expected failure (bad input, an unwritable path, Ctrl-C) is one line on stderr and a
 non-zero exit, without a traceback. Importing this module imports neither torch nor
@@ -32,10 +36,11 @@ import pandas as pd
 
 from arithlens import __version__, data
 from arithlens.core import validate
-from arithlens.core.loading import check_dtype, load_model
+from arithlens.core.loading import HubUnavailableError, check_dtype, load_model
 from arithlens.core.placement import available_devices, resolve_placement
 from arithlens.app.pipeline import run_pipeline
 from arithlens.analysis.evaluation import evaluate
+from arithlens.analysis.saving import check_path
 from arithlens.cna.heads import HeadAblation
 from arithlens.core.names import Component
 from arithlens.data import Case, as_dataset
@@ -214,13 +219,35 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     """Load `--model` with `--device` / `--dtype` / `--device-map` / `--n-devices` (all checked first)."""
 
     check_model(args.model)
-    return load_model(args.model, **model_options(args))
+    try:
+        return load_model(args.model, **model_options(args))
+    except HubUnavailableError as err:  # say it in the command line's words, not Python's
+        raise HubUnavailableError(err.spec, err.reason, local_hint="omit --model") from None
 
 
-def _write_csv(frame: Any, path: str | os.PathLike) -> None:
-    """Write `frame` (no index), creating the parent directory, and say so."""
+def _write_csv(frame: Any, path: str | os.PathLike, result: Any = None, model: Any = None, args: Any = None) -> None:
+    """Write `frame` (no index), creating the parent directory, and say so; with `result`,
+    also save the whole result beside it ([`result_dir`][arithlens.app.cli.result_dir])."""
     write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     print(f"wrote {len(frame)} rows to {path}")
+    if result is not None:
+        _save(result, result_dir(path), model, args)
+
+
+def result_dir(csv_path: str | os.PathLike) -> str:
+    """Where a command saves the whole result behind its CSV: `FILE.csv` → `FILE.result/`
+    (open it with `arithlens.load_result`)."""
+    base = os.fspath(csv_path)
+    return (base[: -len(".csv")] if base.lower().endswith(".csv") else base) + ".result"
+
+
+def _save(result: Any, path: str, model: Any, args: Any) -> None:
+    described = {"command": " ".join(["arithlens", *getattr(args, "argv", [])])}
+    if model is not None:
+        described["model"] = {"name": model.name, "revision": model.revision}
+    if not result.meta.get("model"):
+        result.meta.update(described)  # procedures record no run of their own
+    print(f"saved the result to {result.save(path, meta={'command': described['command']})} (arithlens.load_result)")
 
 
 def precheck(args: argparse.Namespace) -> None:
@@ -235,6 +262,7 @@ def precheck(args: argparse.Namespace) -> None:
     kind = getattr(args, "out_kind", None)
     if kind == "file":
         validate.output_path(args.out, "--out")
+        check_path(result_dir(args.out), "--out's result directory")
     elif kind == "dir":
         validate.output_dir(args.out, "--out")
     check = getattr(args, "check", None)
@@ -245,7 +273,10 @@ def precheck(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- commands
 def _cmd_run(args: argparse.Namespace) -> int:
 
-    path = run_pipeline(model=args.model, out=args.out, quick=args.quick, **model_options(args))
+    try:
+        path = run_pipeline(model=args.model, out=args.out, quick=args.quick, **model_options(args))
+    except HubUnavailableError as err:
+        raise HubUnavailableError(err.spec, err.reason, local_hint="omit --model") from None
     print(f"report: {os.path.abspath(path)}")
     return 0
 
@@ -256,7 +287,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ev = evaluate(model, dataset_from_args(model, args), full_answer=not args.no_full_answer)
     cols = ["prompt", "input_ids", "answer", "target_token", "target_str", "predicted_token", "predicted_str",
             "correct", "full_correct", "target_logprob", "op", "digits", "template", "form", "case_type", "a", "b"]  # fmt: skip
-    _write_csv(ev.cases[[c for c in cols if c in ev.cases]], args.out)
+    _write_csv(ev.cases[[c for c in cols if c in ev.cases]], args.out, ev, model, args)
     print(ev.summary(["op"]).to_string(index=False))
     return 0
 
@@ -272,7 +303,7 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     sweep = HeadAblation(method=args.method, position=args.position, estimate=args.estimate, rescore=args.rescore_n)
     model = load_model_from_args(args)
     result = sweep.run(model, dataset_from_args(model, args))
-    _write_csv(result.df, args.out)
+    _write_csv(result.df, args.out, result, model, args)
     print(result.top(5).to_string(index=False))
     return 0
 
@@ -347,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 bad input, 1 I/O error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a saved result records
     prog = f"arithlens {args.command}"
     try:
         precheck(args)
@@ -473,7 +505,7 @@ def _cmd_cna(args: argparse.Namespace) -> int:
     df = result.df.reindex(columns=COLUMNS)
     if args.head_node is None and args.other_prompt is None:
         df = df.sort_values("importance", ascending=False, kind="stable")
-    _write_csv(df, args.out)
+    _write_csv(df, args.out, result, model, args)
     target = result.w_str[0] if getattr(result, "w_str", None) else case.target_str
     print(f"{args.prompt!r} -> {target!r} ({label}); top neurons (L_N = neuron N of layer L):")
     print(df.head(10).drop(columns="top_tokens").to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -592,9 +624,11 @@ def _register_paper(subparsers: Any) -> None:
 def _cmd_lora(args: argparse.Namespace) -> int:
 
     validate.output_path(args.out, "--out")
+    check_path(result_dir(args.out), "--out's result directory")
     dataset = dataset_kwargs(args)
     if args.coef_out is not None:
         validate.output_path(args.coef_out, "--coef-out")
+        check_path(result_dir(args.coef_out), "--coef-out's result directory")
     layers = None if args.layers is None else _int_list(args.layers, "--layers")
     adapters = None if args.adapters is None else validate.output_dir(args.adapters, "--adapters")
     settings = _sweep(args, layers=layers, out_dir=adapters, full_answer=args.full_answer)
@@ -603,12 +637,12 @@ def _cmd_lora(args: argparse.Namespace) -> int:
                             case_answer=args.case_answer, mode=args.mode)  # fmt: skip
     model = load_model_from_args(args)
     result = lora_layer_sweep(model, settings)
-    _write_csv(result.df, args.out)
+    _write_csv(result.df, args.out, result, model, args)
     print(result.df[["model", "lora_layer", "lr", "accuracy"]].to_string(index=False))
     if args.coef_out is not None:
         cases = data.arithmetic(model.tokenizer, **dataset)
         tables = coef.run(model, cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases, loras=result)
-        _write_csv(tables.df, args.coef_out)
+        _write_csv(tables.df, args.coef_out, tables, model, args)
         print(tables.table9().round(3).to_string())
         print(tables.table10().round(1).to_string())
     return 0
@@ -617,6 +651,7 @@ def _cmd_lora(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
 
     validate.output_path(args.out, "--out")
+    check_path(result_dir(args.out), "--out's result directory")
     dataset = dataset_kwargs(args)
     save = None if args.save is None else validate.output_dir(args.save, "--save")
     deep = None if args.deep_layers is None else _int_list(args.deep_layers, "--deep-layers")
@@ -628,7 +663,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     settings.resolve(model)  # layer range, K and the gated MLP checked before any training
     cases = data.arithmetic(model.tokenizer, **dataset)
     result = cna_pruning(model, settings, cases=cases.sample(n_cases, seed=dataset["seed"]) if n_cases < len(cases) else cases)
-    _write_csv(result.df, args.out)
+    _write_csv(result.df, args.out, result, model, args)
     print(result.table().to_string())
     return 0
 
@@ -636,6 +671,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_bias(args: argparse.Namespace) -> int:
 
     validate.output_path(args.out, "--out")
+    check_path(result_dir(args.out), "--out's result directory")
     save = None if args.save_edited is None else validate.output_dir(args.save_edited, "--save-edited")
     data = paper_bias_data()
     if args.professions is not None:
@@ -645,7 +681,7 @@ def _cmd_bias(args: argparse.Namespace) -> int:
                                   n_arithmetic=_int(args.n_arithmetic, "--n-arithmetic"), seed=_int(args.seed, "--seed"))  # fmt: skip
     model = load_model_from_args(args)
     result = gender_bias(model, settings)
-    _write_csv(result.df, args.out)
+    _write_csv(result.df, args.out, result, model, args)
     print(result.table13().round(3).to_string())
     print("edited neurons:", ", ".join(f"{L}_{n}" for L, n in result.neurons))
     if save is not None:
@@ -698,13 +734,14 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     if args.limit_n is not None and args.limit_n < len(cases):
         cases = cases.sample(args.limit_n, seed=int(args.seed))
     result = args.patching.run(model, cases)
-    _write_csv(result.df, args.out)
+    _write_csv(result.df, args.out, result, model, args)
     top = result.df.reindex(result.df["effect"].abs().sort_values(ascending=False).index).head(10)
     print(top[[c for c in ("layer", "node", "effect", "effect_sem", "logit_change") if c in top]].to_string(index=False))
     return 0
 
 
 def _check_sft(args: argparse.Namespace) -> None:
+    check_path(os.path.join(args.out, "sft.result"), "--out's result directory")
 
     args.patch_pairs_n = validate.positive_int(_int_text(args.patch_pairs, "--patch-pairs"), "--patch-pairs")
     args.seed_n = _int_text(args.seed, "--seed")
@@ -729,6 +766,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     result = precise_sft(model, args.sft, patching=patching)
     os.makedirs(args.out, exist_ok=True)
     result.to_csv(os.path.join(args.out, "sft.csv"))
+    _save(result, os.path.join(args.out, "sft.result"), model, args)
     losses = pd.DataFrame([{"variant": v, "step": i, "loss": x} for v, c in result.losses.items() for i, x in enumerate(c)])
     losses.to_csv(os.path.join(args.out, "losses.csv"), index=False)
     page = Report(f"Precise SFT: {model.name}", meta={"model": repr(model), "key nodes": ", ".join(str(n) for n in result.nodes)})

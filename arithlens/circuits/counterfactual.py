@@ -48,7 +48,9 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
+from arithlens.analysis.saving import saveable
 from arithlens.circuits.operands import Spans, locate
+from arithlens.core.dataset import set_bos
 from arithlens.data import ArithmeticDataset, Case, as_dataset
 
 # Irrelevant replacements, tried in order; the first giving the same token count wins.
@@ -62,6 +64,7 @@ REPLACEMENTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+@saveable
 @dataclass(frozen=True)
 class CounterfactualPrompt:
     """The counterfactual of one reference case.
@@ -84,6 +87,7 @@ class CounterfactualPrompt:
 _PAIR_COLUMNS = ("counterfactual", "word", "replacement")
 
 
+@saveable
 class CounterfactualPairs(ArithmeticDataset):
     """Reference cases, each carrying its same-length counterfactual.
 
@@ -119,6 +123,15 @@ class CounterfactualPairs(ArithmeticDataset):
                     f"counterfactual {cf.prompt!r} has {len(cf.input_ids)} tokens but its reference "
                     f"{case.prompt!r} has {len(case.input_ids)}: pairs must align token by token"
                 )
+
+    def to_saved(self) -> dict[str, Any]:
+        """The cases, their counterfactuals and the name (what a saved result keeps)."""
+        return {"cases": list(self._cases), "counterfactuals": list(self._pairs), "name": self.name}
+
+    @classmethod
+    def from_saved(cls, state: dict[str, Any]) -> "CounterfactualPairs":
+        """The pairs [`to_saved`][arithlens.circuits.counterfactual.CounterfactualPairs.to_saved] described."""
+        return cls(state["cases"], state["counterfactuals"], name=state["name"])
 
     # ------------------------------------------------------------------ the pairs
     @property
@@ -277,7 +290,8 @@ def counterfactual_pairs(
         chosen, last = None, None
         for word in words:
             text = prompt[: sp.op[0]] + word + prompt[sp.op[1] :]
-            cand = tuple(int(t) for t in tokenizer.encode(text))
+            # The counterfactual starts as its reference does: with BOS exactly when it has one.
+            cand = set_bos(tokenizer.encode(text), tokenizer, bool(ids) and ids[0] == getattr(tokenizer, "bos_token_id", None))
             last = (word, text, len(cand))
             if len(cand) == len(ids) and (unk is None or unk not in cand or unk in ids):
                 chosen = CounterfactualPrompt(text, cand, sp.word, word, sp)

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from arithlens.analysis.saving import saveable
 from arithlens.data import Case
 from arithlens.data import TEMPLATES, number_to_words
 from arithlens.core.dataset import decode_many
@@ -59,6 +60,7 @@ _NUMBER = re.compile(
 Span = tuple[int, int]
 
 
+@saveable
 @dataclass(frozen=True)
 class Spans:
     """Character spans `[start, end)` of operand A, operand B and the operator word.
@@ -160,9 +162,15 @@ def token_spans(tokenizer: Any, ids: Sequence[int]) -> list[Span]:
     """Character span of every token of `ids` in `decode(ids)` (by cumulative decoding)."""
 
     ids = list(ids)
-    ends = [len(t) for t in decode_many(tokenizer, [ids[: i + 1] for i in range(len(ids))])]
+    # Leading special tokens (a BOS) are not in the prompt's text: empty spans at 0.
+    specials = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    k = 0
+    while k < len(ids) and ids[k] in specials:
+        k += 1
+    rest = ids[k:]
+    ends = [len(t) for t in decode_many(tokenizer, [rest[: i + 1] for i in range(len(rest))])]
     starts = [0] + ends[:-1]
-    return list(zip(starts, ends))
+    return [(0, 0)] * k + list(zip(starts, ends))
 
 
 def token_roles(tokenizer: Any, ids: Sequence[int], spans: Spans) -> list[str]:

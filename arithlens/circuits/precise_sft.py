@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, ClassVar
 
 import pandas as pd
 
@@ -84,13 +84,16 @@ class PreciseSFTResult(Result):
         df: One row per variant (`original` first): `variant, n_params, steps,
             final_loss, accuracy` (first token), `full_accuracy` (greedy whole answer),
             [`perplexity`][arithlens.analysis.tuning.perplexity] (general text), `accuracy_change`, `perplexity_change`, `nodes`.
-        models: Trained [`LensModel`][arithlens.core.model.LensModel] per variant (copies).
+        models: Trained [`LensModel`][arithlens.core.model.LensModel] per variant (copies) (not saved by `save`: a loaded result has none).
         losses: Training loss per step per variant.
         nodes: Key nodes (`precise`).
         random_nodes: The control's nodes (`random`).
     """
 
     models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    unsaved_fields: ClassVar[tuple[str, ...]] = ("models",)
+    """`save` leaves the live models out (a loaded result has none)."""
     losses: dict[str, list[float]] = field(default_factory=dict, repr=False)
     nodes: list[Component] = field(default_factory=list)
     random_nodes: list[Component] = field(default_factory=list)

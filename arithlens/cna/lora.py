@@ -44,7 +44,7 @@ import math
 import pathlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, ClassVar
 
 import pandas as pd
 import torch
@@ -124,13 +124,16 @@ class LoRALayerSweepResult(Result):
         lr_search: One row per (LoRA layer, learning rate): `lora_layer, lr, val_loss, chosen`.
         losses: Training loss per step of each chosen adapter, by LoRA layer.
         models: The merged models ([`LensModel`][arithlens.core.model.LensModel]), by LoRA layer
-            (empty with `keep_models=False`).
+            (empty with `keep_models=False`) (not saved by `save`: a loaded result has none).
         adapter_dirs: Where each adapter is saved, by LoRA layer (empty without `out_dir`).
     """
 
     lr_search: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     losses: dict[int, list[float]] = field(default_factory=dict, repr=False)
     models: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    unsaved_fields: ClassVar[tuple[str, ...]] = ("models",)
+    """`save` leaves the live models out (a loaded result has none)."""
     adapter_dirs: dict[int, str] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:

