@@ -128,6 +128,31 @@ def test_tiny_report_is_complete(tiny_report):
     assert '<h2 id="timings">Timings</h2>' in text and "head sweep" in text
 
 
+def test_report_rebuilds_from_saved_results_without_a_model(tiny_report, monkeypatch, capsys):
+    """`arithlens report DIR` rewrites the same report.html from DIR/results/ with no model loaded;
+    a directory without a saved run is one line of bad input."""
+    import pathlib
+
+    from arithlens.app import cli, pipeline
+    from arithlens.core import loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("arithlens report loaded a model")
+
+    monkeypatch.setattr(loading, "load_model", no_model)
+    monkeypatch.setattr(pipeline, "load_model", no_model)
+    path = pathlib.Path(tiny_report)
+    before = path.read_text(encoding="utf-8")
+    path.unlink()
+    assert cli.main(["report", str(path.parent)]) == 0
+    assert path.read_text(encoding="utf-8") == before
+    assert (path.parent / "results" / "cna_chain").is_dir() and (path.parent / "results" / "run.json").is_file()
+    capsys.readouterr()
+    assert cli.main(["report", str(path.parent / "results")]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no saved run" in err
+
+
 def test_report_renders_every_figure_without_errors(tiny_report, tmp_path):
     text = open(tiny_report, encoding="utf-8").read()
     result = render(tiny_report, tmp_path)
