@@ -40,7 +40,8 @@ var texts=[];div.querySelectorAll('svg text').forEach(function(t){
  if(t.closest('.textpoint')){kind='label'}if(t.closest('.annotation')){kind='annotation'}if(t.closest('.legend')){kind='legend'}
  texts.push({text:t.textContent,kind:kind,box:box(t)})});
 var bars=[];div.querySelectorAll('g.colorbar').forEach(function(g){bars.push(box(g))});
-out.push({id:div.id,box:box(svg),texts:texts,colorbars:bars})});
+var col=div.closest('.md-content__inner')||document.body;
+out.push({id:div.id,box:box(svg),texts:texts,colorbars:bars,column:col.clientWidth})});
 var d=document.createElement('pre');d.id='layout-probe';d.textContent=JSON.stringify(out);document.body.appendChild(d)},500)});</script>"""
 
 
@@ -201,13 +202,19 @@ def test_the_site_asks_the_network_for_nothing(built_site):
         assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page
 
 
-def test_a_tutorial_page_draws_every_figure(built_site, tmp_path):
-    """Tutorial 02 as the docs site serves it: plotly.js from the site itself, every figure drawn, no page error."""
+@pytest.mark.parametrize("width", [700, 1200])
+def test_a_tutorial_page_draws_every_figure(built_site, tmp_path, width):
+    """Tutorial 02 as the docs site serves it: plotly.js from the site itself, every figure drawn,
+    no page error, each figure as wide as the text column (no prompt gutter beside it: it was
+    584 px in a 688 px column) and readable (no cut title, no overlapping labels)."""
     page = built_site / "tutorials" / "02_arithmetic_heads" / "index.html"
     assert page.exists(), sorted(p.name for p in (built_site / "tutorials").iterdir())
-    result = render(page, page.parent)  # the probed copy sits beside the page: its relative script paths hold
+    result = render(page, page.parent, width=width)  # the probed copy sits beside the page: its relative script paths hold
     assert result["figures"] >= 2
     assert result["empty"] == [] and result["errors"] == []
+    for fig in result["layout"]:
+        assert fig["box"][2] - fig["box"][0] >= 0.93 * fig["column"], fig["id"]
+    assert layout_problems(result["layout"]) == []
 
 
 def wide_dag():
