@@ -6,8 +6,11 @@
 3. Run each report module's sections ([`PAPER_SECTIONS`][arithlens.app.pipeline.PAPER_SECTIONS]):
    CNA (Tables 4–6 and the logic chain), hidden-interpretable neurons (Tables 7–8),
    Zhang et al.'s path patching, knockout and probes.
-4. Write `report.html` (self-contained, opens offline), `accuracy.csv`, `heads.csv` and
-   one CSV per section.
+4. Save every analysis's result under `out/results/` (`Result.save`, plus `run.json`),
+   then write `report.html` (self-contained, opens offline) from the results read back
+   from there, beside `accuracy.csv`, `heads.csv` and one CSV per section.
+   [`render_report`][arithlens.app.pipeline.render_report] (`arithlens report DIR`)
+   rebuilds the report from them without a model.
 
 Every reading in the report is computed from the numbers it describes, with 95 %
 intervals ([`arithlens.core.stats`][arithlens.core.stats]): a claim is stated when the cases
