@@ -6,6 +6,10 @@
   ``javascripts/plotly.min.js`` in every page's head instead, and :func:`on_post_build`
   copies that file from the installed plotly package, so the built site works offline and
   the file is never committed.
+* **Offline.** The theme loads no web fonts (``theme.font: false``); :func:`on_post_page`
+  drops the MathJax loaders the stored notebook outputs carry (plotly's figures and
+  nbconvert's template point at a CDN; no page typesets maths) and nbconvert's empty
+  ``<script src="">``, so no page asks the network for anything.
 * **Docstrings.** :func:`on_pre_build` loads the documented modules with griffe and logs a
   warning — which ``mkdocs build --strict`` turns into a failure — for every public
   module-level class or function, and every public ``run`` method, without a docstring.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 
 log = logging.getLogger("mkdocs.plugins.arithlens.docstrings")
@@ -77,3 +82,12 @@ def on_post_build(config, **kwargs) -> None:
     target = os.path.join(config["site_dir"], "javascripts", "plotly.min.js")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copyfile(source, target)
+
+
+# A MathJax loader from a CDN (plotly's notebook output, nbconvert's template), and the
+# empty script tag nbconvert writes when no MathJax URL is configured.
+MATHJAX = re.compile(r'<script[^>]*src="(?:https?:)?//[^"]*mathjax[^"]*"[^>]*>\s*</script>|<script src="">\s*</script>', re.I)
+
+
+def on_post_page(output: str, page, config) -> str:
+    return MATHJAX.sub("", output)

@@ -174,7 +174,9 @@ def test_aggregates_frames_and_plot(tiny):
     assert (df["top_tokens"].head(10) != "").all() and len(res.per_case(2)) == 2 * len(PROMPTS)
     fig = res.plot(n_label=3)
     assert len(fig.data[0].y) == len(df) and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
-    assert list(fig.data[1].text) == [f"{L}_{n}" for L, n in zip(df["layer"].head(3), df["neuron"].head(3))]
+    names = [t.name.split(" ")[1] for t in fig.data[1:]]  # "1. L_N (importance)": named in the legend
+    assert names == [f"{L}_{n}" for L, n in zip(df["layer"].head(3), df["neuron"].head(3))]
+    assert [t.y[0] for t in fig.data[1:]] == pytest.approx(df["importance"].head(3).tolist())
     capped = res.plot(max_points=20).data[0].y
     assert sorted(abs(v) for v in capped) == pytest.approx(sorted(df["importance"].abs().nlargest(20)))
 
@@ -423,3 +425,23 @@ def test_top_tokens_are_the_subvalues_not_the_unsigned_value_vectors(tiny):
         assert r.top_tokens == "[" + ", ".join(repr(t) for t in tiny.token_strs(ids)) + "]"
         negative += r.coef < 0
     assert negative > 0  # some listed neuron has a negative coefficient: the sign is tested
+
+
+def test_captions_name_the_scored_token_the_other_side_and_the_sign(tiny):
+    """`print(result.table(k))` shows every column (scores not elided) under a caption built from the result;
+    the result's caption names w, where it came from, the other side and importance_change's sign."""
+    cases = data.arithmetic(tiny.tokenizer, ops="+", templates=[4], forms=["numeral"]).sample(1)
+    res = ComparativeNeuronScores(intervention=(1, 2), target="answer").run(tiny, cases)
+    w = res.w_str[0]
+    caption = res.caption()
+    assert f"w = {w!r}" in caption and "the correct answer's token" in caption and res.other in caption
+    assert "importance − importance_other" in caption and "dropped on the other side" in caption
+    printed = repr(res.table(2))
+    assert printed.startswith("Table 4: the top 2 neurons") and f"w = {w!r}" in printed
+    header = printed.splitlines()[1].split()
+    assert header == ["neuron_label", "side", "importance", "coef", "top_tokens"]
+    assert all(len(line.split()) >= 5 for line in printed.splitlines()[2:])  # every row shows its scores
+    html = res._repr_html_()
+    assert "importance − importance_other" in html and str(res).splitlines()[0].endswith(caption)
+    imp = NeuronImportance(mode="exact").run(tiny, PROMPTS[:2], w=[3, 3])
+    assert "w = " + repr(imp.w_str[0]) in imp.caption() and "given by the caller" in imp.caption() and "2 cases" in imp.caption()

@@ -214,3 +214,13 @@ def test_plot_has_one_panel_per_distinct_group(tiny):
     assert len(single.data) == 1 and [a.text for a in single.layout.annotations] == ["+"]
     double = sweep.run(tiny, two_ops).plot()
     assert [a.text for a in double.layout.annotations] == ["all", "+", "-"]
+
+
+def test_caption_states_the_sign_and_what_was_ablated(tiny):
+    from arithlens.cna import HeadAblation
+
+    res = HeadAblation().run(tiny, ["3+5=", "2+4="])
+    caption = res.caption()
+    assert "zero-ablation of each head (every head ablated exactly) on 2 cases" in caption
+    assert "accuracy_drop = baseline_accuracy − accuracy" in caption and "positive means the head helps" in caption
+    assert __import__("html").escape(caption) in res._repr_html_() and str(res).startswith(f"HeadAblationResult: {caption}")

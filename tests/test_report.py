@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from arithlens.app.circuits_sections import attention_reading, knockout_reading, patching_reading, probe_reading, sft_reading
-from arithlens.app.cna_sections import chain_reading, table4_reading, table5_reading, table6_reading
+from arithlens.app.cna_sections import chain_reading, chain_table, table4_reading, table5_reading, table6_reading
 from arithlens.app.cna_sections import table7_reading, table8_reading
-from arithlens.app.pipeline import accuracy_reading, case_type_reading, heads_reading, top_head
+from arithlens.app.pipeline import _case_type_table, accuracy_reading, case_type_reading, heads_reading, top_head
 from arithlens.app.report import Report, Section
 from arithlens.core.stats import (
     Estimate,
@@ -186,6 +186,27 @@ def test_heads_reading_many_heads_is_spread():
     assert "spread over many heads" in text and "A few heads" not in text
 
 
+def test_heads_reading_one_measurable_head_with_a_small_drop_is_not_the_papers_picture():
+    """1 head of 40 measurable, losing ~a quarter of the correct answers at best: no "as in the paper"."""
+    text = heads_reading(_sweep({(2, 7): 14}), (2, 7))
+    assert "1 of 40 heads lowers accuracy measurably" in text and "2.7 (14 points)" in text
+    assert "as in the paper" not in text and "not the paper's picture" in text
+
+
+def test_case_type_reading_counts_equal_its_table():
+    """The reading's baseline counts per case type are the table's n and baseline accuracy."""
+    types_ = np.array(["memorize", "change-one"] * 50)
+    sweep = _sweep({(0, 1): 10}, base=7, case_type=types_)
+    sweep.cases["target_str"] = np.where(types_ == "change-one", "1", "7")
+    text = case_type_reading(sweep, (0, 1))
+    table = _case_type_table(sweep, (0, 1))
+    for r in table.itertuples():
+        assert f"{r.case_type} {round(r.baseline_accuracy * r.n)} of {r.n}" in text
+        assert f"{r.case_type}: " in text and f"on {r.n} cases" in text
+    assert "memorize 4 of 50" in text and "change-one 3 of 50" in text
+    assert "Every change-one case's scored token is '1'" in text and "carry or borrow" in text
+
+
 def test_case_type_reading():
     types_ = np.array(["memorize", "change-one"] * 50)
     same = case_type_reading(_sweep({(0, 1): 40}, case_type=types_), (0, 1))
@@ -248,6 +269,37 @@ def test_table6_reading():
     failed = table6_reading(_dag([2.0, -2.0, 1.0, -1.5], edges=0))
     assert "do not establish prediction enhancing" in failed and "as in the paper" not in failed
     assert "no edge above the threshold" in failed
+
+
+def test_table6_reading_names_every_root_the_figure_rings():
+    from arithlens.cna import PredictionEnhancingDAGResult
+
+    nodes = pd.DataFrame({"case": 0, "layer": [29, 25, 20, 18, 15, 10], "neuron": [1, 2, 3, 4, 5, 6],
+                          "score": [6.0, 5, 4, 3, 2, 1], "coef": 0.1, "is_root": [False, False, True, True, True, True], "top_tokens": ""})  # fmt: skip
+    edges = pd.DataFrame({"case": 0, "src_layer": [20, 18, 15, 10], "src_neuron": [3, 4, 5, 6], "dst_layer": [29, 29, 25, 25],
+                          "dst_neuron": [1, 1, 2, 2], "gate_ip": 0.1, "up_ip": 0.1, "drive": 0.1, "relative_drive": 0.2})  # fmt: skip
+    t6 = pd.DataFrame({"k": [6], "lowest_layer": [10], "lowest_neuron": [6], "coef_decrease": [10.0], "n": [1]})
+    dag = PredictionEnhancingDAGResult(df=edges, nodes=nodes, pairs=edges, table6=t6, threshold=0.05)
+    text = table6_reading(dag)
+    ringed = [lab for lab, c in zip(dag.plot().data[0].text, dag.plot().data[0].marker.line.color) if c == "black"]
+    assert "4 edges among its 6 top neurons" in text and f"{len(ringed)} roots (ringed)" in text
+    assert "most important first: 20_3, 18_4, 15_5 and 10_6" in text and sorted(ringed) == sorted(["20_3", "18_4", "15_5", "10_6"])
+
+
+def test_chain_reading_edges_equal_its_table():
+    """The logic chain's reading counts 4 PE-DAG edges; the report's table lists all 4 (it listed the top 3)."""
+    from arithlens.cna import LogicChainResult
+
+    rows = [{"stage": "feature predicting", "layer": 0, "position": 3, "token": "=", "neuron": None, "head": 8, "score": 1.2, "measure": "logprob_drop", "top_tokens": ""}]
+    for i, (src, dst) in enumerate([("10_517", (23, 1092)), ("15_3", (20, 4)), ("15_3", (29, 5)), ("20_4", (29, 5))]):
+        rows.append({"stage": "prediction enhancing", "layer": dst[0], "position": 3, "token": "=", "neuron": dst[1], "head": None,
+                     "score": 0.4 - 0.1 * i, "measure": f"relative_drive from {src}", "top_tokens": ""})  # fmt: skip
+    df = pd.DataFrame(rows).astype({"neuron": "Int64", "head": "Int64"})
+    chain = LogicChainResult(df=df, prompt="3+5=", prediction="8", head=(0, 8), root=(10, 517), n_layers=30)
+    text = chain_reading(chain)
+    n = int(text.split(" PE-DAG edge")[0].rsplit(" ", 1)[1])
+    listed = chain_table(chain).set_index("stage").loc["prediction enhancing", "components"].split(", ")
+    assert n == 4 == len(listed) and "10_517 → 23_1092" in listed
 
 
 def test_chain_reading_counts_the_stages_it_shows():
@@ -386,3 +438,26 @@ def test_reports_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         report.write(target)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_hovers_show_formatted_numbers():
+    """plotly express writes bare `%{y}`: a hover would read accuracy_drop=0.29999998211860657."""
+    import plotly.express as px
+
+    from arithlens.analysis.figures import format_hovers
+    from arithlens.app.report import prepare_figure
+
+    df = pd.DataFrame({"M": ["M=0", "M=1"], "accuracy_drop": np.array([0.29999998211860657, 0.1], dtype=np.float32), "n": [3, 4]})
+    fig = px.bar(df, x="M", y="accuracy_drop", text="n", custom_data=["accuracy_drop", "M"], hover_data=["n"])
+    fig.data[0].hovertemplate += "<br>again %{customdata[0]} of %{customdata[1]}"
+    assert "accuracy_drop=%{y}" in fig.data[0].hovertemplate
+    for out in (format_hovers(go_copy(fig)), prepare_figure(fig)):
+        template = out.data[0].hovertemplate
+        assert "accuracy_drop=%{y:.4~g}" in template and "again %{customdata[0]:.4~g} of %{customdata[1]}" in template
+        assert "M=%{x}<" in template  # categories stay as they are
+
+
+def go_copy(fig):
+    import plotly.graph_objects as go
+
+    return go.Figure(fig)

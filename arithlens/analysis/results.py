@@ -11,6 +11,7 @@ renders as its table. `.save(dir)` writes the whole result — table, tensors, p
 
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -54,6 +55,11 @@ class Result:
         self.df.to_csv(path, index=False, **kwargs)
         return path
 
+    def caption(self) -> str:
+        """What the table means (scored token, what the other side is, sign conventions), from
+        the result's own fields; shown above the table in Jupyter and by `print(result)`."""
+        return ""
+
     def save(self, path: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> str:
         """Write the whole result to the directory `path` and return it: `.df` and every other
         table as parquet, every tensor as safetensors, the rest and `meta` (plus `meta` given
@@ -70,7 +76,32 @@ class Result:
                 f"<p><em>{shown:,} of {len(self.df):,} rows shown; the whole table is "
                 "<code>.df</code></em></p>"
             )
-        return f"<p><strong>{type(self).__name__}</strong></p>" + self.df.head(shown).to_html(index=False) + note
+        caption = html.escape(self.caption())
+        head = f"<p><strong>{type(self).__name__}</strong>" + (f": {caption}" if caption else "") + "</p>"
+        return head + self.df.head(shown).to_html(index=False) + note
+
+    def __str__(self) -> str:
+        shown = min(len(self.df), REPR_ROWS)
+        head = type(self).__name__ + (f": {self.caption()}" if self.caption() else "")
+        note = f"\n({shown:,} of {len(self.df):,} rows shown; the whole table is .df)" if shown < len(self.df) else ""
+        return head + "\n" + self.df.head(shown).to_string(index=False, max_colwidth=TOKENS_WIDTH) + note
+
+
+class Table(pd.DataFrame):
+    """A table for reading (e.g. Table 4's layout): prints every column, long text cut to
+    `TOKENS_WIDTH` characters, under its caption (`attrs["caption"]`); slices are plain frames."""
+
+    @property
+    def _constructor(self) -> type:
+        return pd.DataFrame
+
+    def __repr__(self) -> str:
+        caption = self.attrs.get("caption", "")
+        return (caption + "\n" if caption else "") + self.to_string(index=False, max_colwidth=TOKENS_WIDTH)
+
+    def _repr_html_(self) -> str:
+        caption = html.escape(self.attrs.get("caption", ""))
+        return (f"<p><em>{caption}</em></p>" if caption else "") + self.to_html(index=False)
 
 
 saving.saveable(Result)
@@ -79,6 +110,9 @@ saving.saveable(Component)
 
 REPR_ROWS = 50
 """Rows a result shows in Jupyter before saying how many there are."""
+
+TOKENS_WIDTH = 48
+"""Characters of a long text cell (a neuron's top tokens) a printed table shows."""
 
 
 def case_frame(data: Any, model: Any) -> pd.DataFrame:

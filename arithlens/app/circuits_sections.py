@@ -244,29 +244,56 @@ def sft_reading(sft: Any, n_test: int) -> str:
 
 
 # ----------------------------------------------------------------------------- sections
-def sections(ctx: Any) -> list[Any]:
-    """Zhang et al.'s sections of the `arithlens run` report."""
+def compute(ctx: Any, saved: Any) -> None:
+    """Run Zhang et al.'s analyses of the `arithlens run` report and save them in `saved`."""
 
     model, out, sizes = ctx.model, ctx.out, ctx.sizes
+    facts = saved.facts["circuits"] = {}
     with ctx.timed("circuits: path patching"):
         cases = data.arithmetic(model.tokenizer, ops="+", digits=2, templates=[3], forms=["numeral"], n_per_op=sizes.circuits_pairs)
         pairs = counterfactual_pairs(model, cases)
-        patching = PathPatching(progress=True).run(model, pairs)
+        patching = saved.keep("circuits_patching", PathPatching(progress=True).run(model, pairs))
         patching.to_csv(str(out / "circuits_patching.csv"))
+    facts["n_pairs"] = len(pairs)
+
+    with ctx.timed("circuits: knockout"):
+        knockout = Knockout(k=8, individual=sizes.knockout_individual, n_random=sizes.knockout_random, progress=True).run(model, pairs, patching=patching)
+        saved.keep("circuits_knockout", knockout)
+        knockout.to_csv(str(out / "circuits_knockout.csv"))
+
+    with ctx.timed("circuits: END attention and MLP probe"):
+        saved.keep("circuits_attention", EndAttention(k=4).run(model, pairs, patching=patching))
+        saved.keep("circuits_probe", MLPProbe().run(model, cases))
+
+    if sizes.sft:
+        n_test, steps = 80, 60
+        facts["n_test"] = n_test
+        # The random control needs as many non-key nodes as key ones.
+        k = max(1, min(8, len(patching.df) // 3))
+        with ctx.timed("circuits: precise SFT"):
+            try:
+                settings = PreciseSFTSettings(k=k, steps=steps, batch_size=8, n_train=400, n_test=n_test, progress=True)
+                sft = saved.keep("circuits_sft", precise_sft(model, settings, patching=patching))
+                sft.to_csv(str(out / "circuits_sft.csv"))
+            except ValueError as err:
+                facts["sft_error"] = str(err)
+
+
+def render(saved: Any) -> list[Any]:
+    """Zhang et al.'s sections of the `arithlens run` report, from the saved results."""
+    facts = saved.facts["circuits"]
+    patching = saved["circuits_patching"]
     top = patching.df.reindex(patching.df["effect"].abs().sort_values(ascending=False).index).head(8)
     out_sections = [
         Section(
             "Key components by path patching (Zhang et al. Algorithm 1)",
-            patching_reading(patching, len(pairs)),
+            patching_reading(patching, facts["n_pairs"]),
             figure=patching.plot(),
             table=top[[c for c in ("layer", "node", "effect", "effect_sem", "logit_change") if c in top]],
             csv="circuits_patching.csv",
         )
     ]
-
-    with ctx.timed("circuits: knockout"):
-        knockout = Knockout(k=8, individual=sizes.knockout_individual, n_random=sizes.knockout_random, progress=True).run(model, pairs, patching=patching)
-        knockout.to_csv(str(out / "circuits_knockout.csv"))
+    knockout = saved["circuits_knockout"]
     out_sections.append(
         Section(
             "Mean-ablation knockout of the key nodes",
@@ -276,34 +303,20 @@ def sections(ctx: Any) -> list[Any]:
             csv="circuits_knockout.csv",
         )
     )
-
-    with ctx.timed("circuits: END attention and MLP probe"):
-        attention = EndAttention(k=4).run(model, pairs, patching=patching)
-        probe = MLPProbe().run(model, cases)
+    attention, probe = saved["circuits_attention"], saved["circuits_probe"]
     out_sections.append(Section("END attention of the key heads", attention_reading(attention), figure=attention.plot()))
     out_sections.append(Section("MLP unembedding probe", probe_reading(probe), figure=probe.plot()))
-
-    if sizes.sft:
-        n_test, steps = 80, 60
-        # The random control needs as many non-key nodes as key ones.
-        k = max(1, min(8, len(patching.df) // 3))
-        with ctx.timed("circuits: precise SFT"):
-            try:
-                settings = PreciseSFTSettings(k=k, steps=steps, batch_size=8, n_train=400, n_test=n_test, progress=True)
-                sft = precise_sft(model, settings, patching=patching)
-            except ValueError as err:
-                sft = None
-                out_sections.append(Section("Precise SFT (small CPU run)", f"Not computed: {err}."))
-        if sft is not None:
-            sft.to_csv(str(out / "circuits_sft.csv"))
-            out_sections.append(
-                Section(
-                    "Precise SFT (small CPU run)",
-                    sft_reading(sft, n_test),
-                    figure=sft.plot(),
-                    table=sft.df.drop(columns=[c for c in ("nodes",) if c in sft.df]),
-                    csv="circuits_sft.csv",
-                )
+    if "sft_error" in facts:
+        out_sections.append(Section("Precise SFT (small CPU run)", f"Not computed: {facts['sft_error']}."))
+    elif "circuits_sft" in saved:
+        sft = saved["circuits_sft"]
+        out_sections.append(
+            Section(
+                "Precise SFT (small CPU run)",
+                sft_reading(sft, facts["n_test"]),
+                figure=sft.plot(),
+                table=sft.df.drop(columns=[c for c in ("nodes",) if c in sft.df]),
+                csv="circuits_sft.csv",
             )
+        )
     return out_sections
-

@@ -39,7 +39,7 @@ from arithlens import __version__, data
 from arithlens.core import validate
 from arithlens.core.loading import HubUnavailableError, check_dtype, load_model
 from arithlens.core.placement import available_devices, resolve_placement
-from arithlens.app.pipeline import run_pipeline
+from arithlens.app.pipeline import render_report, run_pipeline
 from arithlens.analysis.evaluation import evaluate
 from arithlens.analysis.saving import check_path
 from arithlens.cna.heads import HeadAblation
@@ -57,7 +57,7 @@ from arithlens.cna.bias import edit
 from arithlens.circuits.path_patching import PathPatching
 from arithlens.circuits.precise_sft import PreciseSFTSettings, precise_sft
 from arithlens.app.circuits_sections import sft_reading
-from arithlens.app.report import Report, Section, write_atomically
+from arithlens.app.report import RESULTS, Report, Section, write_atomically
 
 DESCRIPTION = "Find where a language model does arithmetic: the methods of Yu & Ananiadou (EMNLP 2024) and Zhang et al. (ICML 2024)."
 
@@ -294,6 +294,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report(args: argparse.Namespace) -> None:
+    if not os.path.isdir(args.dir):
+        raise ValueError(f"DIR={args.dir!r} is not a directory: give the --out directory of an `arithlens run`")
+    if not os.path.isfile(os.path.join(args.dir, RESULTS, "run.json")):
+        raise ValueError(f"{args.dir} holds no saved run ({RESULTS}/run.json is missing): run `arithlens run --out {args.dir}` first")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+
+    print(f"report: {os.path.abspath(render_report(args.dir))}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_model_from_args(args)
@@ -357,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", default="results/run", help="output directory for report.html and the CSVs (default results/run)")
     run.set_defaults(func=_cmd_run, out_kind="dir")
+
+    report = subparsers.add_parser(
+        "report",
+        help="rebuild report.html from the results an `arithlens run --out DIR` saved (no model is loaded)",
+        description="Rebuild DIR/report.html from the results `arithlens run --out DIR` saved under DIR/results/, without loading a model.",
+    )
+    report.add_argument("dir", metavar="DIR", help="the --out directory of an `arithlens run`")
+    report.set_defaults(func=_cmd_report, check=_check_report)
 
     ev = subparsers.add_parser("eval", help="evaluate a dataset: one row per case (first-token and whole-answer accuracy)")
     add_model_args(ev)

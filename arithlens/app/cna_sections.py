@@ -1,8 +1,10 @@
 """Report sections for Comparative Neuron Analysis (Tables 4–6 and Fig. 1).
 
-`sections(ctx)` is called by [`run_pipeline`][arithlens.app.pipeline.run_pipeline] with the
-run's [`RunContext`][arithlens.app.pipeline.RunContext]; it analyses `ctx.top_head` (the head
-whose ablation lowers "+" accuracy most):
+`compute(ctx, saved)` is called by [`run_pipeline`][arithlens.app.pipeline.run_pipeline] with the
+run's [`RunContext`][arithlens.app.pipeline.RunContext]: it analyses `ctx.top_head` (the head
+whose ablation lowers "+" accuracy most) and saves each result; `render(saved)` builds the
+sections from the saved results, without a model (so `arithlens report DIR` can rebuild them).
+`compute_vo` / `render_vo` do the same for Tables 7 and 8:
 
 * Table 4 — CNA of a "3+5=" style prompt the model answers correctly: the top neurons'
   importance and coefficient on the original vs head-ablated model, with top tokens;
@@ -173,10 +175,13 @@ def table6_reading(dag: Any, case: int = 0) -> str:
     nodes = dag.nodes[dag.nodes["case"] == case]
     edges = dag.df[dag.df["case"] == case]
     if len(edges):
-        root = dag.root(case)
+        roots = nodes[nodes["is_root"]].sort_values("score", ascending=False) if "is_root" in nodes else nodes.iloc[:0]
+        names = [f"{int(r.layer)}_{int(r.neuron)}" for r in roots.itertuples()] or ["{}_{}".format(*dag.root(case))]
         lines.append(
             f"The figure is case {case}'s DAG: {plural(len(edges), 'edge')} among its {len(nodes)} top neurons "
-            f"(an edge: the lower neuron raises the upper one's coefficient by ≥{dag.threshold:.0%} to first order); root {root[0]}_{root[1]}."
+            f"(an edge: the lower neuron raises the upper one's coefficient by ≥{dag.threshold:.0%} to first order); "
+            + (f"root {names[0]}" if len(names) == 1 else f"{len(names)} roots (ringed), most important first: {join_words(names)}")
+            + "."
         )
     else:
         lines.append(f"Case {case}'s {len(nodes)} top neurons have no edge above the threshold ({dag.threshold:.0%}): the figure shows them unconnected.")
@@ -237,6 +242,12 @@ def chain_reading(chain: Any) -> str:
     return "\n".join(lines)
 
 
+def chain_table(chain: Any) -> Any:
+    """Fig. 1's table for the report: each stage's strongest components, as many as the
+    reading counts PE-DAG edges (at least 3), so the table lists every edge it names."""
+    return chain.table(max(3, int((chain.df["stage"] == "prediction enhancing").sum())))
+
+
 # ----------------------------------------------------------------------------- sections
 def _pick_prompt(ctx: Any) -> tuple[Any, bool]:
     """A "3+5=" style '+' case, and whether the model answers it correctly.
@@ -292,21 +303,52 @@ def _with_axes(fig: Any, x: str, y: str, hover: str | None = None) -> Any:
     return fig
 
 
-def sections(ctx: Any) -> list[Any]:
-    """CNA sections of the `arithlens run` report (Tables 4–6, Fig. 1)."""
+def compute(ctx: Any, saved: Any) -> None:
+    """Run the CNA analyses of the `arithlens run` report (Tables 4–6, Fig. 1) and save them in `saved`."""
 
     model, head, sizes = ctx.model, ctx.top_head, ctx.sizes
-    hname = f"{head[0]}.{head[1]}"
     options = {"mode": sizes.cna_mode, "rescore": 500, "progress": True}  # the CNA options every section shares
-    out = []
+    facts = saved.facts["cna"] = {"head": list(head), "prompt": None}
 
     case, right = _pick_prompt(ctx)
     if case is None:
-        return [Section("CNA (Tables 4-6, Fig. 1)", "The dataset has no '+' case for CNA to explain.")]
+        return
+    facts.update(prompt=case.prompt, answer=case.answer, right=right)
     with ctx.timed("CNA: Table 4"):
-        cna = ComparativeNeuronScores(intervention=ZeroHead(*head), **options, top_tokens=10).run(model, [case])
+        cna = saved.keep("cna_table4", ComparativeNeuronScores(intervention=ZeroHead(*head), **options, top_tokens=10).run(model, [case]))
         cna.df.head(200).to_csv(ctx.out / "cna_table4.csv", index=False)
-        other = model.token_strs([int(cna.predictions_other[0])])[0] if getattr(cna, "predictions_other", None) is not None else None
+        if getattr(cna, "predictions_other", None) is not None:
+            facts["other_prediction"] = model.token_strs([int(cna.predictions_other[0])])[0]
+
+    sub = correct_subset(ctx, sizes.mask_keep_cases)
+    facts["n_correct"] = len(sub)
+    if len(sub) >= 2:
+        with ctx.timed("CNA: Table 5 (mask / keep)"):
+            mk = saved.keep("cna_table5", MaskKeep(intervention=ZeroHead(*head), **options).run(model, sub))
+            mk.df.to_csv(ctx.out / "cna_table5.csv", index=False)
+        with ctx.timed("CNA: Table 6 (PE-DAG)"):
+            # The cases mask / keep evaluated (all of `sub`: each is answered correctly), at most `dag_cases`.
+            rows = list(mk.rows)[: sizes.dag_cases]
+            dag_cases = [sub[i] for i in rows]
+            reuse = list(mk.rows) == list(range(len(sub))) and len(rows) == len(sub)
+            dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, **options).run(model, dag_cases, cna=mk.cna if reuse else None)
+            saved.keep("cna_table6", dag)
+            dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
+
+    with ctx.timed("CNA: logic chain (Fig. 1)"):
+        chain = saved.keep("cna_chain", LogicChain(intervention=ZeroHead(*head), **options).run(model, [case], cna=cna))
+        chain.df.to_csv(ctx.out / "cna_chain.csv", index=False)
+
+
+def render(saved: Any) -> list[Any]:
+    """CNA sections of the `arithlens run` report (Tables 4–6, Fig. 1), from the saved results."""
+    facts = saved.facts["cna"]
+    head = tuple(facts["head"])
+    hname = f"{head[0]}.{head[1]}"
+    if facts.get("prompt") is None:
+        return [Section("CNA (Tables 4-6, Fig. 1)", "The dataset has no '+' case for CNA to explain.")]
+    out = []
+    cna = saved["cna_table4"]
     fig = _with_axes(
         cna.plot(k=10),
         "neuron (layer_neuron)",
@@ -315,21 +357,18 @@ def sections(ctx: Any) -> list[Any]:
     )
     out.append(
         Section(
-            f"CNA: neurons behind {case.prompt!r} → {cna.w_str[0]!r} (Table 4, head {hname} zeroed)",
-            table4_reading(cna, other, answer=None if right else case.answer),
+            f"CNA: neurons behind {facts['prompt']!r} → {cna.w_str[0]!r} (Table 4, head {hname} zeroed)",
+            table4_reading(cna, facts.get("other_prediction"), answer=None if facts["right"] else facts["answer"]),
             figure=fig,
             table=cna.table(3),
             csv="cna_table4.csv",
         )
     )
-
-    sub = correct_subset(ctx, sizes.mask_keep_cases)
-    if len(sub) < 2:
-        out.append(Section("Mask / keep the CNA neurons (Table 5)", f"Not computed: the model answers only {len(sub)} 1-digit +/− numeral case(s) correctly."))
+    if "cna_table5" not in saved:
+        n = facts.get("n_correct", 0)
+        out.append(Section("Mask / keep the CNA neurons (Table 5)", f"Not computed: the model answers only {n} 1-digit +/− numeral case(s) correctly."))
     else:
-        with ctx.timed("CNA: Table 5 (mask / keep)"):
-            mk = MaskKeep(intervention=ZeroHead(*head), **options).run(model, sub)
-            mk.df.to_csv(ctx.out / "cna_table5.csv", index=False)
+        mk, dag = saved["cna_table5"], saved["cna_table6"]
         out.append(
             Section(
                 f"Mask / keep the CNA neurons (Table 5, head {hname})",
@@ -339,13 +378,6 @@ def sections(ctx: Any) -> list[Any]:
                 csv="cna_table5.csv",
             )
         )
-        with ctx.timed("CNA: Table 6 (PE-DAG)"):
-            # The cases mask / keep evaluated (all of `sub`: each is answered correctly), at most `dag_cases`.
-            rows = list(mk.rows)[: sizes.dag_cases]
-            dag_cases = [sub[i] for i in rows]
-            reuse = list(mk.rows) == list(range(len(sub))) and len(rows) == len(sub)
-            dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, **options).run(model, dag_cases, cna=mk.cna if reuse else None)
-            dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
         out.append(
             Section(
                 "Prediction enhancing among deep neurons (Table 6)",
@@ -355,16 +387,13 @@ def sections(ctx: Any) -> list[Any]:
                 csv="cna_table6.csv",
             )
         )
-
-    with ctx.timed("CNA: logic chain (Fig. 1)"):
-        chain = LogicChain(intervention=ZeroHead(*head), **options).run(model, [case], cna=cna)
-        chain.df.to_csv(ctx.out / "cna_chain.csv", index=False)
+    chain = saved["cna_chain"]
     out.append(
         Section(
-            f"Internal logic chain of {case.prompt!r} (Fig. 1)",
+            f"Internal logic chain of {facts['prompt']!r} (Fig. 1)",
             chain_reading(chain),
             figure=chain.plot(),
-            table=chain.table() if hasattr(chain, "table") else None,
+            table=chain_table(chain),
             csv="cna_chain.csv",
         )
     )
@@ -480,40 +509,50 @@ def _table7_items(vo: Any, model: Any, scan: Any, n: int = 2) -> list[Any]:
     return items
 
 
-def vo_sections(ctx: Any) -> list[Any]:
-    """Tables 7 and 8 of the `arithlens run` report."""
+def compute_vo(ctx: Any, saved: Any) -> None:
+    """Run the VO-transform analyses of the `arithlens run` report (Tables 7 and 8) and save them in `saved`."""
 
     model, sizes = ctx.model, ctx.sizes
     data = correct_cases(ctx, per_op=sizes.vo_per_op)
     upto = model.n_layers // 2
     vo = VOTransform(attn_layers=[upto] if sizes.vo_quick_scan else None, progress=True)
-    scope = (
-        f"each neuron of FFN layers 0-{upto - 1} through attention layer {upto} only (quick mode)"
-        if sizes.vo_quick_scan
-        else f"each neuron of FFN layers 0-{upto - 1} through every attention layer above it up to {upto}"
-    )
+    facts = saved.facts["vo"] = {
+        "scope": (
+            f"each neuron of FFN layers 0-{upto - 1} through attention layer {upto} only (quick mode)"
+            if sizes.vo_quick_scan
+            else f"each neuron of FFN layers 0-{upto - 1} through every attention layer above it up to {upto}"
+        )
+    }
     with ctx.timed("VO transform: scan"):
         scan = vo.scan(model)
         scan.to_csv(str(ctx.out / "vo_neurons.csv"))
+    facts["n_scanned"] = len(scan.neuron_layers) * model.d_mlp
+    if data is not None:
+        with ctx.timed("VO transform: Table 8 ablations"):
+            result = saved.keep("vo_table8", HiddenInterpretable(ms=sizes.vo_ms, transform=vo, progress=True).run(model, data, scan=scan))
+            result.to_csv(str(ctx.out / "vo_table8.csv"))
+    with ctx.timed("VO transform: Table 7"):
+        saved.keep("vo_table7", vo.run(model, _table7_items(vo, model, scan)))
+
+
+def render_vo(saved: Any) -> list[Any]:
+    """Tables 7 and 8 of the `arithlens run` report, from the saved results."""
+    facts = saved.facts["vo"]
     out = []
-    if data is None:
+    if "vo_table8" not in saved:
         out.append(Section("Hidden-interpretable shallow neurons (Table 8)", "Not computed: the model answers no 1-digit +/− numeral case correctly."))
     else:
-        with ctx.timed("VO transform: Table 8 ablations"):
-            result = HiddenInterpretable(ms=sizes.vo_ms, transform=vo, progress=True).run(model, data, scan=scan)
-            result.to_csv(str(ctx.out / "vo_table8.csv"))
-        n_scanned = len(scan.neuron_layers) * model.d_mlp
+        result = saved["vo_table8"]
         out.append(
             Section(
                 "Hidden-interpretable shallow neurons (Table 8)",
-                table8_reading(result, n_scanned, scope),
+                table8_reading(result, facts["n_scanned"], facts["scope"]),
                 figure=result.plot(),
                 table=result.table(),
                 csv="vo_table8.csv",
             )
         )
-    with ctx.timed("VO transform: Table 7"):
-        t7 = vo.run(model, _table7_items(vo, model, scan))
-        table7 = t7.table()
+    t7 = saved["vo_table7"]
+    table7 = t7.table()
     out.append(Section("Attention-transformed neurons and embeddings (Table 7)", table7_reading(table7), figure=t7.plot(), table=table7))
     return out

@@ -6,8 +6,11 @@
 3. Run each report module's sections ([`PAPER_SECTIONS`][arithlens.app.pipeline.PAPER_SECTIONS]):
    CNA (Tables 4–6 and the logic chain), hidden-interpretable neurons (Tables 7–8),
    Zhang et al.'s path patching, knockout and probes.
-4. Write `report.html` (self-contained, opens offline), `accuracy.csv`, `heads.csv` and
-   one CSV per section.
+4. Save every analysis's result under `out/results/` (`Result.save`, plus `run.json`),
+   then write `report.html` (self-contained, opens offline) from the results read back
+   from there, beside `accuracy.csv`, `heads.csv` and one CSV per section.
+   [`render_report`][arithlens.app.pipeline.render_report] (`arithlens report DIR`)
+   rebuilds the report from them without a model.
 
 Every reading in the report is computed from the numbers it describes, with 95 %
 intervals ([`arithlens.core.stats`][arithlens.core.stats]): a claim is stated when the cases
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -40,7 +44,7 @@ from typing import Any, Callable, Iterator
 from arithlens import data
 from arithlens.analysis.evaluation import evaluate
 from arithlens.app import circuits_sections, cna_sections
-from arithlens.app.report import Report, Section, join_words, plural
+from arithlens.app.report import RESULTS, Report, SavedRun, Section, join_words, plural
 from arithlens.cna.heads import HeadAblation
 from arithlens.core import validate
 from arithlens.core.loading import load_model
@@ -56,6 +60,7 @@ __all__ = [
     "case_type_reading",
     "head_drops",
     "heads_reading",
+    "render_report",
     "run_pipeline",
     "top_head",
 ]
@@ -63,12 +68,14 @@ __all__ = [
 INCOMPLETE = "INCOMPLETE"
 """The file `arithlens run` keeps in its output directory until the report is written."""
 
-PAPER_SECTIONS: tuple[Callable[[Any], list[Section]], ...] = (
-    cna_sections.sections,
-    cna_sections.vo_sections,
-    circuits_sections.sections,
+PAPER_SECTIONS: tuple[tuple[str, Callable[[Any, SavedRun], None], Callable[[SavedRun], list[Section]]], ...] = (
+    ("CNA", cna_sections.compute, cna_sections.render),
+    ("VO transform", cna_sections.compute_vo, cna_sections.render_vo),
+    ("circuits", circuits_sections.compute, circuits_sections.render),
 )
-"""The papers' report sections, each `f(ctx) -> list[Section]`, run after the run-level ones."""
+"""The papers' report sections, run after the run-level ones: `(name, compute, render)`;
+`compute(ctx, saved)` runs the analyses on the model and saves their results,
+`render(saved) -> list[Section]` reads them back (no model)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,8 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
     (out_dir / "report.html").unlink(missing_ok=True)
     marker = out_dir / INCOMPLETE
     marker.write_text("arithlens run has not finished writing this directory (killed or still running).\n")
+    shutil.rmtree(out_dir / RESULTS, ignore_errors=True)  # an earlier run's results are not this run's
+    saved = SavedRun(out_dir)
     with ctx.timed("load model"):
         lens = load_model(model, **load_options)
     ctx.model = lens
@@ -257,7 +266,7 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
         if sizes.eval_per_op is not None:
             keep = {(c.op, c.a, c.b) for c in _problems_per_op(dataset, sizes.eval_per_op)}
             dataset = data.ArithmeticDataset([c for c in dataset if (c.op, c.a, c.b) in keep], name=dataset.name)
-        ev = evaluate(lens, dataset, full_answer=sizes.full_answer, progress=True)
+        ev = saved.keep("evaluation", evaluate(lens, dataset, full_answer=sizes.full_answer, progress=True))
         ev.cases.to_csv(out_dir / "accuracy.csv", index=False)
     ctx.dataset, ctx.evaluation = dataset, ev
 
@@ -266,23 +275,24 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
         sweep_set = dataset.filter(template=4, form="numeral", op=tuple(sizes.sweep_ops))
         if sizes.sweep_per_op is not None:
             sweep_set = sweep_set.sample_per("op", sizes.sweep_per_op)
-        heads = HeadAblation(progress=True, estimate=sizes.sweep_estimate, rescore=sizes.sweep_rescore).run(lens, sweep_set)
+        heads = saved.keep("heads", HeadAblation(progress=True, estimate=sizes.sweep_estimate, rescore=sizes.sweep_rescore).run(lens, sweep_set))
         heads.df.to_csv(out_dir / "heads.csv", index=False)
     ctx.heads = heads
     ctx.top_head = top_head(heads, "+")
+    saved.facts["top_head"] = list(ctx.top_head)
 
-    sections = run_sections(ctx)
-    for paper_sections in PAPER_SECTIONS:
-        name = paper_sections.__name__
+    failed = saved.facts.setdefault("failed", {})
+    for name, compute, _ in PAPER_SECTIONS:
         try:
-            sections.extend(paper_sections(ctx))
+            compute(ctx, saved)
         except Exception as err:  # one failing analysis must not lose the whole report
             traceback.print_exc()
             print(f"arithlens run: the {name} sections failed ({type(err).__name__}: {err}); the report says so", file=sys.stderr)
-            sections.append(Section(f"{name}: failed", f"This section could not be computed: {type(err).__name__}: {err}"))
+            failed[name] = f"{type(err).__name__}: {err}"
 
     sweep = f"{sizes.sweep_estimate} sweep" + (f" (top {sizes.sweep_rescore} heads ablated exactly)" if sizes.sweep_estimate != "exact" else "")
-    meta = {
+    saved.facts["title"] = f"arithlens report: {lens.name}"
+    saved.facts["meta"] = {
         "model": repr(lens),
         "dataset": f"1-digit, ops + - * /, templates 1-4, numeral and word operands: {len(dataset):,} cases; "
         f"head sweep on template 4 numerals, ops {' '.join(sizes.sweep_ops)}: {len(heads.cases):,} cases",
@@ -291,11 +301,37 @@ def run_pipeline(model: Any = None, out: str = "results/run", quick: bool = Fals
         "versions": _versions(),
         "machine": f"{_cores()} CPU cores visible, torch using {_threads()} threads",
     }
-    report = Report(f"arithlens report: {lens.name}", meta=meta, sections=sections, timings=dict(ctx.timings), cpu=dict(ctx.cpu))
-    path = report.write(out_dir / "report.html")
+    saved.facts["timings"], saved.facts["cpu"] = dict(ctx.timings), dict(ctx.cpu)
+    saved.write()
+    path = render_report(out_dir)  # from the results as saved: what `arithlens report DIR` rebuilds
     marker.unlink(missing_ok=True)
     print(f"arithlens run: total {sum(ctx.timings.values()):.0f} s", file=sys.stderr)
     return path
+
+
+def render_report(out: str | pathlib.Path) -> str:
+    """Write `out/report.html` from the results `arithlens run --out out` saved there, without
+    a model, and return its path (`arithlens report DIR`).
+
+    Raises:
+        ValueError: `out` holds no saved run.
+    """
+    saved = SavedRun.load(out)
+    sections = run_sections(saved)
+    failed = saved.facts.get("failed", {})
+    for name, _, render in PAPER_SECTIONS:
+        if name in failed:
+            sections.append(Section(f"{name}: failed", f"This section could not be computed: {failed[name]}"))
+            continue
+        try:
+            sections.extend(render(saved))
+        except Exception as err:  # a section that cannot be read back says so; the others stand
+            traceback.print_exc()
+            sections.append(Section(f"{name}: failed", f"This section could not be rendered: {type(err).__name__}: {err}"))
+    facts = saved.facts
+    report = Report(facts.get("title", "arithlens report"), meta=facts.get("meta", {}), sections=sections,
+                    timings=facts.get("timings", {}), cpu=facts.get("cpu", {}))  # fmt: skip
+    return report.write(pathlib.Path(out) / "report.html")
 
 
 def _problems_per_op(dataset: Any, n: int) -> list[Any]:
@@ -440,11 +476,23 @@ def heads_reading(heads: Any, top: tuple[int, int] | None = None) -> str:
         )
     elif len(measurable) <= max(3, math.ceil(0.05 * n_model)):
         layers = sorted({L for L, _ in measurable})
-        lines.append(
-            f"{len(measurable)} of {n_total} heads {'lowers' if len(measurable) == 1 else 'lower'} accuracy measurably ({adjusted}): {join_words(labels)}. "
-            f"A few heads carry the arithmetic, as in the paper; they sit in layer{'s' if len(layers) > 1 else ''} "
-            f"{join_words([str(x) for x in layers])} of 0-{heads.n_layers - 1}."
-        )
+        where = f"layer{'s' if len(layers) > 1 else ''} {join_words([str(x) for x in layers])} of 0-{heads.n_layers - 1}"
+        verb = "lowers" if len(measurable) == 1 else "lower"
+        lines.append(f"{len(measurable)} of {n_total} heads {verb} accuracy measurably ({adjusted}): {join_words(labels)}, in {where}.")
+        # The paper's claim is that a few heads carry the arithmetic: ablating one loses much of
+        # what the model gets right. Say so only when the strongest drop's interval shows it.
+        low = strict[measurable[0]].low
+        if low >= CARRY_SHARE * base.value:
+            lines.append(
+                f"A few heads carry the arithmetic, as in the paper: without head {measurable[0][0]}.{measurable[0][1]} the model "
+                f"loses at least {round(100 * low / base.value)}% of the answers it gets right."
+            )
+        else:
+            lines.append(
+                f"That is not the paper's picture of a few heads carrying the arithmetic: the largest drop may be as small as "
+                f"{pct(max(low, 0.0))} of the {pct(base.value)} baseline, and on {plural(n, 'case')} the other heads' drops are not "
+                "distinguishable from none (too few cases to say they are smaller)."
+            )
     else:
         lines.append(
             f"{len(measurable)} of {n_total} heads lower accuracy measurably ({adjusted}): the effect is spread over "
@@ -464,6 +512,12 @@ def heads_reading(heads: Any, top: tuple[int, int] | None = None) -> str:
                 f"({e.points()} on {plural(e.n, 'case')}; {status})."
             )
     return "\n".join(lines)
+
+
+CARRY_SHARE = 0.25
+"""The §2 reading says a few heads carry the arithmetic, as in the paper, only when ablating
+the strongest head loses at least this share of the baseline's correct answers (the low end
+of the drop's adjusted interval)."""
 
 
 def _has_group(heads: Any, value: Any) -> bool:
@@ -508,7 +562,18 @@ def case_type_reading(heads: Any, head: tuple[int, int]) -> str:
         return f"Head {name} was not ablated exactly, so its drop per case type cannot be read."
     drops = {t: _case_type_drop(heads, head, m) for t, m in masks.items()}
     parts = [f"{t}: {d.points()} on {plural(d.n, 'case')}" for t, d in drops.items()]
-    lines = [f"Accuracy drop when head {name} is zeroed, by case type (§3.4) — {'; '.join(parts)}."]
+    lines = [
+        "Case types (§3.4): a case is change-one when a carry or borrow from the lower column changes its scored "
+        "answer digit, memorize otherwise."
+    ]
+    correct = heads.cases["correct"].to_numpy().astype(bool)
+    answered = [f"{t} {int(correct[m].sum())} of {int(m.sum())}" for t, m in masks.items()]
+    lines.append(f"Without ablation the model answers {join_words(answered)} correctly; a drop can only come from those.")
+    if "change-one" in masks and "target_str" in heads.cases:
+        firsts = set(heads.cases["target_str"][masks["change-one"]].astype(str).str.strip())
+        if len(firsts) == 1:
+            lines.append(f"Every change-one case's scored token is {firsts.pop()!r} (the first answer token: on these sums, the carried digit).")
+    lines.append(f"Accuracy drop when head {name} is zeroed, by case type — {'; '.join(parts)}.")
     if {"memorize", "change-one"} <= set(drops):
         m, c = drops["memorize"], drops["change-one"]
         if m.above_zero and c.above_zero:
@@ -530,9 +595,10 @@ def case_type_reading(heads: Any, head: tuple[int, int]) -> str:
 
 
 # ----------------------------------------------------------------------------- sections
-def run_sections(ctx: Any) -> list[Section]:
-    """The accuracy, head-sweep and (when the sweep has case types) Table 3 sections of `ctx`'s run."""
-    ev, heads = ctx.evaluation, ctx.heads
+def run_sections(saved: SavedRun) -> list[Section]:
+    """The accuracy, head-sweep and (when the sweep has case types) Table 3 sections of a saved run."""
+    ev, heads = saved["evaluation"], saved["heads"]
+    top = tuple(saved.facts["top_head"])
     out = [
         Section(
             "Accuracy on 1-digit arithmetic",
@@ -543,12 +609,12 @@ def run_sections(ctx: Any) -> list[Section]:
         ),
         Section(
             "Arithmetic heads (Tables 1-3)",
-            heads_reading(heads, ctx.top_head),
+            heads_reading(heads, top),
             figure=heads.plot(),
             table=heads.top(5),
             csv="heads.csv",
         ),
     ]
     if "case_type" in heads.cases and heads.cases["case_type"].notna().any():
-        out.append(Section("Memorize vs change-one (Table 3)", case_type_reading(heads, ctx.top_head), table=_case_type_table(heads, ctx.top_head)))
+        out.append(Section("Memorize vs change-one (Table 3)", case_type_reading(heads, top), table=_case_type_table(heads, top)))
     return out

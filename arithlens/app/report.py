@@ -37,6 +37,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from arithlens.analysis.figures import format_hovers
+from arithlens.analysis.saving import load_result
+
 
 def write_atomically(path: str | os.PathLike, write: Any) -> str:
     """Run `write(tmp)` on a temporary file beside `path`, then move it into place: an
@@ -57,6 +60,64 @@ def write_atomically(path: str | os.PathLike, write: Any) -> str:
 
 NEURON_LABEL_NOTE = "a neuron label L_N (e.g. 29_545) is neuron N of the FFN of layer L, both counted from 0"
 """How the report names FFN neurons; every section that shows such labels quotes this."""
+
+
+# ----------------------------------------------------------------------------- saved runs
+RESULTS = "results"
+"""The folder of a run's output directory that holds its saved results and `run.json`."""
+
+
+class SavedRun:
+    """The results of one `arithlens run`, saved under `DIR/results/`: each analysis's result
+    (one folder each, written by `Result.save`) and `run.json` (the few scalars the readings
+    quote: the head analysed, the prompt explained, sizes, timings, failures).
+
+    The pipeline computes into one (`keep`, `facts`), then renders the report from the
+    results as read back from disk; `arithlens report DIR` renders it again without a model.
+    """
+
+    def __init__(self, root: str | os.PathLike, facts: dict[str, Any] | None = None) -> None:
+        self.root = pathlib.Path(root)
+        self.facts: dict[str, Any] = dict(facts or {})
+        self._loaded: dict[str, Any] = {}
+
+    @property
+    def folder(self) -> pathlib.Path:
+        return self.root / RESULTS
+
+    def keep(self, name: str, result: Any) -> Any:
+        """Save `result` as `name` and return it."""
+        result.save(self.folder / name)
+        return result
+
+    def __contains__(self, name: str) -> bool:
+        return (self.folder / name).is_dir()
+
+    def __getitem__(self, name: str) -> Any:
+        """The saved result `name`, read from disk (once)."""
+        if name not in self._loaded:
+            if name not in self:
+                raise KeyError(f"no saved result {name!r} under {self.folder}")
+            self._loaded[name] = load_result(self.folder / name)
+        return self._loaded[name]
+
+    def write(self) -> None:
+        """Write `run.json` (the facts)."""
+        import json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.facts, indent=1, default=str)
+        write_atomically(self.folder / "run.json", lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> "SavedRun":
+        """The run saved under `root` (a one-line `ValueError` when it holds none)."""
+        import json
+
+        path = pathlib.Path(root) / RESULTS / "run.json"
+        if not path.is_file():
+            raise ValueError(f"{root} holds no saved run ({path} is missing): run `arithlens run --out {root}` first")
+        return cls(root, json.loads(path.read_text(encoding="utf-8")))
 
 
 # ----------------------------------------------------------------------------- wording
@@ -100,8 +161,11 @@ class Section:
 
 
 def _wrap(text: str, width: int) -> str:
-    """Break a plain title into `<br>`-joined lines of at most ~`width` characters."""
-    if "<br>" in text or len(text) <= width:
+    """Break a title into `<br>`-joined lines of at most ~`width` characters (each `<br>`
+    line on its own; a line with markup, e.g. a `<sup>` subtitle, is kept whole)."""
+    if "<br>" in text:
+        return "<br>".join(_wrap(part, width) for part in text.split("<br>"))
+    if "<" in text or len(text) <= width:
         return text
     lines, line = [], ""
     for word in text.split(" "):
@@ -114,7 +178,11 @@ def _wrap(text: str, width: int) -> str:
     return "<br>".join(lines)
 
 
-def prepare_figure(fig: Any, title_width: int = 90) -> Any:
+TITLE_CHARS = 60
+"""Characters per title line: a 16 px title line fits a figure 700 px wide (a narrow window)."""
+
+
+def prepare_figure(fig: Any, title_width: int = TITLE_CHARS) -> Any:
     """A copy of `fig` laid out for the report's page width.
 
     The title is wrapped (never clipped) and left-aligned with room above the plot, the
@@ -139,7 +207,7 @@ def prepare_figure(fig: Any, title_width: int = 90) -> Any:
         hoverlabel={"namelength": -1, "font": {"size": 13}},
         font={"size": 13},
     )
-    return fig
+    return format_hovers(fig)
 
 
 _CSS = """

@@ -66,6 +66,7 @@ from arithlens import data as datasets
 from arithlens.cna.comparative import ComparativeNeuronScores
 from arithlens.analysis.tuning import general_text, perplexity
 from arithlens.analysis.evaluation import evaluate
+from arithlens.analysis.figures import format_hovers
 
 PLACEHOLDER = "<gend>"
 GENDERS = ("woman", "man")
@@ -238,7 +239,7 @@ class ProfessionDiscoveryResult(Result):
         fig = px.bar(top, x="token", y="n_prompts", color="gender", barmode="group",
                      title="Next tokens in one gender's top list only (Appendix D)", **kwargs)  # fmt: skip
         fig.update_layout(xaxis_title="token", yaxis_title="prompts where only this gender has it")
-        return fig
+        return format_hovers(fig)
 
 
 @torch.no_grad()
@@ -339,7 +340,7 @@ class GenderBiasResult(Result):
         fig = px.bar(long, x="professions", y="bias", color="model", barmode="group",
                      title=f"Gender bias before and after zeroing {len(self.neurons)} neurons (Table 13)", **kwargs)  # fmt: skip
         fig.update_layout(xaxis_title="professions", yaxis_title="mean log p(prof | biased gender) − log p(prof | other)")
-        return fig
+        return format_hovers(fig)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,9 +52,9 @@ from arithlens.cna import components
 from arithlens.cna.base import CNAAnalysis
 from arithlens.cna.frames import label_pairs, neuron_frame, top_mask
 from arithlens.cna.importance import score_sides
-from arithlens.cna.inputs import Activations, check_layers, choose_w, cna_hooks, neuron_label
+from arithlens.cna.inputs import TARGET_WORDS, Activations, check_layers, choose_w, cna_hooks, neuron_label, scored_tokens
 from arithlens.cna.tokens import labelled_tokens
-from arithlens.analysis.results import Result, case_frame
+from arithlens.analysis.results import Result, Table, case_frame
 from arithlens.data import as_dataset
 from arithlens.core.loading import load_model
 from arithlens.core.interventions import as_hooks, as_intervention
@@ -130,10 +130,18 @@ class ComparativeNeuronScoresResult(Result):
     logprob_other: Float[torch.Tensor, "case"] = field(repr=False, default=None)
     scale: str = "original"
     bound: float = 0.0
+    target: str = "prediction"
 
     @property
     def n_cases(self) -> int:
         return int(self.importance.shape[0])
+
+    def caption(self) -> str:
+        return (
+            f"scored token w = {scored_tokens(self.w_str)} ({TARGET_WORDS.get(self.target, self.target)} on the original side); "
+            f"other side = {self.other}. importance_change = importance − importance_other (nats): "
+            "positive means the neuron's importance for w dropped on the other side; coef_change likewise."
+        )
 
     @property
     def importance_change(self) -> Float[torch.Tensor, "case layer d_mlp"]:
@@ -187,7 +195,13 @@ class ComparativeNeuronScoresResult(Result):
             label = neuron_label(r.layer, r.neuron)
             rows.append({"neuron_label": label, "side": first, "importance": r.importance, "coef": r.coef, "top_tokens": tokens})
             rows.append({"neuron_label": label, "side": second, "importance": r.importance_other, "coef": r.coef_other, "top_tokens": tokens})
-        return pd.DataFrame(rows, columns=["neuron_label", "side", "importance", "coef", "top_tokens"])
+        table = Table(rows, columns=["neuron_label", "side", "importance", "coef", "top_tokens"])
+        i = validate.integer(case, "case", low=0, high=self.n_cases - 1)
+        table.attrs["caption"] = (
+            f"Table 4: the top {k} neurons by importance drop for w = {self.w_str[i]!r}; each neuron's rows give "
+            f"importance (nats) and coef on the {first!r} side and on the {second!r} side."
+        )
+        return table
 
 
     def plot(self, k: int = 15, case: int | None = None, **kwargs: Any) -> Any:
@@ -343,6 +357,7 @@ class ComparativeNeuronScores(CNAAnalysis):
             logprob_other=components.final_logprob(other_model, acts_o, budget),
             scale=self.scale,
             bound=max(sc.bound, sc_o.bound),
+            target=self.target,
         )
 
 

@@ -109,6 +109,15 @@ class HeadAblationResult(Result):
     n_layers: int = 0
     n_heads: int = 0
 
+    def caption(self) -> str:
+        exact = int(self.exact.sum()) if self.exact is not None else len(self.heads)
+        how = "every head ablated exactly" if exact == len(self.heads) else f"{exact} of {len(self.heads)} heads ablated exactly, the rest estimated"
+        return (
+            f"{self.method}-ablation of each head ({how}) on {len(self.cases) if self.cases is not None else 0} cases, "
+            f"grouped by {', '.join(self.group_by) or 'nothing'}; accuracy_drop = baseline_accuracy − accuracy and "
+            "logprob_drop = clean − ablated log p(target) (nats): positive means the head helps."
+        )
+
     def by(self, *columns: str) -> pd.DataFrame:
         """The table re-grouped by other case columns (e.g. `"case_type"`: Table 3)."""
         unknown = [c for c in columns if c not in self.cases]

@@ -48,6 +48,7 @@ from arithlens.analysis.results import Result
 from arithlens.core.interventions import ZeroNeurons
 from arithlens.data import as_dataset
 from arithlens.core.loading import load_model
+from arithlens.analysis.figures import format_hovers
 
 
 @dataclass
@@ -88,7 +89,7 @@ class HiddenInterpretableResult(Result):
                      title="Zero-ablating hidden-interpretable shallow neurons vs a random set of equal size (Table 8)")  # fmt: skip
         fig.update_traces(texttemplate="%{text} neurons", textposition="outside", cliponaxis=False)
         fig.update_layout(**kwargs)
-        return fig
+        return format_hovers(fig)
 
 
 @dataclass(frozen=True, kw_only=True)

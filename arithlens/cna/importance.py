@@ -52,7 +52,7 @@ from arithlens.cna import scores as kernels
 from arithlens.cna.base import CNAAnalysis
 from arithlens.core.interventions import as_intervention
 from arithlens.cna.frames import aggregate_importance, label_pairs, neuron_frame
-from arithlens.cna.inputs import Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label
+from arithlens.cna.inputs import TARGET_WORDS, Activations, check_layers, check_w, choose_w, cna_hooks, neuron_label, scored_tokens
 from arithlens.cna.projections import projection_cache
 from arithlens.cna.tokens import labelled_tokens
 from arithlens.analysis.results import Result, case_frame
@@ -105,10 +105,18 @@ class NeuronImportanceResult(Result):
     exact: Bool[torch.Tensor, "case layer d_mlp"] | None = field(repr=False, default=None)
     neuron_tokens: dict[tuple[int, int], str] | None = field(repr=False, default=None)
     bound: float = 0.0
+    target: str = "prediction"
 
     @property
     def n_cases(self) -> int:
         return int(self.importance.shape[0])
+
+    def caption(self) -> str:
+        return (
+            f"scored token w = {scored_tokens(self.w_str)} ({TARGET_WORDS.get(self.target, self.target)}); "
+            "importance = log p(w) with the neuron's subvalue added − without it (nats, mean over "
+            f"{self.n_cases} case{'s' * (self.n_cases != 1)}): positive means the neuron raises w."
+        )
 
     def _check_case(self, case: Any) -> int:
         return validate.integer(case, "case", low=0, high=self.n_cases - 1)
@@ -153,13 +161,16 @@ class NeuronImportanceResult(Result):
             [pd.DataFrame({"layer": range(L), "part": p, "importance": t.mean(0).numpy()}) for p, t in parts], ignore_index=True
         )
 
-    def plot(self, n_label: int = 10, max_points: int | None = 5000, **kwargs: Any) -> Any:
-        """Neurons' mean importance against their layer; the top `n_label` labelled `L_N`.
+    def plot(self, n_label: int = 5, max_points: int | None = 5000, **kwargs: Any) -> Any:
+        """Neurons' mean importance against their layer; the top `n_label` marked and named in the legend.
 
-        `max_points` keeps the neurons with the largest `|importance|` (the rest sit in the
-        band around 0); `None` plots every neuron.
+        The top neurons are named in the legend (one colour each), not beside their points,
+        so no two names collide however close the points sit. `max_points` keeps the neurons
+        with the largest `|importance|` (the rest sit in the band around 0); `None` plots
+        every neuron.
         """
         import plotly.graph_objects as go
+        from plotly.colors import qualitative
 
         n_label = validate.non_negative_int(n_label, "n_label")
         df = self.df
@@ -183,19 +194,23 @@ class NeuronImportanceResult(Result):
                 hovertemplate="neuron %{text} (layer_neuron)<br>importance %{y:.3f} nats<extra></extra>",
             )
         )  # fmt: skip
-        fig.add_trace(
-            go.Scatter(
-                x=xpos(top), y=top["importance"], mode="markers+text", text=labels(top), textposition="top center",
-                marker={"size": 8, "color": "black"}, name=f"top {n_label} (label L_N: layer_neuron)",
-                hovertemplate="neuron %{text}<br>importance %{y:.3f} nats<extra></extra>",
-            )
-        )  # fmt: skip
+        palette = qualitative.Dark24
+        for i, (label, r) in enumerate(zip(labels(top), top.itertuples())):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.layer + (r.neuron / span - 0.5) * 0.8], y=[r.importance], mode="markers",
+                    marker={"size": 10, "color": palette[i % len(palette)], "line": {"width": 1, "color": "black"}},
+                    name=f"{i + 1}. {label} ({r.importance:.3f})",
+                    hovertemplate=f"neuron {label} (layer_neuron), rank {i + 1}<br>importance %{{y:.3f}} nats<extra></extra>",
+                )
+            )  # fmt: skip
         target = self.w_str[0] if len(set(self.w_str)) == 1 and self.w_str else "w"
-        note = f"; the {shown:,} largest |importance| of {len(self.df):,} neurons" if shown < len(self.df) else ""
+        note = f"<br><sup>the {shown:,} largest |importance| of {len(self.df):,} neurons shown</sup>" if shown < len(self.df) else ""
         fig.update_layout(
-            title=f"FFN neuron importance: Δ log p({target!r}) ({self.n_cases} case{'s' * (self.n_cases != 1)}{note})",
+            title=f"FFN neuron importance for {target!r} ({self.n_cases} case{'s' * (self.n_cases != 1)}){note}",
             xaxis_title="layer (neurons spread within each layer)",
             yaxis_title="importance (nats)",
+            legend={"title": {"text": "top neurons (L_N: layer_neuron)"}},
             **kwargs,
         )
         return fig
@@ -286,12 +301,15 @@ class NeuronImportance(CNAAnalysis):
             cache = model.cache(data, names=hooks, interventions=list(self.interventions), batch_size=self.pass_batch(model))
         else:
             cache = self.prepare(model, data, cache, names=hooks, clean=False).cache
+        target = self.target if w is None else "given"
         w = choose_w(cache, self.target) if w is None else check_w(w, len(cache), model)
         acts = Activations(cache, w)
         (sc,) = score_sides(model, [acts], layers, self)
-        return self.result(model, data, acts, sc)
+        return self.result(model, data, acts, sc, target=target)
 
-    def result(self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores) -> NeuronImportanceResult:
+    def result(
+        self, model: Any, data: Any, acts: Activations, sc: kernels.NeuronScores, *, target: str | None = None
+    ) -> NeuronImportanceResult:
         """An [`NeuronImportanceResult`][arithlens.cna.importance.NeuronImportanceResult] from a side's activations and scores."""
         budget = self.memory_budget
         attn, mlp = components.layer_scores(model, acts, budget)
@@ -316,6 +334,7 @@ class NeuronImportance(CNAAnalysis):
             exact=sc.exact,
             neuron_tokens=tokens,
             bound=sc.bound,
+            target=self.target if target is None else target,
         )
 
     def fast_agreement(self, model: Any, data: Any, k: int = 10, *, cache: DatasetCache | None = None) -> pd.DataFrame:

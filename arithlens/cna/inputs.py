@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import einops
 import torch
@@ -146,6 +146,19 @@ class Activations:
     @property
     def predictions(self) -> Int[torch.Tensor, "case"]:
         return self.cache.predictions
+
+
+TARGET_WORDS = {"prediction": "the model's top prediction", "answer": "the correct answer's token", "given": "given by the caller"}
+"""How a result's caption says where its scored token `w` came from (`target`)."""
+
+
+def scored_tokens(w_str: Sequence[str]) -> str:
+    """The scored tokens for a caption: the one token, or how many cases and the first few."""
+    distinct = list(dict.fromkeys(w_str))
+    if len(distinct) == 1:
+        return repr(distinct[0])
+    shown = ", ".join(repr(t) for t in distinct[:3])
+    return f"one per case ({len(distinct)} distinct: {shown}{', …' if len(distinct) > 3 else ''})"
 
 
 def choose_w(cache: DatasetCache, target: str) -> Int[torch.Tensor, "case"]:

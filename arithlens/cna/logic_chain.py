@@ -151,9 +151,10 @@ class LogicChainResult(Result):
             STAGES[0]: self.stage(STAGES[0]).sort_values("score", ascending=False),
             STAGES[2]: self.stage(STAGES[2]),
         }
+        # Without an edge stage 4 found nothing: its panel holds the reason, not the bare nodes.
         dag_nodes = (
             self.dag.nodes[self.dag.nodes["case"] == 0].sort_values("score", ascending=False)
-            if self.dag is not None and len(self.dag.nodes)
+            if self.dag is not None and len(self.dag.nodes) and len(self.stage(STAGES[3]))
             else pd.DataFrame(columns=["layer", "neuron", "score"])
         )
         transfer = self.stage(STAGES[1])

@@ -61,6 +61,7 @@ from arithlens.analysis.results import Result
 from arithlens.cna.comparative import ComparativeNeuronScores, ComparativeNeuronScoresResult, check_cna, required_intervention
 from arithlens.data import ArithmeticDataset
 from arithlens.core.interventions import CaseNeurons
+from arithlens.analysis.figures import format_hovers
 
 
 MEASURES = ("mask", "keep", "coef")
@@ -132,7 +133,7 @@ class MaskKeepResult(Result):
             hover_data={"accuracy": ":.3f", "n": True},
         )  # fmt: skip
         fig.update_layout(**kwargs)
-        return fig
+        return format_hovers(fig)
 
 
 # ---------------------------------------------------------------------------- the analysis

@@ -196,7 +196,9 @@ class PredictionEnhancingDAGResult(Result):
                 y=[where[k][1] for k in where],
                 mode="markers+text",
                 text=labels,
-                textposition="middle right",
+                # Above each marker: one node per rank, so a label's row is its own and none reaches
+                # the colour bar on the right (a label beside the last layer's node would).
+                textposition="top center",
                 cliponaxis=False,
                 marker={
                     "size": 14, "color": nodes["score"], "colorscale": "Reds", "showscale": True,
@@ -212,7 +214,7 @@ class PredictionEnhancingDAGResult(Result):
         fig.update_layout(
             title={"text": f"Prediction-enhancing DAG, case {case}"
                    f"<br><sup>arrow: relative drive ≥ {self.threshold} · black ring: a root · colour: score</sup>"},
-            xaxis={"title": "layer", "range": [lo - 0.7, hi + 1.6], "dtick": 1},
+            xaxis={"title": "layer", "range": [lo - 0.8, hi + 0.8], "dtick": 1 if hi - lo <= 16 else 2},
             yaxis={"title": "rank by score (1 = most important)", "autorange": "reversed", "dtick": 1},
             showlegend=False,
             height=220 + 32 * max(len(nodes), 1),

@@ -82,6 +82,7 @@ from arithlens.analysis.base import Analysis
 from arithlens.analysis.results import Result
 from arithlens.core.cache import DatasetCache
 from arithlens.core.loading import load_model
+from arithlens.analysis.figures import format_hovers
 
 Rule = Literal["gt", "ge"]
 RULES: tuple[str, ...] = ("gt", "ge")
@@ -167,7 +168,7 @@ class VOScanResult(Result):
             labels={"layer": "FFN layer", "neurons": "neurons (log scale)", "n_concepts": "concept tokens"},
         )  # fmt: skip
         fig.update_layout(**kwargs)
-        return fig
+        return format_hovers(fig)
 
 
 @dataclass
