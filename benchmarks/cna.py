@@ -63,7 +63,10 @@ def baseline(model, sides, layers, n_cases):
     """The vectorized baseline: one `[d_mlp, vocab]` logits matmul per layer, side and case."""
     from arithlens.cna.scores import layer_w_out
 
-    W_U, b_U = model.bridge.W_U.float(), model.bridge.b_U.float()
+    from arithlens.core.readout import Readout
+
+    ro = Readout(model)  # W_U with the final norm's gain folded in, as the paper's readout
+    W_U, b_U = ro.W_U.float(), ro.b_U.float()
     out = []
     for side in sides:
         imp = torch.empty(n_cases, len(layers), model.d_mlp)
