@@ -90,6 +90,22 @@ def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
     assert float((loose.importance - direct.importance).abs().max()) <= loose.bound + 1e-5
 
 
+def test_fused_direct_kernel_tiles_and_redone_rows_match_brute_force(tiny, monkeypatch):
+    # Tiles that do not divide the neurons or the vocabulary, on both sides of a comparison.
+    monkeypatch.setattr(kernels, "D_ROWS", 5)
+    monkeypatch.setattr(kernels, "D_VOCAB", 7)
+    res = ComparativeNeuronScores(intervention=ZeroHead(0, 1)).run(tiny, PROMPTS[0])
+    ref = brute_force(tiny, PROMPTS[0], int(res.w[0]), range(tiny.n_layers))
+    torch.testing.assert_close(res.importance[0], ref, atol=1e-4, rtol=0)
+    ref_o = brute_force(tiny, PROMPTS[0], int(res.w[0]), range(tiny.n_layers), ZeroHead(0, 1), scale=own_scale(tiny, PROMPTS[0]))
+    torch.testing.assert_close(res.importance_other[0], ref_o, atol=1e-4, rtol=0)
+    # Every score through the max-shifted redo (what a huge coefficient takes): the same numbers.
+    monkeypatch.setattr(kernels, "LSE_REDO", float("inf"))
+    redo = ComparativeNeuronScores(intervention=ZeroHead(0, 1)).run(tiny, PROMPTS[0])
+    torch.testing.assert_close(redo.importance, res.importance, atol=1e-5, rtol=0)
+    torch.testing.assert_close(redo.importance_other, res.importance_other, atol=1e-5, rtol=0)
+
+
 def test_series_bound_and_terms():
     t = torch.tensor([0.0, 0.01, 0.5, 2.0, 3.0, 40.0])
     terms, bound = kernels.series_terms(t, 1e-7)
