@@ -204,6 +204,9 @@ underflows to a subnormal or zero, which the vectorised kernels handle on a slow
 (10–40× slower per element on the CPUs measured, see docs/findings.md). A clamped term adds at most
 `e^−87 ≈ 1.6e−38`; rows whose sum is below `e^LSE_REDO` are redone exactly, so the added
 error is below `V·e^−87 / e^LSE_REDO` relative (≈ 1e−16 for a 49k vocabulary)."""
+FUSED_MAX_PAIRS = 7
+"""Blocks of at most this many (case, side) pairs, without kept projections, use the fused tile
+kernel; larger direct blocks compute a chunk of projections once and read it per pair."""
 LSE_REDO = -40.0
 """Log-sums below this (or not finite) are recomputed with `torch.logsumexp` (max-shifted)."""
 D_ROWS, D_VOCAB = 256, 4096
@@ -364,7 +367,7 @@ def exact_neuron_scores(
             normalize = projections is not None or any(series.values())
             # One block of pairs is kept for the layer when it is the only one; several are rebuilt per chunk.
             # Few pairs, no kept projections: the fused tile kernel (projections made in cache, never stored).
-            fused = [sp for sp in spans if not series[sp]] if projections is None else []
+            fused = [sp for sp in spans if not series[sp] and sp[1] - sp[0] <= FUSED_MAX_PAIRS] if projections is None else []
             for sp in fused:
                 blk = _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], False, stats)
                 c = c_all[sp[0] : sp[1]]
