@@ -28,7 +28,7 @@ exponentials (`pairs · n_layers · d_mlp · vocab`, pairs = 2 × prompts) at th
 each line gives its time as a multiple of that floor and the whole-call average rates of
 both (FLOPs and exponentials over the call's wall time, as fractions of the peaks).
 
-Run: `python benchmarks/cna.py [--prompts 1,4,32] [--quick] [--repeat 2] [--baseline-cases 1] [--head 0.8] [--no-kept]`
+Run: `python benchmarks/cna.py [--prompts 1,4,32] [--quick] [--repeat 2] [--baseline-cases 1] [--head 0.8] [--scale original] [--no-kept]`
 (`--quick`: one prompt, one repeat, no kept run — a few minutes on 2 cores).
 """
 
@@ -66,7 +66,7 @@ def exp_peak(device: str, repeat: int = 10) -> float:
 
 
 @torch.no_grad()
-def baseline(model, prompts, head, n_cases):
+def baseline(model, prompts, head, n_cases, scale="original"):
     """The vectorized baseline's whole job on the first `n_cases` prompts: forwards, then per layer, side and case."""
     from arithlens.cna.inputs import Activations, neuron_hooks
     from arithlens.cna.scores import layer_w_out
@@ -77,7 +77,7 @@ def baseline(model, prompts, head, n_cases):
     hooks = neuron_hooks(model, layers)
     clean = model.cache(prompts[:n_cases], names=hooks, memo=False)
     ablated = model.cache(prompts[:n_cases], names=hooks, interventions=[ZeroHead(*head)])
-    sides = [Activations(clean), Activations(ablated, clean.scoring_ids, clean.final_scale)]
+    sides = [Activations(clean), Activations(ablated, clean.scoring_ids, clean.final_scale if scale == "original" else None)]
     ro = Readout(model)  # W_U with the final norm's gain folded in, as the paper's readout
     W_U, b_U = ro.W_U.float(), ro.b_U.float()
     out = []
@@ -103,6 +103,7 @@ def main() -> None:
     p.add_argument("--head", default="0.8", help="head zeroed on the other side, L.H (default 0.8)")
     p.add_argument("--no-kept", action="store_true", help="skip the projections-kept runs")
     p.add_argument("--kept-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--scale", default="original", choices=["original", "own"], help="the other side's scale (default original)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     if args.quick:
@@ -117,7 +118,7 @@ def main() -> None:
     head = tuple(map(int, args.head.split(".")))
     mm_peak, ex_peak = peak_flops(args.device, torch.float32), exp_peak(args.device)
     L, N, d, V = model.n_layers, model.d_mlp, model.d_model, model.d_vocab
-    print(f"{model!r}; {describe_device(args.device)}; head {head[0]}.{head[1]} zeroed; all {L} layers, {L * N:,} neurons")
+    print(f"{model!r}; {describe_device(args.device)}; head {head[0]}.{head[1]} zeroed, scale={args.scale!r}; all {L} layers, {L * N:,} neurons")
     print(f"peaks measured here: float32 matmul {mm_peak / 1e9:.0f} GFLOP/s, exp {ex_peak / 1e9:.2f} G/s; {load()}")
     prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)]
     proj_flops = 2.0 * L * N * d * V
@@ -127,14 +128,14 @@ def main() -> None:
         fwd = 2 * forward_flops(model, n, len(model.encode(cases[0])))
         floor_cold = (proj_flops + fwd) / mm_peak + exps / ex_peak
         floor_kept = fwd / mm_peak + exps / ex_peak
-        cold = ComparativeNeuronScores(intervention=ZeroHead(*head))
-        kept = ComparativeNeuronScores(intervention=ZeroHead(*head), keep_projections=True,
+        cold = ComparativeNeuronScores(intervention=ZeroHead(*head), scale=args.scale)
+        kept = ComparativeNeuronScores(intervention=ZeroHead(*head), scale=args.scale, keep_projections=True,
                                        projection_dtype=args.kept_dtype, projection_bytes=12e9)  # fmt: skip
         if not args.no_kept:
             kept.run(model, cases)  # fills the projection cache
         t_base = t_cold = t_kept = float("inf")
         for r in range(args.repeat):
-            ref, t = timed(lambda: baseline(model, cases, head, nb), args.device)
+            ref, t = timed(lambda: baseline(model, cases, head, nb, args.scale), args.device)
             t_base = min(t_base, t * n / nb)
             print(f"  [{n} prompts, run {r + 1}] baseline {t:.1f} s on {nb} case(s); {load()}", flush=True)
             model.clear_cache()
