@@ -17,7 +17,12 @@ neuron's vocabulary projection (a model constant, see
 and both sides of a comparison. The log-sum-exp is then evaluated one of two ways, each
 exact to a stated bound:
 
-* *direct*: `log Σ_v exp(b_v + c U_kv)` in float32 (one fused pass per case and side);
+* *direct*: `log Σ_v exp(b_v + c U_kv)` in float32. For at most `FUSED_MAX_PAIRS` (case,
+  side) pairs and no kept projections it runs tile by tile (`D_ROWS` neurons × `D_VOCAB`
+  tokens): each tile of `U` is made by a matmul into cache and every pair's exponentials
+  of it are summed there, so `U` is never stored. Exponents are clamped at `EXP_FLOOR`
+  (float32 `exp` of subnormal results takes a slow path); sums below `e^LSE_REDO` are redone
+  max-shifted, so the clamp changes no score by more than ~1e-16 relative;
 * *series*: with `U_kv = mid_k + half_k ũ_kv`, `|ũ| ≤ 1` and `t = |c| half_k`,
   `Σ_v p_v exp(c U_kv) = exp(c mid_k) Σ_j (c half_k)^j / j! · μ_j`, `μ_j = Σ_v p_v ũ_kv^j`.
   The moments `μ_j` of every neuron and case are matrix products `ũ^j @ p`, shared by all
