@@ -90,6 +90,38 @@ def test_exact_matches_brute_force_on_every_path(tiny, monkeypatch):
     assert float((loose.importance - direct.importance).abs().max()) <= loose.bound + 1e-5
 
 
+def test_fused_direct_kernel_tiles_and_redone_rows_match_brute_force(tiny, monkeypatch):
+    # Tiles that do not divide the neurons or the vocabulary, on both sides of a comparison.
+    monkeypatch.setattr(kernels, "D_ROWS", 5)
+    monkeypatch.setattr(kernels, "D_VOCAB", 7)
+    res = ComparativeNeuronScores(intervention=ZeroHead(0, 1)).run(tiny, PROMPTS[0])
+    ref = brute_force(tiny, PROMPTS[0], int(res.w[0]), range(tiny.n_layers))
+    torch.testing.assert_close(res.importance[0], ref, atol=1e-4, rtol=0)
+    ref_o = brute_force(tiny, PROMPTS[0], int(res.w[0]), range(tiny.n_layers), ZeroHead(0, 1), scale=own_scale(tiny, PROMPTS[0]))
+    torch.testing.assert_close(res.importance_other[0], ref_o, atol=1e-4, rtol=0)
+    # Every score through the max-shifted redo (what a huge coefficient takes): the same numbers.
+    monkeypatch.setattr(kernels, "LSE_REDO", float("inf"))
+    redo = ComparativeNeuronScores(intervention=ZeroHead(0, 1)).run(tiny, PROMPTS[0])
+    torch.testing.assert_close(redo.importance, res.importance, atol=1e-5, rtol=0)
+    torch.testing.assert_close(redo.importance_other, res.importance_other, atol=1e-5, rtol=0)
+
+
+def test_comparative_subset_is_the_result_of_those_cases(tiny):
+    job = ComparativeNeuronScores(intervention=ZeroHead(0, 1))
+    whole = job.run(tiny, PROMPTS)
+    part, alone = whole.subset([2, 0]), job.run(tiny, [PROMPTS[2], PROMPTS[0]])
+    for name in ("importance", "importance_other", "coef", "coef_other", "w", "logprob", "logprob_other", "predictions_other"):
+        torch.testing.assert_close(getattr(part, name), getattr(alone, name), atol=1e-5, rtol=0)
+    assert part.w_str == alone.w_str and part.cases["prompt"].tolist() == [PROMPTS[2], PROMPTS[0]]
+    # The same rows (scores equal to 1e-5; near-ties may sort in another order).
+    def rows(r):
+        return r.df.drop(columns="top_tokens").sort_values(["case", "layer", "neuron"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows(part), rows(alone), atol=1e-5)
+    with pytest.raises(ValueError, match="cases"):
+        whole.subset([len(PROMPTS)])
+
+
 def test_series_bound_and_terms():
     t = torch.tensor([0.0, 0.01, 0.5, 2.0, 3.0, 40.0])
     terms, bound = kernels.series_terms(t, 1e-7)

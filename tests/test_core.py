@@ -1,6 +1,8 @@
 """Core: model wrapper, batching, interventions, head ablation, evaluation, CLI errors."""
 
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -217,6 +219,22 @@ def test_bad_layer_head_and_empty_data(tiny):
     with pytest.raises(ValueError, match=f"neurons item={tiny.d_mlp} is out of range"):
         with tiny.intervened(ZeroNeurons(0, [tiny.d_mlp])):
             pass
+
+
+def test_full_answers_are_right_iff_greedy_decoding_reproduces_them(tiny):
+    cases = list(data.arithmetic(tiny.tokenizer, ops="+*", digits=2, templates=[1]))[:24]
+    assert max(len(c.answer_ids) for c in cases) > 1  # multi-token answers: the teacher-forced pass is used
+    # Answers set to what greedy decoding gives (right) and with the last token changed (wrong).
+    gen = tiny.generate_greedy(cases, max(len(c.answer_ids) for c in cases))
+    right = [dataclasses.replace(c, answer_ids=tuple(g[: len(c.answer_ids)])) for c, g in zip(cases, gen)]
+    wrong = [dataclasses.replace(c, answer_ids=c.answer_ids[:-1] + ((c.answer_ids[-1] + 1) % tiny.d_vocab,)) for c in right]
+    for made, expect in ((right, True), (wrong, False)):
+        ev = evaluate(tiny, made)
+        assert ev.cases["full_correct"].tolist() == [expect] * len(made)
+    # Under an intervention the greedy decoding itself runs: the same rule.
+    ev = evaluate(tiny, right, interventions=[ZeroHead(0, 0)])
+    gen_i = tiny.generate_greedy(right, max(len(c.answer_ids) for c in right), interventions=[ZeroHead(0, 0)])
+    assert ev.cases["full_correct"].tolist() == [tuple(g[: len(c.answer_ids)]) == c.answer_ids for c, g in zip(right, gen_i)]
 
 
 def test_evaluate_groups_and_full_answers(tiny):

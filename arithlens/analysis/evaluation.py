@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 
 from arithlens.core import validate
 from arithlens.analysis.results import Result, case_frame
@@ -147,10 +148,37 @@ def evaluate(
     cases["target_logprob"] = run.target_logprob.tolist()
     answers = [tuple(c.answer_ids or ()) for c in data]
     if full_answer and answers and all(answers):
-        longest = max(len(a) for a in answers)
-        generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)
-        cases["full_correct"] = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
+        if interventions or model.has_hooks():
+            # Interventions may act on the last position only or by sequence length: decode as greedy does.
+            longest = max(len(a) for a in answers)
+            generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)
+            cases["full_correct"] = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
+        else:
+            cases["full_correct"] = _teacher_forced(model, [tuple(c.input_ids) for c in data], answers, run.predictions.tolist(), batch_size)
     return EvaluationResult(df=_aggregate(cases, tuple(group_by)), cases=cases, group_by=tuple(group_by))
+
+
+@torch.no_grad()
+def _teacher_forced(
+    model: Any, prompts: list[tuple[int, ...]], answers: list[tuple[int, ...]], first: list[int], batch_size: int | None
+) -> list[bool]:
+    """Whether greedy decoding reproduces each answer, from one forward of `prompt + answer[:-1]`.
+
+    Greedy decoding reproduces `a` iff at every step `i` the argmax after `prompt + a[:i]` is
+    `a[i]`; a causal model's logits at position `len(prompt) − 1 + i` of the one teacher-forced
+    sequence are those of that step, so one pass checks every step (no KV cache, no
+    recomputed prefixes). One-token answers are read from the first-token pass (`first`).
+    """
+    out = [first[i] == a[0] for i, a in enumerate(answers)]
+    longer = [i for i, a in enumerate(answers) if len(a) > 1]
+    seqs = [prompts[i] + answers[i][:-1] for i in longer]
+    for rows, tokens in model.batches(seqs, batch_size):
+        logits = model.bridge(tokens)  # [batch, pos, vocab]
+        for r, row in zip(rows.tolist(), logits.argmax(-1).tolist()):
+            i = longer[r]
+            start = len(prompts[i]) - 1
+            out[i] = tuple(row[start : start + len(answers[i])]) == answers[i]
+    return out
 
 
 def _evaluate_in_chunks(

@@ -330,8 +330,8 @@ def compute(ctx: Any, saved: Any) -> None:
             # The cases mask / keep evaluated (all of `sub`: each is answered correctly), at most `dag_cases`.
             rows = list(mk.rows)[: sizes.dag_cases]
             dag_cases = [sub[i] for i in rows]
-            reuse = list(mk.rows) == list(range(len(sub))) and len(rows) == len(sub)
-            dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, **options).run(model, dag_cases, cna=mk.cna if reuse else None)
+            # CNA scores are per case: the DAG's cases are read off mask / keep's CNA, not scored again.
+            dag = PredictionEnhancingDAG(intervention=ZeroHead(*head), k=10, **options).run(model, dag_cases, cna=mk.cna.subset(rows))
             saved.keep("cna_table6", dag)
             dag.table6.to_csv(ctx.out / "cna_table6.csv", index=False)
 

@@ -156,6 +156,27 @@ class ComparativeNeuronScoresResult(Result):
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in SCORES}
 
+    def subset(self, cases: Sequence[int]) -> "ComparativeNeuronScoresResult":
+        """The result of the given cases only, in that order — what CNA run on those cases
+        returns (every score is per case), without scoring them again."""
+        idx = validate.int_sequence(cases, "cases", low=0, high=self.n_cases - 1)
+        if not idx:
+            raise ValueError("cases is empty: give at least one case index")
+        sel = torch.tensor(idx, dtype=torch.long)
+        tensors = {name: getattr(self, name)[sel] for name in ("importance", "importance_other", "coef", "coef_other")}
+        tensors["importance_change"] = tensors["importance"] - tensors["importance_other"]
+        tensors["coef_change"] = tensors["coef"] - tensors["coef_other"]
+        pick = lambda t: None if t is None else t[sel]  # noqa: E731
+        return ComparativeNeuronScoresResult(
+            df=_per_case_df(self.layers, tensors, self.neuron_tokens),
+            importance=tensors["importance"], importance_other=tensors["importance_other"],
+            coef=tensors["coef"], coef_other=tensors["coef_other"], layers=list(self.layers),
+            w=pick(self.w), w_str=[self.w_str[i] for i in idx], other=self.other,
+            cases=None if self.cases is None else self.cases.iloc[idx].reset_index(drop=True),
+            top_k=self.top_k, neuron_tokens=self.neuron_tokens, predictions_other=pick(self.predictions_other),
+            logprob=pick(self.logprob), logprob_other=pick(self.logprob_other), scale=self.scale, bound=self.bound,
+        )  # fmt: skip
+
     def case_frame(self, case: int) -> pd.DataFrame:
         """All neurons of one case, sorted by `importance_change` descending."""
         i = validate.integer(case, "case", low=0, high=self.n_cases - 1)

@@ -17,7 +17,12 @@ neuron's vocabulary projection (a model constant, see
 and both sides of a comparison. The log-sum-exp is then evaluated one of two ways, each
 exact to a stated bound:
 
-* *direct*: `log Σ_v exp(b_v + c U_kv)` in float32 (one fused pass per case and side);
+* *direct*: `log Σ_v exp(b_v + c U_kv)` in float32. For at most `FUSED_MAX_PAIRS` (case,
+  side) pairs and no kept projections it runs tile by tile (`D_ROWS` neurons × `D_VOCAB`
+  tokens): each tile of `U` is made by a matmul into cache and every pair's exponentials
+  of it are summed there, so `U` is never stored. Exponents are clamped at `EXP_FLOOR`
+  (float32 `exp` of subnormal results takes a slow path); sums below `e^LSE_REDO` are redone
+  max-shifted, so the clamp changes no score by more than ~1e-16 relative;
 * *series*: with `U_kv = mid_k + half_k ũ_kv`, `|ũ| ≤ 1` and `t = |c| half_k`,
   `Σ_v p_v exp(c U_kv) = exp(c mid_k) Σ_j (c half_k)^j / j! · μ_j`, `μ_j = Σ_v p_v ũ_kv^j`.
   The moments `μ_j` of every neuron and case are matrix products `ũ^j @ p`, shared by all
@@ -198,19 +203,71 @@ class _Block:
 
 
 # ---------------------------------------------------------------------------- exact neuron scores
+EXP_FLOOR = -87.0
+"""Exponents are clamped here before `exp`: float32's `exp` of anything below ≈ −87.3
+underflows to a subnormal or zero, which the vectorised kernels handle on a slow path
+(10–40× slower per element on the CPUs measured, see docs/findings.md). A clamped term adds at most
+`e^−87 ≈ 1.6e−38`; rows whose sum is below `e^LSE_REDO` are redone exactly, so the added
+error is below `V·e^−87 / e^LSE_REDO` relative (≈ 1e−16 for a 49k vocabulary)."""
+FUSED_MAX_PAIRS = 7
+"""Blocks of at most this many (case, side) pairs, without kept projections, use the fused tile
+kernel; larger direct blocks compute a chunk of projections once and read it per pair."""
+LSE_REDO = -40.0
+"""Log-sums below this (or not finite) are recomputed with `torch.logsumexp` (max-shifted)."""
+D_ROWS, D_VOCAB = 256, 4096
+"""Tile of the fused direct kernel: `D_ROWS` neurons × `D_VOCAB` tokens, so a tile of
+projections and the exponentials of a few (case, side) pairs stay in a core's L2 cache."""
+
+
 def _lse_rows(shifted: torch.Tensor, slope: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """`log Σ_v exp(shifted_v + slope · u_v)` per row of the broadcast `[r, V]` (float32, into `out`).
 
     No max pass: the largest exponent is at most `|slope|·max|u|`; rows whose exponentials
-    overflow or all underflow (a huge coefficient) are redone with one.
+    overflow or all (nearly) underflow (a huge coefficient) are redone with one.
     """
     torch.addcmul(shifted, slope[:, None], u, out=out)
-    lse = out.exp_().sum(-1).log()
-    bad = ~torch.isfinite(lse)
+    lse = out.clamp_min_(EXP_FLOOR).exp_().sum(-1).log()
+    bad = ~torch.isfinite(lse) | (lse < LSE_REDO)
     if bool(bad.any()):
         redo = bad.nonzero()[:, 0]
         sh = shifted if shifted.shape[0] == 1 else shifted[redo]
         lse[redo] = torch.logsumexp(torch.addcmul(sh, slope[redo, None], u if u.shape[0] == 1 else u[redo]), -1)
+    return lse
+
+
+def _fused_direct(
+    shifted: Float[torch.Tensor, "b vocab"],
+    slope: Float[torch.Tensor, "b n"],
+    tile: Any,
+    full_rows: Any,
+) -> Float[torch.Tensor, "b n"]:
+    """`log Σ_v exp(shifted_bv + slope_bk · U_kv)` for every pair `b` and neuron `k`, tile by tile.
+
+    `tile(k0, k1, v0, v1)` gives `U[k0:k1, v0:v1]` (a matmul into cache, or a slice of kept
+    projections); the exponentials of every pair are made and summed while the tile is in
+    cache — one pass over memory, no `[n, vocab]` temporaries. The vocabulary is the outer
+    loop so the `W_U` columns a tile reads stay in the last-level cache for all neurons.
+    Sums are float32 within a tile (≤ `D_VOCAB` terms) and float64 across tiles.
+    `full_rows(k)` gives one whole row of `U`, for the rare scores redone with a max shift.
+    """
+    (b, V), n = shifted.shape, slope.shape[1]
+    group = max(1, min(b, 4))  # pairs per pass over a tile: their exponentials stay in cache too
+    acc = torch.zeros(b, n, dtype=torch.float64, device=shifted.device)
+    buf = torch.empty(group * D_ROWS * D_VOCAB, device=shifted.device)
+    for v0 in range(0, V, D_VOCAB):
+        v1 = min(V, v0 + D_VOCAB)
+        for k0 in range(0, n, D_ROWS):
+            k1 = min(n, k0 + D_ROWS)
+            U = tile(k0, k1, v0, v1)[None]  # [1, r, w]
+            for g0 in range(0, b, group):
+                g1 = min(b, g0 + group)
+                e = buf[: (g1 - g0) * (k1 - k0) * (v1 - v0)].view(g1 - g0, k1 - k0, v1 - v0)
+                torch.addcmul(shifted[g0:g1, None, v0:v1], slope[g0:g1, k0:k1, None], U, out=e)
+                acc[g0:g1, k0:k1] += e.clamp_min_(EXP_FLOOR).exp_().sum(-1)
+    lse = acc.log()
+    bad = ~torch.isfinite(lse) | (lse < LSE_REDO)
+    for i, k in bad.nonzero().tolist():  # a huge coefficient: overflow, or every term (nearly) underflowed
+        lse[i, k] = float(torch.logsumexp(shifted[i] + slope[i, k] * full_rows(k), -1))
     return lse
 
 
@@ -236,6 +293,25 @@ def _series(
         S[idx] += use * x[idx] ** j / _FACT[j] * _blocked_matmul(pw, blk.PT)
         _count(stats, 2 * pw.shape[0] * pw.shape[1] * blk.PT.shape[1])
     return S.log()
+
+
+def _tile_matmul(fc2: Float[torch.Tensor, "n d_model"], W_UT: Float[torch.Tensor, "vocab d_model"]) -> Any:
+    """`tile(k0, k1, v0, v1) = fc2[k0:k1] @ W_U[:, v0:v1]`, into one reused buffer. `W_UT` is
+    `W_U` transposed and row-major: its row blocks are contiguous (a column block of a
+    row-major `W_U` makes PyTorch's CPU matmul copy or take a slow path, ~15× slower)."""
+    buf = torch.empty(D_ROWS * D_VOCAB, device=fc2.device)
+
+    def tile(k0: int, k1: int, v0: int, v1: int) -> torch.Tensor:
+        return torch.matmul(fc2[k0:k1], W_UT[v0:v1].T, out=buf[: (k1 - k0) * (v1 - v0)].view(k1 - k0, v1 - v0))
+
+    return tile
+
+
+def _scatter(imps: list[torch.Tensor], imp: torch.Tensor, who: torch.Tensor, where: torch.Tensor, li: int, k0: int, k1: int, dev: Any) -> None:
+    """Rows of a block's `[pair, neuron]` scores into each side's `[case, layer, d_mlp]` tensor."""
+    for s in who.unique().tolist():
+        sel = who == s
+        imps[s][where[sel].to(dev), li, k0:k1] = imp[sel.to(dev)]
 
 
 @torch.no_grad()
@@ -282,7 +358,7 @@ def exact_neuron_scores(
     # W_U row-major makes the projection matmul ~20 % faster on CPU; a copy, when the budget has room.
     W_U = ro.W_U.contiguous() if ro.W_U.numel() * 4 <= 0.1 * memory_budget else ro.W_U
     # Three [neuron, vocab] buffers, reused: the projection, the series' powers, the direct logits.
-    ubuf, pbuf, dbuf = (torch.empty(min(n_chunk, d_mlp), V, device=dev) for _ in range(3))
+    ubuf = pbuf = dbuf = W_UT = None  # made when a layer first needs the chunked path (the fused kernel does not)
     bar = tqdm(total=len(mine) * math.ceil(d_mlp / n_chunk), desc="neuron importance", unit="chunk", disable=not progress)
     try:
         for li, layer in enumerate(layers[i] for i in mine):
@@ -295,6 +371,25 @@ def exact_neuron_scores(
             # The direct form needs no normalised rows; the series and kept chunks do.
             normalize = projections is not None or any(series.values())
             # One block of pairs is kept for the layer when it is the only one; several are rebuilt per chunk.
+            # Few pairs, no kept projections: the fused tile kernel (projections made in cache, never stored).
+            fused = [sp for sp in spans if not series[sp] and sp[1] - sp[0] <= FUSED_MAX_PAIRS] if projections is None else []
+            for sp in fused:
+                blk = _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], False, stats)
+                c = c_all[sp[0] : sp[1]]
+                fc2 = W_l.float().contiguous()
+                if W_UT is None:  # a transposed view when W_U is one (tied embeddings), else one copy per call
+                    W_UT = ro.W_U.T if ro.W_U.T.is_contiguous() else ro.W_U.T.contiguous()
+                lse = _fused_direct(blk.shifted, c, _tile_matmul(fc2, W_UT), lambda k: fc2[k] @ W_U)
+                _count(stats, 2 * d_mlp * fc2.shape[1] * V + 2 * d_mlp * fc2.shape[1] * c.shape[0])
+                u_w = (W_U[:, blk.w].T @ fc2.T).double()  # [b, d_mlp]: the exact w column
+                imp = (c.double() * u_w - (lse - blk.lse.double()[:, None])).float()
+                _scatter(imps, imp, who[sp[0] : sp[1]], where[sp[0] : sp[1]], li, 0, d_mlp, dev)
+            spans = [sp for sp in spans if sp not in fused]
+            if not spans:
+                bar.update(math.ceil(d_mlp / n_chunk))
+                continue
+            if ubuf is None:
+                ubuf, pbuf, dbuf = (torch.empty(min(n_chunk, d_mlp), V, device=dev) for _ in range(3))
             kept_blocks = {} if len(spans) > 1 else {sp: _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], series[sp], stats) for sp in spans[:1]}
             for k0 in range(0, d_mlp, n_chunk):
                 k1 = min(d_mlp, k0 + n_chunk)
@@ -313,9 +408,7 @@ def exact_neuron_scores(
                     u_w = (fc2 @ ro.W_U[:, blk.w]).double()  # [n, b]: the exact w column
                     _count(stats, 2 * fc2.shape[0] * fc2.shape[1] * c.shape[0])
                     imp = (c.T.double() * u_w - lse).T.float()  # [b, n]
-                    for s in who[sp[0] : sp[1]].unique().tolist():
-                        sel = who[sp[0] : sp[1]] == s
-                        imps[s][where[sp[0] : sp[1]][sel].to(dev), li, k0:k1] = imp[sel.to(dev)]
+                    _scatter(imps, imp, who[sp[0] : sp[1]], where[sp[0] : sp[1]], li, k0, k1, dev)
                 bar.update(1)
     finally:
         bar.close()
@@ -387,10 +480,8 @@ def _chunk_lse(
     shift = (c * pr.mid[None]).T.double()  # [n, b]
     reduced = pr.u.dtype != torch.float32
     if not (tolerance > 0 and hasattr(blk, "PT")):  # direct: every case and side, the whole chunk
-        out = torch.empty(n, b, dtype=torch.float64)
-        for i in range(b):
-            out[:, i] = (_lse_rows(blk.shifted[i][None], slope[i], pr.u, dbuf[:n]) - blk.lse[i]).double()
-        return shift + out
+        lse = _fused_direct(blk.shifted, slope, lambda k0, k1, v0, v1: pr.u[k0:k1, v0:v1], lambda k: pr.u[k].float())
+        return shift + (lse - blk.lse.double()[:, None]).T
     terms, bnd = series_terms(slope.abs(), tolerance, roundoff)
     direct = terms > MAX_TERMS  # [b, n]
     rows_terms = torch.where(direct, torch.zeros_like(terms), terms).amax(0)
