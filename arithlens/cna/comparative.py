@@ -240,7 +240,9 @@ class ComparativeNeuronScoresResult(Result):
                            hovertemplate=f"neuron %{{x}} ({name})<br>{column} %{{y:.3f}}<extra></extra>"),
                     row=1, col=col,
                 )  # fmt: skip
-            fig.update_xaxes(title_text="neuron (layer_neuron)", row=1, col=col)
+            # Upright labels need ~one line height each: 15 of them fit a half-width subplot at any
+            # width the report or docs show, where plotly's own auto-angle let them collide at 1200 px.
+            fig.update_xaxes(title_text="neuron (layer_neuron)", tickangle=-90, row=1, col=col)
         fig.update_yaxes(title_text="nats", row=1, col=1)
         fig.update_yaxes(title_text="m", row=1, col=2)
         target = self.w_str[0] if self.w_str and len(set(self.w_str)) == 1 else "w"
