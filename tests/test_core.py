@@ -3,6 +3,8 @@
 
 import dataclasses
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -231,6 +233,13 @@ def test_full_answers_are_right_iff_greedy_decoding_reproduces_them(tiny):
     for made, expect in ((right, True), (wrong, False)):
         ev = evaluate(tiny, made)
         assert ev.cases["full_correct"].tolist() == [expect] * len(made)
+        # The one teacher-forced pass also gives the first-token outcomes of the prompt-only pass.
+        first = evaluate(tiny, made, full_answer=False).cases
+        assert ev.cases["predicted_token"].tolist() == first["predicted_token"].tolist()
+        assert ev.cases["correct"].tolist() == first["correct"].tolist()
+        np.testing.assert_allclose(ev.cases["target_logprob"], first["target_logprob"], atol=1e-5)
+        cached = evaluate(tiny, made, cache=tiny.cache(made))  # first token from the cache, longer answers forced
+        pd.testing.assert_frame_equal(cached.cases.drop(columns="target_logprob"), ev.cases.drop(columns="target_logprob"))
     # Under an intervention the greedy decoding itself runs: the same rule.
     ev = evaluate(tiny, right, interventions=[ZeroHead(0, 0)])
     gen_i = tiny.generate_greedy(right, max(len(c.answer_ids) for c in right), interventions=[ZeroHead(0, 0)])

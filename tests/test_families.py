@@ -55,6 +55,7 @@ Known differences are strict xfails (see `XFAIL`, with their sizes): when a fix 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -583,6 +584,29 @@ def test_forward(families, family):
     _close(got, ref, "log-probs")
     _close(cache.target_logprob, ref.gather(-1, targets[:, None])[:, 0], "target log-probs")
     assert cache.predictions.tolist() == ref.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("family", _params("forward"))
+def test_evaluate_full_answers(families, family):
+    """`evaluate`'s whole-answer outcomes (one teacher-forced pass, only the answer's positions
+    unembedded) = greedy decoding by hand on the HF model; its first tokens = the HF argmax."""
+    from arithlens.analysis.evaluation import evaluate
+
+    fam = families(family)
+    ds, tokens, _ = _dataset(fam)
+    greedy = []
+    with torch.no_grad():
+        for t in tokens:
+            seq = t
+            for _ in range(3):
+                seq = torch.cat([seq, fam.hf(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+            greedy.append(tuple(seq[0, -3:].tolist()))
+    V = fam.model.d_vocab
+    right = [dataclasses.replace(c, answer_ids=g, target_id=g[0]) for c, g in zip(ds, greedy)]
+    wrong = [dataclasses.replace(c, answer_ids=(g[0], (g[1] + 1) % V, g[2]), target_id=g[0]) for c, g in zip(ds, greedy)]
+    ev = evaluate(fam.model, right + wrong)
+    assert ev.cases["full_correct"].tolist() == [True] * len(right) + [False] * len(wrong)
+    assert ev.cases["predicted_token"].tolist() == [g[0] for g in greedy] * 2
 
 
 @pytest.mark.parametrize("family", _params("zero_head"))

@@ -104,7 +104,10 @@ def evaluate(
 
     Args:
         full_answer: Also decode greedily for as many tokens as each answer has and
-            record whether the whole answer is reproduced.
+            record whether the whole answer is reproduced. Without interventions this is
+            read off one teacher-forced forward of `prompt + answer[:-1]` (what greedy
+            decoding produces, without decoding), which then also gives the first-token
+            outcomes when no `cache` is given: one pass in all.
         interventions: Applied during the evaluation only (never memoized).
         group_by: Columns of `df`.
         batch_size: Cases per forward pass (default the model's).
@@ -129,55 +132,76 @@ def evaluate(
     data = as_dataset(data, model.tokenizer)
     if validate.boolean(progress, "progress"):
         return _evaluate_in_chunks(model, data, full_answer, interventions, tuple(group_by), batch_size, cache)
-    if interventions:
-        if cache is not None:
-            raise ValueError("cache= holds a clean pass; it cannot be combined with interventions=")
-        run = model.cache(data, interventions=interventions, batch_size=batch_size)
-    elif cache is not None:
-        run = ensure_cache(model, data, cache)
-    else:
-        run = model.cache(data, batch_size=batch_size)
-    cases = case_frame(data, model)
-    cases["input_ids"] = [" ".join(str(t) for t in ids) for ids in run.input_ids]
-    cases["target_token"] = run.target_ids.tolist()
-    cases["predicted_token"] = run.predictions.tolist()
-    cases["predicted_str"] = model.token_strs(run.predictions.tolist())
-    cases["correct"] = pd.array(
-        [bool(ok) if has else pd.NA for ok, has in zip(run.correct.tolist(), run.has_targets.tolist())], dtype="boolean"
-    )
-    cases["target_logprob"] = run.target_logprob.tolist()
     answers = [tuple(c.answer_ids or ()) for c in data]
-    if full_answer and answers and all(answers):
-        if interventions or model.has_hooks():
-            # Interventions may act on the last position only or by sequence length: decode as greedy does.
-            longest = max(len(a) for a in answers)
-            generated = model.generate_greedy(data, longest, interventions=interventions, batch_size=batch_size)
-            cases["full_correct"] = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
+    full = bool(full_answer and answers and all(answers))
+    # Without interventions greedy decoding is read off one teacher-forced pass; with no
+    # cache given, that pass also gives the first-token outcomes (no separate pass).
+    forced = full and not interventions and not model.has_hooks()
+    if interventions and cache is not None:
+        raise ValueError("cache= holds a clean pass; it cannot be combined with interventions=")
+    if forced and cache is None:
+        ids, targets = model.ids_and_targets(data)
+        out = _teacher_forced(model, ids, answers, targets, range(len(data)), batch_size)
+        predictions = [out[i][0] for i in range(len(data))]
+        target_ids, target_logprob = targets, [out[i][1] for i in range(len(data))]
+        full_correct = [out[i][2] for i in range(len(data))]
+    else:
+        if interventions:
+            run = model.cache(data, interventions=interventions, batch_size=batch_size)
+        elif cache is not None:
+            run = ensure_cache(model, data, cache)
         else:
-            cases["full_correct"] = _teacher_forced(model, [tuple(c.input_ids) for c in data], answers, run.predictions.tolist(), batch_size)
+            run = model.cache(data, batch_size=batch_size)
+        ids, predictions = run.input_ids, run.predictions.tolist()
+        target_ids, target_logprob = run.target_ids.tolist(), run.target_logprob.tolist()
+        if forced:  # the first token is in the cache: one more pass for the longer answers only
+            longer = [i for i, a in enumerate(answers) if len(a) > 1]
+            out = _teacher_forced(model, [tuple(i) for i in ids], answers, target_ids, longer, batch_size)
+            full_correct = [out[i][2] if i in out else predictions[i] == a[0] for i, a in enumerate(answers)]
+        elif full:  # interventions may act on the last position only or by sequence length: decode as greedy does
+            generated = model.generate_greedy(data, max(len(a) for a in answers), interventions=interventions, batch_size=batch_size)
+            full_correct = [tuple(g[: len(a)]) == a for g, a in zip(generated, answers)]
+    cases = case_frame(data, model)
+    cases["input_ids"] = [" ".join(str(t) for t in i) for i in ids]
+    cases["target_token"] = list(target_ids)
+    cases["predicted_token"] = predictions
+    cases["predicted_str"] = model.token_strs(predictions)
+    cases["correct"] = pd.array([p == t if t >= 0 else pd.NA for p, t in zip(predictions, target_ids)], dtype="boolean")
+    cases["target_logprob"] = target_logprob
+    if full:
+        cases["full_correct"] = full_correct
     return EvaluationResult(df=_aggregate(cases, tuple(group_by)), cases=cases, group_by=tuple(group_by))
 
 
 @torch.no_grad()
 def _teacher_forced(
-    model: Any, prompts: list[tuple[int, ...]], answers: list[tuple[int, ...]], first: list[int], batch_size: int | None
-) -> list[bool]:
-    """Whether greedy decoding reproduces each answer, from one forward of `prompt + answer[:-1]`.
+    model: Any, prompts: list[tuple[int, ...]], answers: list[tuple[int, ...]], targets: list[int], rows: Sequence[int], batch_size: int | None
+) -> dict[int, tuple[int, float, bool]]:
+    """Per case of `rows`: the first token's argmax, its target's log-prob (the argmax's where
+    there is no target) and whether greedy decoding reproduces the whole answer — from one
+    forward of `prompt + answer[:-1]`.
 
     Greedy decoding reproduces `a` iff at every step `i` the argmax after `prompt + a[:i]` is
     `a[i]`; a causal model's logits at position `len(prompt) − 1 + i` of the one teacher-forced
     sequence are those of that step, so one pass checks every step (no KV cache, no
-    recomputed prefixes). One-token answers are read from the first-token pass (`first`).
+    recomputed prefixes). Only the answer's positions reach the final norm and unembedding.
     """
-    out = [first[i] == a[0] for i, a in enumerate(answers)]
-    longer = [i for i, a in enumerate(answers) if len(a) > 1]
-    seqs = [prompts[i] + answers[i][:-1] for i in longer]
-    for rows, tokens in model.batches(seqs, batch_size):
-        logits = model.bridge(tokens)  # [batch, pos, vocab]
-        for r, row in zip(rows.tolist(), logits.argmax(-1).tolist()):
-            i = longer[r]
-            start = len(prompts[i]) - 1
-            out[i] = tuple(row[start : start + len(answers[i])]) == answers[i]
+    rows = list(rows)
+    out: dict[int, tuple[int, float, bool]] = {}
+    for part, tokens in model.batches([prompts[i] + answers[i][:-1] for i in rows], batch_size):
+        idx = [rows[r] for r in part.tolist()]
+        k = max(len(answers[i]) for i in idx)  # positions read: the longest answer of the batch
+        with model.hooked(model.last_position_trim(k)):
+            logits = model.bridge(tokens)[:, -k:]  # [batch, k, vocab] (every position where trimming is unsafe)
+        top = logits.argmax(-1).tolist()
+        start = torch.tensor([k - len(answers[i]) for i in idx], device=logits.device)
+        first = logits[torch.arange(len(idx), device=logits.device), start]
+        logp = validate.check_finite(first.float(), "the model's logits").log_softmax(-1)
+        scored = torch.tensor([targets[i] if targets[i] >= 0 else top[j][k - len(answers[i])] for j, i in enumerate(idx)], device=logp.device)
+        lp = logp.gather(-1, scored[:, None])[:, 0].tolist()
+        for j, i in enumerate(idx):
+            off = k - len(answers[i])
+            out[i] = (top[j][off], lp[j], tuple(top[j][off:]) == answers[i])
     return out
 
 

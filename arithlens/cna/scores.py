@@ -219,22 +219,6 @@ D_ROWS, D_VOCAB = 256, 4096
 projections and the exponentials of a few (case, side) pairs stay in a core's L2 cache."""
 
 
-def _lse_rows(shifted: torch.Tensor, slope: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """`log Σ_v exp(shifted_v + slope · u_v)` per row of the broadcast `[r, V]` (float32, into `out`).
-
-    No max pass: the largest exponent is at most `|slope|·max|u|`; rows whose exponentials
-    overflow or all (nearly) underflow (a huge coefficient) are redone with one.
-    """
-    torch.addcmul(shifted, slope[:, None], u, out=out)
-    lse = out.clamp_min_(EXP_FLOOR).exp_().sum(-1).log()
-    bad = ~torch.isfinite(lse) | (lse < LSE_REDO)
-    if bool(bad.any()):
-        redo = bad.nonzero()[:, 0]
-        sh = shifted if shifted.shape[0] == 1 else shifted[redo]
-        lse[redo] = torch.logsumexp(torch.addcmul(sh, slope[redo, None], u if u.shape[0] == 1 else u[redo]), -1)
-    return lse
-
-
 def _fused_direct(
     shifted: Float[torch.Tensor, "b vocab"],
     slope: Float[torch.Tensor, "b n"],
@@ -493,12 +477,14 @@ def _chunk_lse(
     for s in who[has].unique().tolist():
         sel = (who == s) & has
         bound[s] = max(bound[s], float(bnd[sel][~direct[sel]].max()))
-    for k in direct.any(0).nonzero()[:, 0].tolist():  # the few rows some case needs directly
-        uk = pr.u[k : k + 1].float()
-        if reduced:  # recompute the row in float32, normalised the same way
-            uk = ((fc2[k : k + 1] @ ro.W_U) - pr.mid[k]) / pr.half[k]
-        lse = _lse_rows(blk.shifted, slope[:, k], uk, dbuf[:b])
-        out[k] = shift[k] + (lse - blk.lse).double()
+    rows = direct.any(0).nonzero()[:, 0]  # the rows some case needs directly: all pairs, one fused pass
+    if len(rows):
+        if reduced:  # recompute the rows in float32, normalised the same way
+            U = torch.matmul(fc2[rows], ro.W_U, out=dbuf[: len(rows)]).sub_(pr.mid[rows, None]).div_(pr.half[rows, None])
+        else:
+            U = pr.u[rows]
+        lse = _fused_direct(blk.shifted, slope[:, rows], lambda k0, k1, v0, v1: U[k0:k1, v0:v1], lambda k: U[k])
+        out[rows] = shift[rows] + (lse - blk.lse.double()[:, None]).T
     return out
 
 

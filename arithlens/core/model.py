@@ -42,8 +42,8 @@ from arithlens.core.cache import DatasetCache, Memo, build_cache, hook_names_of,
 
 
 
-def _keep_last(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-    return resid[:, -1:]
+def _keep_last(resid: torch.Tensor, hook: Any, positions: int = 1) -> torch.Tensor:
+    return resid[:, -positions:]
 
 
 def equal_length_chunks(input_ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
@@ -219,7 +219,7 @@ class LensModel:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
     # ------------------------------------------------------------------ forward passes
-    def _ids_targets(self, data: Any) -> tuple[list[tuple[int, ...]], list[int]]:
+    def ids_and_targets(self, data: Any) -> tuple[list[tuple[int, ...]], list[int]]:
         """Input and target ids of `data` (see [`as_dataset`][arithlens.data.as_dataset]), checked against the model."""
 
         ds = as_dataset(data, self.tokenizer)
@@ -243,12 +243,13 @@ class LensModel:
             tokens = torch.tensor([list(input_ids[i]) for i in chunk], device=self.device)
             yield torch.tensor(chunk), tokens
 
-    def last_position_trim(self) -> list[Hook]:
-        """A hook trimming the sequence to its last position before the final norm, where safe.
+    def last_position_trim(self, positions: int = 1) -> list[Hook]:
+        """A hook trimming the sequence to its last `positions` before the final norm, where safe.
 
-        Reading only the last position's logits, trimming avoids a `[batch, pos, vocab]`
+        Reading only the last positions' logits, trimming avoids a `[batch, pos, vocab]`
         tensor. Some architectures reshape after the final norm (GPT-2), so whether it is
-        safe is tried once on a one-token input and remembered.
+        safe is tried once on a one-token input and remembered; where it is not, no hook is
+        returned and the logits keep every position.
         """
         if self._trim_ok is None:
             probe = torch.zeros(1, 2, dtype=torch.long, device=self.device)
@@ -258,7 +259,7 @@ class LensModel:
                 self._trim_ok = True
             except RuntimeError:
                 self._trim_ok = False
-        return [("ln_final.hook_in", _keep_last)] if self._trim_ok else []
+        return [("ln_final.hook_in", functools.partial(_keep_last, positions=positions))] if self._trim_ok else []
 
     @contextlib.contextmanager
     def hooked(self, hooks: Sequence[Hook]) -> Iterator["LensModel"]:
@@ -327,7 +328,7 @@ class LensModel:
         inside `with model.intervened(...)`) — is memoized per cases; a memoized cache that
         holds the requested hooks and positions is returned without a forward pass.
         """
-        ids, targets = self._ids_targets(data)
+        ids, targets = self.ids_and_targets(data)
         wanted = hook_names_of(self, names)
         unknown = sorted(n for n in wanted if n not in self.bridge.hook_dict)
         if unknown:
@@ -363,7 +364,7 @@ class LensModel:
         self, data: Any, max_new_tokens: int, interventions: Sequence[Any] = (), batch_size: int | None = None
     ) -> list[list[int]]:
         """Greedy continuation ids of every case (no KV cache: answers are a few tokens)."""
-        ids, _ = self._ids_targets(data)
+        ids, _ = self.ids_and_targets(data)
         validate.positive_int(max_new_tokens, "max_new_tokens")
         out: list[list[int]] = [[] for _ in ids]
         interventions = resolve_means(self, interventions)
