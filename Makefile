@@ -28,7 +28,7 @@ browser:
 
 venv: $(STAMP)
 
-# Within 10 minutes on 2 idle CPU cores, model loading included; the report's timings
+# Within 5 minutes on 2 idle CPU cores (about 4 measured), model loading included; the report's timings
 # table shows each stage.
 demo: $(STAMP)
 	$(VENV)/bin/arithlens run --quick --out results/demo
@@ -48,6 +48,7 @@ test: $(STAMP)
 # ratio, and achieved FLOP/s as a fraction of the matmul peak measured in the same process.
 bench: $(STAMP)
 	$(PY) benchmarks/cna.py
+	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/head_sweep.py
 	$(PY) benchmarks/path_patching.py
 	$(PY) benchmarks/memory.py

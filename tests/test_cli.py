@@ -163,7 +163,7 @@ def test_run_help_states_the_time_and_the_sizes_used():
     from arithlens.app.pipeline import QUICK
 
     text = " ".join(_subparsers(build_parser())["run"].format_help().split())
-    assert "within 10 minutes on 2 idle CPU cores" in text and "hours on a CPU" in text
+    assert "within 5 minutes on 2 idle CPU cores" in text and "hours on a CPU" in text
     assert QUICK.sweep_ops == "+" and QUICK.sweep_estimate == "exact" and "exact head sweep on the '+' cases" in text
     assert f"CNA on {QUICK.mask_keep_cases} correctly" in text and f"Table 8 on {QUICK.vo_per_op} per op" in text
     assert f"Zhang et al. on {QUICK.circuits_pairs} pairs" in text and not QUICK.sft and not QUICK.full_answer

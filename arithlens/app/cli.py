@@ -337,11 +337,11 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 QUICK_HELP = (
     "small samples (arithlens.app.pipeline.QUICK): the 1-digit evaluation (first token only), an exact head sweep on "
     "the '+' cases of template 4, CNA on 32 correctly answered +/- cases, Table 8 on 40 per op, Zhang et al. on 60 "
-    "pairs, no SFT; within 10 minutes on 2 idle CPU cores, model loading included"
+    "pairs, no SFT; within 5 minutes on 2 idle CPU cores, model loading included (about 4 measured)"
 )
 
 RUN_HELP = (
-    "the main job: evaluation, head sweep, every analysis, one HTML report. --quick ends within 10 minutes "
+    "the main job: evaluation, head sweep, every analysis, one HTML report. --quick ends within 5 minutes "
     "on 2 idle CPU cores including model loading (each stage's time is in the report's timings table); "
     "without --quick every case is used and the run takes hours on a CPU"
 )

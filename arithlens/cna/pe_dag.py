@@ -93,32 +93,38 @@ def edge_scores(model: Any, cache: DatasetCache, case: int, nodes: Sequence[tupl
     """
     if not nodes:
         return pd.DataFrame(columns=EDGE_COLUMNS)
-    bridge = model.bridge
+    blocks = model.bridge.blocks
     L = model.n_layers
     post = cache.stack(names.post, range(L)).float()[case]
     resid_mid = cache.stack(names.resid_mid, range(L)).float()[case]
     ln2 = cache.stack(names.ln2_scale, range(L)).float()[case].reshape(L, -1)[:, 0]
-    dev = bridge.W_in.device
-    W_out = bridge.W_out.detach().float()
-    gated = bridge.W_gate is not None
     keys = {}
     for lb in sorted({lb for lb, _ in nodes}):
         idx = torch.tensor([b for l_, b in nodes if l_ == lb])
         for b, key in zip(idx.tolist(), neuron_keys(model, resid_mid[lb], ln2[lb], lb, idx)):
             keys[(lb, b)] = key
+    # Each node's vectors from its own block (the bridge's stacked W_in / W_gate / W_out
+    # rebuild every layer per access); all pairs' inner products in three small matmuls.
+    dev = post.device  # blocks may sit on several devices: every vector comes here
+
+    def rows_of(vectors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([v.detach().float().to(dev) for v in vectors])
+
+    fc2 = rows_of([blocks[la].mlp.W_out[a] for la, a in nodes])  # [node, d_model]
+    w_in = rows_of([blocks[lb].mlp.W_in[:, b] for lb, b in nodes])
+    gated = getattr(blocks[0].mlp, "W_gate", None) is not None
+    gate_ip = (fc2 @ rows_of([blocks[lb].mlp.W_gate[:, b] for lb, b in nodes]).T).tolist() if gated else None
+    up_ip = (fc2 @ w_in.T).tolist()
+    m = torch.tensor([float(post[la, a]) for la, a in nodes], device=dev)
+    drive = (m[:, None] * (fc2 @ rows_of([keys[n] for n in nodes]).T)).tolist()
     rows = []
-    for la, a in nodes:
-        fc2 = W_out[la, a].to(dev)
-        m_a = float(post[la, a])
-        for lb, b in nodes:
+    for i, (la, a) in enumerate(nodes):
+        for j, (lb, b) in enumerate(nodes):
             if la >= lb:
                 continue
-            gate_ip = float(fc2 @ bridge.W_gate[lb, :, b].float()) if gated else float("nan")
-            up_ip = float(fc2 @ bridge.W_in[lb, :, b].float())
-            drive = m_a * float(fc2 @ keys[(lb, b)])
             m_b = float(post[lb, b])
-            rel = drive * (1.0 if m_b >= 0 else -1.0) / max(abs(m_b), 1e-12)
-            rows.append((case, la, a, lb, b, gate_ip, up_ip, drive, rel))
+            rel = drive[i][j] * (1.0 if m_b >= 0 else -1.0) / max(abs(m_b), 1e-12)
+            rows.append((case, la, a, lb, b, gate_ip[i][j] if gated else float("nan"), up_ip[i][j], drive[i][j], rel))
     return pd.DataFrame(rows, columns=EDGE_COLUMNS)
 
 

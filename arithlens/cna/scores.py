@@ -534,25 +534,34 @@ def rescore(
     memory_budget: float = 1e9,
     progress: bool = False,
 ) -> Float[torch.Tensor, "case r"]:
-    """Exact importance of chosen neurons per case; `candidates` index the flattened `(layer, neuron)` grid."""
+    """Exact importance of chosen neurons per case; `candidates` index the flattened `(layer, neuron)` grid.
+
+    Grouped by layer: the projections `fc2_k W_U` of the union of every case's candidates in
+    a layer are made once (cases share most of their top neurons), and each case's base
+    logits once per layer — not once per candidate.
+    """
     ro = Readout(model)
-    dev, V = ro.device, ro.W_U.shape[1]
-    layer_t = torch.tensor(list(layers))
+    dev, V, d_mlp = ro.device, ro.W_U.shape[1], model.d_mlp
     step = int(max(1, memory_budget // (6 * 4 * V)))
     out = torch.empty(candidates.shape, dtype=torch.float32)
-    xs = torch.stack([acts.at("mlp_base", L) for L in layers], dim=1)  # [case, layer, d_model]: the cache's own rows
-    posts = torch.stack([acts.at("write_coef", L) for L in layers], dim=1)
-    for i in tqdm(range(len(acts)), desc="re-scoring candidates", unit="case", disable=not progress):
-        s, wi = acts.scale[i].to(dev), int(acts.w[i])
-        for r0 in range(0, candidates.shape[1], step):
-            cand = candidates[i, r0 : r0 + step]
-            li, k = cand // model.d_mlp, cand % model.d_mlp
-            lay = layer_t[li]
-            x = xs[i, li].to(dev)
-            m = posts[i, li, k].to(dev)
-            raw = ro.raw(x, s.expand(len(lay)))  # [r, V]
-            fc2 = torch.stack([layer_w_out(model, L)[kk] for L, kk in zip(lay.tolist(), k.tolist())]).float()
-            base, new = ro.capped(raw), ro.capped(raw + (m / s)[:, None] * (fc2 @ ro.W_U))
-            delta = (new[:, wi] - new.logsumexp(-1)) - (base[:, wi] - base.logsumexp(-1))
-            out[i, r0 : r0 + len(cand)] = validate.check_finite(delta, "the re-scored importances").cpu()
+    li_all, k_all = candidates // d_mlp, candidates % d_mlp  # [case, r]: layer index, neuron
+    where = torch.full((d_mlp,), -1, dtype=torch.long)  # neuron → its row in the current chunk
+    todo = [(li, chunk) for li in li_all.unique().tolist() for chunk in k_all[li_all == li].unique().split(step)]
+    for li, chunk in tqdm(todo, desc="re-scoring candidates", unit="chunk", disable=not progress):
+        layer = int(layers[li])
+        W_l = layer_w_out(model, layer)
+        U = W_l[chunk.to(W_l.device)].float().to(dev) @ ro.W_U  # [c, V]
+        where[chunk] = torch.arange(len(chunk))
+        m_all = acts.at("write_coef", layer)
+        need = [i for i in range(len(acts)) if bool(((li_all[i] == li) & (where[k_all[i]] >= 0)).any())]
+        raws = ro.raw(acts.at("mlp_base", layer)[need], acts.scale[need])  # [case, V]: one matmul, W_U read once
+        for i, raw in zip(need, raws):
+            sel = (li_all[i] == li) & (where[k_all[i]] >= 0)
+            s, wi = acts.scale[i].to(dev), int(acts.w[i])
+            base = ro.capped(raw)
+            m = m_all[i, k_all[i, sel].to(m_all.device)].to(dev, torch.float32)
+            new = ro.capped(raw[None] + (m / s)[:, None] * U[where[k_all[i, sel]].to(dev)])
+            delta = (new[:, wi] - new.logsumexp(-1)) - (base[wi] - base.logsumexp(-1))
+            out[i, sel] = validate.check_finite(delta, "the re-scored importances").cpu()
+        where[chunk] = -1
     return out
