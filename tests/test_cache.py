@@ -352,3 +352,10 @@ def test_a_bos_dataset_caches_what_a_transformer_lens_notebook_caches(tiny):
     cache = tiny.cache(same, names=["blocks.1.hook_resid_post"], positions="all", memo=False)
     _, notebook = tiny.bridge.run_with_cache(tiny.bridge.to_tokens([c.prompt for c in same]))  # TL's default: BOS first
     torch.testing.assert_close(cache["resid_post", 1], notebook["blocks.1.hook_resid_post"], rtol=0, atol=0)
+
+
+def test_a_hook_that_never_fires_is_a_clear_error(tiny):
+    # Rotary models keep TL's hook_pos_embed point but never call it.
+    assert "hook_pos_embed" in tiny.bridge.hook_dict
+    with pytest.raises(ValueError, match="'hook_pos_embed' exists on this model but never fires"):
+        tiny.cache(["1+2="], names=["hook_pos_embed"], memo=False)

@@ -421,6 +421,9 @@ def build_cache(
                 s = acts[hooks.FINAL_SCALE].float()
                 s = s if positions == "last" else s[:, -1]
                 scale[rows] = validate.check_finite(s.reshape(len(rows), -1)[:, 0], "the final norm's scale (the residual stream overflowed)").cpu()
+            silent = [nm for nm in wanted if nm not in acts]
+            if silent:  # a hook point the architecture has but never calls (e.g. hook_pos_embed with rotary positions)
+                raise ValueError(f"hook {silent[0]!r} exists on this model but never fires in its forward pass; read another hook")
             for nm in wanted:
                 # Kept on the model's device in the model's dtype (consumers accumulate in
                 # float32 where precision needs it); offload="cpu" moves them to the host.
