@@ -120,6 +120,10 @@ def test_comparative_subset_is_the_result_of_those_cases(tiny):
     pd.testing.assert_frame_equal(rows(part), rows(alone), atol=1e-5)
     with pytest.raises(ValueError, match="cases"):
         whole.subset([len(PROMPTS)])
+    # Fields that are the run's, not per case, come along (the scored-token choice among them).
+    cases = data.prompts(tiny.tokenizer, PROMPTS, ["8", "4", "15", "56"])
+    answer = ComparativeNeuronScores(intervention=ZeroHead(0, 1), target="answer", top_tokens=0).run(tiny, cases)
+    assert answer.subset([1]).target == "answer" and answer.subset([1]).scale == answer.scale
 
 
 def test_series_bound_and_terms():

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -163,18 +164,16 @@ class ComparativeNeuronScoresResult(Result):
         if not idx:
             raise ValueError("cases is empty: give at least one case index")
         sel = torch.tensor(idx, dtype=torch.long)
-        tensors = {name: getattr(self, name)[sel] for name in ("importance", "importance_other", "coef", "coef_other")}
-        tensors["importance_change"] = tensors["importance"] - tensors["importance_other"]
-        tensors["coef_change"] = tensors["coef"] - tensors["coef_other"]
         pick = lambda t: None if t is None else t[sel]  # noqa: E731
-        return ComparativeNeuronScoresResult(
-            df=_per_case_df(self.layers, tensors, self.neuron_tokens),
-            importance=tensors["importance"], importance_other=tensors["importance_other"],
-            coef=tensors["coef"], coef_other=tensors["coef_other"], layers=list(self.layers),
-            w=pick(self.w), w_str=[self.w_str[i] for i in idx], other=self.other,
+        # Every other field (layers, target, scale, bound, labelled tokens...) is the whole run's.
+        return dataclasses.replace(
+            self,
+            df=_per_case_df(self.layers, {name: t[sel] for name, t in self._tensors().items()}, self.neuron_tokens),
+            importance=self.importance[sel], importance_other=self.importance_other[sel],
+            coef=self.coef[sel], coef_other=self.coef_other[sel], w=pick(self.w), w_str=[self.w_str[i] for i in idx],
             cases=None if self.cases is None else self.cases.iloc[idx].reset_index(drop=True),
-            top_k=self.top_k, neuron_tokens=self.neuron_tokens, predictions_other=pick(self.predictions_other),
-            logprob=pick(self.logprob), logprob_other=pick(self.logprob_other), scale=self.scale, bound=self.bound,
+            predictions_other=pick(self.predictions_other), logprob=pick(self.logprob), logprob_other=pick(self.logprob_other),
+            meta={},  # the run's provenance describes all of its cases, not these
         )  # fmt: skip
 
     def case_frame(self, case: int) -> pd.DataFrame:
