@@ -28,7 +28,7 @@ import torch
 
 from arithlens.core import validate
 from arithlens.analysis.results import Result, case_frame
-from arithlens.core.cache import ensure_cache
+from arithlens.core.cache import ensure_cache, next_token_outcomes
 from arithlens.data import as_dataset
 from arithlens.core.loading import load_model
 from arithlens.data import ArithmeticDataset
@@ -140,11 +140,9 @@ def evaluate(
     if interventions and cache is not None:
         raise ValueError("cache= holds a clean pass; it cannot be combined with interventions=")
     if forced and cache is None:
-        ids, targets = model.ids_and_targets(data)
-        out = _teacher_forced(model, ids, answers, targets, range(len(data)), batch_size)
-        predictions = [out[i][0] for i in range(len(data))]
-        target_ids, target_logprob = targets, [out[i][1] for i in range(len(data))]
-        full_correct = [out[i][2] for i in range(len(data))]
+        ids, target_ids = model.ids_and_targets(data)
+        out = _teacher_forced(model, ids, answers, target_ids, range(len(data)), batch_size)
+        predictions, target_logprob, full_correct = (list(col) for col in zip(*(out[i] for i in range(len(data)))))
     else:
         if interventions:
             run = model.cache(data, interventions=interventions, batch_size=batch_size)
@@ -193,15 +191,12 @@ def _teacher_forced(
         k = max(len(answers[i]) for i in idx)  # positions read: the longest answer of the batch
         with model.hooked(model.last_position_trim(k)):
             logits = model.bridge(tokens)[:, -k:]  # [batch, k, vocab] (every position where trimming is unsafe)
+        offs = [k - len(answers[i]) for i in idx]  # where each answer's first step sits in the window
+        first = logits[torch.arange(len(idx), device=logits.device), torch.tensor(offs, device=logits.device)]
+        _, target_lp, _ = next_token_outcomes(first, torch.tensor([targets[i] for i in idx]))
         top = logits.argmax(-1).tolist()
-        start = torch.tensor([k - len(answers[i]) for i in idx], device=logits.device)
-        first = logits[torch.arange(len(idx), device=logits.device), start]
-        logp = validate.check_finite(first.float(), "the model's logits").log_softmax(-1)
-        scored = torch.tensor([targets[i] if targets[i] >= 0 else top[j][k - len(answers[i])] for j, i in enumerate(idx)], device=logp.device)
-        lp = logp.gather(-1, scored[:, None])[:, 0].tolist()
-        for j, i in enumerate(idx):
-            off = k - len(answers[i])
-            out[i] = (top[j][off], lp[j], tuple(top[j][off:]) == answers[i])
+        for j, (i, off, lp) in enumerate(zip(idx, offs, target_lp.tolist())):
+            out[i] = (top[j][off], lp, tuple(top[j][off:]) == answers[i])
     return out
 
 

@@ -357,13 +357,15 @@ def exact_neuron_scores(
             # One block of pairs is kept for the layer when it is the only one; several are rebuilt per chunk.
             # Few pairs, no kept projections: the fused tile kernel (projections made in cache, never stored).
             fused = [sp for sp in spans if not series[sp] and sp[1] - sp[0] <= FUSED_MAX_PAIRS] if projections is None else []
+            if fused:
+                fc2 = W_l.float().contiguous()  # the layer's rows, shared by its blocks
+                if W_UT is None:  # a transposed view when W_U is one (tied embeddings), else one copy per call
+                    W_UT = ro.W_U.T if ro.W_U.T.is_contiguous() else ro.W_U.T.contiguous()
+                tile = _tile_matmul(fc2, W_UT)
             for sp in fused:
                 blk = _Block(ro, x_all[sp[0] : sp[1]], scale_all[sp[0] : sp[1]], w_all[sp[0] : sp[1]], False, stats)
                 c = c_all[sp[0] : sp[1]]
-                fc2 = W_l.float().contiguous()
-                if W_UT is None:  # a transposed view when W_U is one (tied embeddings), else one copy per call
-                    W_UT = ro.W_U.T if ro.W_U.T.is_contiguous() else ro.W_U.T.contiguous()
-                lse = _fused_direct(blk.shifted, c, _tile_matmul(fc2, W_UT), lambda k: fc2[k] @ W_U)
+                lse = _fused_direct(blk.shifted, c, tile, lambda k: fc2[k] @ W_U)
                 _count(stats, 2 * d_mlp * fc2.shape[1] * V + 2 * d_mlp * fc2.shape[1] * c.shape[0])
                 u_w = (W_U[:, blk.w].T @ fc2.T).double()  # [b, d_mlp]: the exact w column
                 imp = (c.double() * u_w - (lse - blk.lse.double()[:, None])).float()
@@ -553,10 +555,11 @@ def rescore(
         U = W_l[chunk.to(W_l.device)].float().to(dev) @ ro.W_U  # [c, V]
         where[chunk] = torch.arange(len(chunk))
         m_all = acts.at("write_coef", layer)
-        need = [i for i in range(len(acts)) if bool(((li_all[i] == li) & (where[k_all[i]] >= 0)).any())]
+        hit = (li_all == li) & (where[k_all] >= 0)  # [case, r]: the candidates this chunk scores
+        need = hit.any(1).nonzero()[:, 0]
         raws = ro.raw(acts.at("mlp_base", layer)[need], acts.scale[need])  # [case, V]: one matmul, W_U read once
-        for i, raw in zip(need, raws):
-            sel = (li_all[i] == li) & (where[k_all[i]] >= 0)
+        for i, raw in zip(need.tolist(), raws):
+            sel = hit[i]
             s, wi = acts.scale[i].to(dev), int(acts.w[i])
             base = ro.capped(raw)
             m = m_all[i, k_all[i, sel].to(m_all.device)].to(dev, torch.float32)

@@ -367,6 +367,18 @@ def _pos_dim(name: str) -> int:
     return -2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
 
 
+def next_token_outcomes(
+    logits: Float[torch.Tensor, "batch vocab"], targets: Int[torch.Tensor, "batch"]
+) -> tuple[Int[torch.Tensor, "batch"], Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """The argmax of next-token logits, the target's log-prob (the argmax's where the target
+    is `-1`) and the argmax's log-prob. The log-softmax runs in float32 on the logits' device."""
+    logp = validate.check_finite(logits.float(), "the model's logits").log_softmax(-1)
+    top = logp.argmax(-1)
+    targets = targets.to(top.device)
+    scored = torch.where(targets >= 0, targets, top)
+    return top, logp.gather(-1, scored[:, None])[:, 0], logp.gather(-1, top[:, None])[:, 0]
+
+
 @torch.no_grad()
 def build_cache(
     model: "LensModel",
@@ -410,13 +422,8 @@ def build_cache(
                     pos_slice=-1 if positions == "last" else None,
                     return_cache_object=False,
                 )
-            # The log-softmax runs in float32 on the logits' device; only [batch] numbers come back.
-            logp = validate.check_finite(logits[:, -1].float(), "the model's logits").log_softmax(-1)
-            top = logp.argmax(-1)
-            score = torch.where(target_t[rows].to(top.device) >= 0, target_t[rows].to(top.device), top)
-            preds[rows] = top.cpu()
-            plp[rows] = logp.gather(-1, top[:, None])[:, 0].cpu()
-            tlp[rows] = logp.gather(-1, score[:, None])[:, 0].cpu()
+            top, target_lp, top_lp = next_token_outcomes(logits[:, -1], target_t[rows])
+            preds[rows], tlp[rows], plp[rows] = top.cpu(), target_lp.cpu(), top_lp.cpu()
             if has_scale:
                 s = acts[hooks.FINAL_SCALE].float()
                 s = s if positions == "last" else s[:, -1]
