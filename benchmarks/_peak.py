@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any, Callable
 
@@ -84,6 +85,21 @@ def forward_flops(model: Any, n_seqs: int, seq_len: int, start_layer: int = 0, l
     blocks = (model.n_layers - start_layer) * n_seqs * seq_len * block_flops_per_token(model, context)
     rows = n_seqs if logits_rows is None else logits_rows
     return blocks + 2.0 * rows * model.d_model * model.d_vocab
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of the model's own weights (the Hugging Face module the bridge wraps)."""
+    return sum(p.numel() * p.element_size() for p in model.bridge.original_model.parameters())
+
+
+def memory_line(model: Any, device: str | torch.device, note: str = "") -> str:
+    """`'peak memory X GiB = Y× the weights (Z GiB)'`: the device's peak allocation on CUDA, the
+    process's peak RSS on CPU (interpreter and libraries included)."""
+    device = torch.device(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    w = weight_bytes(model)
+    what = "peak CUDA allocation" if device.type == "cuda" else "peak RSS"
+    return f"{what} {peak / 2**30:.2f} GiB = {peak / w:.1f}x the weights ({w / 2**30:.2f} GiB){note}"
 
 
 def fraction(flops: float, seconds: float, peak: float) -> str:

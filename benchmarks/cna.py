@@ -29,6 +29,7 @@ each line gives its time as a multiple of that floor and the whole-call average 
 both (FLOPs and exponentials over the call's wall time, as fractions of the peaks). From 8
 case-sides up the kernel evaluates the log-sum-exp as a Taylor series (matmuls instead of
 exponentials), so such calls can run below this direct floor.
+The process's peak memory is printed last, against the weights' bytes.
 
 Run: `python benchmarks/cna.py [--prompts 1,4,32] [--quick] [--repeat 2] [--baseline-cases 1] [--head 0.8] [--scale original] [--no-kept]`
 (`--quick`: one prompt, one repeat, no kept run — a few minutes on 2 cores).
@@ -45,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from _peak import describe_device, forward_flops, peak_flops, timed  # noqa: E402
+from _peak import describe_device, forward_flops, memory_line, peak_flops, timed  # noqa: E402
 
 
 def load() -> str:
@@ -170,6 +171,8 @@ def main() -> None:
             print(f"  {name:52s} {t:8.1f} s  x{t_base / t:5.1f} vs baseline  {t / floor:5.1f}x the floor{rates}")
         if not args.no_kept:
             projection_cache(model).clear()
+    kept = "" if args.no_kept else f"; kept {args.kept_dtype} projections included"
+    print(memory_line(model, args.device, f" (this process, {model.n_layers * model.d_mlp:,} neurons{kept})"))
 
 
 if __name__ == "__main__":

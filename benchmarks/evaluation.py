@@ -12,8 +12,9 @@ cleared before every arithlens run:
 The **floor** of each is FLOPs at the float32 matmul peak measured here: the first-token
 evaluation needs one forward of every prompt (last-position unembedding); the whole answer
 needs one forward of `prompt + answer[:-1]` (unembedding at the answer's positions), of
-which the first token is a part. Printed: seconds, ratio to the baseline, and the floor as
-a fraction of the time (1.0 = at the matmul peak).
+which the first token is a part. Printed: seconds, ratio to the baseline, the floor as
+a fraction of the time (1.0 = at the matmul peak), and the process's peak memory against
+the weights' bytes.
 
 Run: `python benchmarks/evaluation.py [--per-op N] [--dtype float32|bfloat16] [--repeat 2] [--batch-size B]`
 """
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from _peak import describe_device, forward_flops, peak_flops, timed  # noqa: E402
+from _peak import describe_device, forward_flops, memory_line, peak_flops, timed  # noqa: E402
 
 
 def by_length(seqs: list[tuple[int, ...]]) -> dict[int, list[int]]:
@@ -117,6 +118,7 @@ def main() -> None:
               f"   floor/time {floor / t_base:5.2f}")  # fmt: skip
         print(f"  arithlens evaluate(full_answer={full})  {' ' * (22 if full else 8)}{t_ours:8.2f} s"
               f"   floor/time {floor / t_ours:5.2f}   x{t_base / t_ours:4.1f} vs baseline   ({flops / 1e12:.2f} TFLOP floor {floor:.2f} s)")  # fmt: skip
+    print(memory_line(model, args.device, " (this process: arithlens's model and the baseline's HF copy both loaded)"))
 
 
 if __name__ == "__main__":
